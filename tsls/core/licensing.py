@@ -1,0 +1,237 @@
+"""What happens when a device logs on: the license server's rules, top to bottom.
+
+The shell reads the world (the device's licenses, the key packs, whether the server is
+activated), calls one function here with ``now``, and writes back exactly the changes the
+returned ``Decision`` lists, in one transaction. Refusals are raised as ``TslsError``.
+Sources are REFERENCE.md sections, cited in brackets.
+"""
+from __future__ import annotations
+
+import enum
+import random
+
+import attrs
+
+from tsls.core.model import (
+    DAY,
+    CalType,
+    KeyPack,
+    License,
+    LicenseKind,
+    LicenseStatus,
+    ProductVersion,
+)
+from tsls.errors import Code, TslsError
+
+TEMPORARY_DAYS = 90           # [§2, KB813052]
+CAL_DAYS = (52, 89)           # a permanent CAL lives a random 52-89 days [§1, RDSblog08]
+RENEWAL_WINDOW = 7 * DAY      # renewed on a logon within 7 days of expiry [§1, MSQA]
+
+
+@attrs.frozen
+class TerminalServer:
+    """A terminal server as it introduced itself in its hello."""
+
+    name: str
+    version: ProductVersion
+    mode: CalType
+
+
+def check_terminal_server(ts: TerminalServer) -> None:
+    """User CALs cannot be issued to Windows 2000 terminal servers [§1, KB822134]."""
+    if ts.version is ProductVersion.W2000 and ts.mode is CalType.PER_USER:
+        raise TslsError(Code.MODE_UNSUPPORTED, "a Windows 2000 terminal server has no Per User licensing mode")
+
+
+@attrs.frozen
+class Logon:
+    hwid: str
+    machine: str
+    user: str
+    presented: int | None = None     # the id of the license the device presents, if any
+
+
+@attrs.frozen
+class World:
+    """What the rules need to know, as read by the shell in the same transaction."""
+
+    activated: bool
+    packs: tuple[KeyPack, ...]
+    held: tuple[License, ...]        # every license this device was ever issued
+    seed: str = "0"                  # the lab's seed for CAL lifetimes
+
+
+class Outcome(enum.Enum):
+    TEMPORARY_ISSUED = "temporary_issued"   # first logon: a new 90-day temporary license
+    TEMPORARY = "temporary"                 # the device keeps its temporary license
+    UPGRADED = "upgraded"                   # a permanent CAL was issued, the pool went down by one
+    EXISTING = "existing"                   # the device's permanent CAL, unchanged
+    RENEWED = "renewed"                     # the device's permanent CAL, with a new expiry date
+    PER_USER = "per_user"                   # Per User logon: allowed and logged, nothing counted
+    VALIDATED = "validated"                 # the terminal server reported a successful logon
+    EXPIRED = "expired"                     # swept: ran out
+    REVOKED = "revoked"                     # an administrator revoked it
+
+
+@attrs.frozen
+class Change:
+    """One license row to write (id 0 means insert) and what it does to its key pack's Issued."""
+
+    license: License
+    pack_delta: int = 0
+
+
+@attrs.frozen
+class Decision:
+    outcome: Outcome
+    license: License | None                 # what the device gets back (None for Per User)
+    reason: Code | None = None              # why the device got no permanent CAL, if it did not
+    changes: tuple[Change, ...] = ()
+    message: str = ""
+
+
+def cal_lifetime(seed: str, hwid: str, version: ProductVersion, renewals: int) -> int:
+    """Seconds a permanent CAL lives: a random 52-89 days, drawn from the lab's seed, so a run
+    replays exactly (and a restart does not change what the next draw is)."""
+    days = random.Random(f"{seed}|{hwid}|{version.value}|{renewals}").randint(*CAL_DAYS)
+    return days * DAY
+
+
+def device_logon(ts: TerminalServer, logon: Logon, world: World, now: int) -> Decision:
+    """A logon through a terminal server. Per Device mode, or Per User mode whose CALs are not
+    installed, ends up in the temporary/permanent Per Device flow [§1, §2]."""
+    _check_presented(logon, world.held)
+    if ts.mode is CalType.PER_USER:
+        if _mode_mismatch(CalType.PER_USER, world.packs):
+            return _per_device(ts, logon, world, now, why=(Code.MODE_MISMATCH, _mismatch_message(ts)))
+        return Decision(Outcome.PER_USER, None, message=f"Per User logon of {logon.user!r} recorded")
+    return _per_device(ts, logon, world, now, why=_why_no_permanent(ts, world))
+
+
+def _per_device(ts, logon, world, now, why) -> Decision:
+    held = [lic for lic in world.held if lic.hwid == logon.hwid]
+    cal = _best_cal(held, ts.version, now)
+    if cal is not None:
+        return _keep_or_renew(cal, world.seed, now)
+
+    temporary = next((lic for lic in held if lic.kind is LicenseKind.TEMPORARY and lic.product_version is ts.version), None)
+    if temporary is None:
+        # First logon: a temporary license, whatever the pool holds [§1, KB287687; cc727934].
+        new = License(
+            id=0, kind=LicenseKind.TEMPORARY, status=LicenseStatus.ACTIVE, hwid=logon.hwid,
+            machine=logon.machine, user=logon.user, terminal_server=ts.name,
+            product_version=ts.version, key_pack=None, validated=False,
+            issued_at=now, expires_at=now + TEMPORARY_DAYS * DAY,
+        )
+        return Decision(Outcome.TEMPORARY_ISSUED, new, _code(why), (Change(new),), _text(why, "temporary license issued"))
+
+    # Upgrade once the logon with the temporary license was reported successful, or once it has
+    # run out: after that a device gets in only with a permanent CAL [§2, KB813052].
+    if why is None and (temporary.validated or not temporary.live(now)):
+        pack = _choose_pack(world.packs, ts.version)
+        lifetime = cal_lifetime(world.seed, logon.hwid, pack.product_version, 0)
+        cal = License(
+            id=0, kind=LicenseKind.PERMANENT, status=LicenseStatus.ACTIVE, hwid=logon.hwid,
+            machine=logon.machine, user=logon.user, terminal_server=ts.name,
+            product_version=pack.product_version, key_pack=pack.id, validated=True,
+            issued_at=now, expires_at=now + lifetime,
+        )
+        changes = [Change(cal, pack_delta=+1)]
+        if temporary.status is LicenseStatus.ACTIVE:
+            changes.append(Change(attrs.evolve(temporary, status=LicenseStatus.UPGRADED)))
+        return Decision(Outcome.UPGRADED, cal, None, tuple(changes), f"permanent CAL issued from key pack {pack.key_pack_id}")
+
+    if temporary.live(now):
+        return Decision(Outcome.TEMPORARY, temporary, _code(why), (), _text(why, "temporary license still valid"))
+
+    code, message = why or (Code.NO_LICENSE_AVAILABLE, "no permanent CAL")
+    raise TslsError(code, f"the device's temporary license has expired and it cannot get a permanent CAL: {message}",
+                    hwid=logon.hwid)
+
+
+def report_logon(license_id: int, hwid: str, world: World, now: int) -> Decision:
+    """The terminal server reports that a logon with this license succeeded; a temporary license
+    is then 'validated' and may be upgraded at the next logon [§1, KB287687]."""
+    lic = next((lic for lic in world.held if lic.id == license_id), None)
+    if lic is None or lic.hwid != hwid:
+        raise TslsError(Code.UNKNOWN_LICENSE, f"no license {license_id} was issued to this device", license_id=license_id)
+    if lic.kind is LicenseKind.PERMANENT or lic.validated:
+        return Decision(Outcome.VALIDATED, lic, message="nothing to validate")
+    validated = attrs.evolve(lic, validated=True)
+    return Decision(Outcome.VALIDATED, validated, changes=(Change(validated),), message="temporary license validated")
+
+
+def expire(lic: License, now: int) -> Decision | None:
+    """A license whose time is up: a permanent CAL's seat goes back to its key pack [§1]."""
+    if lic.status is not LicenseStatus.ACTIVE or now < lic.expires_at:
+        return None
+    gone = attrs.evolve(lic, status=LicenseStatus.EXPIRED)
+    delta = -1 if lic.kind is LicenseKind.PERMANENT else 0
+    return Decision(Outcome.EXPIRED, gone, changes=(Change(gone, pack_delta=delta),), message="license expired")
+
+
+# --- the pieces -----------------------------------------------------------------------------------
+
+def _check_presented(logon: Logon, held) -> None:
+    if logon.presented is None:
+        return
+    if not any(lic.id == logon.presented and lic.hwid == logon.hwid for lic in held):
+        raise TslsError(Code.INVALID_LICENSE, "the device presented a license this server did not issue to it",
+                        license_id=logon.presented)
+
+
+def _best_cal(held, version: ProductVersion, now: int) -> License | None:
+    """The device's live permanent CAL that serves this terminal server, the oldest version first."""
+    cals = [lic for lic in held if lic.kind is LicenseKind.PERMANENT and lic.live(now) and lic.product_version.serves(version)]
+    return min(cals, key=lambda lic: (lic.product_version.rank, lic.id), default=None)
+
+
+def _keep_or_renew(cal: License, seed: str, now: int) -> Decision:
+    if cal.expires_at - now > RENEWAL_WINDOW:
+        return Decision(Outcome.EXISTING, cal, message="the device's CAL")
+    renewals = cal.renewals + 1
+    renewed = attrs.evolve(cal, renewals=renewals, expires_at=now + cal_lifetime(seed, cal.hwid, cal.product_version, renewals))
+    return Decision(Outcome.RENEWED, renewed, changes=(Change(renewed),), message="CAL renewed")
+
+
+def _serving(packs, cal_type: CalType, version: ProductVersion):
+    return [p for p in packs if p.cal_type is cal_type and p.product_version.serves(version)]
+
+
+def _choose_pack(packs, version: ProductVersion) -> KeyPack:
+    """The most appropriate CAL: the lowest version that serves, then the oldest pack [§3]."""
+    free = [p for p in _serving(packs, CalType.PER_DEVICE, version) if p.available > 0]
+    return min(free, key=lambda p: (p.product_version.rank, p.id))
+
+
+def _mode_mismatch(mode: CalType, packs) -> bool:
+    """Only CALs of the other type are installed [§2, KB822134]."""
+    return bool(packs) and all(p.cal_type is not mode for p in packs)
+
+
+def _mismatch_message(ts: TerminalServer) -> str:
+    other = "Per User" if ts.mode is CalType.PER_DEVICE else "Per Device"
+    mode = "Per Device" if ts.mode is CalType.PER_DEVICE else "Per User"
+    return f"the terminal server is in {mode} mode but only {other} CALs are installed"
+
+
+def _why_no_permanent(ts: TerminalServer, world: World) -> tuple[Code, str] | None:
+    """Why a Per Device logon cannot get a permanent CAL now, or None if it can."""
+    if not world.activated:
+        return Code.NOT_ACTIVATED, "the license server is not activated, so it issues only temporary licenses"
+    if _mode_mismatch(CalType.PER_DEVICE, world.packs):
+        return Code.MODE_MISMATCH, _mismatch_message(ts)
+    serving = _serving(world.packs, CalType.PER_DEVICE, ts.version)
+    if not serving:
+        return Code.NO_LICENSE_AVAILABLE, f"no Per Device CALs for Windows Server {ts.version.value} or newer are installed"
+    if all(p.available == 0 for p in serving):
+        return Code.NO_LICENSE_AVAILABLE, f"all Per Device CALs for Windows Server {ts.version.value} or newer are issued"
+    return None
+
+
+def _code(why):
+    return None if why is None else why[0]
+
+
+def _text(why, default: str) -> str:
+    return default if why is None else f"{default}: {why[1]}"

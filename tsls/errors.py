@@ -1,0 +1,72 @@
+"""Every failure that crosses a wire: a stable code, a human message, and details.
+
+The license server's socket protocol, the Clearinghouse's HTTP API and the client
+libraries all speak these codes. A code is part of the documented protocol
+(docs/protocol.md, docs/clearinghouse.md): never rename one.
+"""
+from __future__ import annotations
+
+import enum
+
+
+class Code(enum.Enum):
+    # Request shape
+    BAD_REQUEST = "BAD_REQUEST"
+    BAD_JSON = "BAD_JSON"
+    UNKNOWN_OPERATION = "UNKNOWN_OPERATION"
+    HELLO_REQUIRED = "HELLO_REQUIRED"
+    ALREADY_HELLO = "ALREADY_HELLO"
+    UNSUPPORTED_PROTOCOL = "UNSUPPORTED_PROTOCOL"
+    LINE_TOO_LONG = "LINE_TOO_LONG"
+    NOT_PERMITTED = "NOT_PERMITTED"
+    # Licensing decisions
+    NO_LICENSE_AVAILABLE = "NO_LICENSE_AVAILABLE"
+    MODE_MISMATCH = "MODE_MISMATCH"
+    NOT_ACTIVATED = "NOT_ACTIVATED"
+    MODE_UNSUPPORTED = "MODE_UNSUPPORTED"
+    INVALID_LICENSE = "INVALID_LICENSE"
+    UNKNOWN_LICENSE = "UNKNOWN_LICENSE"
+    TEMPORARY_LICENSE_EXPIRED = "TEMPORARY_LICENSE_EXPIRED"
+    # Purchases, key packs, activation
+    INVALID_PURCHASE = "INVALID_PURCHASE"
+    UNKNOWN_PURCHASE = "UNKNOWN_PURCHASE"
+    PURCHASE_EXISTS = "PURCHASE_EXISTS"
+    PURCHASE_BOUND = "PURCHASE_BOUND"
+    QUANTITY_EXCEEDED = "QUANTITY_EXCEEDED"
+    ALREADY_ACTIVATED = "ALREADY_ACTIVATED"
+    UNKNOWN_LICENSE_SERVER = "UNKNOWN_LICENSE_SERVER"
+    BAD_CREDENTIALS = "BAD_CREDENTIALS"
+    CLEARINGHOUSE_UNREACHABLE = "CLEARINGHOUSE_UNREACHABLE"
+    CLEARINGHOUSE_ERROR = "CLEARINGHOUSE_ERROR"
+    NOT_FOUND = "NOT_FOUND"
+    # Server side
+    STORAGE_ERROR = "STORAGE_ERROR"
+    SHUTTING_DOWN = "SHUTTING_DOWN"
+    INTERNAL_ERROR = "INTERNAL_ERROR"
+
+
+class TslsError(Exception):
+    """A refusal with a stable code. Raised by the core, turned into a wire error by the shells,
+    and raised again, typed, by the client libraries."""
+
+    def __init__(self, code: Code, message: str, **details: object) -> None:
+        super().__init__(f"{code.value}: {message}")
+        self.code = code
+        self.message = message
+        self.details = details
+
+    def to_json(self) -> dict:
+        body: dict = {"code": self.code.value, "message": self.message}
+        if self.details:
+            body["details"] = self.details
+        return body
+
+    @classmethod
+    def from_json(cls, body: object) -> "TslsError":
+        if not isinstance(body, dict):
+            return cls(Code.INTERNAL_ERROR, f"malformed error body: {body!r}")
+        try:
+            code = Code(body.get("code"))
+        except ValueError:
+            return cls(Code.INTERNAL_ERROR, f"unknown error code {body.get('code')!r}: {body.get('message')}")
+        return cls(code, str(body.get("message", "")), **(body.get("details") or {}))
