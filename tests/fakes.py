@@ -1,0 +1,54 @@
+"""An in-memory stand-in for the Clearinghouse client, for tests of the layers above it.
+The real Clearinghouse is tested on its own and end to end in tests/test_lab.py."""
+import itertools
+
+from twisted.internet import defer
+
+from tsls.errors import Code, TslsError
+
+
+class FakeClearinghouse:
+    def __init__(self):
+        self.calls = []
+        self._ids = itertools.count(1)
+        self.reachable = True
+
+    def _call(self, name, *args):
+        self.calls.append((name, *args))
+        if not self.reachable:
+            raise TslsError(Code.CLEARINGHOUSE_UNREACHABLE, "cannot reach the Clearinghouse at http://fake")
+
+    @defer.inlineCallbacks
+    def activate(self, product_id, contact, method):
+        yield self._call("activate", product_id, method)
+        return {"license_server_id": f"LS{next(self._ids)}".ljust(35, "X"), "product_id": product_id}
+
+    @defer.inlineCallbacks
+    def reactivate(self, license_server_id, product_id, reason, contact):
+        yield self._call("reactivate", license_server_id, reason)
+        return {"license_server_id": f"LS{next(self._ids)}".ljust(35, "Y"), "product_id": product_id}
+
+    @defer.inlineCallbacks
+    def deactivate(self, license_server_id, product_id):
+        yield self._call("deactivate", license_server_id)
+        return {}
+
+    @defer.inlineCallbacks
+    def install(self, license_server_id, product_id, ref, product_version=None, cal_type=None, quantity=None):
+        yield self._call("install", license_server_id, ref.reference)
+        return {"key_pack": self._pack(ref, product_version, cal_type, quantity)}
+
+    @defer.inlineCallbacks
+    def recover(self, license_server_id, product_id, ref):
+        yield self._call("recover", license_server_id, ref.reference)
+        return {"key_packs": [self._pack(ref, None, None, None)]}
+
+    def _pack(self, ref, product_version, cal_type, quantity):
+        return {
+            "key_pack_id": f"KP{next(self._ids)}".ljust(35, "0"),
+            "reference": ref.reference,
+            "purchase": ref.to_json(),
+            "product_version": (product_version.value if product_version else "2003"),
+            "cal_type": (cal_type.value if cal_type else "per_device"),
+            "quantity": quantity or 5,
+        }

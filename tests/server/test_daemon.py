@@ -1,0 +1,263 @@
+"""The license server daemon on real loopback sockets and real SQLite, driven by our client library.
+The Clearinghouse is a fake here; tests/test_lab.py runs the real one."""
+import json
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer, reactor
+
+from clients.connection import connect
+from tests.fakes import FakeClearinghouse
+from tsls.errors import Code, TslsError
+from tsls.server.service import LicenseServerService
+
+RETAIL = {"program": "retail", "retail_code": "R" * 25}
+TIMEOUT = 10
+
+
+def with_timeout(d):
+    return d.addTimeout(TIMEOUT, reactor)
+
+
+class Daemon:
+    def __init__(self, tmp_path, clearinghouse=None, clock=None):
+        self.path = str(tmp_path / "ls.sqlite")
+        self.clearinghouse = clearinghouse or FakeClearinghouse()
+        self.clock = clock
+        self.service = None
+
+    @defer.inlineCallbacks
+    def start(self):
+        self.service = LicenseServerService(reactor, "tcp:0:interface=127.0.0.1", self.path, self.clearinghouse,
+                                            clock=self.clock, seed="1")
+        self.service.startService()
+        port = yield self.service.listener.listening
+        self.endpoint = f"tcp:127.0.0.1:{port.getHost().port}"
+        self.connections = []
+
+    @defer.inlineCallbacks
+    def connect(self):
+        conn = yield with_timeout(connect(reactor, self.endpoint))
+        self.connections.append(conn)
+        return conn
+
+    @defer.inlineCallbacks
+    def admin(self):
+        conn = yield self.connect()
+        yield conn.hello_admin()
+        return conn
+
+    @defer.inlineCallbacks
+    def terminal_server(self, name="TS01", version="2003", mode="per_device"):
+        conn = yield self.connect()
+        yield conn.hello_terminal_server(name, version, mode)
+        return conn
+
+    @defer.inlineCallbacks
+    def stop(self):
+        for conn in self.connections:
+            if conn.transport.connected:
+                yield conn.close()
+        yield self.service.stopService()
+
+
+@pytest.fixture
+def daemon(tmp_path):
+    d = Daemon(tmp_path)
+    pytest_twisted.blockon(d.start())
+    yield d
+    pytest_twisted.blockon(d.stop())
+
+
+@defer.inlineCallbacks
+def logon(ts, device, license=None, report=True):
+    answer = yield ts.request("logon", hwid=f"hw-{device}", machine=device, user=f"user-{device}", license=license)
+    if report and answer["license"]:
+        yield ts.request("logon_succeeded", hwid=f"hw-{device}", license=answer["license"]["token"])
+    return answer
+
+
+@defer.inlineCallbacks
+def activate_and_install(admin, quantity=5, cal_type="per_device"):
+    yield admin.request("activate", method="automatic", contact={"first_name": "A"})
+    pack = yield admin.request("install_key_pack", purchase={**RETAIL, "cal_type": cal_type, "quantity": quantity})
+    return pack
+
+
+@pytest_twisted.inlineCallbacks
+def test_five_cals_serve_five_devices_and_the_sixth_keeps_a_temporary_license(daemon):
+    admin = yield daemon.admin()
+    yield activate_and_install(admin)
+    ts = yield daemon.terminal_server()
+    held = {}
+    for _ in range(2):
+        for i in range(6):
+            answer = yield logon(ts, f"pc{i}", held.get(i))
+            held[i] = answer["license"]["token"]
+    kinds = []
+    for i in range(6):
+        answer = yield logon(ts, f"pc{i}", held[i])
+        kinds.append(answer["license"]["kind"])
+    assert sorted(kinds) == ["permanent"] * 5 + ["temporary"]
+    packs = yield admin.request("list_key_packs")
+    assert [(p["total"], p["issued"], p["available"]) for p in packs] == [(5, 5, 0)]
+
+
+@pytest_twisted.inlineCallbacks
+def test_pipelined_duplicate_logons_decrement_once(daemon):
+    admin = yield daemon.admin()
+    yield activate_and_install(admin)
+    ts = yield daemon.terminal_server()
+    yield logon(ts, "pc1")
+    answers = yield defer.gatherResults([ts.request("logon", hwid="hw-pc1", machine="pc1", user="u")
+                                         for _ in range(20)])
+    assert {a["license"]["license_id"] for a in answers} == {answers[0]["license"]["license_id"]}
+    assert answers[0]["outcome"] == "upgraded" and {a["outcome"] for a in answers[1:]} == {"existing"}
+    packs = yield admin.request("list_key_packs")
+    assert packs[0]["issued"] == 1
+
+
+@pytest_twisted.inlineCallbacks
+def test_two_terminal_servers_logging_one_device_on_at_once_decrement_once(daemon):
+    admin = yield daemon.admin()
+    yield activate_and_install(admin)
+    ts1 = yield daemon.terminal_server("TS01")
+    ts2 = yield daemon.terminal_server("TS02")
+    yield logon(ts1, "pc1")
+    a, b = yield defer.gatherResults([ts1.request("logon", hwid="hw-pc1", machine="pc1", user="u"),
+                                      ts2.request("logon", hwid="hw-pc1", machine="pc1", user="u")])
+    assert a["license"]["license_id"] == b["license"]["license_id"]
+    packs = yield admin.request("list_key_packs")
+    assert packs[0]["issued"] == 1
+
+
+@pytest_twisted.inlineCallbacks
+def test_unactivated_server_answers_with_temporary_licenses_and_says_why(daemon):
+    ts = yield daemon.terminal_server()
+    yield logon(ts, "pc1")
+    answer = yield logon(ts, "pc1")
+    assert answer["outcome"] == "temporary" and answer["reason"] == "NOT_ACTIVATED"
+
+
+@pytest_twisted.inlineCallbacks
+def test_per_user_logons_are_logged_and_never_counted(daemon):
+    admin = yield daemon.admin()
+    yield activate_and_install(admin, quantity=2, cal_type="per_user")
+    ts = yield daemon.terminal_server("TSU", mode="per_user")
+    for i in range(10):
+        answer = yield logon(ts, f"pc{i}")
+        assert answer["outcome"] == "per_user" and answer["license"] is None
+    report = yield admin.request("usage_report")
+    assert report["users_seen"] == 10 and report["per_user_cals_installed"] == 2
+    assert report["users_over_installed"] == 8
+    packs = yield admin.request("list_key_packs")
+    assert packs[0]["available"] == 2
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_forged_license_is_refused_with_a_code(daemon):
+    ts = yield daemon.terminal_server()
+    answer = yield logon(ts, "pc1")
+    forged = answer["license"]["token"][:-1] + ("0" if answer["license"]["token"][-1] != "0" else "1")
+    with pytest.raises(TslsError) as e:
+        yield ts.request("logon", hwid="hw-pc1", machine="pc1", user="u", license=forged)
+    assert e.value.code is Code.INVALID_LICENSE
+    with pytest.raises(TslsError) as e:
+        yield ts.request("logon", hwid="hw-pc2", machine="pc2", user="u", license=answer["license"]["token"])
+    assert e.value.code is Code.INVALID_LICENSE
+
+
+@pytest_twisted.inlineCallbacks
+def test_everything_survives_a_restart(tmp_path):
+    first = Daemon(tmp_path)
+    yield first.start()
+    admin = yield first.admin()
+    yield activate_and_install(admin)
+    ts = yield first.terminal_server()
+    yield logon(ts, "pc1")
+    cal = (yield logon(ts, "pc1"))["license"]
+    yield first.stop()
+
+    second = Daemon(tmp_path, first.clearinghouse)
+    yield second.start()
+    try:
+        ts = yield second.terminal_server()
+        again = yield logon(ts, "pc1", cal["token"])
+        assert again["outcome"] == "existing" and again["license"]["license_id"] == cal["license_id"]
+        admin = yield second.admin()
+        status = yield admin.request("status")
+        assert status["activation"]["status"] == "activated"
+        assert status["key_packs"][0]["issued"] == 1
+    finally:
+        yield second.stop()
+
+
+@pytest_twisted.inlineCallbacks
+def test_install_without_activation_is_refused_and_nothing_is_asked_of_the_clearinghouse(daemon):
+    admin = yield daemon.admin()
+    with pytest.raises(TslsError) as e:
+        yield admin.request("install_key_pack", purchase={**RETAIL})
+    assert e.value.code is Code.NOT_ACTIVATED
+    assert daemon.clearinghouse.calls == []
+
+
+@pytest_twisted.inlineCallbacks
+def test_unreachable_clearinghouse_is_a_clear_error_and_licensing_goes_on(daemon):
+    admin = yield daemon.admin()
+    yield activate_and_install(admin)
+    daemon.clearinghouse.reachable = False
+    with pytest.raises(TslsError) as e:
+        yield admin.request("install_key_pack", purchase={**RETAIL})
+    assert e.value.code is Code.CLEARINGHOUSE_UNREACHABLE
+    ts = yield daemon.terminal_server()
+    yield logon(ts, "pc1")
+    assert (yield logon(ts, "pc1"))["outcome"] == "upgraded"
+
+
+@pytest_twisted.inlineCallbacks
+def test_telephone_activation_takes_the_typed_license_server_id(daemon):
+    admin = yield daemon.admin()
+    with pytest.raises(TslsError) as e:
+        yield admin.request("activate", method="telephone", license_server_id="too-short")
+    assert e.value.code is Code.BAD_REQUEST
+    result = yield admin.request("activate", method="telephone", license_server_id="A" * 35)
+    assert result["status"] == "activated" and result["method"] == "telephone"
+    with pytest.raises(TslsError) as e:
+        yield admin.request("activate", method="telephone", license_server_id="B" * 35)
+    assert e.value.code is Code.ALREADY_ACTIVATED
+
+
+@pytest_twisted.inlineCallbacks
+def test_bad_input_gets_coded_errors_and_the_connection_keeps_working(daemon):
+    conn = yield daemon.connect()
+    replies = []
+    all_in = defer.Deferred()
+
+    def received(line):
+        replies.append(json.loads(line))
+        if len(replies) == 11:
+            all_in.callback(None)
+    conn.lineReceived = received
+    for raw in [b"not json", b"[1,2]", b'{"op":"logon"}', b'{"id":1,"op":"logon"}',
+                b'{"id":2,"op":"hello","protocol":1,"role":"terminal_server","name":"T","version":"1995","mode":"per_device"}',
+                b'{"id":3,"op":"hello","protocol":1,"role":"terminal_server","name":"T","version":"2000","mode":"per_user"}',
+                b'{"id":4,"op":"hello","protocol":1,"role":"terminal_server","name":"T","version":"2003","mode":"per_device"}',
+                b'{"id":5,"op":"status"}',
+                b'{"id":6,"op":"frobnicate"}',
+                b'{"id":7,"op":"logon","hwid":5,"machine":"m","user":"u"}',
+                b'{"id":8,"op":"logon","hwid":"h","machine":"m","user":"u"}']:
+        conn.sendLine(raw)
+    yield with_timeout(all_in)
+    codes = [r["error"]["code"] if not r["ok"] else "ok" for r in replies]
+    assert codes == ["BAD_JSON", "BAD_REQUEST", "BAD_REQUEST", "HELLO_REQUIRED", "BAD_REQUEST", "MODE_UNSUPPORTED",
+                     "ok", "NOT_PERMITTED", "UNKNOWN_OPERATION", "BAD_REQUEST", "ok"]
+
+
+@pytest_twisted.inlineCallbacks
+def test_an_oversize_line_closes_that_connection_only(daemon):
+    ts = yield daemon.terminal_server()
+    bad = yield daemon.connect()
+    bad.transport.write(b"x" * (70 * 1024))
+    yield with_timeout(bad.closed)
+    answer = yield logon(ts, "pc1")
+    assert answer["outcome"] == "temporary_issued"

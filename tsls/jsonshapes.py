@@ -1,0 +1,47 @@
+"""How the core's values look on the wire (socket protocol and admin output). Written once."""
+from __future__ import annotations
+
+import datetime
+
+from tsls.core.model import KeyPack, License
+
+
+def iso(ts: int | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.datetime.fromtimestamp(ts, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def key_pack_json(p: KeyPack) -> dict:
+    return {
+        "id": p.id,
+        "key_pack_id": p.key_pack_id,
+        "product_version": p.product_version.value,
+        "cal_type": p.cal_type.value,
+        "purchase": p.purchase.to_json(),
+        "total": p.total,
+        "issued": p.issued,
+        "available": p.available,
+        "installed_at": iso(p.installed_at),
+    }
+
+
+def license_json(lic: License, key_pack_id: str | None = None, token: str | None = None) -> dict:
+    out = {
+        "license_id": lic.id,
+        "kind": lic.kind.value,
+        "status": lic.status.value,
+        "hwid": lic.hwid,
+        "machine": lic.machine,
+        "user": lic.user,
+        "terminal_server": lic.terminal_server,
+        "product_version": lic.product_version.value,
+        "key_pack_id": key_pack_id,
+        "validated": lic.validated,
+        "issued_at": iso(lic.issued_at),
+        "expires_at": iso(lic.expires_at),
+        "renewals": lic.renewals,
+    }
+    if token is not None:
+        out["token"] = token
+    return out

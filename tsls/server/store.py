@@ -1,0 +1,228 @@
+"""SQLite storage for the license server: the ledger of key packs and licenses.
+
+Plain synchronous code, used from one thread only (the writer's). It reads the world the core
+needs, and writes back the changes a core ``Decision`` lists; it decides nothing itself.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+
+import attrs
+
+from tsls.core.licensing import Change, Decision, World, expire
+from tsls.core.model import CalType, KeyPack, License, LicenseKind, LicenseStatus, ProductVersion, PurchaseRef
+
+SCHEMA_VERSION = 1
+
+# Migration N brings a database from version N-1 to N. Never edit one that has shipped: add one.
+MIGRATIONS = {
+    1: """
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE key_packs (
+        id INTEGER PRIMARY KEY,
+        key_pack_id TEXT NOT NULL UNIQUE,
+        purchase TEXT NOT NULL,
+        reference TEXT NOT NULL,
+        product_version TEXT NOT NULL,
+        cal_type TEXT NOT NULL,
+        total INTEGER NOT NULL CHECK (total > 0),
+        issued INTEGER NOT NULL DEFAULT 0 CHECK (issued >= 0 AND issued <= total),
+        installed_at INTEGER NOT NULL
+    );
+    CREATE TABLE licenses (
+        id INTEGER PRIMARY KEY,
+        kind TEXT NOT NULL,
+        status TEXT NOT NULL,
+        hwid TEXT NOT NULL,
+        machine TEXT NOT NULL,
+        user TEXT NOT NULL,
+        terminal_server TEXT NOT NULL,
+        product_version TEXT NOT NULL,
+        key_pack INTEGER REFERENCES key_packs(id),
+        validated INTEGER NOT NULL,
+        issued_at INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL,
+        renewals INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX licenses_hwid ON licenses(hwid);
+    CREATE INDEX licenses_due ON licenses(expires_at) WHERE status = 'active';
+    -- A device gets one temporary license per version, ever, and holds one live CAL per version.
+    CREATE UNIQUE INDEX one_temporary ON licenses(hwid, product_version) WHERE kind = 'temporary';
+    CREATE UNIQUE INDEX one_live_cal ON licenses(hwid, product_version) WHERE kind = 'permanent' AND status = 'active';
+    CREATE TABLE per_user_logons (
+        id INTEGER PRIMARY KEY,
+        at INTEGER NOT NULL,
+        user TEXT NOT NULL,
+        hwid TEXT NOT NULL,
+        machine TEXT NOT NULL,
+        terminal_server TEXT NOT NULL
+    );
+    CREATE INDEX per_user_logons_at ON per_user_logons(at);
+    """,
+}
+
+
+class StoreError(Exception):
+    """The database cannot be used: corrupt, not a tsls database, or from a newer tsls."""
+
+
+class LicenseStore:
+    def __init__(self, connection: sqlite3.Connection) -> None:
+        self.db = connection
+
+    @classmethod
+    def open(cls, path: str) -> "LicenseStore":
+        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute("PRAGMA foreign_keys=ON")
+            store = cls(db)
+            store._migrate(path)
+        except sqlite3.DatabaseError as e:
+            db.close()
+            raise StoreError(f"{path} is not a usable tsls database ({e}); it was left untouched") from None
+        except StoreError:
+            db.close()
+            raise
+        return store
+
+    def close(self) -> None:
+        self.db.close()
+
+    def _migrate(self, path: str) -> None:
+        version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise StoreError(f"{path} has schema version {version}, newer than this tsls knows ({SCHEMA_VERSION}); "
+                             "use a newer tsls, it was left untouched")
+        if version == 0 and self.db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
+            raise StoreError(f"{path} is not a tsls license server database; it was left untouched")
+        for target in range(version + 1, SCHEMA_VERSION + 1):
+            with self.transaction():
+                self._run_script(MIGRATIONS[target])
+                self.db.execute(f"PRAGMA user_version = {target}")
+
+    def _run_script(self, script: str) -> None:
+        for statement in script.split(";"):
+            if statement.strip():
+                self.db.execute(statement)
+
+    # --- transactions ---------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def transaction(self):
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    @contextlib.contextmanager
+    def savepoint(self):
+        """One request inside a shared transaction: a refusal undoes only its own writes."""
+        self.db.execute("SAVEPOINT request")
+        try:
+            yield
+        except BaseException:
+            self.db.execute("ROLLBACK TO request")
+            self.db.execute("RELEASE request")
+            raise
+        self.db.execute("RELEASE request")
+
+    # --- meta -----------------------------------------------------------------------------------
+
+    def get_meta(self, key: str, default: str | None = None) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return default if row is None else row[0]
+
+    def set_meta(self, key: str, value: str | None) -> None:
+        if value is None:
+            self.db.execute("DELETE FROM meta WHERE key = ?", (key,))
+        else:
+            self.db.execute("INSERT INTO meta (key, value) VALUES (?, ?) "
+                            "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (key, value))
+
+    # --- reading the world ----------------------------------------------------------------------
+
+    def key_packs(self) -> tuple[KeyPack, ...]:
+        rows = self.db.execute("SELECT id, key_pack_id, purchase, product_version, cal_type, total, issued, "
+                               "installed_at FROM key_packs ORDER BY id")
+        return tuple(KeyPack(r[0], r[1], PurchaseRef.from_json(json.loads(r[2])), ProductVersion(r[3]),
+                             CalType(r[4]), r[5], r[6], r[7]) for r in rows)
+
+    def licenses_of(self, hwid: str) -> tuple[License, ...]:
+        return tuple(_license(r) for r in self.db.execute(f"SELECT {_COLUMNS} FROM licenses WHERE hwid = ?", (hwid,)))
+
+    def license(self, license_id: int) -> License | None:
+        row = self.db.execute(f"SELECT {_COLUMNS} FROM licenses WHERE id = ?", (license_id,)).fetchone()
+        return None if row is None else _license(row)
+
+    def licenses(self, where: str = "1", params: tuple = (), limit: int = 1000) -> list[License]:
+        rows = self.db.execute(f"SELECT {_COLUMNS} FROM licenses WHERE {where} ORDER BY id LIMIT ?", (*params, limit))
+        return [_license(r) for r in rows]
+
+    def world(self, hwid: str, activated: bool, seed: str) -> World:
+        return World(activated, self.key_packs(), self.licenses_of(hwid), seed)
+
+    # --- writing decisions ----------------------------------------------------------------------
+
+    def apply(self, decision: Decision) -> Decision:
+        """Write the decision's changes; return it with the inserted license's id filled in."""
+        result = decision.license
+        for change in decision.changes:
+            written = self._write(change)
+            if change.license is decision.license:
+                result = written
+        return attrs.evolve(decision, license=result)
+
+    def _write(self, change: Change) -> License:
+        lic = change.license
+        values = (lic.kind.value, lic.status.value, lic.hwid, lic.machine, lic.user, lic.terminal_server,
+                  lic.product_version.value, lic.key_pack, int(lic.validated), lic.issued_at, lic.expires_at,
+                  lic.renewals)
+        if lic.id == 0:
+            cursor = self.db.execute(f"INSERT INTO licenses ({_COLUMNS_NO_ID}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", values)
+            lic = attrs.evolve(lic, id=cursor.lastrowid)
+        else:
+            self.db.execute(f"UPDATE licenses SET ({_COLUMNS_NO_ID}) = (?,?,?,?,?,?,?,?,?,?,?,?) WHERE id = ?",
+                            (*values, lic.id))
+        if change.pack_delta:
+            self.db.execute("UPDATE key_packs SET issued = issued + ? WHERE id = ?", (change.pack_delta, lic.key_pack))
+        return lic
+
+    def sweep(self, now: int) -> list[Decision]:
+        """Expire every license whose time is up, so what any request reads is current."""
+        due = self.db.execute(f"SELECT {_COLUMNS} FROM licenses WHERE status = 'active' AND expires_at <= ?", (now,))
+        decisions = [expire(_license(r), now) for r in due.fetchall()]
+        return [self.apply(d) for d in decisions if d is not None]
+
+    def add_key_pack(self, key_pack_id: str, purchase: PurchaseRef, version: ProductVersion, cal_type: CalType,
+                     total: int, now: int) -> KeyPack:
+        cursor = self.db.execute(
+            "INSERT INTO key_packs (key_pack_id, purchase, reference, product_version, cal_type, total, installed_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (key_pack_id, json.dumps(purchase.to_json()), purchase.reference, version.value, cal_type.value, total, now))
+        return KeyPack(cursor.lastrowid, key_pack_id, purchase, version, cal_type, total, 0, now)
+
+    def record_per_user(self, now: int, user: str, hwid: str, machine: str, terminal_server: str) -> None:
+        self.db.execute("INSERT INTO per_user_logons (at, user, hwid, machine, terminal_server) VALUES (?,?,?,?,?)",
+                        (now, user, hwid, machine, terminal_server))
+
+    def per_user_logons(self, start: int, end: int) -> list[tuple]:
+        return self.db.execute("SELECT at, user, hwid, machine, terminal_server FROM per_user_logons "
+                               "WHERE at >= ? AND at < ? ORDER BY id", (start, end)).fetchall()
+
+
+_COLUMNS_NO_ID = ("kind, status, hwid, machine, user, terminal_server, product_version, key_pack, validated, "
+                  "issued_at, expires_at, renewals")
+_COLUMNS = "id, " + _COLUMNS_NO_ID
+
+
+def _license(r) -> License:
+    return License(id=r[0], kind=LicenseKind(r[1]), status=LicenseStatus(r[2]), hwid=r[3], machine=r[4], user=r[5],
+                   terminal_server=r[6], product_version=ProductVersion(r[7]), key_pack=r[8], validated=bool(r[9]),
+                   issued_at=r[10], expires_at=r[11], renewals=r[12])

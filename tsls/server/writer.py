@@ -1,0 +1,110 @@
+"""Group commit: every request that touches the ledger runs here, in one thread, in batches.
+
+Requests that arrive while a batch is committing wait in a queue; the next batch takes them all
+and shares one durable COMMIT. Each request runs inside its own savepoint, so a refusal undoes
+only its own writes. No answer leaves before the COMMIT that holds its writes has returned.
+"""
+from __future__ import annotations
+
+from collections import deque
+from typing import Callable
+
+from twisted.internet import defer, threads
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
+
+from tsls.errors import Code, TslsError
+
+MAX_BATCH = 512
+
+
+class BatchWriter:
+    log = Logger()
+
+    def __init__(self, reactor, clock, store, on_batch: Callable | None = None) -> None:
+        self._reactor = reactor
+        self._clock = clock
+        self._store = store
+        self._on_batch = on_batch           # called in the reactor with what the sweep expired
+        self._queue: deque = deque()
+        self._running = False
+        self._idle: list[defer.Deferred] = []
+        self._pool = ThreadPool(1, 1, name="tsls-writer")
+        self._stopped = False
+
+    def start(self) -> None:
+        self._pool.start()
+
+    def submit(self, job: Callable) -> defer.Deferred:
+        """Run ``job(store, now)`` in the next batch; fire with its result once committed."""
+        if self._stopped:
+            return defer.fail(TslsError(Code.SHUTTING_DOWN, "the license server is shutting down"))
+        d = defer.Deferred()
+        self._queue.append((job, d))
+        if not self._running:
+            self._next_batch()
+        return d
+
+    def _next_batch(self) -> None:
+        if not self._queue:
+            self._running = False
+            idle, self._idle = self._idle, []
+            for d in idle:
+                d.callback(None)
+            return
+        self._running = True
+        batch = [self._queue.popleft() for _ in range(min(len(self._queue), MAX_BATCH))]
+        now = int(self._clock.seconds())
+        done = threads.deferToThreadPool(self._reactor, self._pool, self._run, [job for job, _ in batch], now)
+        done.addBoth(self._deliver, batch)
+
+    def _run(self, jobs, now):
+        store = self._store
+        results = []
+        with store.transaction():
+            expired = store.sweep(now)
+            for job in jobs:
+                try:
+                    with store.savepoint():
+                        results.append((True, job(store, now)))
+                except TslsError as e:
+                    results.append((False, e))
+                except Exception:
+                    results.append((False, Failure()))
+        return expired, results
+
+    def _deliver(self, outcome, batch) -> None:
+        if isinstance(outcome, Failure):
+            self.log.failure("a batch of {n} requests could not be committed", outcome, n=len(batch))
+            error = TslsError(Code.STORAGE_ERROR, "the license server could not commit the change; nothing was changed")
+            results = [(False, error)] * len(batch)
+        else:
+            expired, results = outcome
+            if self._on_batch is not None and expired:
+                self._on_batch(expired)
+        for (job, d), (ok, value) in zip(batch, results):
+            if isinstance(value, Failure):
+                self.log.failure("request failed inside the ledger", value)
+                value = TslsError(Code.INTERNAL_ERROR, "the license server failed on this request; nothing was changed")
+            if ok:
+                d.callback(value)
+            else:
+                d.errback(value)
+        self._next_batch()
+
+    def stop(self) -> defer.Deferred:
+        """Refuse new work, let queued work commit, then stop the thread and close the store."""
+        self._stopped = True
+        d = defer.Deferred()
+        if self._running:
+            self._idle.append(d)
+        else:
+            d.callback(None)
+
+        def close(_):
+            done = threads.deferToThreadPool(self._reactor, self._pool, self._store.close)
+            done.addBoth(lambda r: (self._pool.stop(), r)[1])
+            return done
+
+        return d.addCallback(close)
