@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 from twisted.application.service import MultiService, Service
-from twisted.internet import defer
 from twisted.internet.endpoints import serverFromString
 
+from tsls.listener import Listener
 from tsls.server.app import Identity, LicenseServer
 from tsls.server.protocol import LicenseFactory
 from tsls.server.store import LicenseStore
@@ -35,30 +35,5 @@ class LicenseServerService(MultiService):
         self.writer = BatchWriter(reactor, clock, store)
         self.server = LicenseServer(self.writer, clearinghouse, identity)
         _WriterService(self.writer).setServiceParent(self)
-        self.listener = Listener(serverFromString(reactor, endpoint), LicenseFactory(self.server))
+        self.listener = Listener("license server", serverFromString(reactor, endpoint), LicenseFactory(self.server))
         self.listener.setServiceParent(self)
-
-
-class Listener(Service):
-    """Listens on an endpoint while running. ``listening`` fires with the port (tests use ``tcp:0``);
-    a failure to listen fails ``startService``'s caller loudly instead of being logged and ignored."""
-
-    def __init__(self, endpoint, factory) -> None:
-        self.endpoint = endpoint
-        self.factory = factory
-        self.listening: defer.Deferred | None = None
-        self._port = None
-
-    def startService(self):
-        super().startService()
-        self.listening = self.endpoint.listen(self.factory)
-        self.listening.addCallback(self._listened)
-
-    def _listened(self, port):
-        self._port = port
-        return port
-
-    def stopService(self):
-        super().stopService()
-        if self._port is not None:
-            return self._port.stopListening()

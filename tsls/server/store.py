@@ -14,8 +14,6 @@ import attrs
 from tsls.core.licensing import Change, Decision, World, expire
 from tsls.core.model import CalType, KeyPack, License, LicenseKind, LicenseStatus, ProductVersion, PurchaseRef
 
-SCHEMA_VERSION = 1
-
 # Migration N brings a database from version N-1 to N. Never edit one that has shipped: add one.
 MIGRATIONS = {
     1: """
@@ -61,7 +59,24 @@ MIGRATIONS = {
     );
     CREATE INDEX per_user_logons_at ON per_user_logons(at);
     """,
+    2: """
+    CREATE TABLE events (
+        id INTEGER PRIMARY KEY,
+        at INTEGER NOT NULL,
+        event_id INTEGER NOT NULL,
+        name TEXT NOT NULL,
+        message TEXT NOT NULL,
+        terminal_server TEXT,
+        hwid TEXT,
+        user TEXT,
+        license_id INTEGER,
+        data TEXT
+    );
+    CREATE INDEX events_at ON events(at);
+    CREATE INDEX events_event_id ON events(event_id);
+    """,
 }
+SCHEMA_VERSION = max(MIGRATIONS)
 
 
 class StoreError(Exception):

@@ -1,0 +1,238 @@
+"""``tsls-admin``: Terminal Server Licensing Manager for the lab.
+
+Talks to the license server over its socket protocol, and to the mock Clearinghouse over HTTP for
+what a lab operator does there (selling CALs, the telephone activation call).
+"""
+from __future__ import annotations
+
+import argparse
+import calendar
+import datetime
+
+from clients.cli import run
+from clients.connection import DEFAULT_SERVER, connect
+from clients.output import emit, table
+from tsls.errors import Code, TslsError
+
+DEFAULT_CLEARINGHOUSE = "http://127.0.0.1:4880"
+
+KEY_PACK_COLUMNS = [("key_pack_id", "KEY PACK"), ("product_version", "VERSION"), ("cal_type", "TYPE"),
+                    ("program", "PROGRAM"), ("total", "TOTAL"), ("issued", "ISSUED"), ("available", "AVAILABLE")]
+LICENSE_COLUMNS = [("license_id", "ID"), ("kind", "KIND"), ("status", "STATUS"), ("machine", "MACHINE"),
+                   ("user", "USER"), ("terminal_server", "TS"), ("product_version", "VERSION"),
+                   ("key_pack_id", "KEY PACK"), ("issued_at", "ISSUED"), ("expires_at", "EXPIRES"),
+                   ("renewals", "RENEWALS")]
+
+
+def _purchase_options(p, sale: bool = False) -> None:
+    which = p.add_mutually_exclusive_group(required=not sale)
+    which.add_argument("--retail", metavar="CODE", help="a retail license code (25 letters and digits)")
+    which.add_argument("--open", nargs=2, metavar=("LICENSE_NUMBER", "AUTHORIZATION_NUMBER"),
+                       help="an Open License: 8-digit license number and 15-character authorization number")
+    which.add_argument("--agreement", nargs=2, metavar=("TYPE", "NUMBER"),
+                       help="an agreement: select, enterprise, campus, school, service_provider or other, "
+                            "and its 7-digit number")
+    p.add_argument("--version", dest="product_version", help="product version: 2000, 2003, 2008, 2008R2, 2012 ...")
+    p.add_argument("--cal-type", help="per-device or per-user")
+    p.add_argument("--quantity", type=int, help="number of CALs")
+
+
+def _purchase(args, sale: bool = False) -> dict:
+    if args.retail is not None:
+        body = {"program": "retail", "retail_code": args.retail}
+    elif args.open is not None:
+        body = {"program": "open", "license_number": args.open[0], "authorization_number": args.open[1]}
+    elif args.agreement is not None:
+        body = {"program": "agreement", "agreement_type": args.agreement[0], "agreement_number": args.agreement[1]}
+    else:
+        body = {"program": "retail"}     # a sale with no code: the Clearinghouse makes one up
+    if args.product_version:
+        body["product_version"] = args.product_version
+    if args.cal_type:
+        body["cal_type"] = args.cal_type.replace("-", "_")
+    if args.quantity is not None:
+        body["quantity"] = args.quantity
+    return body
+
+
+def _contact_options(p) -> None:
+    p.add_argument("--first-name", default="Lab")
+    p.add_argument("--last-name", default="Operator")
+    p.add_argument("--company", default="Test Lab")
+    p.add_argument("--country", default="United States", help="country or region")
+    p.add_argument("--email")
+
+
+def _contact(args) -> dict:
+    contact = {"first_name": args.first_name, "last_name": args.last_name, "company": args.company,
+               "country_region": args.country}
+    if args.email:
+        contact["email"] = args.email
+    return contact
+
+
+def _date(text: str) -> int:
+    try:
+        when = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise TslsError(Code.BAD_REQUEST, f"not an ISO date: {text!r}") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=datetime.timezone.utc)
+    return calendar.timegm(when.utctimetuple())
+
+
+def parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tsls-admin", description="Administer a tsls license server.")
+    parser.add_argument("--server", default=DEFAULT_SERVER, help="license server endpoint (default: %(default)s)")
+    parser.add_argument("--clearinghouse", default=DEFAULT_CLEARINGHOUSE, help="(default: %(default)s)")
+    parser.add_argument("--json", action="store_true", help="print JSON for scripts")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("status", help="activation, key packs and license counts")
+    act = sub.add_parser("activate", help="activate the license server through the Clearinghouse")
+    act.add_argument("--telephone", metavar="LICENSE_SERVER_ID",
+                     help="type in the license server ID the Clearinghouse gave on the telephone")
+    _contact_options(act)
+    react = sub.add_parser("reactivate", help="get a new license server ID")
+    react.add_argument("--reason", required=True, choices=["redeployed", "certificate_corrupt", "private_key_compromised",
+                                                            "certificate_expired", "server_upgraded"])
+    _contact_options(react)
+    sub.add_parser("deactivate", help="deactivate the license server")
+    inst = sub.add_parser("install", help="install CALs bought at the Clearinghouse")
+    _purchase_options(inst)
+    rec = sub.add_parser("recover", help="get back the CALs of a purchase onto this (rebuilt) server")
+    _purchase_options(rec)
+    sub.add_parser("keypacks", help="list key packs: Total / Issued / Available")
+    lic = sub.add_parser("licenses", help="list issued licenses")
+    lic.add_argument("--hwid")
+    lic.add_argument("--kind", choices=["temporary", "permanent"])
+    lic.add_argument("--status", choices=["active", "upgraded", "expired", "revoked"])
+    lic.add_argument("--limit", type=int, default=1000)
+    use = sub.add_parser("usage", help="Per User usage report")
+    use.add_argument("--start", help="ISO date")
+    use.add_argument("--end", help="ISO date")
+
+    ch = sub.add_parser("clearinghouse", help="the lab operator's side of the mock Clearinghouse")
+    chsub = ch.add_subparsers(dest="ch_command", required=True)
+    sell = chsub.add_parser("sell", help="sell CALs (stands in for buying them)")
+    _purchase_options(sell, sale=True)
+    chsub.add_parser("purchases", help="list purchases and where they are installed")
+    phone = chsub.add_parser("activate", help="the telephone call: get a license server ID for a product ID")
+    phone.add_argument("--product-id", required=True)
+    _contact_options(phone)
+    return parser
+
+
+async def _license_server(reactor, args):
+    conn = await connect(reactor, args.server)
+    await conn.hello_admin()
+    return conn
+
+
+async def command(reactor, args) -> None:
+    if args.command == "clearinghouse":
+        await clearinghouse_command(args)
+        return
+    conn = await _license_server(reactor, args)
+    try:
+        await _admin_command(conn, args)
+    finally:
+        await conn.close()
+
+
+async def _admin_command(conn, args) -> None:
+    c = args.command
+    if c == "status":
+        emit(await conn.request("status"), args.json, _print_status)
+    elif c == "activate":
+        if args.telephone:
+            result = await conn.request("activate", method="telephone", license_server_id=args.telephone)
+        else:
+            result = await conn.request("activate", method="automatic", contact=_contact(args))
+        emit(result, args.json, _print_activation)
+    elif c == "reactivate":
+        emit(await conn.request("reactivate", reason=args.reason, contact=_contact(args)), args.json, _print_activation)
+    elif c == "deactivate":
+        emit(await conn.request("deactivate"), args.json, _print_activation)
+    elif c == "install":
+        emit(await conn.request("install_key_pack", purchase=_purchase(args)), args.json,
+             lambda p: _print_key_packs([p]))
+    elif c == "recover":
+        emit(await conn.request("recover", purchase=_purchase(args)), args.json,
+             lambda r: _print_key_packs(r["key_packs"]))
+    elif c == "keypacks":
+        emit(await conn.request("list_key_packs"), args.json, _print_key_packs)
+    elif c == "licenses":
+        fields = {k: getattr(args, k) for k in ("hwid", "kind", "status") if getattr(args, k)}
+        emit(await conn.request("list_licenses", limit=args.limit, **fields), args.json,
+             lambda rows: table(rows, LICENSE_COLUMNS))
+    elif c == "usage":
+        fields = {k: _date(getattr(args, k)) for k in ("start", "end") if getattr(args, k)}
+        emit(await conn.request("usage_report", **fields), args.json, _print_usage)
+
+
+async def clearinghouse_command(args) -> None:
+    from tsls.clearinghouse.client import ClearinghouseClient
+    from tsls.core.model import Purchase
+
+    ch = ClearinghouseClient(args.clearinghouse)
+    c = args.ch_command
+    if c == "sell":
+        body = _purchase(args, sale=True)
+        purchase = None
+        if body.get("retail_code") is not None or body["program"] != "retail":
+            purchase = Purchase.from_json(body)
+        result = await ch.sell(purchase if purchase is not None else body)
+        emit(result, args.json, lambda p: _print_purchases([p]))
+    elif c == "purchases":
+        emit(await ch.list_purchases(), args.json, _print_purchases)
+    elif c == "activate":
+        result = await ch.activate(args.product_id, _contact(args), "telephone")
+        emit(result, args.json, lambda r: print(f"license server ID: {r['license_server_id']}\n"
+                                                f"type it in with: tsls-admin activate --telephone "
+                                                f"{r['license_server_id']}"))
+
+
+def _print_status(s: dict) -> None:
+    a = s["activation"]
+    print(f"product ID:        {s['product_id']}")
+    print(f"activation:        {a['status']}" + (f" ({a['method']}, {a['activated_at']})" if a["activated_at"] else ""))
+    print(f"license server ID: {a['license_server_id'] or '-'}")
+    print(f"lab time:          {s['now']}")
+    print()
+    _print_key_packs(s["key_packs"])
+    if s["licenses"]:
+        print()
+        table([{"what": k.replace(":", " "), "count": v} for k, v in sorted(s["licenses"].items())],
+              [("what", "LICENSES"), ("count", "COUNT")])
+
+
+def _print_activation(a: dict) -> None:
+    print(f"activation: {a['status']}; license server ID: {a['license_server_id'] or '-'}")
+
+
+def _print_key_packs(packs: list) -> None:
+    rows = [{**p, "program": p["purchase"]["program"]} for p in packs]
+    table(rows, KEY_PACK_COLUMNS)
+
+
+def _print_purchases(purchases: list) -> None:
+    table(purchases, [("reference", "PURCHASE"), ("product_version", "VERSION"), ("cal_type", "TYPE"),
+                      ("quantity", "QUANTITY"), ("installed", "INSTALLED"), ("bound_to", "BOUND TO")])
+
+
+def _print_usage(r: dict) -> None:
+    print(f"Per User usage {r['start']} .. {r['end']}")
+    print(f"Per User CALs installed: {r['per_user_cals_installed']}   users seen: {r['users_seen']}   "
+          f"peak per day: {r['peak_users_per_day']}   over installed: {r['users_over_installed']}")
+    print()
+    table(r["users"], [("user", "USER"), ("logons", "LOGONS"), ("last_seen", "LAST SEEN")])
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    return run(lambda reactor: command(reactor, args), args.json)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,119 @@
+"""``tsls``: run the daemons.
+
+    tsls lab            the license server and the mock Clearinghouse together, on loopback
+    tsls server         the license server alone
+    tsls clearinghouse  the mock Clearinghouse alone
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from twisted.logger import Logger, globalLogBeginner, jsonFileLogObserver, textFileLogObserver
+
+DEFAULT_DATA = "tsls-data"
+DEFAULT_LISTEN = "tcp:4870:interface=127.0.0.1"
+DEFAULT_CH_LISTEN = "tcp:4880:interface=127.0.0.1"
+DEFAULT_CH_URL = "http://127.0.0.1:4880"
+
+log = Logger()
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tsls", description="Terminal Server license server simulator daemons.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p):
+        p.add_argument("--data-dir", default=DEFAULT_DATA, help="where the SQLite databases live (default: %(default)s)")
+        p.add_argument("--log-json", action="store_true", help="log JSON events, one per line, instead of text")
+
+    def server_options(p):
+        p.add_argument("--listen", default=DEFAULT_LISTEN, help="Twisted endpoint (default: %(default)s)")
+        p.add_argument("--seed", help="seed for CAL lifetimes, so a run can be replayed exactly")
+
+    lab = sub.add_parser("lab", help="run the license server and the mock Clearinghouse")
+    common(lab)
+    server_options(lab)
+    lab.add_argument("--clearinghouse-listen", default=DEFAULT_CH_LISTEN, help="(default: %(default)s)")
+
+    server = sub.add_parser("server", help="run the license server")
+    common(server)
+    server_options(server)
+    server.add_argument("--clearinghouse-url", default=DEFAULT_CH_URL, help="(default: %(default)s)")
+
+    ch = sub.add_parser("clearinghouse", help="run the mock Clearinghouse")
+    common(ch)
+    ch.add_argument("--listen", default=DEFAULT_CH_LISTEN, help="(default: %(default)s)")
+    return parser
+
+
+def _url_of(endpoint: str) -> str:
+    """http://host:port for a tcp: server endpoint string, for the lab's own wiring."""
+    parts = endpoint.split(":")
+    port = parts[1]
+    host = next((p.split("=", 1)[1] for p in parts[2:] if p.startswith("interface=")), "127.0.0.1")
+    return f"http://{host}:{port}"
+
+
+def build(reactor, args):
+    from twisted.application.service import MultiService
+
+    from tsls.clearinghouse.client import ClearinghouseClient
+    from tsls.clearinghouse.service import make_service as make_clearinghouse
+    from tsls.server.service import LicenseServerService
+
+    os.makedirs(args.data_dir, exist_ok=True)
+    top = MultiService()
+    if args.command in ("lab", "clearinghouse"):
+        listen = args.clearinghouse_listen if args.command == "lab" else args.listen
+        make_clearinghouse(reactor, listen, os.path.join(args.data_dir, "clearinghouse.sqlite")).setServiceParent(top)
+    if args.command in ("lab", "server"):
+        url = _url_of(args.clearinghouse_listen) if args.command == "lab" else args.clearinghouse_url
+        LicenseServerService(reactor, args.listen, os.path.join(args.data_dir, "license-server.sqlite"),
+                             ClearinghouseClient(url), seed=args.seed).setServiceParent(top)
+    return top
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    from twisted.internet import reactor
+
+    from tsls.server.store import StoreError
+
+    observer = jsonFileLogObserver(sys.stdout) if args.log_json else textFileLogObserver(sys.stdout)
+    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
+    try:
+        top = build(reactor, args)
+    except StoreError as e:
+        print(f"tsls: {e}", file=sys.stderr)
+        return 1
+    failed = []
+
+    def start():
+        top.startService()
+        for listener in _listeners(top):
+            listener.listening.addCallbacks(
+                lambda port, name=listener.name: log.info("{name} listening on {address}", name=name,
+                                                           address=port.getHost()),
+                lambda f: (failed.append(f.getErrorMessage()), reactor.stop()))
+
+    reactor.callWhenRunning(start)
+    reactor.addSystemEventTrigger("before", "shutdown", top.stopService)
+    reactor.run()
+    if failed:
+        print(f"tsls: cannot listen: {failed[0]}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _listeners(service):
+    from tsls.listener import Listener
+    for child in getattr(service, "services", []):
+        if isinstance(child, Listener):
+            yield child
+        yield from _listeners(child)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
