@@ -1,15 +1,9 @@
 """How the core's values look on the wire (socket protocol and admin output). Written once."""
 from __future__ import annotations
 
-import datetime
+from tsls.core.model import KeyPack, License, iso
 
-from tsls.core.model import KeyPack, License
-
-
-def iso(ts: int | None) -> str | None:
-    if ts is None:
-        return None
-    return datetime.datetime.fromtimestamp(ts, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+__all__ = ["iso", "key_pack_json", "license_json"]
 
 
 def key_pack_json(p: KeyPack) -> dict:

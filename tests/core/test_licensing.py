@@ -232,3 +232,46 @@ def test_windows_2000_terminal_server_cannot_run_per_user():
     with pytest.raises(TslsError) as e:
         check_terminal_server(TerminalServer("OLD", ProductVersion.W2000, CalType.PER_USER))
     assert e.value.code is Code.MODE_UNSUPPORTED
+
+
+def test_revoking_a_cal_frees_its_seat_at_once():
+    from tsls.core.licensing import revoke
+    ledger = Ledger([pack(total=10)])
+    ledger.report(ledger.logon())
+    cal = ledger.logon().license
+    d = ledger.apply(revoke(cal, tuple(ledger.packs.values()), (), NOW))
+    assert d.license.status is LicenseStatus.REVOKED and ledger.packs[1].issued == 0
+
+
+def test_revocation_stops_at_twenty_percent_and_names_the_next_date():
+    from tsls.core.licensing import revoke
+    ledger = Ledger([pack(total=10)])
+    cals = []
+    for i in range(3):
+        ledger.report(ledger.logon(hwid=f"h{i}"))
+        cals.append(ledger.logon(hwid=f"h{i}").license)
+    revoked = []
+    for cal in cals[:2]:
+        revoked.append(ledger.apply(revoke(cal, tuple(ledger.packs.values()), tuple(revoked), NOW)).license)
+    with pytest.raises(TslsError) as e:
+        revoke(cals[2], tuple(ledger.packs.values()), tuple(revoked), NOW)
+    assert e.value.code is Code.REVOCATION_LIMIT
+    assert e.value.details["revoked"] == 2 and e.value.details["installed"] == 10
+    first_free = min(r.expires_at for r in revoked)
+    assert e.value.details["next_allowed_at"] in e.value.message
+    ledger.report(ledger.logon(hwid="h9", now=first_free), now=first_free)
+    fresh = ledger.logon(hwid="h9", now=first_free).license
+    assert revoke(fresh, tuple(ledger.packs.values()), tuple(revoked), first_free).outcome is Outcome.REVOKED
+
+
+def test_a_small_pool_may_still_revoke_one():
+    from tsls.core.licensing import revocation_limit
+    assert revocation_limit((pack(total=3),), ProductVersion.W2003) == (3, 1)
+
+
+def test_temporary_licenses_cannot_be_revoked():
+    from tsls.core.licensing import revoke
+    temp = Ledger([]).logon().license
+    with pytest.raises(TslsError) as e:
+        revoke(temp, (), (), NOW)
+    assert e.value.code is Code.NOT_REVOCABLE

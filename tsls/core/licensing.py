@@ -20,6 +20,7 @@ from tsls.core.model import (
     LicenseKind,
     LicenseStatus,
     ProductVersion,
+    iso,
 )
 from tsls.errors import Code, TslsError
 
@@ -168,6 +169,40 @@ def expire(lic: License, now: int) -> Decision | None:
     gone = attrs.evolve(lic, status=LicenseStatus.EXPIRED)
     delta = -1 if lic.kind is LicenseKind.PERMANENT else 0
     return Decision(Outcome.EXPIRED, gone, changes=(Change(gone, pack_delta=delta),), message="license expired")
+
+
+REVOCABLE_PERCENT = 20      # at most 20% of a version's installed Per Device CALs, or one [§5, RDSblog08]
+
+
+def revocation_limit(packs, version: ProductVersion) -> tuple[int, int]:
+    """(installed Per Device CALs of this version, how many may be in the revoked state at once)."""
+    installed = sum(p.total for p in packs if p.cal_type is CalType.PER_DEVICE and p.product_version is version)
+    return installed, max(installed * REVOCABLE_PERCENT // 100, 1)
+
+
+def revoke(lic: License | None, packs, revoked, now: int) -> Decision:
+    """An administrator revokes a Per Device CAL: its seat is free at once [§5, RDSblog08].
+    ``revoked`` are the licenses already revoked; one stays in the revoked state until the time it
+    would have expired, so the next revocation is allowed when the earliest of those passes."""
+    if lic is None:
+        raise TslsError(Code.UNKNOWN_LICENSE, "no such license")
+    if lic.kind is LicenseKind.TEMPORARY:
+        raise TslsError(Code.NOT_REVOCABLE, "a temporary license cannot be revoked; only permanent Per Device CALs can")
+    if not lic.live(now):
+        raise TslsError(Code.NOT_REVOCABLE, f"license {lic.id} is {lic.status.value}, not in force", license_id=lic.id)
+    installed, limit = revocation_limit(packs, lic.product_version)
+    holding = [r for r in revoked if r.product_version is lic.product_version and r.expires_at > now]
+    if len(holding) >= limit:
+        next_at = min(r.expires_at for r in holding)
+        raise TslsError(
+            Code.REVOCATION_LIMIT,
+            f"the revocation limit for Windows Server {lic.product_version.value} Per Device CALs is reached: "
+            f"{len(holding)} of the installed {installed} are already revoked; the next revocation is allowed "
+            f"after {iso(next_at)}",
+            revoked=len(holding), installed=installed, limit=limit, next_allowed_at=iso(next_at))
+    gone = attrs.evolve(lic, status=LicenseStatus.REVOKED)
+    return Decision(Outcome.REVOKED, gone, changes=(Change(gone, pack_delta=-1),),
+                    message=f"CAL {lic.id} revoked; {limit - len(holding) - 1} more may be revoked now")
 
 
 # --- the pieces -----------------------------------------------------------------------------------

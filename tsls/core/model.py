@@ -4,6 +4,7 @@ Behaviour sources are cited as in ../shared/REFERENCE.md (section numbers in bra
 """
 from __future__ import annotations
 
+import datetime
 import enum
 import re
 
@@ -12,6 +13,13 @@ import attrs
 from tsls.errors import Code, TslsError
 
 DAY = 86400
+
+
+def iso(ts: int | None) -> str | None:
+    """Seconds since the epoch as an ISO 8601 UTC date, the one format every output uses."""
+    if ts is None:
+        return None
+    return datetime.datetime.fromtimestamp(ts, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class ProductVersion(enum.Enum):

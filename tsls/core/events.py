@@ -1,0 +1,87 @@
+"""The event log: every grant, refusal, upgrade, renewal, expiry, revocation, activation, key-pack
+install and policy change, with a stable numeric ID.
+
+IDs below 1000 are those of the Windows TermServLicensing source where one exists
+[REFERENCE §7]: 4 activated, 18 not activated, 21 no permanent CALs of the type, 22 no CALs
+installed, 81 revocation limit, 4141 not in the Terminal Server Computers group. IDs from 1100
+are tsls's own, for what Windows records elsewhere or not at all. Never renumber one.
+"""
+from __future__ import annotations
+
+import enum
+
+import attrs
+
+from tsls.core.licensing import Decision, Outcome
+from tsls.errors import Code
+
+
+class EventId(enum.IntEnum):
+    ACTIVATED = 4
+    NOT_ACTIVATED = 18
+    NO_PERMANENT_CALS = 21
+    NO_CALS_INSTALLED = 22
+    REVOCATION_LIMIT = 81
+    NOT_IN_GROUP = 4141
+    TEMPORARY_ISSUED = 1101
+    CAL_ISSUED = 1102
+    CAL_RENEWED = 1103
+    LICENSE_EXPIRED = 1104
+    CAL_REVOKED = 1105
+    LOGON_REFUSED = 1106
+    PER_USER_LOGON = 1107
+    KEY_PACK_INSTALLED = 1108
+    DEACTIVATED = 1109
+    REACTIVATED = 1110
+    POLICY_CHANGED = 1111
+    CLOCK_CHANGED = 1113
+    KEY_PACKS_RECOVERED = 1114
+
+
+@attrs.frozen
+class Event:
+    at: int
+    event_id: EventId
+    message: str
+    terminal_server: str | None = None
+    hwid: str | None = None
+    user: str | None = None
+    license_id: int | None = None
+
+
+_BY_OUTCOME = {
+    Outcome.TEMPORARY_ISSUED: EventId.TEMPORARY_ISSUED,
+    Outcome.UPGRADED: EventId.CAL_ISSUED,
+    Outcome.RENEWED: EventId.CAL_RENEWED,
+    Outcome.PER_USER: EventId.PER_USER_LOGON,
+    Outcome.EXPIRED: EventId.LICENSE_EXPIRED,
+    Outcome.REVOKED: EventId.CAL_REVOKED,
+}
+
+_BY_REASON = {
+    Code.NOT_ACTIVATED: EventId.NOT_ACTIVATED,
+    Code.NO_LICENSE_AVAILABLE: EventId.NO_PERMANENT_CALS,
+    Code.MODE_MISMATCH: EventId.NO_PERMANENT_CALS,
+    Code.REVOCATION_LIMIT: EventId.REVOCATION_LIMIT,
+}
+
+
+def for_decision(decision: Decision, now: int, terminal_server: str | None = None,
+                 hwid: str | None = None, user: str | None = None) -> tuple[Event, ...]:
+    """Events a decision is worth: a change of state, or a warning why a device got less."""
+    lic = decision.license
+    base = dict(terminal_server=terminal_server or (lic and lic.terminal_server),
+                hwid=hwid or (lic and lic.hwid), user=user or (lic and lic.user), license_id=lic and lic.id)
+    out = []
+    if decision.outcome in _BY_OUTCOME:
+        out.append(Event(now, _BY_OUTCOME[decision.outcome], decision.message, **base))
+    if decision.reason in _BY_REASON:
+        out.append(Event(now, _BY_REASON[decision.reason], decision.message, **base))
+    return tuple(out)
+
+
+def for_refusal(code: Code, message: str, now: int, terminal_server=None, hwid=None, user=None) -> tuple[Event, ...]:
+    out = [Event(now, EventId.LOGON_REFUSED, f"{code.value}: {message}", terminal_server, hwid, user)]
+    if code in _BY_REASON:
+        out.append(Event(now, _BY_REASON[code], message, terminal_server, hwid, user))
+    return tuple(out)
