@@ -275,3 +275,25 @@ def test_temporary_licenses_cannot_be_revoked():
     with pytest.raises(TslsError) as e:
         revoke(temp, (), (), NOW)
     assert e.value.code is Code.NOT_REVOCABLE
+
+
+def test_a_device_returning_after_its_cal_expired_gets_that_cal_renewed():
+    ledger = Ledger([pack()])
+    ledger.report(ledger.logon())
+    cal = ledger.logon().license
+    ledger.apply(expire(cal, cal.expires_at))
+    d = ledger.logon(now=cal.expires_at + DAY, presented=cal.id)
+    assert d.outcome is Outcome.RENEWED and d.license.id == cal.id and d.license.renewals == 1
+    assert d.license.status is LicenseStatus.ACTIVE and ledger.packs[1].issued == 1
+
+
+def test_a_returning_device_with_no_seat_free_is_refused():
+    ledger = Ledger([pack(total=1)])
+    ledger.report(ledger.logon())
+    cal = ledger.logon().license
+    ledger.apply(expire(cal, cal.expires_at))
+    ledger.report(ledger.logon(hwid="h2", now=cal.expires_at))
+    ledger.logon(hwid="h2", now=cal.expires_at)     # takes the only seat
+    with pytest.raises(TslsError) as e:
+        ledger.logon(now=cal.expires_at + DAY)
+    assert e.value.code is Code.NO_LICENSE_AVAILABLE

@@ -20,16 +20,17 @@ def with_timeout(d):
 
 
 class Daemon:
-    def __init__(self, tmp_path, clearinghouse=None, clock=None):
+    def __init__(self, tmp_path, clearinghouse=None, clock=None, lab_clock=None):
         self.path = str(tmp_path / "ls.sqlite")
         self.clearinghouse = clearinghouse or FakeClearinghouse()
         self.clock = clock
+        self.lab_clock = lab_clock
         self.service = None
 
     @defer.inlineCallbacks
     def start(self):
         self.service = LicenseServerService(reactor, "tcp:0:interface=127.0.0.1", self.path, self.clearinghouse,
-                                            clock=self.clock, seed="1")
+                                            clock=self.clock, seed="1", lab_clock=self.lab_clock)
         self.service.startService()
         port = yield self.service.listener.listening
         self.endpoint = f"tcp:127.0.0.1:{port.getHost().port}"

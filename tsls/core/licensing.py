@@ -114,6 +114,10 @@ def _per_device(ts, logon, world, now, why) -> Decision:
     cal = _best_cal(held, ts.version, now)
     if cal is not None:
         return _keep_or_renew(cal, world.seed, now)
+    if why is None:
+        lapsed = _reclaim_lapsed(held, world, ts.version, now)
+        if lapsed is not None:
+            return lapsed
 
     temporary = next((lic for lic in held if lic.kind is LicenseKind.TEMPORARY and lic.product_version is ts.version), None)
     if temporary is None:
@@ -227,6 +231,26 @@ def _keep_or_renew(cal: License, seed: str, now: int) -> Decision:
     renewals = cal.renewals + 1
     renewed = attrs.evolve(cal, renewals=renewals, expires_at=now + cal_lifetime(seed, cal.hwid, cal.product_version, renewals))
     return Decision(Outcome.RENEWED, renewed, changes=(Change(renewed),), message="CAL renewed")
+
+
+def _reclaim_lapsed(held, world: World, version: ProductVersion, now: int) -> Decision | None:
+    """A device whose CAL ran out comes back: it gets that same CAL again, renewed, if a seat of
+    its version is free (preferring its old key pack). The seat it gave back is taken again."""
+    lapsed = [lic for lic in held if lic.kind is LicenseKind.PERMANENT and lic.status is LicenseStatus.EXPIRED
+              and lic.product_version.serves(version)]
+    if not lapsed:
+        return None
+    old = max(lapsed, key=lambda lic: lic.expires_at)
+    free = [p for p in world.packs if p.cal_type is CalType.PER_DEVICE and p.product_version is old.product_version
+            and p.available > 0]
+    if not free:
+        return None
+    pack = min(free, key=lambda p: (p.id != old.key_pack, p.id))
+    renewals = old.renewals + 1
+    renewed = attrs.evolve(old, status=LicenseStatus.ACTIVE, key_pack=pack.id, renewals=renewals,
+                           expires_at=now + cal_lifetime(world.seed, old.hwid, old.product_version, renewals))
+    return Decision(Outcome.RENEWED, renewed, changes=(Change(renewed, pack_delta=+1),),
+                    message=f"expired CAL {old.id} renewed from key pack {pack.key_pack_id}")
 
 
 def _serving(packs, cal_type: CalType, version: ProductVersion):

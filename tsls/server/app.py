@@ -12,7 +12,9 @@ import attrs
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from tsls.core import licensing
+from tsls.core import events, licensing
+from tsls.core.events import Event, EventId
+from tsls.core.labtime import clock_target
 from tsls.core.licensing import Logon, Outcome, TerminalServer
 from tsls.core.model import CalType, ProductVersion, PurchaseRef
 from tsls.core.reports import per_user_usage
@@ -31,26 +33,42 @@ def new_product_id() -> str:
 class LicenseServer:
     log = Logger()
 
-    def __init__(self, writer, clearinghouse, identity: "Identity") -> None:
+    def __init__(self, writer, clearinghouse, identity: "Identity", lab_clock=None) -> None:
         self.writer = writer
         self.clearinghouse = clearinghouse
         self.identity = identity
+        self.lab_clock = lab_clock
+        self.followers: set = set()         # callables that get each committed event
+        writer.on_events = self.publish
+
+    def publish(self, committed) -> None:
+        """Events reach the log and live followers only once committed."""
+        for row_id, event in committed:
+            self.log.info("event {event_id} {event_name}: {message}", event_id=int(event.event_id),
+                          event_name=event.event_id.name, message=event.message, terminal_server=event.terminal_server,
+                          hwid=event.hwid, license_id=event.license_id)
+            shaped = event_json(row_id, event)
+            for follower in list(self.followers):
+                follower(shaped)
 
     # --- terminal servers -------------------------------------------------------------------------
 
     def logon(self, ts: TerminalServer, hwid: str, machine: str, user: str, token: str | None) -> defer.Deferred:
         def job(store, now):
-            presented = None if token is None else tokens.verify(self.identity.secret, token, hwid)
-            world = store.world(hwid, _activated(store), self.identity.seed)
-            decision = store.apply(licensing.device_logon(ts, Logon(hwid, machine, user, presented), world, now))
+            try:
+                presented = None if token is None else tokens.verify(self.identity.secret, token, hwid)
+                world = store.world(hwid, _activated(store), self.identity.seed)
+                decision = licensing.device_logon(ts, Logon(hwid, machine, user, presented), world, now)
+            except TslsError as e:
+                store.add_events(events.for_refusal(e.code, e.message, now, ts.name, hwid, user))
+                return e        # refused, and the refusal is on record
+            decision = store.apply(decision)
+            store.add_events(events.for_decision(decision, now, ts.name, hwid, user))
             if decision.outcome is Outcome.PER_USER:
                 store.record_per_user(now, user, hwid, machine, ts.name)
             return self._answer(decision, world)
 
-        d = self.writer.submit(job)
-        d.addCallback(self._logged, ts, hwid, user)
-        d.addErrback(self._refused, ts, hwid, user)
-        return d
+        return self.writer.submit(job)
 
     def report_logon(self, ts: TerminalServer, hwid: str, token: str) -> defer.Deferred:
         def job(store, now):
@@ -68,18 +86,6 @@ class LicenseServer:
             packs = {p.id: p.key_pack_id for p in world.packs}
             out["license"] = license_json(lic, packs.get(lic.key_pack), tokens.sign(self.identity.secret, lic.id, lic.hwid))
         return out
-
-    def _logged(self, answer, ts, hwid, user):
-        self.log.info("{terminal_server}: {outcome} for device {hwid} (user {user}){reason}",
-                      terminal_server=ts.name, outcome=answer["outcome"], hwid=hwid, user=user,
-                      reason=f", reason {answer['reason']}" if answer["reason"] else "")
-        return answer
-
-    def _refused(self, failure, ts, hwid, user):
-        failure.trap(TslsError)
-        self.log.info("{terminal_server}: refused device {hwid} (user {user}): {code}",
-                      terminal_server=ts.name, hwid=hwid, user=user, code=failure.value.code.value)
-        return failure
 
     # --- administration ----------------------------------------------------------------------------
 
@@ -108,9 +114,7 @@ class LicenseServer:
                 raise TslsError(Code.BAD_REQUEST, "a license server ID is 35 upper-case letters and digits, no hyphens")
         else:
             raise TslsError(Code.BAD_REQUEST, f"unknown activation method {method!r}; expected automatic or telephone")
-        result = yield self._set_activation("activated", license_server_id, method)
-        self.log.info("license server activated ({method}) as {license_server_id}", method=method,
-                      license_server_id=license_server_id)
+        result = yield self._set_activation("activated", license_server_id, method, EventId.ACTIVATED)
         return result
 
     @defer.inlineCallbacks
@@ -118,14 +122,15 @@ class LicenseServer:
         current = yield self._require_activation(True)
         answer = yield self.clearinghouse.reactivate(current["license_server_id"], self.identity.product_id, reason,
                                                      contact or {})
-        result = yield self._set_activation("activated", answer["license_server_id"], "automatic")
+        result = yield self._set_activation("activated", answer["license_server_id"], "automatic",
+                                             EventId.REACTIVATED)
         return result
 
     @defer.inlineCallbacks
     def deactivate(self):
         current = yield self._require_activation(True)
         yield self.clearinghouse.deactivate(current["license_server_id"], self.identity.product_id)
-        result = yield self._set_activation("deactivated", None, None)
+        result = yield self._set_activation("deactivated", None, None, EventId.DEACTIVATED)
         return result
 
     def _require_activation(self, wanted: bool) -> defer.Deferred:
@@ -139,8 +144,10 @@ class LicenseServer:
             return current
         return self.writer.submit(job)
 
-    def _set_activation(self, status, license_server_id, method) -> defer.Deferred:
+    def _set_activation(self, status, license_server_id, method, event_id) -> defer.Deferred:
         def job(store, now):
+            store.add_events([Event(now, event_id, f"license server {status} ({method or 'no method'}) as "
+                                                   f"{license_server_id or '-'}")])
             store.set_meta("activation_status", status)
             store.set_meta("license_server_id", license_server_id)
             store.set_meta("activation_method", method)
@@ -179,31 +186,82 @@ class LicenseServer:
                                           ProductVersion(kp["product_version"]), CalType(kp["cal_type"]),
                                           kp["quantity"], now)
                 out.append(key_pack_json(pack))
+                store.add_events([Event(now, EventId.KEY_PACK_INSTALLED,
+                                        f"key pack {pack.key_pack_id} installed: {pack.total} "
+                                        f"{pack.cal_type.value} CALs for Windows Server {pack.product_version.value}")])
             return out
 
-        d = self.writer.submit(job)
-
-        def logged(packs):
-            for p in packs:
-                self.log.info("key pack {key_pack_id} installed: {total} {cal_type} CALs for {product_version}",
-                              key_pack_id=p["key_pack_id"], total=p["total"], cal_type=p["cal_type"],
-                              product_version=p["product_version"])
-            return packs
-        return d.addCallback(logged)
+        return self.writer.submit(job)
 
     def key_packs(self) -> defer.Deferred:
         return self.writer.submit(lambda store, now: [key_pack_json(p) for p in store.key_packs()])
 
-    def licenses(self, hwid=None, kind=None, status=None, limit=1000) -> defer.Deferred:
+    def licenses(self, filters: dict, limit: int = 1000) -> defer.Deferred:
+        """Issued licenses; ``filters`` maps LICENSE_FILTERS names to exact values."""
+        def job(store, now):
+            packs = {p.key_pack_id: p.id for p in store.key_packs()}
+            where, params = ["1"], []
+            for name, value in filters.items():
+                if name == "key_pack_id":
+                    name, value = "key_pack", packs.get(value, -1)
+                where.append(f"{name} = ?")
+                params.append(value)
+            names = {v: k for k, v in packs.items()}
+            return [license_json(lic, names.get(lic.key_pack))
+                    for lic in store.licenses(" AND ".join(where), tuple(params), limit)]
+        return self.writer.submit(job)
+
+    def revoke(self, license_id: int) -> defer.Deferred:
+        def job(store, now):
+            packs = store.key_packs()
+            revoked = tuple(store.licenses("status = 'revoked' AND expires_at > ?", (now,), limit=10**9))
+            try:
+                decision = licensing.revoke(store.license(license_id), packs, revoked, now)
+            except TslsError as e:
+                if e.code is Code.REVOCATION_LIMIT:
+                    store.add_events([Event(now, EventId.REVOCATION_LIMIT, e.message, license_id=license_id)])
+                    return e
+                raise
+            decision = store.apply(decision)
+            store.add_events(events.for_decision(decision, now))
+            names = {p.id: p.key_pack_id for p in packs}
+            return {"message": decision.message, "license": license_json(decision.license, names.get(decision.license.key_pack))}
+        return self.writer.submit(job)
+
+    def revoke_user(self, user: str) -> defer.Deferred:
+        return defer.fail(TslsError(Code.NOT_REVOCABLE, f"Per User CALs cannot be revoked (user {user!r}); "
+                                    "only Per Device CALs can"))
+
+    @defer.inlineCallbacks
+    def set_clock(self, to: str):
+        """Move the lab clock forward; expiries due by then happen before the answer."""
+        if self.lab_clock is None:
+            raise TslsError(Code.LAB_CLOCK_DISABLED, "this license server runs on real time; start it with "
+                            "--lab-clock to set or move its clock")
+        clock = self.lab_clock
+
+        def job(store, now):
+            target = clock_target(to, now)
+            offset = clock.offset + (target - now)
+            store.set_meta("lab_clock_offset", repr(offset))
+            store.add_events([Event(now, EventId.CLOCK_CHANGED, f"lab clock moved from {iso(now)} to {iso(target)}")])
+            return offset
+
+        offset = yield self.writer.submit(job)
+        clock.offset = offset
+        result = yield self.writer.submit(lambda store, now: {"now": iso(now)})   # this batch sweeps at the new time
+        return result
+
+    def list_events(self, filters: dict, since: int | None, limit: int) -> defer.Deferred:
         def job(store, now):
             where, params = ["1"], []
-            for column, value in (("hwid", hwid), ("kind", kind), ("status", status)):
-                if value is not None:
-                    where.append(f"{column} = ?")
-                    params.append(value)
-            packs = {p.id: p.key_pack_id for p in store.key_packs()}
-            return [license_json(lic, packs.get(lic.key_pack))
-                    for lic in store.licenses(" AND ".join(where), tuple(params), limit)]
+            for name, value in filters.items():
+                where.append(f"{name} = ?")
+                params.append(value)
+            if since is not None:
+                where.append("at >= ?")
+                params.append(since)
+            return [event_json(row_id, e) for row_id, e in store.events(" AND ".join(where), tuple(params), limit)]
         return self.writer.submit(job)
 
     def usage_report(self, start: int | None, end: int | None) -> defer.Deferred:
@@ -245,6 +303,12 @@ class Identity:
             elif store.get_meta("seed") is None:
                 store.set_meta("seed", str(secrets.randbelow(2**32)))
             return cls(store.get_meta("product_id"), store.get_meta("seed"), bytes.fromhex(store.get_meta("token_secret")))
+
+
+def event_json(row_id: int, e: Event) -> dict:
+    return {"id": row_id, "at": iso(e.at), "event_id": int(e.event_id), "name": e.event_id.name,
+            "message": e.message, "terminal_server": e.terminal_server, "hwid": e.hwid, "user": e.user,
+            "license_id": e.license_id}
 
 
 def _activated(store) -> bool:

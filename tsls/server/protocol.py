@@ -12,12 +12,26 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols.basic import LineOnlyReceiver
 
+from tsls.core.labtime import parse_date
 from tsls.core.licensing import TerminalServer, check_terminal_server
 from tsls.core.model import CalType, ProductVersion
 from tsls.errors import Code, TslsError
 
 PROTOCOL_VERSION = 1
 MAX_LINE = 64 * 1024
+
+
+LICENSE_FILTERS = ("hwid", "machine", "user", "terminal_server", "kind", "status", "product_version", "key_pack_id")
+EVENT_FILTERS = (("event_id", int), ("terminal_server", str), ("hwid", str), ("user", str), ("license_id", int))
+
+
+def _limit(request: dict) -> int:
+    limit = _field(request, "limit", int, required=False)
+    if limit is None:
+        return 1000
+    if not 1 <= limit <= 100_000:
+        raise TslsError(Code.BAD_REQUEST, "limit must be from 1 to 100000")
+    return limit
 
 
 def _field(request: dict, name: str, kind=str, required=True, max_len=256):
@@ -44,6 +58,7 @@ class LicenseProtocol(LineOnlyReceiver):
         self.server = server
         self.role: str | None = None
         self.terminal_server: TerminalServer | None = None
+        self._follower = None
 
     # --- framing ----------------------------------------------------------------------------------
 
@@ -156,9 +171,35 @@ class LicenseProtocol(LineOnlyReceiver):
         return self.server.key_packs()
 
     def op_list_licenses(self, request):
-        return self.server.licenses(_field(request, "hwid", required=False, max_len=128),
-                                    _field(request, "kind", required=False), _field(request, "status", required=False),
-                                    _field(request, "limit", int, required=False) or 1000)
+        filters = {name: _field(request, name, required=False, max_len=128) for name in LICENSE_FILTERS}
+        return self.server.licenses({k: v for k, v in filters.items() if v is not None}, _limit(request))
+
+    def op_revoke(self, request):
+        user = _field(request, "user", required=False)
+        if user is not None:
+            return self.server.revoke_user(user)
+        return self.server.revoke(_field(request, "license_id", int))
+
+    def op_set_clock(self, request):
+        return self.server.set_clock(_field(request, "to", max_len=64))
+
+    def op_list_events(self, request):
+        filters = {name: _field(request, name, kind, required=False, max_len=128) for name, kind in EVENT_FILTERS}
+        since = _field(request, "since", required=False, max_len=64)
+        return self.server.list_events({k: v for k, v in filters.items() if v is not None},
+                                       None if since is None else parse_date(since), _limit(request))
+
+    def op_follow_events(self, request):
+        """From now on, every committed event is pushed on this connection as {"event": {...}}."""
+        if self._follower is None:
+            self._follower = lambda event: self.transport.write(
+                json.dumps({"id": request["id"], "event": event}, separators=(",", ":")).encode() + b"\n")
+            self.server.followers.add(self._follower)
+        return {"following": True}
+
+    def connectionLost(self, reason) -> None:
+        if self._follower is not None:
+            self.server.followers.discard(self._follower)
 
     def op_usage_report(self, request):
         return self.server.usage_report(_field(request, "start", int, required=False),
@@ -177,6 +218,10 @@ _OPS = {
     ("admin", "list_key_packs"): LicenseProtocol.op_list_key_packs,
     ("admin", "list_licenses"): LicenseProtocol.op_list_licenses,
     ("admin", "usage_report"): LicenseProtocol.op_usage_report,
+    ("admin", "revoke"): LicenseProtocol.op_revoke,
+    ("admin", "set_clock"): LicenseProtocol.op_set_clock,
+    ("admin", "list_events"): LicenseProtocol.op_list_events,
+    ("admin", "follow_events"): LicenseProtocol.op_follow_events,
 }
 
 

@@ -1,14 +1,21 @@
 """Wiring: the license server as a Twisted service. Nothing here decides anything."""
 from __future__ import annotations
 
+from twisted.application.internet import TimerService
 from twisted.application.service import MultiService, Service
+from twisted.logger import Logger
 from twisted.internet.endpoints import serverFromString
 
+from tsls.labclock import LabClock
 from tsls.listener import Listener
 from tsls.server.app import Identity, LicenseServer
 from tsls.server.protocol import LicenseFactory
 from tsls.server.store import LicenseStore
 from tsls.server.writer import BatchWriter
+
+
+SWEEP_EVERY = 60.0
+log = Logger()
 
 
 class _WriterService(Service):
@@ -27,13 +34,27 @@ class _WriterService(Service):
 class LicenseServerService(MultiService):
     """The writer starts first and stops last, so the listener drains into a live ledger."""
 
-    def __init__(self, reactor, endpoint: str, db_path: str, clearinghouse, clock=None, seed: str | None = None):
+    def __init__(self, reactor, endpoint: str, db_path: str, clearinghouse, clock=None, seed: str | None = None,
+                 lab_clock: LabClock | None = None, sweep_every: float = SWEEP_EVERY):
+        """``lab_clock``: run on a lab clock an administrator can move (its offset is restored from
+        the database); otherwise ``clock`` (default: the reactor) gives real time."""
         super().__init__()
-        clock = clock or reactor
         store = LicenseStore.open(db_path)
         identity = Identity.load_or_create(store, seed)
+        if lab_clock is not None:
+            lab_clock.offset = float(store.get_meta("lab_clock_offset") or 0.0)
+        clock = lab_clock or clock or reactor
         self.writer = BatchWriter(reactor, clock, store)
-        self.server = LicenseServer(self.writer, clearinghouse, identity)
+        self.server = LicenseServer(self.writer, clearinghouse, identity, lab_clock)
         _WriterService(self.writer).setServiceParent(self)
+        sweeper = TimerService(sweep_every, self._sweep)
+        sweeper.clock = reactor
+        sweeper.setServiceParent(self)
         self.listener = Listener("license server", serverFromString(reactor, endpoint), LicenseFactory(self.server))
         self.listener.setServiceParent(self)
+
+    def _sweep(self):
+        """Expire what is due even when nobody logs on (every batch sweeps first). A failed sweep
+        is logged, and the next one runs as usual."""
+        d = self.writer.submit(lambda store, now: None)
+        d.addErrback(lambda f: log.failure("periodic expiry sweep failed", f))

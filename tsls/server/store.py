@@ -11,6 +11,7 @@ import sqlite3
 
 import attrs
 
+from tsls.core import events
 from tsls.core.licensing import Change, Decision, World, expire
 from tsls.core.model import CalType, KeyPack, License, LicenseKind, LicenseStatus, ProductVersion, PurchaseRef
 
@@ -86,6 +87,7 @@ class StoreError(Exception):
 class LicenseStore:
     def __init__(self, connection: sqlite3.Connection) -> None:
         self.db = connection
+        self.new_events: list = []      # events written in the open transaction, published after COMMIT
 
     @classmethod
     def open(cls, path: str) -> "LicenseStore":
@@ -129,10 +131,12 @@ class LicenseStore:
     @contextlib.contextmanager
     def transaction(self):
         self.db.execute("BEGIN IMMEDIATE")
+        self.new_events = []
         try:
             yield
         except BaseException:
             self.db.execute("ROLLBACK")
+            self.new_events = []
             raise
         self.db.execute("COMMIT")
 
@@ -140,9 +144,11 @@ class LicenseStore:
     def savepoint(self):
         """One request inside a shared transaction: a refusal undoes only its own writes."""
         self.db.execute("SAVEPOINT request")
+        mark = len(self.new_events)
         try:
             yield
         except BaseException:
+            del self.new_events[mark:]
             self.db.execute("ROLLBACK TO request")
             self.db.execute("RELEASE request")
             raise
@@ -213,7 +219,27 @@ class LicenseStore:
         """Expire every license whose time is up, so what any request reads is current."""
         due = self.db.execute(f"SELECT {_COLUMNS} FROM licenses WHERE status = 'active' AND expires_at <= ?", (now,))
         decisions = [expire(_license(r), now) for r in due.fetchall()]
-        return [self.apply(d) for d in decisions if d is not None]
+        applied = [self.apply(d) for d in decisions if d is not None]
+        for d in applied:
+            self.add_events(events.for_decision(d, now))
+        return applied
+
+    # --- the event log ----------------------------------------------------------------------------
+
+    def add_events(self, new) -> None:
+        for e in new:
+            cursor = self.db.execute(
+                "INSERT INTO events (at, event_id, name, message, terminal_server, hwid, user, license_id) "
+                "VALUES (?,?,?,?,?,?,?,?)",
+                (e.at, int(e.event_id), e.event_id.name, e.message, e.terminal_server, e.hwid, e.user, e.license_id))
+            self.new_events.append((cursor.lastrowid, e))
+
+    def events(self, where: str = "1", params: tuple = (), limit: int = 1000) -> list[tuple]:
+        """(row id, Event) pairs, oldest first."""
+        rows = self.db.execute(
+            "SELECT id, at, event_id, message, terminal_server, hwid, user, license_id FROM "
+            f"(SELECT * FROM events WHERE {where} ORDER BY id DESC LIMIT ?) ORDER BY id", (*params, limit))
+        return [(r[0], events.Event(r[1], events.EventId(r[2]), r[3], r[4], r[5], r[6], r[7])) for r in rows]
 
     def add_key_pack(self, key_pack_id: str, purchase: PurchaseRef, version: ProductVersion, cal_type: CalType,
                      total: int, now: int) -> KeyPack:

@@ -22,11 +22,11 @@ MAX_BATCH = 512
 class BatchWriter:
     log = Logger()
 
-    def __init__(self, reactor, clock, store, on_batch: Callable | None = None) -> None:
+    def __init__(self, reactor, clock, store, on_events: Callable | None = None) -> None:
         self._reactor = reactor
         self._clock = clock
         self._store = store
-        self._on_batch = on_batch           # called in the reactor with what the sweep expired
+        self.on_events = on_events          # called in the reactor with the events each batch committed
         self._queue: deque = deque()
         self._running = False
         self._idle: list[defer.Deferred] = []
@@ -37,7 +37,10 @@ class BatchWriter:
         self._pool.start()
 
     def submit(self, job: Callable) -> defer.Deferred:
-        """Run ``job(store, now)`` in the next batch; fire with its result once committed."""
+        """Run ``job(store, now)`` in the next batch; fire with its result once committed.
+
+        A job refuses by raising TslsError (its writes are undone) or by returning one (its writes,
+        such as the event that records the refusal, are kept)."""
         if self._stopped:
             return defer.fail(TslsError(Code.SHUTTING_DOWN, "the license server is shutting down"))
         d = defer.Deferred()
@@ -63,16 +66,17 @@ class BatchWriter:
         store = self._store
         results = []
         with store.transaction():
-            expired = store.sweep(now)
+            store.sweep(now)
             for job in jobs:
                 try:
                     with store.savepoint():
-                        results.append((True, job(store, now)))
+                        result = job(store, now)
+                    results.append((not isinstance(result, TslsError), result))
                 except TslsError as e:
                     results.append((False, e))
                 except Exception:
                     results.append((False, Failure()))
-        return expired, results
+        return store.new_events, results
 
     def _deliver(self, outcome, batch) -> None:
         if isinstance(outcome, Failure):
@@ -80,9 +84,9 @@ class BatchWriter:
             error = TslsError(Code.STORAGE_ERROR, "the license server could not commit the change; nothing was changed")
             results = [(False, error)] * len(batch)
         else:
-            expired, results = outcome
-            if self._on_batch is not None and expired:
-                self._on_batch(expired)
+            new_events, results = outcome
+            if self.on_events is not None and new_events:
+                self.on_events(new_events)
         for (job, d), (ok, value) in zip(batch, results):
             if isinstance(value, Failure):
                 self.log.failure("request failed inside the ledger", value)
