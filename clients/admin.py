@@ -6,18 +6,19 @@ what a lab operator does there (selling CALs, the telephone activation call).
 from __future__ import annotations
 
 import argparse
-import calendar
-import datetime
+import json
 
 from clients.cli import run
 from clients.connection import DEFAULT_SERVER, connect
-from clients.output import emit, table
+from clients.output import emit, rows_out, table
 from tsls.errors import Code, TslsError
 
 DEFAULT_CLEARINGHOUSE = "http://127.0.0.1:4880"
 
 KEY_PACK_COLUMNS = [("key_pack_id", "KEY PACK"), ("product_version", "VERSION"), ("cal_type", "TYPE"),
                     ("program", "PROGRAM"), ("total", "TOTAL"), ("issued", "ISSUED"), ("available", "AVAILABLE")]
+EVENT_COLUMNS = [("id", "#"), ("at", "AT"), ("event_id", "EVENT"), ("name", "NAME"), ("terminal_server", "TS"),
+                 ("hwid", "HWID"), ("license_id", "LICENSE"), ("message", "MESSAGE")]
 LICENSE_COLUMNS = [("license_id", "ID"), ("kind", "KIND"), ("status", "STATUS"), ("machine", "MACHINE"),
                    ("user", "USER"), ("terminal_server", "TS"), ("product_version", "VERSION"),
                    ("key_pack_id", "KEY PACK"), ("issued_at", "ISSUED"), ("expires_at", "EXPIRES"),
@@ -72,13 +73,8 @@ def _contact(args) -> dict:
 
 
 def _date(text: str) -> int:
-    try:
-        when = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise TslsError(Code.BAD_REQUEST, f"not an ISO date: {text!r}") from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=datetime.timezone.utc)
-    return calendar.timegm(when.utctimetuple())
+    from tsls.core.labtime import parse_date
+    return parse_date(text)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -86,6 +82,7 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--server", default=DEFAULT_SERVER, help="license server endpoint (default: %(default)s)")
     parser.add_argument("--clearinghouse", default=DEFAULT_CLEARINGHOUSE, help="(default: %(default)s)")
     parser.add_argument("--json", action="store_true", help="print JSON for scripts")
+    parser.add_argument("--csv", action="store_true", help="print lists (licenses, events, usage) as CSV")
     sub = parser.add_subparsers(dest="command", required=True)
 
     sub.add_parser("status", help="activation, key packs and license counts")
@@ -103,11 +100,30 @@ def parser() -> argparse.ArgumentParser:
     rec = sub.add_parser("recover", help="get back the CALs of a purchase onto this (rebuilt) server")
     _purchase_options(rec)
     sub.add_parser("keypacks", help="list key packs: Total / Issued / Available")
-    lic = sub.add_parser("licenses", help="list issued licenses")
+    lic = sub.add_parser("licenses", help="issued licenses, per device, with filters")
     lic.add_argument("--hwid")
+    lic.add_argument("--machine")
+    lic.add_argument("--user")
+    lic.add_argument("--terminal-server")
+    lic.add_argument("--key-pack", dest="key_pack_id")
+    lic.add_argument("--version", dest="product_version")
     lic.add_argument("--kind", choices=["temporary", "permanent"])
     lic.add_argument("--status", choices=["active", "upgraded", "expired", "revoked"])
     lic.add_argument("--limit", type=int, default=1000)
+    rev = sub.add_parser("revoke", help="revoke a Per Device CAL (at most 20%% of a version's CALs at once)")
+    rev.add_argument("license_id", nargs="?", type=int)
+    rev.add_argument("--user", help="(Per User CALs cannot be revoked: this shows the refusal)")
+    clock = sub.add_parser("clock", help="move the lab clock forward: +90d, +6h, +30m, +1w or an ISO date")
+    clock.add_argument("to", nargs="?", help="omit to print the lab time")
+    ev = sub.add_parser("events", help="the event log, newest last")
+    ev.add_argument("--event-id", type=int)
+    ev.add_argument("--terminal-server")
+    ev.add_argument("--hwid")
+    ev.add_argument("--user")
+    ev.add_argument("--license-id", type=int)
+    ev.add_argument("--since", help="ISO date")
+    ev.add_argument("--limit", type=int, default=1000)
+    ev.add_argument("--follow", action="store_true", help="then keep printing events as they happen")
     use = sub.add_parser("usage", help="Per User usage report")
     use.add_argument("--start", help="ISO date")
     use.add_argument("--end", help="ISO date")
@@ -163,12 +179,58 @@ async def _admin_command(conn, args) -> None:
     elif c == "keypacks":
         emit(await conn.request("list_key_packs"), args.json, _print_key_packs)
     elif c == "licenses":
-        fields = {k: getattr(args, k) for k in ("hwid", "kind", "status") if getattr(args, k)}
-        emit(await conn.request("list_licenses", limit=args.limit, **fields), args.json,
-             lambda rows: table(rows, LICENSE_COLUMNS))
+        fields = {k: getattr(args, k) for k in ("hwid", "machine", "user", "terminal_server", "key_pack_id",
+                                                 "product_version", "kind", "status") if getattr(args, k)}
+        rows_out(await conn.request("list_licenses", limit=args.limit, **fields), LICENSE_COLUMNS, _fmt(args))
+    elif c == "revoke":
+        if args.user:
+            result = await conn.request("revoke", user=args.user)
+        elif args.license_id is None:
+            raise TslsError(Code.BAD_REQUEST, "name the license to revoke (its ID, from tsls-admin licenses)")
+        else:
+            result = await conn.request("revoke", license_id=args.license_id)
+        emit(result, args.json, lambda r: print(r["message"]))
+    elif c == "clock":
+        result = await conn.request("set_clock", to=args.to) if args.to else {"now": (await conn.request("status"))["now"]}
+        emit(result, args.json, lambda r: print(f"lab time: {r['now']}"))
+    elif c == "events":
+        fields = {k: getattr(args, k) for k in ("event_id", "terminal_server", "hwid", "user", "license_id", "since")
+                  if getattr(args, k) is not None}
+        if args.follow:
+            await _follow(conn, args, fields)
+        else:
+            rows_out(await conn.request("list_events", limit=args.limit, **fields), EVENT_COLUMNS, _fmt(args))
     elif c == "usage":
         fields = {k: _date(getattr(args, k)) for k in ("start", "end") if getattr(args, k)}
-        emit(await conn.request("usage_report", **fields), args.json, _print_usage)
+        report = await conn.request("usage_report", **fields)
+        if args.csv:
+            rows_out(report["per_day"], [("day", "DAY"), ("users", "USERS")], "csv")
+        else:
+            emit(report, args.json, _print_usage)
+
+
+def _fmt(args) -> str:
+    return "json" if args.json else "csv" if args.csv else "table"
+
+
+async def _follow(conn, args, fields) -> None:
+    """Print the log so far, then each new event as the server pushes it, until interrupted."""
+    seen = set()
+
+    def show(event):
+        if event["id"] in seen or any(event.get(k) != v for k, v in fields.items() if k != "since"):
+            return
+        seen.add(event["id"])
+        if args.json:
+            print(json.dumps(event), flush=True)
+        else:
+            print(f"{event['at']}  {event['event_id']:>5}  {event['name']:<20} {event['message']}", flush=True)
+
+    conn.on_event = show
+    await conn.request("follow_events")
+    for event in await conn.request("list_events", limit=args.limit, **fields):
+        show(event)
+    await conn.closed
 
 
 async def clearinghouse_command(args) -> None:

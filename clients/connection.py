@@ -30,6 +30,7 @@ class LicenseConnection(LineOnlyReceiver):
         self._pending: dict = {}
         self.closed = defer.Deferred()
         self.hello: dict | None = None
+        self.on_event = None        # called with each event pushed after a follow_events request
 
     def request(self, op: str, **fields) -> defer.Deferred:
         """Send one request; fires with its result or fails with TslsError. Requests may be pipelined."""
@@ -52,6 +53,10 @@ class LicenseConnection(LineOnlyReceiver):
 
     def lineReceived(self, line: bytes) -> None:
         reply = json.loads(line)
+        if "event" in reply:
+            if self.on_event is not None:
+                self.on_event(reply["event"])
+            return
         d = self._pending.pop(reply.get("id"), None)
         if d is None:
             # An error the server could not tie to a request (bad framing): fail everything waiting.

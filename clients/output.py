@@ -1,6 +1,7 @@
 """Printing answers: aligned tables for people, JSON for scripts."""
 from __future__ import annotations
 
+import csv
 import json
 import sys
 
@@ -29,3 +30,20 @@ def emit(value, as_json: bool, human) -> None:
         print(json.dumps(value, indent=2, sort_keys=True))
     else:
         human(value)
+
+
+def write_csv(rows: list[dict], columns: list[tuple[str, str]], out=None) -> None:
+    writer = csv.writer(out or sys.stdout)
+    writer.writerow([key for key, _ in columns])
+    for row in rows:
+        writer.writerow(["" if row.get(key) is None else row.get(key) for key, _ in columns])
+
+
+def rows_out(rows: list[dict], columns: list[tuple[str, str]], fmt: str) -> None:
+    """A list of records as a table, CSV or JSON."""
+    if fmt == "json":
+        print(json.dumps(rows, indent=2, sort_keys=True))
+    elif fmt == "csv":
+        write_csv(rows, columns)
+    else:
+        table(rows, columns)

@@ -31,6 +31,8 @@ def _parser() -> argparse.ArgumentParser:
     def server_options(p):
         p.add_argument("--listen", default=DEFAULT_LISTEN, help="Twisted endpoint (default: %(default)s)")
         p.add_argument("--seed", help="seed for CAL lifetimes, so a run can be replayed exactly")
+        p.add_argument("--lab-clock", action="store_true",
+                       help="run on a lab clock that tsls-admin clock can move forward (+90d, an ISO date)")
 
     lab = sub.add_parser("lab", help="run the license server and the mock Clearinghouse")
     common(lab)
@@ -61,17 +63,21 @@ def build(reactor, args):
 
     from tsls.clearinghouse.client import ClearinghouseClient
     from tsls.clearinghouse.service import make_service as make_clearinghouse
+    from tsls.labclock import LabClock
     from tsls.server.service import LicenseServerService
 
     os.makedirs(args.data_dir, exist_ok=True)
     top = MultiService()
-    if args.command in ("lab", "clearinghouse"):
-        listen = args.clearinghouse_listen if args.command == "lab" else args.listen
-        make_clearinghouse(reactor, listen, os.path.join(args.data_dir, "clearinghouse.sqlite")).setServiceParent(top)
+    # In the lab, the Clearinghouse reads the license server's lab clock, so certificates age with it.
+    lab_clock = LabClock(reactor) if getattr(args, "lab_clock", False) else None
     if args.command in ("lab", "server"):
         url = _url_of(args.clearinghouse_listen) if args.command == "lab" else args.clearinghouse_url
         LicenseServerService(reactor, args.listen, os.path.join(args.data_dir, "license-server.sqlite"),
-                             ClearinghouseClient(url), seed=args.seed).setServiceParent(top)
+                             ClearinghouseClient(url), seed=args.seed, lab_clock=lab_clock).setServiceParent(top)
+    if args.command in ("lab", "clearinghouse"):
+        listen = args.clearinghouse_listen if args.command == "lab" else args.listen
+        make_clearinghouse(reactor, listen, os.path.join(args.data_dir, "clearinghouse.sqlite"),
+                           clock=lab_clock).setServiceParent(top)
     return top
 
 
