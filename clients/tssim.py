@@ -1,10 +1,12 @@
 """``tsls-ts``: a simulated terminal server that logs clients on and gets their licenses.
 
-Each simulated client device keeps the license it was given in a small store (like a Windows
-client's MSLicensing registry key), and presents it at its next logon.
+Each simulated client device keeps the license it was given (like a Windows client's
+MSLicensing registry key) and presents it at its next logon. The terminal server keeps its own
+state: its grace period, and the lab time it last heard from a license server.
 
     tsls-ts --name TS01 --version 2003 --mode per-device logon pc1 pc2 pc3
     tsls-ts --name TSU --version 2003 --mode per-user logon --count 10
+    tsls-ts --server tcp:127.0.0.1:4870 --server tcp:127.0.0.1:4871 logon pc1   # discovery order
 """
 from __future__ import annotations
 
@@ -12,12 +14,22 @@ import argparse
 import hashlib
 import json
 import os
+import time
 
 from clients.cli import run
 from clients.connection import DEFAULT_SERVER, connect
 from clients.output import emit, table
+from tsls.core.labtime import parse_date
+from tsls.core.model import ProductVersion
+from tsls.core.terminal import Grace, without_license_server
+from tsls.errors import Code, TslsError
 
 PLATFORM_ID = 0x04010000   # WINNT_POST_52 + Microsoft, what FreeRDP sends [REFERENCE §6]
+
+# A license server that answers with one of these could not license the device; the next one is
+# asked, as a terminal server goes down its discovered list [§5, KB301932].
+TRY_NEXT = {Code.NO_LICENSE_AVAILABLE, Code.NOT_ACTIVATED, Code.MODE_MISMATCH, Code.SERVER_UNREACHABLE,
+            Code.SHUTTING_DOWN, Code.STORAGE_ERROR}
 
 
 def hardware_id(machine: str) -> str:
@@ -26,39 +38,136 @@ def hardware_id(machine: str) -> str:
     return (PLATFORM_ID.to_bytes(4, "little") + hashlib.md5(machine.encode()).digest()).hex()
 
 
-class DeviceStore:
-    """Licenses held by simulated devices: {machine: {product_version: token}} in one JSON file."""
+class JsonState:
+    """A small JSON document on disk, replaced atomically on save."""
 
     def __init__(self, path: str) -> None:
         self.path = path
         try:
             with open(path) as f:
-                self.held = json.load(f)
+                self.data = json.load(f)
         except FileNotFoundError:
-            self.held = {}
-
-    def get(self, machine: str, version: str) -> str | None:
-        return self.held.get(machine, {}).get(version)
-
-    def put(self, machine: str, version: str, token: str) -> None:
-        self.held.setdefault(machine, {})[version] = token
+            self.data = {}
 
     def save(self) -> None:
         os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
         tmp = self.path + ".new"
         with open(tmp, "w") as f:
-            json.dump(self.held, f, indent=1, sort_keys=True)
+            json.dump(self.data, f, indent=1, sort_keys=True)
         os.replace(tmp, self.path)
+
+
+class DeviceStore(JsonState):
+    """Licenses held by simulated devices: {machine: {product_version: license}}."""
+
+    def get(self, machine: str, version: str) -> dict | None:
+        return self.data.get(machine, {}).get(version)
+
+    def put(self, machine: str, version: str, license: dict) -> None:
+        self.data.setdefault(machine, {})[version] = license
+
+
+class TerminalServerState(JsonState):
+    """{name: {"grace_started_at", "grace_ended_at", "clock_offset"}} for each simulated server."""
+
+    def grace(self, name: str, version: ProductVersion) -> Grace:
+        mine = self.data.get(name, {})
+        return Grace(version, mine.get("grace_started_at"), mine.get("grace_ended_at"))
+
+    def keep_grace(self, name: str, grace: Grace) -> None:
+        self.data.setdefault(name, {}).update(grace_started_at=grace.started_at, grace_ended_at=grace.ended_at)
+
+    def now(self, name: str) -> int:
+        """Lab time as the license server last told it (it may run a lab clock)."""
+        return int(time.time() + self.data.get(name, {}).get("clock_offset", 0))
+
+    def heard_time(self, name: str, server_now: str) -> None:
+        self.data.setdefault(name, {})["clock_offset"] = parse_date(server_now) - time.time()
+
+
+class TerminalServer:
+    """One simulated terminal server, with its discovered list of license servers."""
+
+    def __init__(self, reactor, name, version, mode, servers, devices: DeviceStore, state: TerminalServerState):
+        self.reactor = reactor
+        self.name, self.version, self.mode = name, version, mode
+        self.servers = servers
+        self.devices = devices
+        self.state = state
+        self.connections: dict = {}
+
+    async def _connection(self, server):
+        conn = self.connections.get(server)
+        if conn is not None and conn.transport.connected:
+            return conn
+        conn = await connect(self.reactor, server)
+        hello = await conn.hello_terminal_server(self.name, self.version, self.mode)
+        self.state.heard_time(self.name, hello["now"])
+        self.connections[server] = conn
+        return conn
+
+    async def logon(self, machine: str, user: str, report: bool = True) -> dict:
+        hwid = hardware_id(machine)
+        held = self.devices.get(machine, self.version)
+        row = {"machine": machine, "user": user, "served_by": None, "license": None, "reason": None}
+        refusal = None
+        for server in self.servers:
+            try:
+                conn = await self._connection(server)
+                answer = await conn.request("logon", hwid=hwid, machine=machine, user=user,
+                                            license=held and held["token"])
+            except TslsError as e:
+                refusal = e
+                if e.code in TRY_NEXT:
+                    continue
+                break
+            lic = answer["license"]
+            row.update(served_by=server, outcome=answer["outcome"], reason=answer["reason"], message=answer["message"],
+                       license=lic)
+            self._note_connection(lic)
+            if lic is not None:
+                self.devices.put(machine, self.version, lic)
+                if report:
+                    await conn.request("logon_succeeded", hwid=hwid, license=lic["token"])
+            return row
+        return self._without_server(row, refusal, held)
+
+    def _note_connection(self, lic) -> None:
+        now = self.state.now(self.name)
+        grace = self.state.grace(self.name, ProductVersion.parse(self.version)).connection(now)
+        if lic is not None and lic["kind"] == "permanent":
+            grace = grace.permanent_cal_issued(now)
+        self.state.keep_grace(self.name, grace)
+
+    def _without_server(self, row, refusal, held) -> dict:
+        if refusal is not None and refusal.code not in (Code.SERVER_UNREACHABLE, Code.SHUTTING_DOWN):
+            return {**row, "outcome": "refused", "reason": refusal.code.value, "message": refusal.message}
+        now = self.state.now(self.name)
+        grace = self.state.grace(self.name, ProductVersion.parse(self.version)).connection(now)
+        self.state.keep_grace(self.name, grace)
+        expires = parse_date(held["expires_at"]) if held else None
+        try:
+            admitted = without_license_server(grace, expires, now)
+        except TslsError as e:
+            return {**row, "outcome": "refused", "reason": e.code.value, "message": e.message}
+        return {**row, "outcome": f"admitted_{admitted.how}", "message": admitted.message, "license": held}
+
+    async def close(self) -> None:
+        for conn in self.connections.values():
+            if conn.transport.connected:
+                await conn.close()
 
 
 def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tsls-ts", description="Simulate a terminal server.")
-    parser.add_argument("--server", default=DEFAULT_SERVER, help="license server endpoint (default: %(default)s)")
+    parser.add_argument("--server", action="append", metavar="ENDPOINT",
+                        help=f"a license server endpoint; repeat it for a discovery list tried in order "
+                             f"(default: {DEFAULT_SERVER})")
     parser.add_argument("--name", default="TS01", help="the terminal server's name (default: %(default)s)")
     parser.add_argument("--version", default="2003", help="Windows version it emulates (default: %(default)s)")
     parser.add_argument("--mode", default="per-device", choices=["per-device", "per-user"])
-    parser.add_argument("--devices", default=os.path.join("tsls-data", "devices.json"),
-                        help="where simulated devices keep their licenses (default: %(default)s)")
+    parser.add_argument("--state-dir", default="tsls-data",
+                        help="where devices keep their licenses and terminal servers their state (default: %(default)s)")
     parser.add_argument("--json", action="store_true", help="print JSON for scripts")
     sub = parser.add_subparsers(dest="command", required=True)
     logon = sub.add_parser("logon", help="log clients on, report success, print their licenses")
@@ -83,39 +192,21 @@ def _clients(args) -> list[tuple[str, str]]:
     return out
 
 
-async def logon_all(conn, store: DeviceStore, version: str, clients, times: int, report: bool) -> list[dict]:
-    rows = []
-    for round_ in range(1, times + 1):
-        for machine, user in clients:
-            hwid = hardware_id(machine)
-            row = {"round": round_, "machine": machine, "user": user}
-            try:
-                answer = await conn.request("logon", hwid=hwid, machine=machine, user=user,
-                                            license=store.get(machine, version))
-            except Exception as e:   # a refusal is a result to show, not a reason to stop
-                code = getattr(e, "code", None)
-                row.update(outcome="refused", reason=code.value if code else str(e), message=getattr(e, "message", ""))
-                rows.append(row)
-                continue
-            lic = answer["license"]
-            row.update(outcome=answer["outcome"], reason=answer["reason"], message=answer["message"], license=lic)
-            if lic is not None:
-                store.put(machine, version, lic["token"])
-                if report:
-                    await conn.request("logon_succeeded", hwid=hwid, license=lic["token"])
-            rows.append(row)
-    return rows
-
-
 async def command(reactor, args) -> None:
-    store = DeviceStore(args.devices)
-    conn = await connect(reactor, args.server)
+    ProductVersion.parse(args.version)
+    devices = DeviceStore(os.path.join(args.state_dir, "devices.json"))
+    state = TerminalServerState(os.path.join(args.state_dir, "terminal-servers.json"))
+    ts = TerminalServer(reactor, args.name, args.version, args.mode.replace("-", "_"), args.server or [DEFAULT_SERVER],
+                        devices, state)
+    rows = []
     try:
-        await conn.hello_terminal_server(args.name, args.version, args.mode.replace("-", "_"))
-        rows = await logon_all(conn, store, args.version, _clients(args), args.times, not args.fail)
+        for round_ in range(1, args.times + 1):
+            for machine, user in _clients(args):
+                rows.append({"round": round_, **await ts.logon(machine, user, not args.fail)})
     finally:
-        store.save()
-        await conn.close()
+        devices.save()
+        state.save()
+        await ts.close()
     emit(rows, args.json, _print_rows)
 
 
@@ -126,7 +217,7 @@ def _print_rows(rows: list[dict]) -> None:
         flat.append({**r, "kind": lic.get("kind"), "license_id": lic.get("license_id"),
                      "expires_at": lic.get("expires_at"), "key_pack_id": lic.get("key_pack_id")})
     table(flat, [("round", "ROUND"), ("machine", "MACHINE"), ("user", "USER"), ("outcome", "OUTCOME"),
-                 ("kind", "LICENSE"), ("license_id", "ID"), ("expires_at", "EXPIRES"), ("key_pack_id", "KEY PACK"),
+                 ("kind", "LICENSE"), ("license_id", "ID"), ("expires_at", "EXPIRES"), ("served_by", "SERVED BY"),
                  ("reason", "REASON")])
 
 

@@ -14,7 +14,7 @@ from twisted.protocols.basic import LineOnlyReceiver
 
 from tsls.core.labtime import parse_date
 from tsls.core.licensing import TerminalServer, check_terminal_server
-from tsls.core.model import CalType, ProductVersion
+from tsls.core.model import CalType, ProductVersion, iso
 from tsls.errors import Code, TslsError
 
 PROTOCOL_VERSION = 1
@@ -133,7 +133,7 @@ class LicenseProtocol(LineOnlyReceiver):
             raise TslsError(Code.BAD_REQUEST, f"unknown role {role!r}; expected terminal_server or admin")
         self.role = role
         return {"protocol": PROTOCOL_VERSION, "server": "tsls", "role": role,
-                "product_id": self.server.identity.product_id}
+                "product_id": self.server.identity.product_id, "now": iso(int(self.server.writer.clock.seconds()))}
 
     # terminal servers
 

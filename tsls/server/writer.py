@@ -24,7 +24,7 @@ class BatchWriter:
 
     def __init__(self, reactor, clock, store, on_events: Callable | None = None) -> None:
         self._reactor = reactor
-        self._clock = clock
+        self.clock = clock
         self._store = store
         self.on_events = on_events          # called in the reactor with the events each batch committed
         self._queue: deque = deque()
@@ -58,7 +58,7 @@ class BatchWriter:
             return
         self._running = True
         batch = [self._queue.popleft() for _ in range(min(len(self._queue), MAX_BATCH))]
-        now = int(self._clock.seconds())
+        now = int(self.clock.seconds())
         done = threads.deferToThreadPool(self._reactor, self._pool, self._run, [job for job, _ in batch], now)
         done.addBoth(self._deliver, batch)
 

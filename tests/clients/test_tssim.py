@@ -1,0 +1,88 @@
+"""The terminal-server simulator against real daemons: discovery order, grace period, renewal."""
+import time
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer, reactor
+
+from clients.tssim import DeviceStore, TerminalServer, TerminalServerState, hardware_id
+from tests.server.test_daemon import Daemon, activate_and_install
+from tsls.core.labtime import parse_date
+from tsls.core.model import DAY
+
+DOWN = "tcp:127.0.0.1:1"     # nothing listens on port 1
+
+
+@pytest.fixture
+def daemon(tmp_path):
+    d = Daemon(tmp_path)
+    pytest_twisted.blockon(d.start())
+    yield d
+    pytest_twisted.blockon(d.stop())
+
+
+def simulator(tmp_path, servers, name="TS01", version="2003"):
+    return TerminalServer(reactor, name, version, "per_device", servers,
+                          DeviceStore(str(tmp_path / "devices.json")), TerminalServerState(str(tmp_path / "ts.json")))
+
+
+def test_hardware_id_matches_what_an_rdp_client_sends():
+    assert hardware_id("lictest").startswith("00000104") and len(hardware_id("lictest")) == 40
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_down_license_server_is_skipped_and_the_next_one_serves(tmp_path, daemon):
+    ts = simulator(tmp_path, [DOWN, daemon.endpoint])
+    try:
+        row = yield defer.ensureDeferred(ts.logon("pc1", "alice"))
+    finally:
+        yield defer.ensureDeferred(ts.close())
+    assert row["served_by"] == daemon.endpoint and row["outcome"] == "temporary_issued"
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_refusing_license_server_is_skipped_for_one_that_has_cals(tmp_path, daemon):
+    other = Daemon(tmp_path / "other")
+    (tmp_path / "other").mkdir()
+    yield other.start()
+    try:
+        admin = yield other.admin()
+        yield activate_and_install(admin)
+        ts = simulator(tmp_path, [daemon.endpoint, other.endpoint])
+        yield defer.ensureDeferred(ts.logon("pc1", "alice"))          # temporary, from the first
+        row = yield defer.ensureDeferred(ts.logon("pc1", "alice"))
+        yield defer.ensureDeferred(ts.close())
+        assert row["served_by"] == daemon.endpoint and row["reason"] == "NOT_ACTIVATED"
+    finally:
+        yield other.stop()
+
+
+@pytest_twisted.inlineCallbacks
+def test_with_no_license_server_grace_admits_then_refuses(tmp_path):
+    ts = simulator(tmp_path, [DOWN])
+    row = yield defer.ensureDeferred(ts.logon("pc1", "alice"))
+    assert row["outcome"] == "admitted_grace"
+    state = ts.state.data["TS01"]
+    state["clock_offset"] = 121 * DAY          # as if the lab clock had moved 121 days
+    row = yield defer.ensureDeferred(ts.logon("pc1", "alice"))
+    assert row["outcome"] == "refused" and row["reason"] == "NO_LICENSE_SERVER"
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_cal_due_for_renewal_is_refused_when_no_license_server_answers(tmp_path, daemon):
+    admin = yield daemon.admin()
+    yield activate_and_install(admin)
+    ts = simulator(tmp_path, [daemon.endpoint])
+    yield defer.ensureDeferred(ts.logon("pc1", "alice"))
+    row = yield defer.ensureDeferred(ts.logon("pc1", "alice"))
+    yield defer.ensureDeferred(ts.close())
+    assert row["license"]["kind"] == "permanent"
+    offline = simulator(tmp_path, [DOWN])
+    offline.devices = ts.devices
+    offline.state = ts.state
+    row = yield defer.ensureDeferred(offline.logon("pc1", "alice"))
+    assert row["outcome"] == "admitted_license"
+    expires = parse_date(row["license"]["expires_at"])
+    ts.state.data["TS01"]["clock_offset"] = expires - DAY - time.time()     # a day before it runs out
+    row = yield defer.ensureDeferred(offline.logon("pc1", "alice"))
+    assert row["outcome"] == "refused" and row["reason"] == "RENEWAL_FAILED"

@@ -1,0 +1,62 @@
+"""A terminal server's own licensing rules: its grace period, and what it does when no license
+server answers. The terminal-server simulator keeps the state; these functions decide."""
+from __future__ import annotations
+
+import attrs
+
+from tsls.core.licensing import RENEWAL_WINDOW
+from tsls.core.model import DAY, ProductVersion, iso
+from tsls.errors import Code, TslsError
+
+
+def grace_days(version: ProductVersion) -> int:
+    """120 days for 2003 and later, 90 for Windows 2000 [§2, hh553157]."""
+    return 90 if version is ProductVersion.W2000 else 120
+
+
+@attrs.frozen
+class Grace:
+    """Begins at the first client connection; ends at the first permanent CAL or when the days run
+    out, whichever comes first [§2, hh553157; cc738708]."""
+
+    version: ProductVersion
+    started_at: int | None = None
+    ended_at: int | None = None          # set when a permanent CAL was issued
+
+    def connection(self, now: int) -> "Grace":
+        return self if self.started_at is not None else attrs.evolve(self, started_at=now)
+
+    def permanent_cal_issued(self, now: int) -> "Grace":
+        return self if self.ended_at is not None else attrs.evolve(self, ended_at=now)
+
+    def expires_at(self) -> int | None:
+        if self.started_at is None:
+            return None
+        ran_out = self.started_at + grace_days(self.version) * DAY
+        return ran_out if self.ended_at is None else min(ran_out, self.ended_at)
+
+    def active(self, now: int) -> bool:
+        end = self.expires_at()
+        return end is None or now < end
+
+
+@attrs.frozen
+class Admission:
+    how: str             # "license" (its CAL, still valid) or "grace"
+    message: str
+
+
+def without_license_server(grace: Grace, held_expires_at: int | None, now: int) -> Admission:
+    """No license server answered. A device whose license is still valid and not due for renewal
+    keeps it [MS-RDPELE 3.2.5.5]; one due for renewal is refused, as Windows logs event 1028
+    [§1, MSQA]; others get in only inside the grace period [§2]."""
+    if held_expires_at is not None and now < held_expires_at:
+        if held_expires_at - now > RENEWAL_WINDOW:
+            return Admission("license", "no license server reachable; the device's license is still valid")
+        raise TslsError(Code.RENEWAL_FAILED, "the device's license expires on "
+                        f"{iso(held_expires_at)} and could not be renewed: no license server reachable")
+    if grace.active(now):
+        return Admission("grace", f"no license server reachable; admitted in the grace period, which ends "
+                                  f"{iso(grace.expires_at())}")
+    raise TslsError(Code.NO_LICENSE_SERVER, "no license server reachable and the grace period "
+                    f"ended {iso(grace.expires_at())}: the connection is refused")
