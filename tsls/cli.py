@@ -44,6 +44,10 @@ def _parser() -> argparse.ArgumentParser:
     server_options(server)
     server.add_argument("--clearinghouse-url", default=DEFAULT_CH_URL, help="(default: %(default)s)")
 
+    check = sub.add_parser("check", help="check the license server database's invariants (safe while it runs)")
+    check.add_argument("--data-dir", default=DEFAULT_DATA, help="(default: %(default)s)")
+    check.add_argument("--db", help="the database file (default: DATA_DIR/license-server.sqlite)")
+
     ch = sub.add_parser("clearinghouse", help="run the mock Clearinghouse")
     common(ch)
     ch.add_argument("--listen", default=DEFAULT_CH_LISTEN, help="(default: %(default)s)")
@@ -81,8 +85,24 @@ def build(reactor, args):
     return top
 
 
+def check(args) -> int:
+    from tsls.server.check import check_ledger
+
+    path = args.db or os.path.join(args.data_dir, "license-server.sqlite")
+    if not os.path.exists(path):
+        print(f"tsls: no database at {path}", file=sys.stderr)
+        return 2
+    problems = check_ledger(path)
+    for p in problems:
+        print(p)
+    print(f"{path}: {'ledger invariants hold' if not problems else f'{len(problems)} problems'}")
+    return 1 if problems else 0
+
+
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "check":
+        return check(args)
     from twisted.internet import reactor
 
     from tsls.server.store import StoreError
