@@ -8,7 +8,10 @@ from __future__ import annotations
 import json
 
 from twisted.internet import defer
-from twisted.internet.protocol import Factory
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import Factory, Protocol
+from twisted.protocols.policies import TimeoutMixin
+from zope.interface import implementer
 from twisted.logger import Logger
 from twisted.protocols.basic import LineOnlyReceiver
 
@@ -18,7 +21,10 @@ from tsls.core.model import CalType, ProductVersion, iso
 from tsls.errors import Code, TslsError
 
 PROTOCOL_VERSION = 1
-MAX_LINE = 64 * 1024
+MAX_LINE = 64 * 1024          # longer lines: LINE_TOO_LONG, then the connection is closed
+MAX_IN_FLIGHT = 256           # requests waiting for their answer on one connection; past it, we stop reading
+IDLE_TIMEOUT = 300.0          # seconds without a complete request before an idle connection is closed
+MAX_CONNECTIONS = 10_000      # past it, a new connection gets TOO_MANY_CONNECTIONS and is closed
 
 
 LICENSE_FILTERS = ("hwid", "machine", "user", "terminal_server", "kind", "status", "product_version", "key_pack_id")
@@ -49,20 +55,60 @@ def _field(request: dict, name: str, kind=str, required=True, max_len=256):
     return value
 
 
-class LicenseProtocol(LineOnlyReceiver):
+@implementer(IPushProducer)
+class LicenseProtocol(LineOnlyReceiver, TimeoutMixin):
+    """One connection. It stops reading while MAX_IN_FLIGHT requests await answers, or while the
+    peer is not reading its answers (the transport's buffer is full), so no client can make the
+    server buffer without bound; a partial line is bounded by MAX_LINE and by the idle timeout."""
+
     delimiter = b"\n"
     MAX_LENGTH = MAX_LINE
     log = Logger()
 
-    def __init__(self, server) -> None:
+    factory = None
+
+    def __init__(self, server, clock=None, idle_timeout: float | None = IDLE_TIMEOUT) -> None:
         self.server = server
         self.role: str | None = None
         self.terminal_server: TerminalServer | None = None
         self._follower = None
+        self._in_flight = 0
+        self._peer_slow = False
+        self._reading = True
+        if clock is not None:
+            self.callLater = clock.callLater
+        self._idle_timeout = idle_timeout
+
+    def connectionMade(self) -> None:
+        self.transport.registerProducer(self, True)
+        self.setTimeout(self._idle_timeout)
+
+    # IPushProducer, as seen by our transport: the peer's unread answers have filled its buffer.
+    def pauseProducing(self) -> None:
+        self._peer_slow = True
+        self._update_reading()
+
+    def resumeProducing(self) -> None:
+        self._peer_slow = False
+        self._update_reading()
+
+    def stopProducing(self) -> None:
+        pass
+
+    def _update_reading(self) -> None:
+        want = not self._peer_slow and self._in_flight < MAX_IN_FLIGHT
+        if want != self._reading and self.transport.connected:
+            self._reading = want
+            (self.transport.resumeProducing if want else self.transport.pauseProducing)()
+
+    def timeoutConnection(self) -> None:
+        self._send(None, error=TslsError(Code.IDLE_TIMEOUT, f"no request for {self._idle_timeout:.0f} seconds"))
+        self.transport.loseConnection()
 
     # --- framing ----------------------------------------------------------------------------------
 
     def lineReceived(self, line: bytes) -> None:
+        self.resetTimeout()
         line = line.rstrip(b"\r")
         if not line.strip():
             return
@@ -78,8 +124,15 @@ class LicenseProtocol(LineOnlyReceiver):
         if not (isinstance(rid, (str, int)) and not isinstance(rid, bool)):
             self._send(None, error=TslsError(Code.BAD_REQUEST, "every request needs an 'id' (a string or a number)"))
             return
+        self._in_flight += 1
+        self._update_reading()
         d = defer.maybeDeferred(self._dispatch, request)
         d.addCallbacks(lambda result: self._send(rid, result=result), lambda f: self._failed(rid, f))
+        d.addBoth(self._answered)
+
+    def _answered(self, _) -> None:
+        self._in_flight -= 1
+        self._update_reading()
 
     def lineLengthExceeded(self, line: bytes) -> None:
         self._send(None, error=TslsError(Code.LINE_TOO_LONG, f"a request line may be at most {MAX_LINE} bytes"))
@@ -192,12 +245,16 @@ class LicenseProtocol(LineOnlyReceiver):
     def op_follow_events(self, request):
         """From now on, every committed event is pushed on this connection as {"event": {...}}."""
         if self._follower is None:
+            self.setTimeout(None)           # a follower may stay quiet for as long as it likes
             self._follower = lambda event: self.transport.write(
                 json.dumps({"id": request["id"], "event": event}, separators=(",", ":")).encode() + b"\n")
             self.server.followers.add(self._follower)
         return {"following": True}
 
     def connectionLost(self, reason) -> None:
+        self.setTimeout(None)
+        if isinstance(self.factory, LicenseFactory):
+            self.factory.connections -= 1
         if self._follower is not None:
             self.server.followers.discard(self._follower)
 
@@ -226,8 +283,31 @@ _OPS = {
 
 
 class LicenseFactory(Factory):
-    def __init__(self, server) -> None:
+    def __init__(self, server, clock=None, max_connections: int = MAX_CONNECTIONS,
+                 idle_timeout: float | None = IDLE_TIMEOUT) -> None:
         self.server = server
+        self.clock = clock
+        self.max_connections = max_connections
+        self.idle_timeout = idle_timeout
+        self.connections = 0
 
     def buildProtocol(self, addr):
-        return LicenseProtocol(self.server)
+        if self.connections >= self.max_connections:
+            return _Refuse(TslsError(Code.TOO_MANY_CONNECTIONS,
+                                     f"the license server already has {self.connections} connections"))
+        self.connections += 1
+        protocol = LicenseProtocol(self.server, self.clock, self.idle_timeout)
+        protocol.factory = self
+        return protocol
+
+
+class _Refuse(Protocol):
+    """Says why, then closes: for connections past the limit."""
+
+    def __init__(self, error: TslsError) -> None:
+        self.error = error
+
+    def connectionMade(self) -> None:
+        reply = {"id": None, "ok": False, "error": self.error.to_json()}
+        self.transport.write(json.dumps(reply).encode() + b"\n")
+        self.transport.loseConnection()

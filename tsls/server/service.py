@@ -50,7 +50,7 @@ class LicenseServerService(MultiService):
         sweeper = TimerService(sweep_every, self._sweep)
         sweeper.clock = reactor
         sweeper.setServiceParent(self)
-        self.listener = Listener("license server", serverFromString(reactor, endpoint), LicenseFactory(self.server))
+        self.listener = Listener("license server", serverFromString(reactor, endpoint), LicenseFactory(self.server, clock=reactor))
         self.listener.setServiceParent(self)
 
     def _sweep(self):
