@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 
 from clients.cli import run
 from clients.connection import DEFAULT_SERVER, connect
@@ -81,11 +82,22 @@ def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tsls-admin", description="Administer a tsls license server.")
     parser.add_argument("--server", default=DEFAULT_SERVER, help="license server endpoint (default: %(default)s)")
     parser.add_argument("--clearinghouse", default=DEFAULT_CLEARINGHOUSE, help="(default: %(default)s)")
+    parser.add_argument("--credential", default=os.path.join("tsls-data", "admin.secret"),
+                        help="the administrator's credential file, made by the license server at first start "
+                             "(default: %(default)s)")
     parser.add_argument("--json", action="store_true", help="print JSON for scripts")
     parser.add_argument("--csv", action="store_true", help="print lists (licenses, events, usage) as CSV")
     sub = parser.add_subparsers(dest="command", required=True)
 
     sub.add_parser("status", help="activation, key packs and license counts")
+    tss = sub.add_parser("terminal-servers", help="registered terminal servers and the security group policy")
+    tss.add_argument("action", nargs="?", choices=["register", "group-add", "group-remove"],
+                     help="register NAME (prints its secret once), or add it to / remove it from the "
+                          "Terminal Server Computers group")
+    tss.add_argument("name", nargs="?")
+    pol = sub.add_parser("policy", help="the license server security group policy")
+    pol.add_argument("security_group", choices=["on", "off"],
+                     help="on: only terminal servers in the Terminal Server Computers group get licenses")
     act = sub.add_parser("activate", help="activate the license server through the Clearinghouse")
     act.add_argument("--telephone", metavar="LICENSE_SERVER_ID",
                      help="type in the license server ID the Clearinghouse gave on the telephone")
@@ -140,8 +152,11 @@ def parser() -> argparse.ArgumentParser:
 
 
 async def _license_server(reactor, args):
+    from tsls.server.auth import read_secret
+
+    secret = read_secret(args.credential)
     conn = await connect(reactor, args.server)
-    await conn.hello_admin()
+    await conn.hello_admin(secret)
     return conn
 
 
@@ -160,6 +175,18 @@ async def _admin_command(conn, args) -> None:
     c = args.command
     if c == "status":
         emit(await conn.request("status"), args.json, _print_status)
+    elif c == "terminal-servers":
+        if args.action is None:
+            result = await conn.request("list_terminal_servers")
+        elif args.name is None:
+            raise TslsError(Code.BAD_REQUEST, f"terminal-servers {args.action} needs a NAME")
+        else:
+            op = {"register": "register_terminal_server", "group-add": "group_add", "group-remove": "group_remove"}
+            result = await conn.request(op[args.action], name=args.name)
+        emit(result, args.json, _print_terminal_servers)
+    elif c == "policy":
+        emit(await conn.request("set_policy", security_group=args.security_group == "on"), args.json,
+             _print_terminal_servers)
     elif c == "activate":
         if args.telephone:
             result = await conn.request("activate", method="telephone", license_server_id=args.telephone)
@@ -267,6 +294,15 @@ def _print_status(s: dict) -> None:
         print()
         table([{"what": k.replace(":", " "), "count": v} for k, v in sorted(s["licenses"].items())],
               [("what", "LICENSES"), ("count", "COUNT")])
+
+
+def _print_terminal_servers(r: dict) -> None:
+    if "secret" in r:
+        print(f"terminal server {r['name']} registered; its secret (shown once): {r['secret']}")
+        print(f"start it with: tsls-ts --name {r['name']} --secret-file FILE ...  (FILE holding the secret)")
+        return
+    print(f"security group policy: {'on' if r['security_group_policy'] else 'off'}")
+    table(r["terminal_servers"], [("name", "TERMINAL SERVER"), ("group", "IN GROUP"), ("registered_at", "REGISTERED")])
 
 
 def _print_activation(a: dict) -> None:

@@ -17,6 +17,7 @@ from twisted.internet.protocol import Factory
 from twisted.protocols.basic import LineOnlyReceiver
 
 from tsls.errors import Code, TslsError
+from tsls.server.auth import proof
 
 DEFAULT_SERVER = "tcp:127.0.0.1:4870"
 
@@ -41,14 +42,21 @@ class LicenseConnection(LineOnlyReceiver):
         return d
 
     @defer.inlineCallbacks
-    def hello_terminal_server(self, name: str, version: str, mode: str):
-        self.hello = yield self.request("hello", protocol=1, role="terminal_server", name=name, version=version,
-                                        mode=mode)
+    def hello_terminal_server(self, name: str, version: str, mode: str, secret: str | None = None):
+        """Introduce a terminal server; with its registered ``secret``, prove who it is."""
+        fields = dict(protocol=1, role="terminal_server", name=name, version=version, mode=mode)
+        if secret is not None:
+            challenge = yield self.request("challenge")
+            fields["proof"] = proof(secret, challenge["nonce"], "terminal_server", name)
+        self.hello = yield self.request("hello", **fields)
         return self.hello
 
     @defer.inlineCallbacks
-    def hello_admin(self):
-        self.hello = yield self.request("hello", protocol=1, role="admin")
+    def hello_admin(self, secret: str):
+        """Introduce an administrator, proving it holds the credential (the secret never crosses the wire)."""
+        challenge = yield self.request("challenge")
+        self.hello = yield self.request("hello", protocol=1, role="admin",
+                                        proof=proof(secret, challenge["nonce"], "admin"))
         return self.hello
 
     def lineReceived(self, line: bytes) -> None:

@@ -23,6 +23,7 @@ from tsls.core.labtime import parse_date
 from tsls.core.model import ProductVersion
 from tsls.core.terminal import Grace, without_license_server
 from tsls.errors import Code, TslsError
+from tsls.server.auth import read_secret
 
 PLATFORM_ID = 0x04010000   # WINNT_POST_52 + Microsoft, what FreeRDP sends [REFERENCE §6]
 
@@ -88,8 +89,10 @@ class TerminalServerState(JsonState):
 class TerminalServer:
     """One simulated terminal server, with its discovered list of license servers."""
 
-    def __init__(self, reactor, name, version, mode, servers, devices: DeviceStore, state: TerminalServerState):
+    def __init__(self, reactor, name, version, mode, servers, devices: DeviceStore, state: TerminalServerState,
+                 secret: str | None = None):
         self.reactor = reactor
+        self.secret = secret
         self.name, self.version, self.mode = name, version, mode
         self.servers = servers
         self.devices = devices
@@ -101,7 +104,7 @@ class TerminalServer:
         if conn is not None and conn.transport.connected:
             return conn
         conn = await connect(self.reactor, server)
-        hello = await conn.hello_terminal_server(self.name, self.version, self.mode)
+        hello = await conn.hello_terminal_server(self.name, self.version, self.mode, self.secret)
         self.state.heard_time(self.name, hello["now"])
         self.connections[server] = conn
         return conn
@@ -164,6 +167,7 @@ def parser() -> argparse.ArgumentParser:
                         help=f"a license server endpoint; repeat it for a discovery list tried in order "
                              f"(default: {DEFAULT_SERVER})")
     parser.add_argument("--name", default="TS01", help="the terminal server's name (default: %(default)s)")
+    parser.add_argument("--secret-file", help="the secret tsls-admin terminal-servers register gave this name")
     parser.add_argument("--version", default="2003", help="Windows version it emulates (default: %(default)s)")
     parser.add_argument("--mode", default="per-device", choices=["per-device", "per-user"])
     parser.add_argument("--state-dir", default="tsls-data",
@@ -196,8 +200,9 @@ async def command(reactor, args) -> None:
     ProductVersion.parse(args.version)
     devices = DeviceStore(os.path.join(args.state_dir, "devices.json"))
     state = TerminalServerState(os.path.join(args.state_dir, "terminal-servers.json"))
+    secret = read_secret(args.secret_file) if args.secret_file else None
     ts = TerminalServer(reactor, args.name, args.version, args.mode.replace("-", "_"), args.server or [DEFAULT_SERVER],
-                        devices, state)
+                        devices, state, secret)
     rows = []
     try:
         for round_ in range(1, args.times + 1):

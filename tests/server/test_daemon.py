@@ -45,13 +45,13 @@ class Daemon:
     @defer.inlineCallbacks
     def admin(self):
         conn = yield self.connect()
-        yield conn.hello_admin()
+        yield conn.hello_admin(self.service.server.identity.admin_secret)
         return conn
 
     @defer.inlineCallbacks
-    def terminal_server(self, name="TS01", version="2003", mode="per_device"):
+    def terminal_server(self, name="TS01", version="2003", mode="per_device", secret=None):
         conn = yield self.connect()
-        yield conn.hello_terminal_server(name, version, mode)
+        yield conn.hello_terminal_server(name, version, mode, secret)
         return conn
 
     @defer.inlineCallbacks

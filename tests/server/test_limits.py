@@ -24,6 +24,9 @@ class Server:
         self.waiting = []
         self.followers = set()
 
+    def authenticate(self, role, name, nonce, proof):
+        return defer.succeed(False)
+
     def logon(self, *args):
         d = defer.Deferred()
         self.waiting.append(d)

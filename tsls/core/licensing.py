@@ -36,12 +36,21 @@ class TerminalServer:
     name: str
     version: ProductVersion
     mode: CalType
+    authenticated: bool = False     # proved its identity with a registered secret
 
 
 def check_terminal_server(ts: TerminalServer) -> None:
     """User CALs cannot be issued to Windows 2000 terminal servers [§1, KB822134]."""
     if ts.version is ProductVersion.W2000 and ts.mode is CalType.PER_USER:
         raise TslsError(Code.MODE_UNSUPPORTED, "a Windows 2000 terminal server has no Per User licensing mode")
+
+
+def check_security_group(enabled: bool, ts: TerminalServer, member: bool) -> None:
+    """With the license server security group policy on, only terminal servers in the "Terminal
+    Server Computers" group get licenses; the group is empty by default [§5, cc758063; ee891342]."""
+    if enabled and not member:
+        raise TslsError(Code.NOT_IN_GROUP, f'A license could not be issued to "{ts.name}" because it is not a '
+                        "member of the Terminal Server Computers group")
 
 
 @attrs.frozen

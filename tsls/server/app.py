@@ -5,6 +5,7 @@ world in the writer's transaction, asks the core, writes the decision, and shape
 """
 from __future__ import annotations
 
+import json
 import re
 import secrets
 
@@ -15,14 +16,15 @@ from twisted.logger import Logger
 from tsls.core import events, licensing
 from tsls.core.events import Event, EventId
 from tsls.core.labtime import clock_target
-from tsls.core.licensing import Logon, Outcome, TerminalServer
+from tsls.core.licensing import Logon, Outcome, TerminalServer, check_security_group
 from tsls.core.model import CalType, ProductVersion, PurchaseRef
 from tsls.core.reports import per_user_usage
 from tsls.errors import Code, TslsError
 from tsls.jsonshapes import iso, key_pack_json, license_json
-from tsls.server import tokens
+from tsls.server import auth, tokens
 
 LICENSE_SERVER_ID = re.compile(r"[A-Z0-9]{35}")
+SECURITY_GROUP_POLICY = "policy:security_group"
 
 
 def new_product_id() -> str:
@@ -56,6 +58,8 @@ class LicenseServer:
     def logon(self, ts: TerminalServer, hwid: str, machine: str, user: str, token: str | None) -> defer.Deferred:
         def job(store, now):
             try:
+                check_security_group(store.get_meta(SECURITY_GROUP_POLICY) == "on", ts,
+                                     ts.authenticated and _registration(store, ts.name).get("group", False))
                 presented = None if token is None else tokens.verify(self.identity.secret, token, hwid)
                 world = store.world(hwid, _activated(store), self.identity.seed)
                 decision = licensing.device_logon(ts, Logon(hwid, machine, user, presented), world, now)
@@ -86,6 +90,67 @@ class LicenseServer:
             packs = {p.id: p.key_pack_id for p in world.packs}
             out["license"] = license_json(lic, packs.get(lic.key_pack), tokens.sign(self.identity.secret, lic.id, lic.hwid))
         return out
+
+    # --- who may ask ------------------------------------------------------------------------------------
+
+    def authenticate(self, role: str, name: str, nonce: str | None, proof: object) -> defer.Deferred:
+        """Check a hello: an administrator always proves itself; a terminal server must when its name
+        is registered. Fires with whether the terminal server proved its identity."""
+        if role == "admin":
+            auth.check_proof(self.identity.admin_secret, nonce, "admin", "", proof)
+            return defer.succeed(True)
+
+        def job(store, now):
+            registered = _registration(store, name)
+            if not registered:
+                if proof is not None:
+                    raise TslsError(Code.UNKNOWN_TERMINAL_SERVER, f"no terminal server {name!r} is registered")
+                return False
+            auth.check_proof(registered["secret"], nonce, "terminal_server", name, proof)
+            return True
+        return self.writer.submit(job)
+
+    def register_terminal_server(self, name: str) -> defer.Deferred:
+        def job(store, now):
+            secret = auth.new_secret()
+            previous = _registration(store, name)
+            store.set_meta(_ts_key(name), json.dumps({"secret": secret, "group": previous.get("group", False),
+                                                      "registered_at": now}))
+            return {"name": name, "secret": secret,
+                    "note": "give this secret to the terminal server; it is not shown again"}
+        return self.writer.submit(job)
+
+    def set_group_membership(self, name: str, member: bool) -> defer.Deferred:
+        def job(store, now):
+            registered = _registration(store, name)
+            if not registered:
+                raise TslsError(Code.UNKNOWN_TERMINAL_SERVER, f"register {name!r} first: only terminal servers that "
+                                "prove who they are can be in the Terminal Server Computers group")
+            store.set_meta(_ts_key(name), json.dumps({**registered, "group": member}))
+            what = "added to" if member else "removed from"
+            store.add_events([Event(now, EventId.POLICY_CHANGED, f"{name} {what} the Terminal Server Computers group",
+                                    terminal_server=name)])
+            return self._terminal_servers(store)
+        return self.writer.submit(job)
+
+    def set_security_group_policy(self, enabled: bool) -> defer.Deferred:
+        def job(store, now):
+            store.set_meta(SECURITY_GROUP_POLICY, "on" if enabled else "off")
+            store.add_events([Event(now, EventId.POLICY_CHANGED, "license server security group policy "
+                                    + ("enabled" if enabled else "disabled"))])
+            return self._terminal_servers(store)
+        return self.writer.submit(job)
+
+    def terminal_servers(self) -> defer.Deferred:
+        return self.writer.submit(lambda store, now: self._terminal_servers(store))
+
+    def _terminal_servers(self, store) -> dict:
+        rows = store.db.execute("SELECT key, value FROM meta WHERE key LIKE 'terminal_server:%' ORDER BY key")
+        return {
+            "security_group_policy": store.get_meta(SECURITY_GROUP_POLICY) == "on",
+            "terminal_servers": [{"name": key.split(":", 1)[1], "group": json.loads(value).get("group", False),
+                                  "registered_at": iso(json.loads(value)["registered_at"])} for key, value in rows],
+        }
 
     # --- administration ----------------------------------------------------------------------------
 
@@ -290,6 +355,7 @@ class Identity:
     product_id: str
     seed: str
     secret: bytes = attrs.field(repr=False)
+    admin_secret: str = attrs.field(repr=False, default="")
 
     @classmethod
     def load_or_create(cls, store, seed: str | None) -> "Identity":
@@ -297,18 +363,31 @@ class Identity:
             if store.get_meta("product_id") is None:
                 store.set_meta("product_id", new_product_id())
                 store.set_meta("token_secret", secrets.token_hex(32))
+
                 store.set_meta("activation_status", "not_activated")
+            if store.get_meta("admin_secret") is None:
+                store.set_meta("admin_secret", auth.new_secret())
             if seed is not None:
                 store.set_meta("seed", seed)
             elif store.get_meta("seed") is None:
                 store.set_meta("seed", str(secrets.randbelow(2**32)))
-            return cls(store.get_meta("product_id"), store.get_meta("seed"), bytes.fromhex(store.get_meta("token_secret")))
+            return cls(store.get_meta("product_id"), store.get_meta("seed"), bytes.fromhex(store.get_meta("token_secret")),
+                       store.get_meta("admin_secret"))
 
 
 def event_json(row_id: int, e: Event) -> dict:
     return {"id": row_id, "at": iso(e.at), "event_id": int(e.event_id), "name": e.event_id.name,
             "message": e.message, "terminal_server": e.terminal_server, "hwid": e.hwid, "user": e.user,
             "license_id": e.license_id}
+
+
+def _ts_key(name: str) -> str:
+    return f"terminal_server:{name}"
+
+
+def _registration(store, name: str) -> dict:
+    value = store.get_meta(_ts_key(name))
+    return {} if value is None else json.loads(value)
 
 
 def _activated(store) -> bool:

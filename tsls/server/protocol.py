@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 
+import attrs
 from twisted.internet import defer
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory, Protocol
@@ -19,6 +20,7 @@ from tsls.core.labtime import parse_date
 from tsls.core.licensing import TerminalServer, check_terminal_server
 from tsls.core.model import CalType, ProductVersion, iso
 from tsls.errors import Code, TslsError
+from tsls.server import auth
 
 PROTOCOL_VERSION = 1
 MAX_LINE = 64 * 1024          # longer lines: LINE_TOO_LONG, then the connection is closed
@@ -72,6 +74,8 @@ class LicenseProtocol(LineOnlyReceiver, TimeoutMixin):
         self.role: str | None = None
         self.terminal_server: TerminalServer | None = None
         self._follower = None
+        self._nonce: str | None = None
+        self._hello_pending: list | None = None     # requests that arrived while the hello was being checked
         self._in_flight = 0
         self._peer_slow = False
         self._reading = True
@@ -128,6 +132,8 @@ class LicenseProtocol(LineOnlyReceiver, TimeoutMixin):
         self._update_reading()
         d = defer.maybeDeferred(self._dispatch, request)
         d.addCallbacks(lambda result: self._send(rid, result=result), lambda f: self._failed(rid, f))
+        if request.get("op") == "hello" and self._hello_pending is not None:
+            d.addBoth(lambda _: self._release_held())
         d.addBoth(self._answered)
 
     def _answered(self, _) -> None:
@@ -157,6 +163,13 @@ class LicenseProtocol(LineOnlyReceiver, TimeoutMixin):
 
     def _dispatch(self, request: dict):
         op = request.get("op")
+        if self._hello_pending is not None:
+            held = defer.Deferred()
+            self._hello_pending.append((request, held))
+            return held
+        if op == "challenge":
+            self._nonce = auth.new_nonce()
+            return {"nonce": self._nonce}
         if op == "hello":
             return self.hello(request)
         if self.role is None:
@@ -177,16 +190,32 @@ class LicenseProtocol(LineOnlyReceiver, TimeoutMixin):
             raise TslsError(Code.UNSUPPORTED_PROTOCOL, f"this server speaks protocol {PROTOCOL_VERSION}",
                             supported=[PROTOCOL_VERSION])
         role = _field(request, "role")
+        ts = None
         if role == "terminal_server":
             ts = TerminalServer(_field(request, "name", max_len=64), ProductVersion.parse(request.get("version")),
                                 CalType.parse(request.get("mode")))
             check_terminal_server(ts)
-            self.terminal_server = ts
         elif role != "admin":
             raise TslsError(Code.BAD_REQUEST, f"unknown role {role!r}; expected terminal_server or admin")
-        self.role = role
-        return {"protocol": PROTOCOL_VERSION, "server": "tsls", "role": role,
-                "product_id": self.server.identity.product_id, "now": iso(int(self.server.writer.clock.seconds()))}
+        nonce, self._nonce = self._nonce, None          # a challenge answers one hello only
+        self._hello_pending = []
+        d = self.server.authenticate(role, ts.name if ts else "", nonce, request.get("proof"))
+
+        def welcome(authenticated):
+            self.role = role
+            if ts is not None:
+                self.terminal_server = attrs.evolve(ts, authenticated=authenticated)
+            return {"protocol": PROTOCOL_VERSION, "server": "tsls", "role": role, "authenticated": authenticated,
+                    "product_id": self.server.identity.product_id,
+                    "now": iso(int(self.server.writer.clock.seconds()))}
+
+        return d.addCallback(welcome)
+
+    def _release_held(self) -> None:
+        """After the hello's own answer has gone out, run what arrived behind it, in order."""
+        held, self._hello_pending = self._hello_pending or [], None
+        for request, waiting in held:
+            defer.maybeDeferred(self._dispatch, request).chainDeferred(waiting)
 
     # terminal servers
 
@@ -200,6 +229,21 @@ class LicenseProtocol(LineOnlyReceiver, TimeoutMixin):
                                         _field(request, "license", max_len=512))
 
     # administrators
+
+    def op_register_terminal_server(self, request):
+        return self.server.register_terminal_server(_field(request, "name", max_len=64))
+
+    def op_group_add(self, request):
+        return self.server.set_group_membership(_field(request, "name", max_len=64), True)
+
+    def op_group_remove(self, request):
+        return self.server.set_group_membership(_field(request, "name", max_len=64), False)
+
+    def op_set_policy(self, request):
+        return self.server.set_security_group_policy(_field(request, "security_group", bool))
+
+    def op_list_terminal_servers(self, request):
+        return self.server.terminal_servers()
 
     def op_status(self, request):
         return self.server.status()
@@ -267,6 +311,11 @@ _OPS = {
     ("terminal_server", "logon"): LicenseProtocol.op_logon,
     ("terminal_server", "logon_succeeded"): LicenseProtocol.op_logon_succeeded,
     ("admin", "status"): LicenseProtocol.op_status,
+    ("admin", "register_terminal_server"): LicenseProtocol.op_register_terminal_server,
+    ("admin", "group_add"): LicenseProtocol.op_group_add,
+    ("admin", "group_remove"): LicenseProtocol.op_group_remove,
+    ("admin", "set_policy"): LicenseProtocol.op_set_policy,
+    ("admin", "list_terminal_servers"): LicenseProtocol.op_list_terminal_servers,
     ("admin", "activate"): LicenseProtocol.op_activate,
     ("admin", "reactivate"): LicenseProtocol.op_reactivate,
     ("admin", "deactivate"): LicenseProtocol.op_deactivate,

@@ -1,12 +1,15 @@
 """Wiring: the license server as a Twisted service. Nothing here decides anything."""
 from __future__ import annotations
 
+import os
+
 from twisted.application.internet import TimerService
 from twisted.application.service import MultiService, Service
 from twisted.logger import Logger
 from twisted.internet.endpoints import serverFromString
 
 from tsls.labclock import LabClock
+from tsls.server.auth import write_private
 from tsls.listener import Listener
 from tsls.server.app import Identity, LicenseServer
 from tsls.server.protocol import LicenseFactory
@@ -35,12 +38,15 @@ class LicenseServerService(MultiService):
     """The writer starts first and stops last, so the listener drains into a live ledger."""
 
     def __init__(self, reactor, endpoint: str, db_path: str, clearinghouse, clock=None, seed: str | None = None,
-                 lab_clock: LabClock | None = None, sweep_every: float = SWEEP_EVERY):
+                 lab_clock: LabClock | None = None, sweep_every: float = SWEEP_EVERY, credential_path: str | None = None):
         """``lab_clock``: run on a lab clock an administrator can move (its offset is restored from
         the database); otherwise ``clock`` (default: the reactor) gives real time."""
         super().__init__()
         store = LicenseStore.open(db_path)
         identity = Identity.load_or_create(store, seed)
+        # The administrator's credential, readable by its owner only, beside the database by default.
+        self.credential_path = credential_path or os.path.join(os.path.dirname(os.path.abspath(db_path)), "admin.secret")
+        write_private(self.credential_path, identity.admin_secret)
         if lab_clock is not None:
             lab_clock.offset = float(store.get_meta("lab_clock_offset") or 0.0)
         clock = lab_clock or clock or reactor
