@@ -22,7 +22,9 @@ MAX_BATCH = 512
 class BatchWriter:
     log = Logger()
 
-    def __init__(self, reactor, clock, store, on_events: Callable | None = None) -> None:
+    def __init__(self, reactor, clock, store, on_events: Callable | None = None, threaded: bool = True) -> None:
+        """``threaded=False`` runs each batch at once in the calling thread: for tests of the layers
+        above (protocol, operations) with no reactor running."""
         self._reactor = reactor
         self.clock = clock
         self._store = store
@@ -32,6 +34,7 @@ class BatchWriter:
         self._idle: list[defer.Deferred] = []
         self._pool = ThreadPool(1, 1, name="tsls-writer")
         self._stopped = False
+        self._threaded = threaded
 
     def start(self) -> None:
         self._pool.start()
@@ -59,7 +62,11 @@ class BatchWriter:
         self._running = True
         batch = [self._queue.popleft() for _ in range(min(len(self._queue), MAX_BATCH))]
         now = int(self.clock.seconds())
-        done = threads.deferToThreadPool(self._reactor, self._pool, self._run, [job for job, _ in batch], now)
+        jobs = [job for job, _ in batch]
+        if self._threaded:
+            done = threads.deferToThreadPool(self._reactor, self._pool, self._run, jobs, now)
+        else:
+            done = defer.maybeDeferred(self._run, jobs, now)
         done.addBoth(self._deliver, batch)
 
     def _run(self, jobs, now):
