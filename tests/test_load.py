@@ -1,0 +1,63 @@
+"""The load generator end to end, against the real daemon on loopback: its counts are the server's."""
+import pytest
+import pytest_twisted
+from twisted.internet import defer, reactor
+
+from clients.load import LoadConfig, parse_mix, run_load
+from tests.server.test_daemon import Daemon, activate_and_install
+from tsls.errors import Code, TslsError
+
+TIMEOUT = 10
+
+
+@pytest.fixture
+def daemon(tmp_path):
+    d = Daemon(tmp_path)
+    pytest_twisted.blockon(d.start())
+    yield d
+    pytest_twisted.blockon(d.stop())
+
+
+def load(daemon, **options):
+    config = LoadConfig(server=daemon.endpoint, prefix="t-", seed=1, **options)
+    return defer.ensureDeferred(run_load(reactor, config)).addTimeout(TIMEOUT, reactor)
+
+
+@pytest_twisted.inlineCallbacks
+def test_n_first_logons_give_n_temporary_licenses(daemon):
+    summary = yield load(daemon, terminal_servers=3, count=40, mix=parse_mix("first=1"), report=False, pipeline=4)
+    assert summary["requests"] == summary["answers"] == 40
+    assert summary["outcomes"] == {"temporary_issued": 40} and summary["grants"] == 40
+    assert summary["refusals"] == {} and summary["devices_seen"] == 40
+    assert summary["latency_ms"]["p50"] <= summary["latency_ms"]["p99"] <= summary["latency_ms"]["max"]
+    admin = yield daemon.admin()
+    licenses = yield admin.request("list_licenses", kind="temporary")
+    assert len(licenses) == 40 and {lic["terminal_server"] for lic in licenses} == {"t-TS0000", "t-TS0001", "t-TS0002"}
+
+
+@pytest_twisted.inlineCallbacks
+def test_reported_devices_upgrade_at_their_next_logon_until_the_pack_runs_out(daemon):
+    admin = yield daemon.admin()
+    yield activate_and_install(admin, quantity=5)
+    # One terminal server, one request at a time: 8 first logons (each reported), then 32 repeat
+    # logons of those 8 devices, drawn with a fixed seed.
+    summary = yield load(daemon, terminal_servers=1, devices=8, count=40, mix=parse_mix("first=1"))
+    outcomes = summary["outcomes"]
+    assert outcomes["temporary_issued"] == outcomes["validated"] == summary["requests_by_kind"]["report"] == 8
+    assert outcomes["upgraded"] == 5          # five CALs in the pack: five devices upgraded, no more
+    assert summary["answers"] == summary["requests"] == 40 + 8 and summary["refusals"] == {}
+    packs = yield admin.request("list_key_packs")
+    assert packs[0]["issued"] == 5
+
+
+@pytest_twisted.inlineCallbacks
+def test_per_user_logons_go_through_per_user_terminal_servers(daemon):
+    summary = yield load(daemon, terminal_servers=2, count=10, mix=parse_mix("per_user=1"), report=False)
+    assert summary["per_user_servers"] == 2
+    assert summary["outcomes"] == {"per_user": 10} and summary["grants"] == 0
+
+
+def test_a_mix_names_known_kinds_only():
+    with pytest.raises(TslsError) as e:
+        parse_mix("first=1,sideways=2")
+    assert e.value.code is Code.BAD_REQUEST
