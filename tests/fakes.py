@@ -39,7 +39,7 @@ class FakeClearinghouse:
         return {"key_pack": self._pack(ref, product_version, cal_type, quantity)}
 
     @defer.inlineCallbacks
-    def recover(self, license_server_id, product_id, ref):
+    def recover(self, license_server_id, product_id, ref, product_version=None, cal_type=None):
         yield self._call("recover", license_server_id, ref.reference)
         return {"key_packs": [self._pack(ref, None, None, None)]}
 

@@ -49,9 +49,10 @@ class LicenseServer:
             self.log.info("event {event_id} {event_name}: {message}", event_id=int(event.event_id),
                           event_name=event.event_id.name, message=event.message, terminal_server=event.terminal_server,
                           hwid=event.hwid, license_id=event.license_id)
-            shaped = event_json(row_id, event)
-            for follower in list(self.followers):
-                follower(shaped)
+            if self.followers:
+                shaped = event_json(row_id, event)
+                for follower in list(self.followers):
+                    follower(shaped)
 
     # --- terminal servers -------------------------------------------------------------------------
 
@@ -87,8 +88,8 @@ class LicenseServer:
         out = {"outcome": decision.outcome.value, "reason": decision.reason and decision.reason.value,
                "message": decision.message, "license": None}
         if lic is not None:
-            packs = {p.id: p.key_pack_id for p in world.packs}
-            out["license"] = license_json(lic, packs.get(lic.key_pack), tokens.sign(self.identity.secret, lic.id, lic.hwid))
+            pack = None if lic.key_pack is None else next((p.key_pack_id for p in world.packs if p.id == lic.key_pack), None)
+            out["license"] = license_json(lic, pack, tokens.sign(self.identity.secret, lic.id, lic.hwid))
         return out
 
     # --- who may ask ------------------------------------------------------------------------------------
@@ -224,10 +225,7 @@ class LicenseServer:
     def install_key_pack(self, purchase: dict):
         """Install CALs: the Clearinghouse binds the purchase to this server and issues the key pack."""
         ref = PurchaseRef.from_json(purchase)
-        version = purchase.get("product_version")
-        cal_type = purchase.get("cal_type")
-        version = None if version is None else ProductVersion.parse(version)
-        cal_type = None if cal_type is None else CalType.parse(cal_type)
+        version, cal_type = _version_and_type(purchase)
         current = yield self._require_activation(True)
         answer = yield self.clearinghouse.install(current["license_server_id"], self.identity.product_id, ref,
                                                   version, cal_type, purchase.get("quantity"))
@@ -238,8 +236,10 @@ class LicenseServer:
     def recover(self, purchase: dict):
         """A rebuilt server gets back the CALs of a purchase from the Clearinghouse [§4]."""
         ref = PurchaseRef.from_json(purchase)
+        version, cal_type = _version_and_type(purchase)
         current = yield self._require_activation(True)
-        answer = yield self.clearinghouse.recover(current["license_server_id"], self.identity.product_id, ref)
+        answer = yield self.clearinghouse.recover(current["license_server_id"], self.identity.product_id, ref,
+                                                  version, cal_type)
         packs = yield self._store_key_packs(answer["key_packs"])
         return {"key_packs": packs}
 
@@ -379,6 +379,12 @@ def event_json(row_id: int, e: Event) -> dict:
     return {"id": row_id, "at": iso(e.at), "event_id": int(e.event_id), "name": e.event_id.name,
             "message": e.message, "terminal_server": e.terminal_server, "hwid": e.hwid, "user": e.user,
             "license_id": e.license_id}
+
+
+def _version_and_type(purchase: dict):
+    version, cal_type = purchase.get("product_version"), purchase.get("cal_type")
+    return (None if version is None else ProductVersion.parse(version),
+            None if cal_type is None else CalType.parse(cal_type))
 
 
 def _ts_key(name: str) -> str:

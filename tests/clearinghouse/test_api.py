@@ -1,0 +1,162 @@
+"""The Clearinghouse's API through its client library, in memory (treq's StubTreq), on real SQLite."""
+import pytest
+import pytest_twisted
+from treq.testing import StubTreq
+from twisted.internet.task import Clock
+
+from tsls.clearinghouse.client import ClearinghouseClient
+from tsls.clearinghouse.http import ApiResource, Clearinghouse
+from tsls.clearinghouse.store import ClearinghouseStore
+from tsls.core.model import CalType, Program, ProductVersion, Purchase, PurchaseRef
+from tsls.errors import Code, TslsError
+from tsls.sqlite import StoreError
+
+PRODUCT = "12345-678-1234567-12345"
+CONTACT = {"first_name": "Ada", "last_name": "Lovelace", "company": "Lab", "country_region": "UK"}
+RETAIL = PurchaseRef(Program.RETAIL, retail_code="A" * 25)
+OPEN = PurchaseRef(Program.OPEN, license_number="12345678", authorization_number="ABCDE12345ABCDE")
+
+
+@pytest.fixture
+def api(tmp_path):
+    store = ClearinghouseStore(str(tmp_path / "ch.sqlite"))
+    stub = StubTreq(ApiResource(Clearinghouse(store, Clock())))
+    yield ClearinghouseClient("http://clearinghouse", stub), stub, str(tmp_path / "ch.sqlite")
+    store.close()
+
+
+def sale(ref=RETAIL, quantity=5, version=ProductVersion.W2003, cal_type=CalType.PER_DEVICE):
+    return Purchase(ref, version, cal_type, quantity)
+
+
+async def expect(code, d):
+    with pytest.raises(TslsError) as e:
+        await d
+    assert e.value.code is code
+    return e.value
+
+
+@pytest_twisted.ensureDeferred
+async def test_activation_needs_the_four_contact_fields_and_happens_once(api):
+    ch, _, _ = api
+    await expect(Code.BAD_REQUEST, ch.activate(PRODUCT, {"first_name": "Ada"}))
+    await expect(Code.BAD_REQUEST, ch.activate("not-a-product-id", CONTACT))
+    server = await ch.activate(PRODUCT, CONTACT)
+    assert len(server["license_server_id"]) == 35 and server["license_server_id"].isalnum()
+    await expect(Code.ALREADY_ACTIVATED, ch.activate(PRODUCT, CONTACT, "telephone"))
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_purchase_binds_to_the_first_server_and_cannot_be_exceeded(api):
+    ch, _, _ = api
+    await ch.sell(sale(quantity=5))
+    await expect(Code.PURCHASE_EXISTS, ch.sell(sale(quantity=5)))
+    one = await ch.activate(PRODUCT, CONTACT)
+    two = await ch.activate("99999-999-9999999-99999", CONTACT)
+    pack = (await ch.install(one["license_server_id"], PRODUCT, RETAIL, quantity=3))["key_pack"]
+    assert pack["quantity"] == 3 and len(pack["key_pack_id"]) == 35
+    await expect(Code.PURCHASE_BOUND, ch.install(two["license_server_id"], "99999-999-9999999-99999", RETAIL))
+    error = await expect(Code.QUANTITY_EXCEEDED, ch.install(one["license_server_id"], PRODUCT, RETAIL, quantity=3))
+    assert error.details == {"quantity": 5, "installed": 3, "remaining": 2}
+    rest = (await ch.install(one["license_server_id"], PRODUCT, RETAIL))["key_pack"]
+    assert rest["quantity"] == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_open_license_installs_need_the_product_and_must_match_a_sale(api):
+    ch, _, _ = api
+    await ch.sell(sale(OPEN, 20, ProductVersion.W2008, CalType.PER_USER))
+    server = await ch.activate(PRODUCT, CONTACT)
+    lsid = server["license_server_id"]
+    await expect(Code.BAD_REQUEST, ch.install(lsid, PRODUCT, OPEN))
+    await expect(Code.UNKNOWN_PURCHASE, ch.install(lsid, PRODUCT, OPEN, ProductVersion.W2003, CalType.PER_USER, 5))
+    pack = (await ch.install(lsid, PRODUCT, OPEN, ProductVersion.W2008, CalType.PER_USER, 20))["key_pack"]
+    assert (pack["product_version"], pack["cal_type"], pack["quantity"]) == ("2008", "per_user", 20)
+
+
+@pytest_twisted.ensureDeferred
+async def test_recovery_moves_the_purchase_to_the_rebuilt_server(api):
+    ch, _, _ = api
+    await ch.sell(sale(quantity=7))
+    old = await ch.activate(PRODUCT, CONTACT)
+    await ch.install(old["license_server_id"], PRODUCT, RETAIL)
+    await ch.deactivate(old["license_server_id"], PRODUCT)
+    new = await ch.activate(PRODUCT, CONTACT)
+    recovered = await ch.recover(new["license_server_id"], PRODUCT, RETAIL)
+    assert [p["quantity"] for p in recovered["key_packs"]] == [7]
+    assert (await ch.license_server(new["license_server_id"]))["bindings"] == [RETAIL.reference]
+    assert (await ch.license_server(old["license_server_id"]))["bindings"] == []
+    await expect(Code.ALREADY_RECOVERED, ch.recover(new["license_server_id"], PRODUCT, RETAIL))
+
+
+@pytest_twisted.ensureDeferred
+async def test_reactivation_gives_a_new_id_and_keeps_the_bindings(api):
+    ch, _, _ = api
+    await ch.sell(sale())
+    old = await ch.activate(PRODUCT, CONTACT)
+    await ch.install(old["license_server_id"], PRODUCT, RETAIL, quantity=1)
+    await expect(Code.BAD_REQUEST, ch.reactivate(old["license_server_id"], PRODUCT, "bored", CONTACT))
+    new = await ch.reactivate(old["license_server_id"], PRODUCT, "certificate_corrupt",
+                              {"first_name": "Ada", "last_name": "L"})
+    assert new["license_server_id"] != old["license_server_id"] and new["bindings"] == [RETAIL.reference]
+    await expect(Code.NOT_ACTIVATED, ch.install(old["license_server_id"], PRODUCT, RETAIL))
+    await ch.install(new["license_server_id"], PRODUCT, RETAIL, quantity=1)
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_unknown_server_is_refused(api):
+    ch, _, _ = api
+    await ch.sell(sale())
+    await expect(Code.UNKNOWN_LICENSE_SERVER, ch.install("X" * 35, PRODUCT, RETAIL))
+
+
+@pytest.mark.parametrize("method, path, body, status, code", [
+    ("POST", "/v1/purchases", b"{not json", 400, "BAD_JSON"),
+    ("POST", "/v1/purchases", b"[1]", 400, "BAD_REQUEST"),
+    ("POST", "/v1/purchases", b'{"program":"retail","retail_code":"short","product_version":"2003",'
+                              b'"cal_type":"per_device","quantity":5}', 400, "INVALID_PURCHASE"),
+    ("POST", "/v1/purchases", b'{"program":"retail","product_version":"2003","cal_type":"per_device",'
+                              b'"quantity":-5}', 400, "BAD_REQUEST"),
+    ("POST", "/v1/installations", b'{"purchase":"x"}', 400, "BAD_REQUEST"),
+    ("GET", "/v1/nothing", b"", 404, "NOT_FOUND"),
+    ("GET", "/elsewhere", b"", 404, "NOT_FOUND"),
+    ("DELETE", "/v1/purchases", b"", 405, "METHOD_NOT_ALLOWED"),
+    ("GET", "/v1/license-servers/NOPE", b"", 403, "UNKNOWN_LICENSE_SERVER"),
+    ("POST", "/v1/activations", b"x" * (65 * 1024), 413, "TOO_LARGE"),
+])
+@pytest_twisted.ensureDeferred
+async def test_bad_requests_get_a_4xx_with_a_json_error(api, method, path, body, status, code):
+    import json
+    import treq
+    _, stub, _ = api
+    response = await stub.request(method, "http://clearinghouse" + path, data=body)
+    answer = json.loads(await treq.content(response))
+    assert (response.code, answer["error"]["code"]) == (status, code)
+
+
+@pytest_twisted.ensureDeferred
+async def test_sales_survive_a_restart(tmp_path):
+    path = str(tmp_path / "ch.sqlite")
+    store = ClearinghouseStore(path)
+    ch = ClearinghouseClient("http://ch", StubTreq(ApiResource(Clearinghouse(store, Clock()))))
+    await ch.sell(sale())
+    store.close()
+    store = ClearinghouseStore(path)
+    ch = ClearinghouseClient("http://ch", StubTreq(ApiResource(Clearinghouse(store, Clock()))))
+    assert [p["retail_code"] for p in await ch.list_purchases()] == ["A" * 25]
+    store.close()
+
+
+def test_a_license_server_database_is_not_taken_for_a_clearinghouse_one(tmp_path):
+    from tsls.server.store import LicenseStore
+    path = str(tmp_path / "ls.sqlite")
+    LicenseStore.open(path).close()
+    with pytest.raises(StoreError):
+        ClearinghouseStore(path)
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_unreachable_clearinghouse_is_a_clear_error():
+    ch = ClearinghouseClient("http://127.0.0.1:9")
+    error = await expect(Code.CLEARINGHOUSE_UNREACHABLE, ch.list_purchases())
+    assert "http://127.0.0.1:9" in error.message

@@ -1,0 +1,85 @@
+"""The Clearinghouse's client library, used by the license server daemon and tsls-admin.
+API errors come back as TslsError with the API's code; no answer at all is CLEARINGHOUSE_UNREACHABLE."""
+from __future__ import annotations
+
+import json
+
+from twisted.internet import defer
+
+from tsls.errors import Code, TslsError
+
+TIMEOUT = 30
+
+
+class ClearinghouseClient:
+    def __init__(self, base_url: str, treq_module=None) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._treq = treq_module
+
+    @property
+    def treq(self):
+        if self._treq is None:
+            import treq
+            self._treq = treq
+        return self._treq
+
+    @defer.inlineCallbacks
+    def _call(self, method: str, path: str, body: dict | None = None):
+        url = f"{self.base_url}/v1/{path}"
+        try:
+            if method == "GET":
+                response = yield self.treq.get(url, timeout=TIMEOUT)
+            else:
+                response = yield self.treq.post(url, data=json.dumps(body).encode(),
+                                                headers={b"Content-Type": [b"application/json"]}, timeout=TIMEOUT)
+            raw = yield self.treq.content(response)
+        except Exception as e:
+            raise TslsError(Code.CLEARINGHOUSE_UNREACHABLE, f"cannot reach the Clearinghouse at {self.base_url}: "
+                            f"{e.__class__.__name__} {e}") from None
+        try:
+            answer = json.loads(raw)
+        except ValueError:
+            raise TslsError(Code.CLEARINGHOUSE_ERROR, f"the Clearinghouse answered {response.code} without JSON") from None
+        if response.code >= 400:
+            raise TslsError.from_json(answer.get("error") if isinstance(answer, dict) else answer)
+        return answer
+
+    def sell(self, purchase) -> defer.Deferred:
+        """``purchase``: a tsls.core.model.Purchase, or a dict of its JSON (a retail sale may omit the code)."""
+        return self._call("POST", "purchases", purchase if isinstance(purchase, dict) else purchase.to_json())
+
+    def list_purchases(self) -> defer.Deferred:
+        return self._call("GET", "purchases")
+
+    def activate(self, product_id: str, contact: dict, method: str = "automatic") -> defer.Deferred:
+        return self._call("POST", "activations", {"product_id": product_id, "method": method, "contact": contact})
+
+    def reactivate(self, license_server_id, product_id, reason: str, contact: dict) -> defer.Deferred:
+        return self._call("POST", "reactivations", {"license_server_id": license_server_id, "product_id": product_id,
+                                                    "reason": reason, "contact": contact})
+
+    def deactivate(self, license_server_id, product_id) -> defer.Deferred:
+        return self._call("POST", "deactivations", {"license_server_id": license_server_id, "product_id": product_id})
+
+    def install(self, license_server_id, product_id, ref, product_version=None, cal_type=None,
+                quantity=None) -> defer.Deferred:
+        return self._call("POST", "installations", {"license_server_id": license_server_id, "product_id": product_id,
+                                                    "purchase": _purchase(ref, product_version, cal_type, quantity)})
+
+    def recover(self, license_server_id, product_id, ref, product_version=None, cal_type=None) -> defer.Deferred:
+        return self._call("POST", "recoveries", {"license_server_id": license_server_id, "product_id": product_id,
+                                                 "purchase": _purchase(ref, product_version, cal_type, None)})
+
+    def license_server(self, license_server_id: str) -> defer.Deferred:
+        return self._call("GET", f"license-servers/{license_server_id}")
+
+
+def _purchase(ref, product_version, cal_type, quantity) -> dict:
+    body = ref.to_json()
+    if product_version is not None:
+        body["product_version"] = product_version.value
+    if cal_type is not None:
+        body["cal_type"] = cal_type.value
+    if quantity is not None:
+        body["quantity"] = quantity
+    return body

@@ -1,0 +1,236 @@
+"""The Clearinghouse's operations and its HTTP JSON API (docs/clearinghouse.md).
+
+``Clearinghouse`` reads and writes the store around the rules in tsls.core.clearinghouse;
+``ApiResource`` is only routing, JSON and status codes.
+"""
+from __future__ import annotations
+
+import json
+import secrets
+import string
+
+from twisted.logger import Logger
+from twisted.web.resource import Resource
+
+from tsls.core import clearinghouse as rules
+from tsls.core.clearinghouse import Method, Reason, Sale, Server, ServerStatus
+from tsls.core.model import CalType, ProductVersion, Purchase, PurchaseRef, iso
+from tsls.errors import Code, TslsError
+
+MAX_BODY = 64 * 1024
+ALPHANUMERIC = string.ascii_uppercase + string.digits
+
+STATUS = {
+    Code.BAD_REQUEST: 400, Code.BAD_JSON: 400, Code.INVALID_PURCHASE: 400,
+    Code.UNKNOWN_LICENSE_SERVER: 403, Code.NOT_ACTIVATED: 403,
+    Code.UNKNOWN_PURCHASE: 404, Code.NOT_FOUND: 404,
+    Code.METHOD_NOT_ALLOWED: 405,
+    Code.PURCHASE_EXISTS: 409, Code.PURCHASE_BOUND: 409, Code.QUANTITY_EXCEEDED: 409,
+    Code.ALREADY_ACTIVATED: 409, Code.ALREADY_RECOVERED: 409,
+    Code.TOO_LARGE: 413,
+}
+
+
+def _random_id(length: int) -> str:
+    return "".join(secrets.choice(ALPHANUMERIC) for _ in range(length))
+
+
+def _text(body: dict, name: str, max_len: int = 128) -> str:
+    value = body.get(name)
+    if not isinstance(value, str) or not 0 < len(value) <= max_len:
+        raise TslsError(Code.BAD_REQUEST, f"{name} must be a string of 1 to {max_len} characters")
+    return value
+
+
+class Clearinghouse:
+    log = Logger()
+
+    def __init__(self, store, clock) -> None:
+        self.store = store
+        self.clock = clock
+
+    def now(self) -> int:
+        return int(self.clock.seconds())
+
+    # purchases
+
+    def sell(self, body: dict) -> dict:
+        if body.get("program") == "retail" and body.get("retail_code") is None:
+            body = {**body, "retail_code": _random_id(25)}
+        purchase = Purchase.from_json(body)
+        key = rules.purchase_key(purchase.ref, purchase.product_version, purchase.cal_type)
+        with self.store.transaction():
+            if self.store.sale(key) is not None:
+                raise TslsError(Code.PURCHASE_EXISTS, f"purchase {purchase.ref.reference} was already sold")
+            self.store.add_sale(key, Sale(purchase), self.now())
+        self.log.info("sold {quantity} {cal_type} CALs for {version} as {reference}", quantity=purchase.quantity,
+                      cal_type=purchase.cal_type.value, version=purchase.product_version.value,
+                      reference=purchase.ref.reference)
+        return _sale_json(Sale(purchase))
+
+    def purchases(self) -> list:
+        return [_sale_json(sale) for _, sale in self.store.sales()]
+
+    # activation
+
+    def activate(self, body: dict) -> dict:
+        product_id = rules.check_product_id(body.get("product_id"))
+        method = _enum(Method, body.get("method", "automatic"), "method")
+        contact = rules.check_contact(body.get("contact"))
+        with self.store.transaction():
+            rules.activate(self.store.active_server_for(product_id))
+            server = Server(_random_id(35), product_id, ServerStatus.ACTIVATED, method, contact, self.now())
+            self.store.put_server(server)
+        self.log.info("activated product {product_id} as {license_server_id} ({method})", product_id=product_id,
+                      license_server_id=server.license_server_id, method=method.value)
+        return _server_json(server, [])
+
+    def reactivate(self, body: dict) -> dict:
+        reason = _enum(Reason, body.get("reason"), "reason")
+        rules.check_contact(body.get("contact"), required=("first_name", "last_name"))
+        with self.store.transaction():
+            old = self._caller(body)
+            new = Server(_random_id(35), old.product_id, ServerStatus.ACTIVATED, Method.AUTOMATIC, old.contact,
+                         self.now())
+            self.store.put_server(Server(old.license_server_id, old.product_id, ServerStatus.RETIRED, old.method,
+                                         old.contact, old.activated_at))
+            self.store.put_server(new)
+            self.store.rebind(old.license_server_id, new.license_server_id)
+        self.log.info("reactivated {old} as {new} ({reason})", old=old.license_server_id,
+                      new=new.license_server_id, reason=reason.value)
+        return _server_json(new, self.store.bindings(new.license_server_id))
+
+    def deactivate(self, body: dict) -> dict:
+        with self.store.transaction():
+            server = self._caller(body)
+            gone = Server(server.license_server_id, server.product_id, ServerStatus.DEACTIVATED, server.method,
+                          server.contact, server.activated_at)
+            self.store.put_server(gone)
+        return _server_json(gone, self.store.bindings(gone.license_server_id))
+
+    def server(self, license_server_id: str) -> dict:
+        server = self.store.server(license_server_id)
+        if server is None:
+            raise TslsError(Code.UNKNOWN_LICENSE_SERVER, f"no license server {license_server_id}")
+        return _server_json(server, self.store.bindings(license_server_id))
+
+    def _caller(self, body: dict) -> Server:
+        license_server_id = _text(body, "license_server_id", 64)
+        product_id = rules.check_product_id(body.get("product_id"))
+        return rules.check_server(self.store.server(license_server_id), license_server_id, product_id)
+
+    # installing and recovering CALs
+
+    def install(self, body: dict) -> dict:
+        ref, key, purchase = self._purchase(body)
+        with self.store.transaction():
+            server = self._caller(body)
+            sale, quantity = rules.install(self.store.sale(key), server, purchase.get("quantity"))
+            self.store.put_sale(key, sale)
+            pack = self._issue(key, sale, server, quantity)
+        return {"key_pack": pack}
+
+    def recover(self, body: dict) -> dict:
+        ref, key, _ = self._purchase(body)
+        with self.store.transaction():
+            server = self._caller(body)
+            sale, quantity = rules.recover(self.store.sale(key), server)
+            self.store.put_sale(key, sale)
+            pack = self._issue(key, sale, server, quantity)
+        self.log.info("recovered {reference} onto {license_server_id}", reference=ref.reference,
+                      license_server_id=server.license_server_id)
+        return {"key_packs": [pack]}
+
+    def _purchase(self, body: dict):
+        purchase = body.get("purchase")
+        if not isinstance(purchase, dict):
+            raise TslsError(Code.BAD_REQUEST, "purchase must be an object")
+        ref = PurchaseRef.from_json(purchase)
+        version = purchase.get("product_version")
+        cal_type = purchase.get("cal_type")
+        key = rules.purchase_key(ref, None if version is None else ProductVersion.parse(version),
+                                 None if cal_type is None else CalType.parse(cal_type))
+        return ref, key, purchase
+
+    def _issue(self, key: str, sale: Sale, server: Server, quantity: int) -> dict:
+        key_pack_id = _random_id(35)
+        self.store.add_key_pack(key_pack_id, key, server.license_server_id, quantity, self.now())
+        p = sale.purchase
+        return {"key_pack_id": key_pack_id, "reference": p.ref.reference, "purchase": p.ref.to_json(),
+                "product_version": p.product_version.value, "cal_type": p.cal_type.value, "quantity": quantity}
+
+
+def _enum(cls, value, what):
+    try:
+        return cls(value)
+    except ValueError:
+        raise TslsError(Code.BAD_REQUEST, f"unknown {what} {value!r}; expected one of: "
+                        + ", ".join(m.value for m in cls)) from None
+
+
+def _sale_json(sale: Sale) -> dict:
+    return {**sale.purchase.to_json(), "installed": sale.installed, "remaining": sale.remaining,
+            "bound_to": sale.bound_to}
+
+
+def _server_json(s: Server, bindings: list) -> dict:
+    return {"license_server_id": s.license_server_id, "product_id": s.product_id, "status": s.status.value,
+            "method": s.method.value, "activated_at": iso(s.activated_at), "contact": s.contact, "bindings": bindings}
+
+
+class ApiResource(Resource):
+    """/v1/... routes to Clearinghouse methods; every failure is a JSON error with a 4xx status."""
+
+    isLeaf = True
+    log = Logger()
+
+    def __init__(self, clearinghouse: Clearinghouse) -> None:
+        super().__init__()
+        ch = clearinghouse
+        self.posts = {"purchases": ch.sell, "activations": ch.activate, "reactivations": ch.reactivate,
+                      "deactivations": ch.deactivate, "installations": ch.install, "recoveries": ch.recover}
+        self.ch = ch
+
+    def render(self, request) -> bytes:
+        request.setHeader(b"content-type", b"application/json")
+        try:
+            status, body = 200, self._route(request)
+            if request.method == b"POST":
+                status = 201 if request.postpath[1:2] != [b"deactivations"] else 200
+        except TslsError as e:
+            status, body = STATUS.get(e.code, 500), {"error": e.to_json()}
+        except Exception:
+            self.log.failure("Clearinghouse request {path} failed", path=request.path)
+            status, body = 500, {"error": TslsError(Code.INTERNAL_ERROR, "the Clearinghouse failed").to_json()}
+        request.setResponseCode(status)
+        return json.dumps(body).encode()
+
+    def _route(self, request):
+        path = [p.decode("utf-8", "replace") for p in request.postpath]
+        if len(path) < 2 or path[0] != "v1":
+            raise TslsError(Code.NOT_FOUND, f"no such resource: {request.path.decode('utf-8', 'replace')}")
+        name, rest = path[1], path[2:]
+        if request.method == b"GET":
+            if name == "purchases" and not rest:
+                return self.ch.purchases()
+            if name == "license-servers" and len(rest) == 1:
+                return self.ch.server(rest[0])
+            if name == "health" and not rest:
+                return {"ok": True}
+        elif request.method == b"POST" and name in self.posts and not rest:
+            return self.posts[name](self._body(request))
+        if name in self.posts or name in ("license-servers", "health"):
+            raise TslsError(Code.METHOD_NOT_ALLOWED, f"{request.method.decode()} is not allowed on {request.path.decode()}")
+        raise TslsError(Code.NOT_FOUND, f"no such resource: {request.path.decode('utf-8', 'replace')}")
+
+    def _body(self, request) -> dict:
+        raw = request.content.read(MAX_BODY + 1)
+        if len(raw) > MAX_BODY:
+            raise TslsError(Code.TOO_LARGE, f"a request body may be at most {MAX_BODY} bytes")
+        try:
+            body = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise TslsError(Code.BAD_JSON, f"the body is not JSON: {e}") from None
+        if not isinstance(body, dict):
+            raise TslsError(Code.BAD_REQUEST, "the body must be a JSON object")
+        return body

@@ -1,0 +1,137 @@
+"""The Clearinghouse's rules: activation, purchases bound to license servers, recovery [REFERENCE §4].
+
+Pure functions over frozen values; the Clearinghouse daemon stores what they return.
+"""
+from __future__ import annotations
+
+import enum
+import re
+
+import attrs
+
+from tsls.core.model import CalType, Program, ProductVersion, Purchase, PurchaseRef, parse_quantity
+from tsls.errors import Code, TslsError
+
+PRODUCT_ID = re.compile(r"\d{5}-\d{3}-\d{7}-\d{5}")
+REQUIRED_CONTACT = ("first_name", "last_name", "company", "country_region")     # ActivateServerAutomatic [§4]
+OPTIONAL_CONTACT = ("email", "org_unit", "address", "city", "state", "postal_code")
+
+
+class Method(enum.Enum):
+    AUTOMATIC = "automatic"
+    TELEPHONE = "telephone"
+
+
+class Reason(enum.Enum):
+    """ReactivateServerAutomatic reasons 0-4 [§4]."""
+
+    REDEPLOYED = "redeployed"
+    CERTIFICATE_CORRUPT = "certificate_corrupt"
+    PRIVATE_KEY_COMPROMISED = "private_key_compromised"
+    CERTIFICATE_EXPIRED = "certificate_expired"
+    SERVER_UPGRADED = "server_upgraded"
+
+
+class ServerStatus(enum.Enum):
+    ACTIVATED = "activated"
+    DEACTIVATED = "deactivated"
+    RETIRED = "retired"          # replaced by a reactivation
+
+
+def check_product_id(product_id: object) -> str:
+    if not isinstance(product_id, str) or not PRODUCT_ID.fullmatch(product_id):
+        raise TslsError(Code.BAD_REQUEST, "a product ID looks like 12345-123-1234567-12345")
+    return product_id
+
+
+def check_contact(contact: object, required=REQUIRED_CONTACT) -> dict:
+    """Activation needs FirstName, LastName, Company and CountryRegion; reactivation and
+    deactivation need FirstName and LastName [§4, WMI Win32_TSLicenseServer]."""
+    if not isinstance(contact, dict):
+        raise TslsError(Code.BAD_REQUEST, "contact must be an object")
+    unknown = set(contact) - set(REQUIRED_CONTACT) - set(OPTIONAL_CONTACT)
+    if unknown:
+        raise TslsError(Code.BAD_REQUEST, f"unknown contact fields: {', '.join(sorted(unknown))}")
+    for name, value in contact.items():
+        if not isinstance(value, str) or not 0 < len(value) <= 128:
+            raise TslsError(Code.BAD_REQUEST, f"contact {name} must be 1 to 128 characters")
+    missing = [name for name in required if name not in contact]
+    if missing:
+        raise TslsError(Code.BAD_REQUEST, f"activation needs the contact's {', '.join(missing)}")
+    return dict(contact)
+
+
+@attrs.frozen
+class Server:
+    license_server_id: str
+    product_id: str
+    status: ServerStatus
+    method: Method
+    contact: dict
+    activated_at: int
+
+
+@attrs.frozen
+class Sale:
+    """A purchase as the Clearinghouse holds it: how many are installed, and on which server."""
+
+    purchase: Purchase
+    installed: int = 0
+    bound_to: str | None = None
+
+    @property
+    def remaining(self) -> int:
+        return self.purchase.quantity - self.installed
+
+
+def purchase_key(ref: PurchaseRef, version: ProductVersion | None, cal_type: CalType | None) -> str:
+    """What identifies a sale: a retail code alone; Open License and agreement numbers with the
+    product version and CAL type, since one agreement buys many products."""
+    if ref.program is Program.RETAIL:
+        return ref.reference
+    if version is None or cal_type is None:
+        raise TslsError(Code.BAD_REQUEST, f"a {ref.program.value} purchase needs its product_version and cal_type")
+    return f"{ref.reference}:{version.value}:{cal_type.value}"
+
+
+def check_server(server: Server | None, license_server_id: str, product_id: str) -> Server:
+    """The caller must be an activated license server, named by its ID and product ID together."""
+    if server is None or server.product_id != product_id:
+        raise TslsError(Code.UNKNOWN_LICENSE_SERVER, "no license server with that license server ID and product ID")
+    if server.status is not ServerStatus.ACTIVATED:
+        raise TslsError(Code.NOT_ACTIVATED, f"license server {license_server_id} is {server.status.value}")
+    return server
+
+
+def activate(current: Server | None) -> None:
+    if current is not None:
+        raise TslsError(Code.ALREADY_ACTIVATED, "this product ID is already activated as "
+                        f"{current.license_server_id}; reactivate or deactivate it instead")
+
+
+def install(sale: Sale | None, server: Server, quantity: object) -> tuple[Sale, int]:
+    """Bind the purchase to the server that installs it first and take ``quantity`` CALs from it
+    (default: all that remain). Returns the new sale and how many CALs the key pack carries."""
+    if sale is None:
+        raise TslsError(Code.UNKNOWN_PURCHASE, "no purchase with that license information was sold")
+    if sale.bound_to is not None and sale.bound_to != server.license_server_id:
+        raise TslsError(Code.PURCHASE_BOUND, "this purchase is installed on another license server; "
+                        "a rebuilt server gets its CALs back by recovery")
+    wanted = sale.remaining if quantity is None else parse_quantity(quantity)
+    if wanted > sale.remaining or sale.remaining == 0:
+        raise TslsError(Code.QUANTITY_EXCEEDED, f"the purchase has {sale.purchase.quantity} CALs, {sale.installed} "
+                        f"already installed, {sale.remaining} remaining; {wanted} were asked for",
+                        quantity=sale.purchase.quantity, installed=sale.installed, remaining=sale.remaining)
+    return attrs.evolve(sale, installed=sale.installed + wanted, bound_to=server.license_server_id), wanted
+
+
+def recover(sale: Sale | None, server: Server) -> tuple[Sale, int]:
+    """A rebuilt license server gets back every CAL of the purchase that was installed; the old
+    server's binding is released [§4]."""
+    if sale is None:
+        raise TslsError(Code.UNKNOWN_PURCHASE, "no purchase with that license information was sold")
+    if sale.installed == 0:
+        raise TslsError(Code.NOT_FOUND, "this purchase was never installed: install it instead")
+    if sale.bound_to == server.license_server_id:
+        raise TslsError(Code.ALREADY_RECOVERED, "this purchase is already bound to this license server")
+    return attrs.evolve(sale, bound_to=server.license_server_id), sale.installed
