@@ -1,6 +1,7 @@
 """SQLite storage for the license server: the ledger of key packs and licenses.
 
-Plain synchronous code, used from one thread only (the writer's). It reads the world the core
+Plain synchronous code, used by one thread at a time (the writer runs each batch's requests in
+the reactor's thread and its COMMIT in its own). It reads the world the core
 needs, and writes back the changes a core ``Decision`` lists; it decides nothing itself.
 """
 from __future__ import annotations
@@ -88,6 +89,15 @@ class LicenseStore:
     def __init__(self, connection: sqlite3.Connection) -> None:
         self.db = connection
         self.new_events: list = []      # events written in the open transaction, published after COMMIT
+        # Every request reads the key packs and a few meta values; they change rarely, so they are
+        # kept here. Temporary triggers (this connection's own, not in the schema) drop a copy
+        # whenever its table is written by any statement on this connection; a rollback drops both,
+        # and so does a commit by another connection (PRAGMA data_version, read at each BEGIN).
+        self._packs: tuple[KeyPack, ...] | None = None
+        self._meta: dict[str, str | None] = {}
+        self._purchases: dict[str, PurchaseRef] = {}
+        self._cached = False            # caches are used only once the triggers are in place
+        self._data_version = None
 
     @classmethod
     def open(cls, path: str) -> "LicenseStore":
@@ -98,6 +108,7 @@ class LicenseStore:
             db.execute("PRAGMA foreign_keys=ON")
             store = cls(db)
             store._migrate(path)
+            store._watch()
         except sqlite3.DatabaseError as e:
             db.close()
             raise StoreError(f"{path} is not a usable tsls database ({e}); it was left untouched") from None
@@ -121,6 +132,25 @@ class LicenseStore:
                 self._run_script(MIGRATIONS[target])
                 self.db.execute(f"PRAGMA user_version = {target}")
 
+    def _watch(self) -> None:
+        """Install the triggers that keep the key pack and meta caches honest, then use them."""
+        self.db.create_function("tsls_changed", 1, self._changed)
+        for table in ("key_packs", "meta"):
+            for op in ("INSERT", "UPDATE", "DELETE"):
+                self.db.execute(f"CREATE TEMP TRIGGER IF NOT EXISTS tsls_{table}_{op.lower()} AFTER {op} ON main.{table} "
+                                f"BEGIN SELECT tsls_changed('{table}'); END")
+        self._cached = True
+
+    def _changed(self, table: str) -> None:
+        if table == "key_packs":
+            self._packs = None
+        else:
+            self._meta = {}
+
+    def _forget(self) -> None:
+        self._packs = None
+        self._meta = {}
+
     def _run_script(self, script: str) -> None:
         for statement in script.split(";"):
             if statement.strip():
@@ -132,33 +162,41 @@ class LicenseStore:
     def transaction(self):
         self.db.execute("BEGIN IMMEDIATE")
         self.new_events = []
+        if self._cached:
+            version = self.db.execute("PRAGMA data_version").fetchone()[0]
+            if version != self._data_version:       # another connection committed since we last looked
+                self._data_version = version
+                self._forget()
         try:
             yield
         except BaseException:
+            self._forget()
             self.db.execute("ROLLBACK")
             self.new_events = []
             raise
-        self.db.execute("COMMIT")
-
-    @contextlib.contextmanager
-    def savepoint(self):
-        """One request inside a shared transaction: a refusal undoes only its own writes."""
-        self.db.execute("SAVEPOINT request")
-        mark = len(self.new_events)
         try:
-            yield
+            self.db.execute("COMMIT")
         except BaseException:
-            del self.new_events[mark:]
-            self.db.execute("ROLLBACK TO request")
-            self.db.execute("RELEASE request")
+            self._forget()
+            if self.db.in_transaction:      # a failed COMMIT may leave it open: the next BEGIN must work
+                self.db.execute("ROLLBACK")
             raise
-        self.db.execute("RELEASE request")
+
+    def savepoint(self) -> "_Savepoint":
+        """One request inside a shared transaction: a refusal undoes only its own writes."""
+        return _Savepoint(self)
 
     # --- meta -----------------------------------------------------------------------------------
 
     def get_meta(self, key: str, default: str | None = None) -> str | None:
-        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return default if row is None else row[0]
+        try:
+            value = self._meta[key]
+        except KeyError:
+            row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+            value = None if row is None else row[0]
+            if self._cached:
+                self._meta[key] = value
+        return default if value is None else value
 
     def set_meta(self, key: str, value: str | None) -> None:
         if value is None:
@@ -170,10 +208,21 @@ class LicenseStore:
     # --- reading the world ----------------------------------------------------------------------
 
     def key_packs(self) -> tuple[KeyPack, ...]:
-        rows = self.db.execute("SELECT id, key_pack_id, purchase, product_version, cal_type, total, issued, "
-                               "installed_at FROM key_packs ORDER BY id")
-        return tuple(KeyPack(r[0], r[1], PurchaseRef.from_json(json.loads(r[2])), ProductVersion(r[3]),
-                             CalType(r[4]), r[5], r[6], r[7]) for r in rows)
+        packs = self._packs
+        if packs is None:
+            rows = self.db.execute("SELECT id, key_pack_id, purchase, product_version, cal_type, total, issued, "
+                                   "installed_at FROM key_packs ORDER BY id")
+            packs = tuple(KeyPack(r[0], r[1], self._purchase(r[2]), ProductVersion(r[3]), CalType(r[4]), r[5], r[6],
+                                  r[7]) for r in rows)
+            if self._cached:
+                self._packs = packs
+        return packs
+
+    def _purchase(self, text: str) -> PurchaseRef:
+        ref = self._purchases.get(text)
+        if ref is None:
+            ref = self._purchases[text] = PurchaseRef.from_json(json.loads(text))
+        return ref
 
     def licenses_of(self, hwid: str) -> tuple[License, ...]:
         return tuple(_license(r) for r in self.db.execute(f"SELECT {_COLUMNS} FROM licenses WHERE hwid = ?", (hwid,)))
@@ -198,7 +247,7 @@ class LicenseStore:
             written = self._write(change)
             if change.license is decision.license:
                 result = written
-        return attrs.evolve(decision, license=result)
+        return decision if result is decision.license else attrs.evolve(decision, license=result)
 
     def _write(self, change: Change) -> License:
         lic = change.license
@@ -207,7 +256,7 @@ class LicenseStore:
                   lic.renewals)
         if lic.id == 0:
             cursor = self.db.execute(f"INSERT INTO licenses ({_COLUMNS_NO_ID}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", values)
-            lic = attrs.evolve(lic, id=cursor.lastrowid)
+            lic = _license((cursor.lastrowid, *values))      # the license as written, with its id
         else:
             self.db.execute(f"UPDATE licenses SET ({_COLUMNS_NO_ID}) = (?,?,?,?,?,?,?,?,?,?,?,?) WHERE id = ?",
                             (*values, lic.id))
@@ -263,7 +312,35 @@ _COLUMNS_NO_ID = ("kind, status, hwid, machine, user, terminal_server, product_v
 _COLUMNS = "id, " + _COLUMNS_NO_ID
 
 
+_KINDS = {k.value: k for k in LicenseKind}
+_STATUSES = {s.value: s for s in LicenseStatus}
+_VERSIONS = {v.value: v for v in ProductVersion}
+
+
 def _license(r) -> License:
-    return License(id=r[0], kind=LicenseKind(r[1]), status=LicenseStatus(r[2]), hwid=r[3], machine=r[4], user=r[5],
-                   terminal_server=r[6], product_version=ProductVersion(r[7]), key_pack=r[8], validated=bool(r[9]),
-                   issued_at=r[10], expires_at=r[11], renewals=r[12])
+    return License(r[0], _KINDS[r[1]], _STATUSES[r[2]], r[3], r[4], r[5], r[6], _VERSIONS[r[7]], r[8], bool(r[9]),
+                   r[10], r[11], r[12])
+
+
+class _Savepoint:
+    """``LicenseStore.savepoint()``: a plain context manager, as it wraps every request."""
+
+    __slots__ = ("store", "mark")
+
+    def __init__(self, store: LicenseStore) -> None:
+        self.store = store
+
+    def __enter__(self) -> None:
+        self.store.db.execute("SAVEPOINT request")
+        self.mark = len(self.store.new_events)
+
+    def __exit__(self, kind, value, tb) -> bool:
+        store = self.store
+        if kind is None:
+            store.db.execute("RELEASE request")
+            return False
+        del store.new_events[self.mark:]
+        store._forget()
+        store.db.execute("ROLLBACK TO request")
+        store.db.execute("RELEASE request")
+        return False

@@ -1,8 +1,14 @@
-"""Group commit: every request that touches the ledger runs here, in one thread, in batches.
+"""Group commit: every request that touches the ledger runs here, one batch at a time.
 
 Requests that arrive while a batch is committing wait in a queue; the next batch takes them all
 and shares one durable COMMIT. Each request runs inside its own savepoint, so a refusal undoes
 only its own writes. No answer leaves before the COMMIT that holds its writes has returned.
+
+A batch's jobs run in the reactor's thread, one after another; only its COMMIT (the fsync, the one
+slow step) runs in the writer's thread, and the reactor goes on reading requests meanwhile. Jobs
+are Python, which holds the GIL in either thread: running them in the writer's thread, as tsls
+first did, made every SQLite statement hand the GIL back and forth between the two threads, and
+cost about a sixth of the throughput (docs/performance.md). One thread uses the store at a time.
 """
 from __future__ import annotations
 
@@ -64,26 +70,55 @@ class BatchWriter:
         now = int(self.clock.seconds())
         jobs = [job for job, _ in batch]
         if self._threaded:
-            done = threads.deferToThreadPool(self._reactor, self._pool, self._run, jobs, now)
+            done = self._run_then_commit(jobs, now)
         else:
             done = defer.maybeDeferred(self._run, jobs, now)
         done.addBoth(self._deliver, batch)
 
     def _run(self, jobs, now):
+        """The whole batch at once, COMMIT included, in the calling thread."""
+        store = self._store
+        with store.transaction():
+            results = self._jobs(jobs, now)
+        return store.new_events, results
+
+    def _run_then_commit(self, jobs, now) -> defer.Deferred:
+        """The batch's jobs here, then its COMMIT in the writer's thread; fires once committed."""
+        store = self._store
+        transaction = store.transaction()
+        try:
+            transaction.__enter__()
+        except Exception:
+            return defer.fail()
+        try:
+            results = self._jobs(jobs, now)
+        except BaseException:
+            failure = Failure()
+            try:
+                transaction.__exit__(failure.type, failure.value, failure.getTracebackObject())   # ROLLBACK
+            except BaseException:
+                failure = Failure()         # the rollback failed too: that is what is reported
+            return defer.fail(failure)
+
+        def commit():
+            transaction.__exit__(None, None, None)
+            return store.new_events, results
+        return threads.deferToThreadPool(self._reactor, self._pool, commit)
+
+    def _jobs(self, jobs, now) -> list:
         store = self._store
         results = []
-        with store.transaction():
-            store.sweep(now)
-            for job in jobs:
-                try:
-                    with store.savepoint():
-                        result = job(store, now)
-                    results.append((not isinstance(result, TslsError), result))
-                except TslsError as e:
-                    results.append((False, e))
-                except Exception:
-                    results.append((False, Failure()))
-        return store.new_events, results
+        store.sweep(now)
+        for job in jobs:
+            try:
+                with store.savepoint():
+                    result = job(store, now)
+                results.append((not isinstance(result, TslsError), result))
+            except TslsError as e:
+                results.append((False, e))
+            except Exception:
+                results.append((False, Failure()))
+        return results
 
     def _deliver(self, outcome, batch) -> None:
         if isinstance(outcome, Failure):
