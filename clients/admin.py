@@ -272,7 +272,7 @@ async def clearinghouse_command(args) -> None:
         if body.get("retail_code") is not None or body["program"] != "retail":
             purchase = Purchase.from_json(body)
         result = await ch.sell(purchase if purchase is not None else body)
-        emit(result, args.json, lambda p: _print_purchases([p]))
+        emit(result, args.json, _print_sale)
     elif c == "purchases":
         emit(await ch.list_purchases(), args.json, _print_purchases)
     elif c == "activate":
@@ -317,6 +317,12 @@ def _print_key_packs(packs: list) -> None:
 def _print_purchases(purchases: list) -> None:
     table(purchases, [("reference", "PURCHASE"), ("product_version", "VERSION"), ("cal_type", "TYPE"),
                       ("quantity", "QUANTITY"), ("installed", "INSTALLED"), ("bound_to", "BOUND TO")])
+
+
+def _print_sale(p: dict) -> None:
+    _print_purchases([p])
+    if p["program"] == "retail":
+        print(f"\nretail license code: {p['retail_code']}\ninstall it with: tsls-admin install --retail {p['retail_code']}")
 
 
 def _print_usage(r: dict) -> None:

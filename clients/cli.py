@@ -17,6 +17,8 @@ def run(coroutine_factory, as_json: bool) -> int:
         try:
             await coroutine_factory(reactor)
             status.append(0)
+        except BrokenPipeError:         # the output was piped to head, say: not an error
+            status.append(0)
         except TslsError as e:
             if as_json:
                 print(json.dumps({"error": e.to_json()}, indent=2))

@@ -27,6 +27,9 @@ def clock_target(text: object, now: int) -> int:
     """Where ``+90d``, ``+6h``, ``+30m``, ``+1w`` or an ISO date takes the clock from ``now``."""
     if not isinstance(text, str) or not text:
         raise TslsError(Code.BAD_REQUEST, "the clock takes a duration such as +90d, +6h, +30m, or an ISO date")
+    if text.startswith("-"):
+        raise TslsError(Code.CLOCK_BACKWARDS, f"the lab clock never goes backwards ({text}); it is {iso(now)}",
+                        now=iso(now))
     match = _DURATION.fullmatch(text)
     target = now + int(match[1]) * _UNITS[match[2]] if match else parse_date(text) if not text.startswith("+") else None
     if target is None:
