@@ -262,3 +262,27 @@ def test_an_oversize_line_closes_that_connection_only(daemon):
     yield with_timeout(bad.closed)
     answer = yield logon(ts, "pc1")
     assert answer["outcome"] == "temporary_issued"
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_client_that_shuts_its_side_after_sending_still_gets_every_answer(daemon):
+    from twisted.internet import protocol
+    from twisted.internet.endpoints import clientFromString
+
+    class Raw(protocol.Protocol):
+        def __init__(self):
+            self.data = b""
+            self.closed = defer.Deferred()
+
+        def dataReceived(self, data):
+            self.data += data
+
+        def connectionLost(self, reason):
+            self.closed.callback(None)
+
+    raw = yield clientFromString(reactor, daemon.endpoint).connect(protocol.Factory.forProtocol(Raw))
+    raw.transport.write(b'{"id":1,"op":"hello","protocol":1,"role":"terminal_server","name":"T","version":"2003",'
+                        b'"mode":"per_device"}\n{"id":2,"op":"logon","hwid":"h","machine":"m","user":"u"}\n')
+    raw.transport.loseWriteConnection()          # what `nc -q1` does at the end of its input
+    yield with_timeout(raw.closed)
+    assert [json.loads(line)["id"] for line in raw.data.splitlines()] == [1, 2]

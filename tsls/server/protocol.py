@@ -9,7 +9,7 @@ import json
 
 import attrs
 from twisted.internet import defer
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.protocols.policies import TimeoutMixin
 from zope.interface import implementer
@@ -57,7 +57,7 @@ def _field(request: dict, name: str, kind=str, required=True, max_len=256):
     return value
 
 
-@implementer(IPushProducer)
+@implementer(IPushProducer, IHalfCloseableProtocol)
 class LicenseProtocol(LineOnlyReceiver, TimeoutMixin):
     """One connection. It stops reading while MAX_IN_FLIGHT requests await answers, or while the
     peer is not reading its answers (the transport's buffer is full), so no client can make the
@@ -77,6 +77,7 @@ class LicenseProtocol(LineOnlyReceiver, TimeoutMixin):
         self._nonce: str | None = None
         self._hello_pending: list | None = None     # requests that arrived while the hello was being checked
         self._in_flight = 0
+        self._read_closed = False
         self._peer_slow = False
         self._reading = True
         if clock is not None:
@@ -104,6 +105,16 @@ class LicenseProtocol(LineOnlyReceiver, TimeoutMixin):
         if want != self._reading and self.transport.connected:
             self._reading = want
             (self.transport.resumeProducing if want else self.transport.pauseProducing)()
+
+    # IHalfCloseableProtocol: a client that sends its requests and then shuts down its side
+    # (`nc -q1`, a script) still gets every answer before the connection closes.
+    def readConnectionLost(self) -> None:
+        self._read_closed = True
+        if self._in_flight == 0:
+            self.transport.loseConnection()
+
+    def writeConnectionLost(self) -> None:
+        self.transport.loseConnection()
 
     def timeoutConnection(self) -> None:
         self._send(None, error=TslsError(Code.IDLE_TIMEOUT, f"no request for {self._idle_timeout:.0f} seconds"))
@@ -138,6 +149,8 @@ class LicenseProtocol(LineOnlyReceiver, TimeoutMixin):
 
     def _answered(self, _) -> None:
         self._in_flight -= 1
+        if self._read_closed and self._in_flight == 0:
+            self.transport.loseConnection()
         self._update_reading()
 
     def lineLengthExceeded(self, line: bytes) -> None:
