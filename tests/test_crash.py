@@ -1,0 +1,155 @@
+"""Crashes lose nothing: kill -9 the real license server under load, many times, and check that the
+ledger's invariants hold and that every license it ever acknowledged is in the database.
+
+TSLS_CRASH_KILLS sets the number of kills (default 50; docs/reliability.md has longer runs)."""
+import os
+import random
+import signal
+import sqlite3
+import sys
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer, error, protocol, reactor
+
+from clients.connection import connect
+from clients.tssim import hardware_id
+from tsls.core.model import CalType, Program, ProductVersion, PurchaseRef
+from tsls.errors import TslsError
+from tsls.server.app import Identity
+from tsls.server.check import check_ledger
+from tsls.server.store import LicenseStore
+
+KILLS = int(os.environ.get("TSLS_CRASH_KILLS", "50"))
+TIMEOUT = 20
+DEVICES = 400
+TERMINAL_SERVERS = 3
+
+
+class Daemon(protocol.ProcessProtocol):
+    """A `tsls server` process; ``listening`` fires when it says so on stdout, ``ended`` when it exits."""
+
+    def __init__(self):
+        self.listening = defer.Deferred()
+        self.ended = defer.Deferred()
+        self.output = b""
+
+    def outReceived(self, data):
+        self.output += data
+        if b"listening on" in self.output and not self.listening.called:
+            self.listening.callback(None)
+
+    errReceived = outReceived
+
+    def processEnded(self, reason):
+        if not self.listening.called:
+            self.listening.errback(RuntimeError(f"the server exited before listening:\n{self.output.decode()}"))
+        self.ended.callback(reason.value)
+
+
+def start(data_dir, socket_path):
+    daemon = Daemon()
+    args = [sys.executable, "-m", "tsls.cli", "server", "--data-dir", data_dir, "--listen", f"unix:{socket_path}",
+            "--clearinghouse-url", "http://127.0.0.1:9"]
+    daemon.transport = reactor.spawnProcess(daemon, sys.executable, args, env=os.environ.copy())
+    return daemon
+
+
+def prepare(data_dir, cals):
+    store = LicenseStore.open(os.path.join(data_dir, "license-server.sqlite"))
+    Identity.load_or_create(store, "7")
+    with store.transaction():
+        store.add_key_pack("C" * 35, PurchaseRef(Program.RETAIL, retail_code="C" * 25), ProductVersion.W2003,
+                           CalType.PER_DEVICE, cals, 0)
+        store.set_meta("activation_status", "activated")
+        store.set_meta("license_server_id", "L" * 35)
+    store.close()
+
+
+@defer.inlineCallbacks
+def terminal_server(name, endpoint, rng, acknowledged):
+    """Log random devices on, pipelining, reporting success; record every license acknowledged."""
+    try:
+        conn = yield connect(reactor, endpoint)
+        yield conn.hello_terminal_server(name, "2003", "per_device")
+        while True:
+            batch = [f"dev{rng.randrange(DEVICES)}" for _ in range(20)]
+            answers = yield defer.gatherResults(
+                [conn.request("logon", hwid=hardware_id(m), machine=m, user="u") for m in batch], consumeErrors=True)
+            for answer in answers:
+                lic = answer["license"]
+                acknowledged[lic["license_id"]] = (lic["hwid"], lic["kind"])
+            yield defer.gatherResults([conn.request("logon_succeeded", hwid=a["license"]["hwid"],
+                                                    license=a["license"]["token"]) for a in answers],
+                                      consumeErrors=True)
+    except (TslsError, defer.FirstError, error.ConnectionDone, error.ConnectionLost):
+        return                      # the server died under us: that is the point
+
+
+def lost(path, acknowledged):
+    """Acknowledged licenses the database does not hold as acknowledged."""
+    db = sqlite3.connect(path)
+    try:
+        rows = dict((r[0], (r[1], r[2])) for r in db.execute("SELECT id, hwid, kind FROM licenses"))
+    finally:
+        db.close()
+    return {lid: ack for lid, ack in acknowledged.items() if rows.get(lid) != ack}
+
+
+@pytest_twisted.inlineCallbacks
+def test_kill_nine_under_load_loses_nothing_and_over_issues_nothing(tmp_path):
+    data_dir = str(tmp_path)
+    socket_path = str(tmp_path / "ls.sock")
+    prepare(data_dir, cals=150)          # fewer CALs than devices: the pool runs dry under load
+    db_path = os.path.join(data_dir, "license-server.sqlite")
+    rng = random.Random(2026)
+    acknowledged = {}
+    for kill in range(KILLS):
+        daemon = start(data_dir, socket_path)
+        yield daemon.listening.addTimeout(TIMEOUT, reactor)
+        load = [terminal_server(f"TS{i}", f"unix:{socket_path}", rng, acknowledged) for i in range(TERMINAL_SERVERS)]
+        wait = defer.Deferred()
+        reactor.callLater(rng.uniform(0.0, 0.15), wait.callback, None)
+        yield wait
+        os.kill(daemon.transport.pid, signal.SIGKILL)
+        yield daemon.ended.addTimeout(TIMEOUT, reactor)
+        yield defer.gatherResults(load).addTimeout(TIMEOUT, reactor)
+        assert check_ledger(db_path) == [], f"after kill {kill + 1}"
+        assert lost(db_path, acknowledged) == {}, f"after kill {kill + 1}"
+    assert len(acknowledged) > KILLS, "the load never got going: the test proves nothing"
+    print(f"{KILLS} kills survived; {len(acknowledged)} acknowledged licenses all present; invariants hold")
+
+
+@pytest_twisted.inlineCallbacks
+def test_sigterm_answers_or_cleanly_refuses_what_is_in_flight_then_exits(tmp_path):
+    data_dir = str(tmp_path)
+    socket_path = str(tmp_path / "ls.sock")
+    prepare(data_dir, cals=50)
+    daemon = start(data_dir, socket_path)
+    yield daemon.listening.addTimeout(TIMEOUT, reactor)
+    conn = yield connect(reactor, f"unix:{socket_path}")
+    yield conn.hello_terminal_server("TS1", "2003", "per_device")
+    first = defer.Deferred()
+    outcomes = []
+
+    def settle(result, machine):
+        outcomes.append((machine, result))
+        if not first.called:
+            first.callback(None)
+
+    pending = []
+    for i in range(500):
+        d = conn.request("logon", hwid=hardware_id(f"m{i}"), machine=f"m{i}", user="u")
+        d.addBoth(settle, f"m{i}")
+        pending.append(d)
+    yield first.addTimeout(TIMEOUT, reactor)
+    os.kill(daemon.transport.pid, signal.SIGTERM)
+    reason = yield daemon.ended.addTimeout(TIMEOUT, reactor)
+    yield defer.DeferredList(pending).addTimeout(TIMEOUT, reactor)
+    assert reason.exitCode == 0
+    answered = {m: r["license"]["license_id"] for m, r in outcomes if isinstance(r, dict)}
+    refused = [r.value.code.value for m, r in outcomes if not isinstance(r, dict)]
+    assert set(refused) <= {"SHUTTING_DOWN"} and len(answered) + len(refused) == 500
+    assert lost(os.path.join(data_dir, "license-server.sqlite"),
+                {lid: (hardware_id(m), "temporary") for m, lid in answered.items()}) == {}
+    assert check_ledger(os.path.join(data_dir, "license-server.sqlite")) == []
