@@ -99,8 +99,8 @@ def parser() -> argparse.ArgumentParser:
     pol.add_argument("security_group", choices=["on", "off"],
                      help="on: only terminal servers in the Terminal Server Computers group get licenses")
     act = sub.add_parser("activate", help="activate the license server through the Clearinghouse")
-    act.add_argument("--telephone", metavar="LICENSE_SERVER_ID",
-                     help="type in the license server ID the Clearinghouse gave on the telephone")
+    act.add_argument("--telephone", nargs=2, metavar=("LICENSE_SERVER_ID", "CERTIFICATE_CODE"),
+                     help="type in the license server ID and certificate code the Clearinghouse gave on the telephone")
     _contact_options(act)
     react = sub.add_parser("reactivate", help="get a new license server ID")
     react.add_argument("--reason", required=True, choices=["redeployed", "certificate_corrupt", "private_key_compromised",
@@ -189,7 +189,8 @@ async def _admin_command(conn, args) -> None:
              _print_terminal_servers)
     elif c == "activate":
         if args.telephone:
-            result = await conn.request("activate", method="telephone", license_server_id=args.telephone)
+            result = await conn.request("activate", method="telephone", license_server_id=args.telephone[0],
+                                        certificate=args.telephone[1])
         else:
             result = await conn.request("activate", method="automatic", contact=_contact(args))
         emit(result, args.json, _print_activation)
@@ -278,8 +279,9 @@ async def clearinghouse_command(args) -> None:
     elif c == "activate":
         result = await ch.activate(args.product_id, _contact(args), "telephone")
         emit(result, args.json, lambda r: print(f"license server ID: {r['license_server_id']}\n"
-                                                f"type it in with: tsls-admin activate --telephone "
-                                                f"{r['license_server_id']}"))
+                                                f"certificate code:  {r['certificate']}\n"
+                                                f"type them in with: tsls-admin activate --telephone "
+                                                f"{r['license_server_id']} {r['certificate']}"))
 
 
 def _print_status(s: dict) -> None:

@@ -21,26 +21,27 @@ class FakeClearinghouse:
     @defer.inlineCallbacks
     def activate(self, product_id, contact, method):
         yield self._call("activate", product_id, method)
-        return {"license_server_id": f"LS{next(self._ids)}".ljust(35, "X"), "product_id": product_id}
+        return {"license_server_id": f"LS{next(self._ids)}".ljust(35, "X"), "product_id": product_id,
+                "certificate": "C" * 35}
 
     @defer.inlineCallbacks
-    def reactivate(self, license_server_id, product_id, reason, contact):
-        yield self._call("reactivate", license_server_id, reason)
-        return {"license_server_id": f"LS{next(self._ids)}".ljust(35, "Y"), "product_id": product_id}
+    def reactivate(self, server, reason, contact):
+        yield self._call("reactivate", server["license_server_id"], reason)
+        return {"license_server_id": f"LS{next(self._ids)}".ljust(35, "Y"), "certificate": "D" * 35}
 
     @defer.inlineCallbacks
-    def deactivate(self, license_server_id, product_id):
-        yield self._call("deactivate", license_server_id)
+    def deactivate(self, server):
+        yield self._call("deactivate", server["license_server_id"])
         return {}
 
     @defer.inlineCallbacks
-    def install(self, license_server_id, product_id, ref, product_version=None, cal_type=None, quantity=None):
-        yield self._call("install", license_server_id, ref.reference)
+    def install(self, server, ref, product_version=None, cal_type=None, quantity=None):
+        yield self._call("install", server["license_server_id"], ref.reference)
         return {"key_pack": self._pack(ref, product_version, cal_type, quantity)}
 
     @defer.inlineCallbacks
-    def recover(self, license_server_id, product_id, ref, product_version=None, cal_type=None):
-        yield self._call("recover", license_server_id, ref.reference)
+    def recover(self, server, ref, product_version=None, cal_type=None):
+        yield self._call("recover", server["license_server_id"], ref.reference)
         return {"key_packs": [self._pack(ref, None, None, None)]}
 
     def _pack(self, ref, product_version, cal_type, quantity):

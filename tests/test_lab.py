@@ -129,7 +129,7 @@ def test_the_readme_walk_through(lab, capsys, tmp_path):
 def test_telephone_activation_through_the_clearinghouse(lab, capsys):
     status = yield lab.admin(capsys, "status")
     call = yield lab.admin(capsys, "clearinghouse", "activate", "--product-id", status["product_id"])
-    result = yield lab.admin(capsys, "activate", "--telephone", call["license_server_id"])
+    result = yield lab.admin(capsys, "activate", "--telephone", call["license_server_id"], call["certificate"])
     assert result == {**result, "status": "activated", "method": "telephone",
                       "license_server_id": call["license_server_id"]}
 

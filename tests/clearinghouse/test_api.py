@@ -25,6 +25,12 @@ def api(tmp_path):
     store.close()
 
 
+def me(server):
+    """How an activated server names itself to the Clearinghouse."""
+    return {"license_server_id": server["license_server_id"], "product_id": server["product_id"],
+            "certificate": server["certificate"]}
+
+
 def sale(ref=RETAIL, quantity=5, version=ProductVersion.W2003, cal_type=CalType.PER_DEVICE):
     return Purchase(ref, version, cal_type, quantity)
 
@@ -53,12 +59,12 @@ async def test_a_purchase_binds_to_the_first_server_and_cannot_be_exceeded(api):
     await expect(Code.PURCHASE_EXISTS, ch.sell(sale(quantity=5)))
     one = await ch.activate(PRODUCT, CONTACT)
     two = await ch.activate("99999-999-9999999-99999", CONTACT)
-    pack = (await ch.install(one["license_server_id"], PRODUCT, RETAIL, quantity=3))["key_pack"]
+    pack = (await ch.install(me(one), RETAIL, quantity=3))["key_pack"]
     assert pack["quantity"] == 3 and len(pack["key_pack_id"]) == 35
-    await expect(Code.PURCHASE_BOUND, ch.install(two["license_server_id"], "99999-999-9999999-99999", RETAIL))
-    error = await expect(Code.QUANTITY_EXCEEDED, ch.install(one["license_server_id"], PRODUCT, RETAIL, quantity=3))
+    await expect(Code.PURCHASE_BOUND, ch.install(me(two), RETAIL))
+    error = await expect(Code.QUANTITY_EXCEEDED, ch.install(me(one), RETAIL, quantity=3))
     assert error.details == {"quantity": 5, "installed": 3, "remaining": 2}
-    rest = (await ch.install(one["license_server_id"], PRODUCT, RETAIL))["key_pack"]
+    rest = (await ch.install(me(one), RETAIL))["key_pack"]
     assert rest["quantity"] == 2
 
 
@@ -66,11 +72,10 @@ async def test_a_purchase_binds_to_the_first_server_and_cannot_be_exceeded(api):
 async def test_open_license_installs_need_the_product_and_must_match_a_sale(api):
     ch, _, _ = api
     await ch.sell(sale(OPEN, 20, ProductVersion.W2008, CalType.PER_USER))
-    server = await ch.activate(PRODUCT, CONTACT)
-    lsid = server["license_server_id"]
-    await expect(Code.BAD_REQUEST, ch.install(lsid, PRODUCT, OPEN))
-    await expect(Code.UNKNOWN_PURCHASE, ch.install(lsid, PRODUCT, OPEN, ProductVersion.W2003, CalType.PER_USER, 5))
-    pack = (await ch.install(lsid, PRODUCT, OPEN, ProductVersion.W2008, CalType.PER_USER, 20))["key_pack"]
+    server = me(await ch.activate(PRODUCT, CONTACT))
+    await expect(Code.BAD_REQUEST, ch.install(server, OPEN))
+    await expect(Code.UNKNOWN_PURCHASE, ch.install(server, OPEN, ProductVersion.W2003, CalType.PER_USER, 5))
+    pack = (await ch.install(server, OPEN, ProductVersion.W2008, CalType.PER_USER, 20))["key_pack"]
     assert (pack["product_version"], pack["cal_type"], pack["quantity"]) == ("2008", "per_user", 20)
 
 
@@ -79,14 +84,14 @@ async def test_recovery_moves_the_purchase_to_the_rebuilt_server(api):
     ch, _, _ = api
     await ch.sell(sale(quantity=7))
     old = await ch.activate(PRODUCT, CONTACT)
-    await ch.install(old["license_server_id"], PRODUCT, RETAIL)
-    await ch.deactivate(old["license_server_id"], PRODUCT)
+    await ch.install(me(old), RETAIL)
+    await ch.deactivate(me(old))
     new = await ch.activate(PRODUCT, CONTACT)
-    recovered = await ch.recover(new["license_server_id"], PRODUCT, RETAIL)
+    recovered = await ch.recover(me(new), RETAIL)
     assert [p["quantity"] for p in recovered["key_packs"]] == [7]
     assert (await ch.license_server(new["license_server_id"]))["bindings"] == [RETAIL.reference]
     assert (await ch.license_server(old["license_server_id"]))["bindings"] == []
-    await expect(Code.ALREADY_RECOVERED, ch.recover(new["license_server_id"], PRODUCT, RETAIL))
+    await expect(Code.ALREADY_RECOVERED, ch.recover(me(new), RETAIL))
 
 
 @pytest_twisted.ensureDeferred
@@ -94,20 +99,33 @@ async def test_reactivation_gives_a_new_id_and_keeps_the_bindings(api):
     ch, _, _ = api
     await ch.sell(sale())
     old = await ch.activate(PRODUCT, CONTACT)
-    await ch.install(old["license_server_id"], PRODUCT, RETAIL, quantity=1)
-    await expect(Code.BAD_REQUEST, ch.reactivate(old["license_server_id"], PRODUCT, "bored", CONTACT))
-    new = await ch.reactivate(old["license_server_id"], PRODUCT, "certificate_corrupt",
-                              {"first_name": "Ada", "last_name": "L"})
+    await ch.install(me(old), RETAIL, quantity=1)
+    await expect(Code.BAD_REQUEST, ch.reactivate(me(old), "bored", CONTACT))
+    new = await ch.reactivate(me(old), "certificate_corrupt", {"first_name": "Ada", "last_name": "L"})
     assert new["license_server_id"] != old["license_server_id"] and new["bindings"] == [RETAIL.reference]
-    await expect(Code.NOT_ACTIVATED, ch.install(old["license_server_id"], PRODUCT, RETAIL))
-    await ch.install(new["license_server_id"], PRODUCT, RETAIL, quantity=1)
+    assert new["certificate"] != old["certificate"]
+    await expect(Code.NOT_ACTIVATED, ch.install(me(old), RETAIL))
+    await ch.install(me(new), RETAIL, quantity=1)
 
 
 @pytest_twisted.ensureDeferred
 async def test_an_unknown_server_is_refused(api):
     ch, _, _ = api
     await ch.sell(sale())
-    await expect(Code.UNKNOWN_LICENSE_SERVER, ch.install("X" * 35, PRODUCT, RETAIL))
+    await expect(Code.UNKNOWN_LICENSE_SERVER, ch.install(
+        {"license_server_id": "X" * 35, "product_id": PRODUCT, "certificate": "C" * 35}, RETAIL))
+
+
+@pytest_twisted.ensureDeferred
+async def test_only_the_holder_of_the_certificate_acts_on_a_servers_bindings(api):
+    ch, _, _ = api
+    await ch.sell(sale())
+    server = me(await ch.activate(PRODUCT, CONTACT))
+    for forged in ({**server, "certificate": "F" * 35}, {k: v for k, v in server.items() if k != "certificate"}):
+        await expect(Code.BAD_CREDENTIALS, ch.install(forged, RETAIL))
+        await expect(Code.BAD_CREDENTIALS, ch.deactivate(forged))
+        await expect(Code.BAD_CREDENTIALS, ch.recover(forged, RETAIL))
+    assert [p["installed"] for p in await ch.list_purchases()] == [0]
 
 
 @pytest.mark.parametrize("method, path, body, status, code", [

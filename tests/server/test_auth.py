@@ -30,7 +30,7 @@ def test_an_admin_without_the_credential_changes_nothing(daemon):
             yield conn.request("hello", **hello)
         assert e.value.code is Code.BAD_CREDENTIALS
         with pytest.raises(TslsError) as e:
-            yield conn.request("activate", method="telephone", license_server_id="A" * 35)
+            yield conn.request("activate", method="telephone", license_server_id="A" * 35, certificate="C" * 35)
         assert e.value.code is Code.HELLO_REQUIRED
     admin = yield daemon.admin()
     status = yield admin.request("status")

@@ -219,12 +219,15 @@ def test_unreachable_clearinghouse_is_a_clear_error_and_licensing_goes_on(daemon
 def test_telephone_activation_takes_the_typed_license_server_id(daemon):
     admin = yield daemon.admin()
     with pytest.raises(TslsError) as e:
-        yield admin.request("activate", method="telephone", license_server_id="too-short")
+        yield admin.request("activate", method="telephone", license_server_id="too-short", certificate="C" * 35)
     assert e.value.code is Code.BAD_REQUEST
-    result = yield admin.request("activate", method="telephone", license_server_id="A" * 35)
+    with pytest.raises(TslsError) as e:
+        yield admin.request("activate", method="telephone", license_server_id="A" * 35)
+    assert e.value.code is Code.BAD_REQUEST
+    result = yield admin.request("activate", method="telephone", license_server_id="A" * 35, certificate="C" * 35)
     assert result["status"] == "activated" and result["method"] == "telephone"
     with pytest.raises(TslsError) as e:
-        yield admin.request("activate", method="telephone", license_server_id="B" * 35)
+        yield admin.request("activate", method="telephone", license_server_id="B" * 35, certificate="C" * 35)
     assert e.value.code is Code.ALREADY_ACTIVATED
 
 

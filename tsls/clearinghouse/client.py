@@ -54,21 +54,21 @@ class ClearinghouseClient:
     def activate(self, product_id: str, contact: dict, method: str = "automatic") -> defer.Deferred:
         return self._call("POST", "activations", {"product_id": product_id, "method": method, "contact": contact})
 
-    def reactivate(self, license_server_id, product_id, reason: str, contact: dict) -> defer.Deferred:
-        return self._call("POST", "reactivations", {"license_server_id": license_server_id, "product_id": product_id,
-                                                    "reason": reason, "contact": contact})
+    # A license server names itself with ``server``: {"license_server_id", "product_id", "certificate"},
+    # the certificate being what its activation returned.
 
-    def deactivate(self, license_server_id, product_id) -> defer.Deferred:
-        return self._call("POST", "deactivations", {"license_server_id": license_server_id, "product_id": product_id})
+    def reactivate(self, server: dict, reason: str, contact: dict) -> defer.Deferred:
+        return self._call("POST", "reactivations", {**server, "reason": reason, "contact": contact})
 
-    def install(self, license_server_id, product_id, ref, product_version=None, cal_type=None,
-                quantity=None) -> defer.Deferred:
-        return self._call("POST", "installations", {"license_server_id": license_server_id, "product_id": product_id,
-                                                    "purchase": _purchase(ref, product_version, cal_type, quantity)})
+    def deactivate(self, server: dict) -> defer.Deferred:
+        return self._call("POST", "deactivations", dict(server))
 
-    def recover(self, license_server_id, product_id, ref, product_version=None, cal_type=None) -> defer.Deferred:
-        return self._call("POST", "recoveries", {"license_server_id": license_server_id, "product_id": product_id,
-                                                 "purchase": _purchase(ref, product_version, cal_type, None)})
+    def install(self, server: dict, ref, product_version=None, cal_type=None, quantity=None) -> defer.Deferred:
+        return self._call("POST", "installations",
+                          {**server, "purchase": _purchase(ref, product_version, cal_type, quantity)})
+
+    def recover(self, server: dict, ref, product_version=None, cal_type=None) -> defer.Deferred:
+        return self._call("POST", "recoveries", {**server, "purchase": _purchase(ref, product_version, cal_type, None)})
 
     def license_server(self, license_server_id: str) -> defer.Deferred:
         return self._call("GET", f"license-servers/{license_server_id}")

@@ -9,6 +9,7 @@ import json
 import secrets
 import string
 
+import attrs
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 
@@ -22,7 +23,7 @@ ALPHANUMERIC = string.ascii_uppercase + string.digits
 
 STATUS = {
     Code.BAD_REQUEST: 400, Code.BAD_JSON: 400, Code.INVALID_PURCHASE: 400,
-    Code.UNKNOWN_LICENSE_SERVER: 403, Code.NOT_ACTIVATED: 403,
+    Code.UNKNOWN_LICENSE_SERVER: 403, Code.NOT_ACTIVATED: 403, Code.BAD_CREDENTIALS: 403,
     Code.UNKNOWN_PURCHASE: 404, Code.NOT_FOUND: 404,
     Code.METHOD_NOT_ALLOWED: 405,
     Code.PURCHASE_EXISTS: 409, Code.PURCHASE_BOUND: 409, Code.QUANTITY_EXCEEDED: 409,
@@ -79,32 +80,33 @@ class Clearinghouse:
         contact = rules.check_contact(body.get("contact"))
         with self.store.transaction():
             rules.activate(self.store.active_server_for(product_id))
-            server = Server(_random_id(35), product_id, ServerStatus.ACTIVATED, method, contact, self.now())
+            certificate = _random_id(35)
+            server = Server(_random_id(35), product_id, ServerStatus.ACTIVATED, method, contact, self.now(),
+                            rules.certificate_digest(certificate))
             self.store.put_server(server)
         self.log.info("activated product {product_id} as {license_server_id} ({method})", product_id=product_id,
                       license_server_id=server.license_server_id, method=method.value)
-        return _server_json(server, [])
+        return {**_server_json(server, []), "certificate": certificate}
 
     def reactivate(self, body: dict) -> dict:
         reason = _enum(Reason, body.get("reason"), "reason")
         rules.check_contact(body.get("contact"), required=("first_name", "last_name"))
         with self.store.transaction():
             old = self._caller(body)
+            certificate = _random_id(35)
             new = Server(_random_id(35), old.product_id, ServerStatus.ACTIVATED, Method.AUTOMATIC, old.contact,
-                         self.now())
-            self.store.put_server(Server(old.license_server_id, old.product_id, ServerStatus.RETIRED, old.method,
-                                         old.contact, old.activated_at))
+                         self.now(), rules.certificate_digest(certificate))
+            self.store.put_server(attrs.evolve(old, status=ServerStatus.RETIRED))
             self.store.put_server(new)
             self.store.rebind(old.license_server_id, new.license_server_id)
         self.log.info("reactivated {old} as {new} ({reason})", old=old.license_server_id,
                       new=new.license_server_id, reason=reason.value)
-        return _server_json(new, self.store.bindings(new.license_server_id))
+        return {**_server_json(new, self.store.bindings(new.license_server_id)), "certificate": certificate}
 
     def deactivate(self, body: dict) -> dict:
         with self.store.transaction():
             server = self._caller(body)
-            gone = Server(server.license_server_id, server.product_id, ServerStatus.DEACTIVATED, server.method,
-                          server.contact, server.activated_at)
+            gone = attrs.evolve(server, status=ServerStatus.DEACTIVATED)
             self.store.put_server(gone)
         return _server_json(gone, self.store.bindings(gone.license_server_id))
 
@@ -117,7 +119,8 @@ class Clearinghouse:
     def _caller(self, body: dict) -> Server:
         license_server_id = _text(body, "license_server_id", 64)
         product_id = rules.check_product_id(body.get("product_id"))
-        return rules.check_server(self.store.server(license_server_id), license_server_id, product_id)
+        return rules.check_server(self.store.server(license_server_id), license_server_id, product_id,
+                                  body.get("certificate"))
 
     # installing and recovering CALs
 

@@ -17,7 +17,8 @@ MIGRATIONS = {
         status TEXT NOT NULL,
         method TEXT NOT NULL,
         contact TEXT NOT NULL,
-        activated_at INTEGER NOT NULL
+        activated_at INTEGER NOT NULL,
+        certificate_digest TEXT NOT NULL
     );
     CREATE UNIQUE INDEX one_activation ON servers(product_id) WHERE status = 'activated';
     CREATE TABLE sales (
@@ -68,9 +69,9 @@ class ClearinghouseStore:
         return None if row is None else _server(row)
 
     def put_server(self, s: Server) -> None:
-        self.db.execute("INSERT INTO servers VALUES (?,?,?,?,?,?) ON CONFLICT (license_server_id) DO UPDATE SET "
+        self.db.execute("INSERT INTO servers VALUES (?,?,?,?,?,?,?) ON CONFLICT (license_server_id) DO UPDATE SET "
                         "status = excluded.status", (s.license_server_id, s.product_id, s.status.value, s.method.value,
-                                                     json.dumps(s.contact), s.activated_at))
+                                                     json.dumps(s.contact), s.activated_at, s.certificate_digest))
 
     def rebind(self, old: str, new: str) -> None:
         self.db.execute("UPDATE sales SET bound_to = ? WHERE bound_to = ?", (new, old))
@@ -101,4 +102,4 @@ class ClearinghouseStore:
 
 
 def _server(row) -> Server:
-    return Server(row[0], row[1], ServerStatus(row[2]), Method(row[3]), json.loads(row[4]), row[5])
+    return Server(row[0], row[1], ServerStatus(row[2]), Method(row[3]), json.loads(row[4]), row[5], row[6])

@@ -5,6 +5,8 @@ Pure functions over frozen values; the Clearinghouse daemon stores what they ret
 from __future__ import annotations
 
 import enum
+import hashlib
+import hmac
 import re
 
 import attrs
@@ -61,14 +63,20 @@ def check_contact(contact: object, required=REQUIRED_CONTACT) -> dict:
     return dict(contact)
 
 
+def certificate_digest(certificate: str) -> str:
+    """What the Clearinghouse keeps of a server's certificate: never the certificate itself."""
+    return hashlib.sha256(certificate.encode()).hexdigest()
+
+
 @attrs.frozen
 class Server:
     license_server_id: str
     product_id: str
     status: ServerStatus
     method: Method
-    contact: dict
+    contact: dict = attrs.field(repr=False)
     activated_at: int
+    certificate_digest: str = attrs.field(repr=False, default="")
 
 
 @attrs.frozen
@@ -94,10 +102,14 @@ def purchase_key(ref: PurchaseRef, version: ProductVersion | None, cal_type: Cal
     return f"{ref.reference}:{version.value}:{cal_type.value}"
 
 
-def check_server(server: Server | None, license_server_id: str, product_id: str) -> Server:
-    """The caller must be an activated license server, named by its ID and product ID together."""
+def check_server(server: Server | None, license_server_id: str, product_id: str, certificate: object) -> Server:
+    """The caller must be an activated license server, named by its ID and product ID together, and
+    must hold the certificate its activation gave it [§4: the certificate proves its identity]."""
     if server is None or server.product_id != product_id:
         raise TslsError(Code.UNKNOWN_LICENSE_SERVER, "no license server with that license server ID and product ID")
+    if not isinstance(certificate, str) or not hmac.compare_digest(certificate_digest(certificate),
+                                                                   server.certificate_digest):
+        raise TslsError(Code.BAD_CREDENTIALS, "the license server's certificate does not match its activation")
     if server.status is not ServerStatus.ACTIVATED:
         raise TslsError(Code.NOT_ACTIVATED, f"license server {license_server_id} is {server.status.value}")
     return server

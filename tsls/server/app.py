@@ -170,36 +170,39 @@ class LicenseServer:
         return self.writer.submit(job)
 
     @defer.inlineCallbacks
-    def activate(self, method: str, contact: dict | None, license_server_id: str | None):
+    def activate(self, method: str, contact: dict | None, license_server_id: str | None, certificate: str | None):
+        """Automatic: ask the Clearinghouse. Telephone: the administrator types in the license server ID
+        and certificate code the Clearinghouse gave on the phone."""
         yield self._require_activation(False)
         if method == "automatic":
             answer = yield self.clearinghouse.activate(self.identity.product_id, contact or {}, "automatic")
-            license_server_id = answer["license_server_id"]
+            license_server_id, certificate = answer["license_server_id"], answer["certificate"]
         elif method == "telephone":
-            if not isinstance(license_server_id, str) or not LICENSE_SERVER_ID.fullmatch(license_server_id):
-                raise TslsError(Code.BAD_REQUEST, "a license server ID is 35 upper-case letters and digits, no hyphens")
+            for what, value in (("license server ID", license_server_id), ("certificate code", certificate)):
+                if not isinstance(value, str) or not LICENSE_SERVER_ID.fullmatch(value):
+                    raise TslsError(Code.BAD_REQUEST, f"a {what} is 35 upper-case letters and digits, no hyphens")
         else:
             raise TslsError(Code.BAD_REQUEST, f"unknown activation method {method!r}; expected automatic or telephone")
-        result = yield self._set_activation("activated", license_server_id, method, EventId.ACTIVATED)
+        result = yield self._set_activation("activated", license_server_id, method, EventId.ACTIVATED, certificate)
         return result
 
     @defer.inlineCallbacks
     def reactivate(self, reason: str, contact: dict | None):
-        current = yield self._require_activation(True)
-        answer = yield self.clearinghouse.reactivate(current["license_server_id"], self.identity.product_id, reason,
-                                                     contact or {})
+        server = yield self._require_activation(True)
+        answer = yield self.clearinghouse.reactivate(server, reason, contact or {})
         result = yield self._set_activation("activated", answer["license_server_id"], "automatic",
-                                             EventId.REACTIVATED)
+                                             EventId.REACTIVATED, answer["certificate"])
         return result
 
     @defer.inlineCallbacks
     def deactivate(self):
-        current = yield self._require_activation(True)
-        yield self.clearinghouse.deactivate(current["license_server_id"], self.identity.product_id)
-        result = yield self._set_activation("deactivated", None, None, EventId.DEACTIVATED)
+        server = yield self._require_activation(True)
+        yield self.clearinghouse.deactivate(server)
+        result = yield self._set_activation("deactivated", None, None, EventId.DEACTIVATED, None)
         return result
 
     def _require_activation(self, wanted: bool) -> defer.Deferred:
+        """Fires with how this server names itself to the Clearinghouse (ID, product ID, certificate)."""
         def job(store, now):
             current = _activation(store)
             if wanted and current["status"] != "activated":
@@ -207,11 +210,13 @@ class LicenseServer:
             if not wanted and current["status"] == "activated":
                 raise TslsError(Code.ALREADY_ACTIVATED, "the license server is already activated as "
                                 f"{current['license_server_id']}; deactivate or reactivate it instead")
-            return current
+            return {"license_server_id": current["license_server_id"], "product_id": self.identity.product_id,
+                    "certificate": store.get_meta("clearinghouse_certificate")}
         return self.writer.submit(job)
 
-    def _set_activation(self, status, license_server_id, method, event_id) -> defer.Deferred:
+    def _set_activation(self, status, license_server_id, method, event_id, certificate) -> defer.Deferred:
         def job(store, now):
+            store.set_meta("clearinghouse_certificate", certificate)
             store.add_events([Event(now, event_id, f"license server {status} ({method or 'no method'}) as "
                                                    f"{license_server_id or '-'}")])
             store.set_meta("activation_status", status)
@@ -226,9 +231,8 @@ class LicenseServer:
         """Install CALs: the Clearinghouse binds the purchase to this server and issues the key pack."""
         ref = PurchaseRef.from_json(purchase)
         version, cal_type = _version_and_type(purchase)
-        current = yield self._require_activation(True)
-        answer = yield self.clearinghouse.install(current["license_server_id"], self.identity.product_id, ref,
-                                                  version, cal_type, purchase.get("quantity"))
+        server = yield self._require_activation(True)
+        answer = yield self.clearinghouse.install(server, ref, version, cal_type, purchase.get("quantity"))
         packs = yield self._store_key_packs([answer["key_pack"]])
         return packs[0]
 
@@ -237,9 +241,8 @@ class LicenseServer:
         """A rebuilt server gets back the CALs of a purchase from the Clearinghouse [§4]."""
         ref = PurchaseRef.from_json(purchase)
         version, cal_type = _version_and_type(purchase)
-        current = yield self._require_activation(True)
-        answer = yield self.clearinghouse.recover(current["license_server_id"], self.identity.product_id, ref,
-                                                  version, cal_type)
+        server = yield self._require_activation(True)
+        answer = yield self.clearinghouse.recover(server, ref, version, cal_type)
         packs = yield self._store_key_packs(answer["key_packs"])
         return {"key_packs": packs}
 

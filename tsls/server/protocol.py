@@ -263,7 +263,8 @@ class LicenseProtocol(LineOnlyReceiver, TimeoutMixin):
 
     def op_activate(self, request):
         return self.server.activate(_field(request, "method"), _field(request, "contact", dict, required=False),
-                                    _field(request, "license_server_id", required=False, max_len=64))
+                                    _field(request, "license_server_id", required=False, max_len=64),
+                                    _field(request, "certificate", required=False, max_len=64))
 
     def op_reactivate(self, request):
         return self.server.reactivate(_field(request, "reason"), _field(request, "contact", dict, required=False))
