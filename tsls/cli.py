@@ -48,6 +48,9 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--data-dir", default=DEFAULT_DATA, help="(default: %(default)s)")
     check.add_argument("--db", help="the database file (default: DATA_DIR/license-server.sqlite)")
 
+    certs = sub.add_parser("make-certs", help="make a lab CA and a TLS certificate for 127.0.0.1 (docs/tls.md)")
+    certs.add_argument("--dir", default=os.path.join(DEFAULT_DATA, "tls"), help="(default: %(default)s)")
+
     ch = sub.add_parser("clearinghouse", help="run the mock Clearinghouse")
     common(ch)
     ch.add_argument("--listen", default=DEFAULT_CH_LISTEN, help="(default: %(default)s)")
@@ -55,11 +58,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _url_of(endpoint: str) -> str:
-    """http://host:port for a tcp: server endpoint string, for the lab's own wiring."""
+    """http(s)://host:port for a tcp: or ssl: server endpoint string, for the lab's own wiring."""
     parts = endpoint.split(":")
     port = parts[1]
     host = next((p.split("=", 1)[1] for p in parts[2:] if p.startswith("interface=")), "127.0.0.1")
-    return f"http://{host}:{port}"
+    return f"{'https' if parts[0] == 'ssl' else 'http'}://{host}:{port}"
 
 
 def build(reactor, args):
@@ -103,6 +106,11 @@ def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "check":
         return check(args)
+    if args.command == "make-certs":
+        from tsls.certs import make_certs
+        paths = make_certs(args.dir)
+        print(f"server key and certificate: {paths['server']} (mode 0600)\nlab CA: {paths['ca']}")
+        return 0
     from twisted.internet import reactor
 
     from tsls.server.store import StoreError
