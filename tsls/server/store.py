@@ -106,9 +106,6 @@ class LicenseStore:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
             db.execute("PRAGMA foreign_keys=ON")
-            import os
-            for pragma in filter(None, os.environ.get("TSLS_EXP_PRAGMAS", "").split(";")):
-                db.execute(f"PRAGMA {pragma}")
             store = cls(db)
             store._migrate(path)
             store._watch()
