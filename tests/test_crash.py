@@ -22,7 +22,7 @@ from tsls.server.store import LicenseStore
 
 KILLS = int(os.environ.get("TSLS_CRASH_KILLS", "50"))
 TIMEOUT = 20
-DEVICES = 400
+DEVICES = 3000
 TERMINAL_SERVERS = 3
 
 
@@ -100,7 +100,7 @@ def lost(path, acknowledged):
 def test_kill_nine_under_load_loses_nothing_and_over_issues_nothing(tmp_path):
     data_dir = str(tmp_path)
     socket_path = str(tmp_path / "ls.sock")
-    prepare(data_dir, cals=150)          # fewer CALs than devices: the pool runs dry under load
+    prepare(data_dir, cals=1000)         # fewer CALs than devices: the pool runs dry under load
     db_path = os.path.join(data_dir, "license-server.sqlite")
     rng = random.Random(2026)
     acknowledged = {}
@@ -153,3 +153,60 @@ def test_sigterm_answers_or_cleanly_refuses_what_is_in_flight_then_exits(tmp_pat
     assert lost(os.path.join(data_dir, "license-server.sqlite"),
                 {lid: (hardware_id(m), "temporary") for m, lid in answered.items()}) == {}
     assert check_ledger(os.path.join(data_dir, "license-server.sqlite")) == []
+
+
+@pytest_twisted.inlineCallbacks
+def test_kill_nine_loses_no_acknowledged_clearinghouse_sale_or_install(tmp_path):
+    from tsls.clearinghouse.client import ClearinghouseClient
+    from tsls.core.model import Purchase
+
+    rng = random.Random(7)
+    acknowledged_sales, acknowledged_packs = set(), {}
+    server = None
+    for kill in range(max(KILLS // 2, 10)):
+        daemon = Daemon()
+        args = [sys.executable, "-m", "tsls.cli", "clearinghouse", "--data-dir", str(tmp_path),
+                "--listen", "tcp:0:interface=127.0.0.1"]
+        daemon.transport = reactor.spawnProcess(daemon, sys.executable, args, env=os.environ.copy())
+        yield daemon.listening.addTimeout(TIMEOUT, reactor)
+        port = int(daemon.output.decode().split("port=")[1].split(")")[0])
+        ch = ClearinghouseClient(f"http://127.0.0.1:{port}")
+        if server is None:
+            activation = yield ch.activate("12345-678-1234567-12345", {"first_name": "A", "last_name": "B",
+                                                                        "company": "C", "country_region": "D"})
+            server = {k: activation[k] for k in ("license_server_id", "product_id", "certificate")}
+
+        @defer.inlineCallbacks
+        def load(i):
+            code = f"K{kill:04d}{i:04d}".ljust(25, "0")
+            try:
+                yield ch.sell(Purchase.from_json({"program": "retail", "retail_code": code, "product_version": "2003",
+                                                  "cal_type": "per_device", "quantity": 3}))
+                acknowledged_sales.add(code)
+                pack = yield ch.install(server, PurchaseRef(Program.RETAIL, retail_code=code), quantity=2)
+                acknowledged_packs[pack["key_pack"]["key_pack_id"]] = code
+            except TslsError:
+                return          # the Clearinghouse died under us
+
+        work = [load(i) for i in range(30)]
+        wait = defer.Deferred()
+        reactor.callLater(rng.uniform(0.0, 0.1), wait.callback, None)
+        yield wait
+        os.kill(daemon.transport.pid, signal.SIGKILL)
+        yield daemon.ended.addTimeout(TIMEOUT, reactor)
+        yield defer.DeferredList(work).addTimeout(TIMEOUT, reactor)
+        db = sqlite3.connect(str(tmp_path / "clearinghouse.sqlite"))
+        try:
+            assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+            sales = {r[0] for r in db.execute("SELECT key FROM sales")}
+            packs = dict(db.execute("SELECT key_pack_id, sale FROM key_packs").fetchall())
+            over = db.execute("SELECT count(*) FROM sales s WHERE installed != "
+                              "(SELECT coalesce(sum(quantity), 0) FROM key_packs k WHERE k.sale = s.key)").fetchone()
+        finally:
+            db.close()
+        assert {f"retail:{c}" for c in acknowledged_sales} <= sales, f"after kill {kill + 1}"
+        assert all(packs.get(k) == f"retail:{c}" for k, c in acknowledged_packs.items()), f"after kill {kill + 1}"
+        assert over == (0,), f"after kill {kill + 1}: installed counts disagree with the key packs issued"
+    assert acknowledged_packs, "the load never got going: the test proves nothing"
+    print(f"Clearinghouse: {max(KILLS // 2, 10)} kills; {len(acknowledged_sales)} sales and "
+          f"{len(acknowledged_packs)} installs acknowledged, all present")
