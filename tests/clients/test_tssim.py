@@ -13,14 +13,6 @@ from tsls.core.model import DAY
 DOWN = "tcp:127.0.0.1:1"     # nothing listens on port 1
 
 
-@pytest.fixture
-def daemon(tmp_path):
-    d = Daemon(tmp_path)
-    pytest_twisted.blockon(d.start())
-    yield d
-    pytest_twisted.blockon(d.stop())
-
-
 def simulator(tmp_path, servers, name="TS01", version="2003"):
     return TerminalServer(reactor, name, version, "per_device", servers,
                           DeviceStore(str(tmp_path / "devices.json")), TerminalServerState(str(tmp_path / "ts.json")))

@@ -7,7 +7,7 @@ import pytest
 import pytest_twisted
 from twisted.logger import globalLogPublisher
 
-from tests.server.test_daemon import Daemon, activate_and_install, daemon, logon  # noqa: F401 (fixture)
+from tests.server.test_daemon import activate_and_install, logon
 from tsls.errors import Code, TslsError
 from tsls.server.auth import proof
 

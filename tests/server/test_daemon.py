@@ -62,14 +62,6 @@ class Daemon:
         yield self.service.stopService()
 
 
-@pytest.fixture
-def daemon(tmp_path):
-    d = Daemon(tmp_path)
-    pytest_twisted.blockon(d.start())
-    yield d
-    pytest_twisted.blockon(d.stop())
-
-
 @defer.inlineCallbacks
 def logon(ts, device, license=None, report=True):
     answer = yield ts.request("logon", hwid=f"hw-{device}", machine=device, user=f"user-{device}", license=license)

@@ -15,6 +15,7 @@ import attrs
 from tsls.core import events
 from tsls.core.licensing import Change, Decision, World, expire
 from tsls.core.model import CalType, KeyPack, License, LicenseKind, LicenseStatus, ProductVersion, PurchaseRef
+from tsls.sqlite import StoreError, open_database  # noqa: F401 (StoreError: re-exported for callers)
 
 # Migration N brings a database from version N-1 to N. Never edit one that has shipped: add one.
 MIGRATIONS = {
@@ -90,10 +91,6 @@ CACHE_KIB = 128 * 1024
 CHECKPOINT_PAGES = 10_000
 
 
-class StoreError(Exception):
-    """The database cannot be used: corrupt, not a tsls database, or from a newer tsls."""
-
-
 class LicenseStore:
     def __init__(self, connection: sqlite3.Connection) -> None:
         self.db = connection
@@ -110,38 +107,19 @@ class LicenseStore:
 
     @classmethod
     def open(cls, path: str) -> "LicenseStore":
-        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        db = open_database(path, MIGRATIONS, "license server")
         try:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")
-            db.execute("PRAGMA foreign_keys=ON")
             db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
             db.execute(f"PRAGMA wal_autocheckpoint={CHECKPOINT_PAGES}")
             store = cls(db)
-            store._migrate(path)
             store._watch()
-        except sqlite3.DatabaseError as e:
-            db.close()
-            raise StoreError(f"{path} is not a usable tsls database ({e}); it was left untouched") from None
-        except StoreError:
+        except BaseException:
             db.close()
             raise
         return store
 
     def close(self) -> None:
         self.db.close()
-
-    def _migrate(self, path: str) -> None:
-        version = self.db.execute("PRAGMA user_version").fetchone()[0]
-        if version > SCHEMA_VERSION:
-            raise StoreError(f"{path} has schema version {version}, newer than this tsls knows ({SCHEMA_VERSION}); "
-                             "use a newer tsls, it was left untouched")
-        if version == 0 and self.db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
-            raise StoreError(f"{path} is not a tsls license server database; it was left untouched")
-        for target in range(version + 1, SCHEMA_VERSION + 1):
-            with self.transaction():
-                self._run_script(MIGRATIONS[target])
-                self.db.execute(f"PRAGMA user_version = {target}")
 
     def _watch(self) -> None:
         """Install the triggers that keep the key pack and meta caches honest, then use them."""
@@ -161,11 +139,6 @@ class LicenseStore:
     def _forget(self) -> None:
         self._packs = None
         self._meta = {}
-
-    def _run_script(self, script: str) -> None:
-        for statement in script.split(";"):
-            if statement.strip():
-                self.db.execute(statement)
 
     # --- transactions ---------------------------------------------------------------------------
 
