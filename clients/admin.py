@@ -140,6 +140,21 @@ def parser() -> argparse.ArgumentParser:
     use.add_argument("--start", help="ISO date")
     use.add_argument("--end", help="ISO date")
 
+    prod = sub.add_parser("products", help="Per Server / Per Seat server products (License Manager; docs/legacy.md)")
+    prod.add_argument("action", choices=["list", "add", "licenses", "switch", "switch-back", "clients", "history"],
+                      help="list (Products view), add NAME --on SERVER [--per-server N], licenses NAME [--per-server N] "
+                           "[--seats N] (NAME BackOffice: suite CALs), switch NAME --yes (to Per Seat, once), "
+                           "switch-back NAME (always refused), clients (Per Seat clients), history (Purchase History)")
+    prod.add_argument("name", nargs="?")
+    prod.add_argument("--on", dest="product_server", metavar="SERVER", help="add: the server the product runs on")
+    prod.add_argument("--per-server", type=int, default=0, help="Per Server (concurrent connection) licenses")
+    prod.add_argument("--seats", type=int, default=0, help="Per Seat CALs")
+    prod.add_argument("--yes", action="store_true", help="confirm the one-way switch (Per Server licenses are lost)")
+    sbs = sub.add_parser("sbs", help="Small Business Server edition and Client Add Packs (docs/legacy.md)")
+    sbs.add_argument("action", choices=["setup", "status", "make-add-pack", "apply"])
+    sbs.add_argument("--disk", help="the add pack's 'disk': a file that holds its identity and the record of its use")
+    sbs.add_argument("--size", type=int, help="make-add-pack: how many client licenses it adds")
+
     ch = sub.add_parser("clearinghouse", help="the lab operator's side of the mock Clearinghouse")
     chsub = ch.add_subparsers(dest="ch_command", required=True)
     sell = chsub.add_parser("sell", help="sell CALs (stands in for buying them)")
@@ -164,6 +179,9 @@ async def command(reactor, args) -> None:
     if args.command == "clearinghouse":
         await clearinghouse_command(args)
         return
+    if args.command == "sbs" and args.action == "make-add-pack":
+        emit(make_add_pack(args), args.json, lambda d: print(f"add pack {d['id']} (+{args.size}) written to {args.disk}"))
+        return
     conn = await _license_server(reactor, args)
     try:
         await _admin_command(conn, args)
@@ -184,6 +202,10 @@ async def _admin_command(conn, args) -> None:
             op = {"register": "register_terminal_server", "group-add": "group_add", "group-remove": "group_remove"}
             result = await conn.request(op[args.action], name=args.name)
         emit(result, args.json, _print_terminal_servers)
+    elif c == "products":
+        await _products_command(conn, args)
+    elif c == "sbs":
+        await _sbs_command(conn, args)
     elif c == "policy":
         emit(await conn.request("set_policy", security_group=args.security_group == "on"), args.json,
              _print_terminal_servers)
@@ -235,6 +257,78 @@ async def _admin_command(conn, args) -> None:
             rows_out(report["per_day"], [("day", "DAY"), ("users", "USERS")], "csv")
         else:
             emit(report, args.json, _print_usage)
+
+
+PRODUCT_COLUMNS = [("name", "PRODUCT"), ("server", "SERVER"), ("mode", "MODE"), ("per_server_licenses", "PER SERVER"),
+                   ("connections", "CONNECTIONS"), ("seat_licenses", "PER SEAT CALS"), ("seats_assigned", "ASSIGNED"),
+                   ("switched_at", "SWITCHED")]
+
+
+async def _products_command(conn, args) -> None:
+    a, name = args.action, args.name
+    if a not in ("list", "clients", "history") and not name:
+        raise TslsError(Code.BAD_REQUEST, f"products {a} needs a product NAME")
+    if a == "add":
+        if not args.product_server:
+            raise TslsError(Code.BAD_REQUEST, "products add needs --on SERVER, the server the product runs on")
+        result = await conn.request("add_product", name=name, server=args.product_server,
+                                    per_server_licenses=args.per_server)
+    elif a == "licenses":
+        result = await conn.request("add_product_licenses", product=name, per_server=args.per_server, seats=args.seats)
+    elif a == "switch":
+        result = await conn.request("switch_to_per_seat", product=name, confirm=args.yes)
+    elif a == "switch-back":
+        result = await conn.request("switch_to_per_server", product=name)
+    elif a == "clients":
+        rows_out(await conn.request("list_seat_clients"), [("product", "PRODUCT"), ("hwid", "CLIENT (HWID)"),
+                                                            ("licensed_by", "BY"), ("assigned_at", "SINCE")], _fmt(args))
+        return
+    elif a == "history":
+        rows_out(await conn.request("product_history"), [("at", "AT"), ("message", "PURCHASE HISTORY")], _fmt(args))
+        return
+    else:
+        result = await conn.request("list_products")
+
+    def show(r):
+        table(r["products"], PRODUCT_COLUMNS)
+        print(f"\n{r['suite']['name']} suite CALs: {r['suite']['licenses']} ({r['suite']['assigned']} assigned)")
+    emit(result, args.json, show)
+
+
+def make_add_pack(args) -> dict:
+    """Make a Client Add Pack 'disk': a file holding its identity. Applying it writes back the record
+    of its use, as the real disk did [seed 001]."""
+    import secrets
+
+    from tsls.core.perseat import add_pack_id
+    if not args.disk or not args.size:
+        raise TslsError(Code.BAD_REQUEST, "make-add-pack needs --size N and --disk FILE")
+    disk = {"id": add_pack_id(args.size, secrets.token_hex(4).upper()), "used": None}
+    with open(args.disk, "x") as f:
+        json.dump(disk, f, indent=1)
+    return disk
+
+
+async def _sbs_command(conn, args) -> None:
+    if args.action == "apply":
+        if not args.disk:
+            raise TslsError(Code.BAD_REQUEST, "sbs apply needs --disk FILE (made by sbs make-add-pack)")
+        try:
+            with open(args.disk) as f:
+                disk = json.load(f)
+        except (OSError, ValueError) as e:
+            raise TslsError(Code.BAD_ADD_PACK, f"cannot read the add pack disk {args.disk}: {e}") from None
+        if not isinstance(disk, dict):
+            raise TslsError(Code.BAD_ADD_PACK, f"{args.disk} is not an add pack disk")
+        result = await conn.request("sbs_apply_add_pack", pack=disk.get("id"), used=disk.get("used"))
+        disk["used"] = result["add_pack"]["used"]
+        with open(args.disk + ".new", "w") as f:
+            json.dump(disk, f, indent=1)
+        os.replace(args.disk + ".new", args.disk)
+    else:
+        result = await conn.request("sbs_setup" if args.action == "setup" else "sbs_status")
+    emit(result, args.json, lambda r: print(f"edition: {r['edition']}; client licenses: {r['client_licenses']} "
+                                            f"(at most {r['maximum']})"))
 
 
 def _fmt(args) -> str:

@@ -182,7 +182,46 @@ def parser() -> argparse.ArgumentParser:
     logon.add_argument("--times", type=int, default=1, help="log each client on this many times (default: 1)")
     logon.add_argument("--fail", action="store_true",
                        help="do not report the logons as successful (temporary licenses stay unvalidated)")
+    prod = sub.add_parser("product", help="open connections to a Per Server / Per Seat product (docs/legacy.md)")
+    prod.add_argument("product")
+    prod.add_argument("clients", nargs="*", metavar="MACHINE", help="one connection for each")
+    prod.add_argument("--administrator", action="store_true", help="connect as an administrator")
+    prod.add_argument("--then-close", type=int, metavar="N",
+                      help="then close the Nth connection and retry the refused ones")
+    prod.add_argument("--switch", action="store_true",
+                      help="instead, ask to switch the product to Per Seat (--yes to confirm), as this server")
+    prod.add_argument("--yes", action="store_true")
     return parser
+
+
+async def product_command(conn, args) -> list[dict]:
+    """Each client opens a connection, on one session; all close when the command ends."""
+    if args.switch:
+        return [await conn.request("switch_to_per_seat", product=args.product, confirm=args.yes)]
+    rows, opened, refused = [], [], []
+
+    async def attempt(machine):
+        try:
+            answer = await conn.request("product_connect", product=args.product, hwid=hardware_id(machine),
+                                        administrator=args.administrator)
+            opened.append(answer["connection_id"])
+            rows.append({"machine": machine, "outcome": "connected", "licensed_by": answer["licensed_by"],
+                         "connection_id": answer["connection_id"]})
+            return True
+        except TslsError as e:
+            rows.append({"machine": machine, "outcome": "refused", "reason": e.code.value, "message": e.message})
+            return False
+
+    for machine in args.clients:
+        if not await attempt(machine):
+            refused.append(machine)
+    if args.then_close and opened:
+        closed = opened[args.then_close - 1]
+        await conn.request("product_disconnect", connection_id=closed)
+        rows.append({"machine": "-", "outcome": "closed", "connection_id": closed})
+        for machine in refused:
+            await attempt(machine)
+    return rows
 
 
 def _clients(args) -> list[tuple[str, str]]:
@@ -204,6 +243,16 @@ async def command(reactor, args) -> None:
     ts = TerminalServer(reactor, args.name, args.version, args.mode.replace("-", "_"), args.server or [DEFAULT_SERVER],
                         devices, state, secret)
     rows = []
+    if args.command == "product":
+        conn = await ts._connection((args.server or [DEFAULT_SERVER])[0])
+        try:
+            rows = await product_command(conn, args)
+        finally:
+            await ts.close()
+        emit(rows, args.json, lambda r: table(r, [("machine", "CLIENT"), ("outcome", "OUTCOME"),
+                                                   ("licensed_by", "LICENSED BY"), ("connection_id", "CONNECTION"),
+                                                   ("reason", "REASON"), ("message", "MESSAGE")]))
+        return
     try:
         for round_ in range(1, args.times + 1):
             for machine, user in _clients(args):

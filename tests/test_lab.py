@@ -57,7 +57,10 @@ class Lab:
         capsys.readouterr()
         args = tssim.parser().parse_args(["--server", self.endpoint, "--state-dir", str(self.data), "--json",
                                           "--name", name, "--version", version, "--mode", mode, *argv])
-        yield defer.ensureDeferred(tssim.command(reactor, args)).addTimeout(TIMEOUT, reactor)
+        try:
+            yield defer.ensureDeferred(tssim.command(reactor, args)).addTimeout(TIMEOUT, reactor)
+        except TslsError as e:
+            return [{"error": e.to_json()}]
         return json.loads(capsys.readouterr().out)
 
 

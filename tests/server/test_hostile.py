@@ -18,7 +18,9 @@ from tsls.server.writer import BatchWriter
 
 OPS = ["hello", "logon", "logon_succeeded", "status", "activate", "install_key_pack", "revoke", "set_clock",
        "list_licenses", "list_events", "follow_events", "usage_report", "challenge", "register_terminal_server",
-       "group_add", "set_policy", "frobnicate"]
+       "group_add", "set_policy", "product_connect", "product_disconnect", "switch_to_per_seat",
+       "switch_to_per_server", "add_product", "add_product_licenses", "list_products", "sbs_setup",
+       "sbs_apply_add_pack", "frobnicate"]
 scalars = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(allow_nan=False),
                     st.text(max_size=40))
 values = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=4),
@@ -32,7 +34,9 @@ requests = st.fixed_dictionaries(
               "mode": st.sampled_from(["per_device", "per_user", "x"]), "hwid": values, "machine": values,
               "user": values, "license": values, "license_id": values, "to": values, "purchase": values,
               "limit": values, "proof": values, "security_group": values, "method": values, "reason": values,
-              "since": values, "event_id": values})
+              "since": values, "event_id": values, "product": values, "server": values, "connection_id": values,
+              "per_server_licenses": values, "seats": values, "confirm": values, "administrator": values,
+              "pack": values, "used": values})
 HELLO = {"op": "hello", "protocol": 1, "role": "terminal_server", "name": "TS", "version": "2003", "mode": "per_device"}
 
 

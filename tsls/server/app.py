@@ -22,6 +22,7 @@ from tsls.core.reports import per_user_usage
 from tsls.errors import Code, TslsError
 from tsls.jsonshapes import iso, key_pack_json, license_json
 from tsls.server import auth, tokens
+from tsls.server.products import ProductLicensing
 
 LICENSE_SERVER_ID = re.compile(r"[A-Z0-9]{35}")
 SECURITY_GROUP_POLICY = "policy:security_group"
@@ -41,6 +42,7 @@ class LicenseServer:
         self.identity = identity
         self.lab_clock = lab_clock
         self.followers: set = set()         # callables that get each committed event
+        self.products = ProductLicensing(writer)   # Per Server / Per Seat products, SBS (docs/legacy.md)
         writer.on_events = self.publish
 
     def publish(self, committed) -> None:

@@ -19,6 +19,7 @@ from twisted.protocols.basic import LineOnlyReceiver
 from tsls.core.labtime import parse_date
 from tsls.core.licensing import TerminalServer, check_terminal_server
 from tsls.core.model import CalType, ProductVersion, iso
+from tsls.core.perseat import AddPackUse
 from tsls.errors import Code, TslsError
 from tsls.server import auth
 
@@ -258,6 +259,65 @@ class LicenseProtocol(LineOnlyReceiver, TimeoutMixin):
     def op_list_terminal_servers(self, request):
         return self.server.terminal_servers()
 
+    # Per Server / Per Seat products and Small Business Server (docs/legacy.md)
+
+    def op_product_connect(self, request):
+        return self.server.products.connect(self, _field(request, "product", max_len=128),
+                                            _field(request, "hwid", max_len=128),
+                                            _field(request, "administrator", bool, required=False) or False)
+
+    def op_product_disconnect(self, request):
+        return self.server.products.disconnect(self, _field(request, "connection_id", int))
+
+    def op_switch_to_per_seat(self, request):
+        """An administrator may switch any product; a terminal server only its own products, once it
+        has proved its name ("from the server itself")."""
+        name = _field(request, "product", max_len=128)
+        confirm = _field(request, "confirm", bool, required=False) or False
+        if self.role == "admin":
+            return self.server.products.switch_to_per_seat(name, confirm, True)
+        ts = self.terminal_server
+
+        def permitted(products):
+            server = next((p["server"] for p in products["products"] if p["name"] == name), None)
+            return self.server.products.switch_to_per_seat(name, confirm, ts.authenticated and ts.name == server)
+        return self.server.products.products().addCallback(permitted)
+
+    def op_switch_to_per_server(self, request):
+        return self.server.products.switch_to_per_server(_field(request, "product", max_len=128))
+
+    def op_add_product(self, request):
+        return self.server.products.add_product(_field(request, "name", max_len=128), _field(request, "server", max_len=64),
+                                                _field(request, "per_server_licenses", int, required=False) or 0)
+
+    def op_add_product_licenses(self, request):
+        return self.server.products.add_licenses(_field(request, "product", max_len=128),
+                                                 _field(request, "per_server", int, required=False) or 0,
+                                                 _field(request, "seats", int, required=False) or 0)
+
+    def op_list_products(self, request):
+        return self.server.products.products()
+
+    def op_list_seat_clients(self, request):
+        return self.server.products.seat_clients()
+
+    def op_product_history(self, request):
+        return self.server.products.history()
+
+    def op_sbs_setup(self, request):
+        return self.server.products.sbs_setup()
+
+    def op_sbs_status(self, request):
+        return self.server.products.sbs_status()
+
+    def op_sbs_apply_add_pack(self, request):
+        used = _field(request, "used", dict, required=False)
+        if used is not None:
+            if set(used) != {"before", "after"} or not all(type(v) is int for v in used.values()):
+                raise TslsError(Code.BAD_ADD_PACK, "the add pack's record of its use is malformed")
+            used = AddPackUse(used["before"], used["after"])
+        return self.server.products.apply_add_pack(_field(request, "pack", max_len=64), used)
+
     def op_status(self, request):
         return self.server.status()
 
@@ -311,6 +371,8 @@ class LicenseProtocol(LineOnlyReceiver, TimeoutMixin):
 
     def connectionLost(self, reason) -> None:
         self.setTimeout(None)
+        if self.role is not None:
+            self.server.products.release(self)
         if isinstance(self.factory, LicenseFactory):
             self.factory.connections -= 1
         if self._follower is not None:
@@ -324,6 +386,19 @@ class LicenseProtocol(LineOnlyReceiver, TimeoutMixin):
 _OPS = {
     ("terminal_server", "logon"): LicenseProtocol.op_logon,
     ("terminal_server", "logon_succeeded"): LicenseProtocol.op_logon_succeeded,
+    ("terminal_server", "product_connect"): LicenseProtocol.op_product_connect,
+    ("terminal_server", "product_disconnect"): LicenseProtocol.op_product_disconnect,
+    ("terminal_server", "switch_to_per_seat"): LicenseProtocol.op_switch_to_per_seat,
+    ("admin", "switch_to_per_seat"): LicenseProtocol.op_switch_to_per_seat,
+    ("admin", "switch_to_per_server"): LicenseProtocol.op_switch_to_per_server,
+    ("admin", "add_product"): LicenseProtocol.op_add_product,
+    ("admin", "add_product_licenses"): LicenseProtocol.op_add_product_licenses,
+    ("admin", "list_products"): LicenseProtocol.op_list_products,
+    ("admin", "list_seat_clients"): LicenseProtocol.op_list_seat_clients,
+    ("admin", "product_history"): LicenseProtocol.op_product_history,
+    ("admin", "sbs_setup"): LicenseProtocol.op_sbs_setup,
+    ("admin", "sbs_status"): LicenseProtocol.op_sbs_status,
+    ("admin", "sbs_apply_add_pack"): LicenseProtocol.op_sbs_apply_add_pack,
     ("admin", "status"): LicenseProtocol.op_status,
     ("admin", "register_terminal_server"): LicenseProtocol.op_register_terminal_server,
     ("admin", "group_add"): LicenseProtocol.op_group_add,

@@ -78,6 +78,23 @@ MIGRATIONS = {
     CREATE INDEX events_at ON events(at);
     CREATE INDEX events_event_id ON events(event_id);
     """,
+    3: """
+    CREATE TABLE products (
+        name TEXT PRIMARY KEY,
+        server TEXT NOT NULL,
+        mode TEXT NOT NULL,
+        per_server_licenses INTEGER NOT NULL CHECK (per_server_licenses >= 0),
+        seat_licenses INTEGER NOT NULL DEFAULT 0 CHECK (seat_licenses >= 0),
+        switched_at INTEGER
+    );
+    CREATE TABLE seat_assignments (
+        product TEXT NOT NULL,
+        hwid TEXT NOT NULL,
+        via TEXT NOT NULL,
+        assigned_at INTEGER NOT NULL,
+        PRIMARY KEY (product, hwid)
+    );
+    """,
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 

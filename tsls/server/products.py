@@ -1,0 +1,195 @@
+"""Per Server / Per Seat products and the Small Business Server edition, on the license server
+(the rules are in tsls/core/perseat.py; docs/legacy.md).
+
+Per Server connections are concurrent connections: they are counted in memory and end with the
+connection that opened them, or with the daemon. Everything else is in the ledger. All of it runs
+as writer jobs, so the counts are changed by one thread, in order.
+"""
+from __future__ import annotations
+
+import itertools
+
+import attrs
+
+from tsls.core import perseat
+from tsls.core.events import Event, EventId
+from tsls.core.model import iso
+from tsls.core.perseat import SBS_START, SUITE, AddPackUse, Product, ProductMode
+from tsls.errors import Code, TslsError
+
+HISTORY = (EventId.PRODUCT_ADDED, EventId.PRODUCT_LICENSES_ADDED, EventId.SWITCHED_TO_PER_SEAT,
+           EventId.ADD_PACK_APPLIED)
+
+
+def _product(store, name: str) -> Product | None:
+    row = store.db.execute("SELECT name, server, mode, per_server_licenses, seat_licenses, switched_at "
+                           "FROM products WHERE name = ?", (name,)).fetchone()
+    return None if row is None else Product(row[0], row[1], ProductMode(row[2]), row[3], row[4], row[5])
+
+
+def _put(store, p: Product) -> None:
+    store.db.execute("INSERT INTO products VALUES (?,?,?,?,?,?) ON CONFLICT (name) DO UPDATE SET mode = excluded.mode, "
+                     "per_server_licenses = excluded.per_server_licenses, seat_licenses = excluded.seat_licenses, "
+                     "switched_at = excluded.switched_at",
+                     (p.name, p.server, p.mode.value, p.per_server_licenses, p.seat_licenses, p.switched_at))
+
+
+def _count(value, what) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 1_000_000:
+        raise TslsError(Code.BAD_REQUEST, f"{what} must be a whole number from 0 to 1000000")
+    return value
+
+
+class ProductLicensing:
+    def __init__(self, writer) -> None:
+        self.writer = writer
+        self.open: dict[int, tuple[str, object]] = {}     # connection id -> (product, owner)
+        self._ids = itertools.count(1)
+
+    # --- connections ----------------------------------------------------------------------------
+
+    def connect(self, owner, product_name: str, hwid: str, administrator: bool) -> "defer.Deferred":
+        def job(store, now):
+            product = _product(store, product_name)
+            seat = store.db.execute("SELECT via FROM seat_assignments WHERE product IN (?, ?) AND hwid = ?",
+                                    (product_name, SUITE, hwid)).fetchone()
+            taken = dict(store.db.execute(
+                "SELECT via, count(*) FROM seat_assignments WHERE product = ? OR via = 'suite' GROUP BY via",
+                (product_name,)).fetchall())
+            open_now = sum(1 for name, _ in self.open.values() if name == product_name)
+            try:
+                how = perseat.connect(product, open_now, administrator, seat and seat[0], taken,
+                                      int(store.get_meta("suite_licenses") or 0))
+            except TslsError as e:
+                store.add_events([Event(now, EventId.PRODUCT_CONNECTION_REFUSED, f"{product_name}: {e.message}",
+                                        hwid=hwid)])
+                return e
+            if how in ("seat", "suite") and seat is None:
+                store.db.execute("INSERT INTO seat_assignments VALUES (?,?,?,?)",
+                                 (SUITE if how == "suite" else product_name, hwid, how, now))
+            connection_id = next(self._ids)
+            if product.mode is ProductMode.PER_SERVER:
+                self.open[connection_id] = (product_name, owner)
+            return {"connection_id": connection_id, "product": product_name, "licensed_by": how}
+        return self.writer.submit(job)
+
+    def disconnect(self, owner, connection_id: int):
+        def job(store, now):
+            held = self.open.get(connection_id)
+            if held is None or held[1] is not owner:
+                raise TslsError(Code.NOT_CONNECTED, f"no connection {connection_id} is open on this session")
+            del self.open[connection_id]
+            return {"closed": connection_id}
+        return self.writer.submit(job)
+
+    def release(self, owner) -> None:
+        """The session that opened Per Server connections is gone: so are they."""
+        def job(store, now):
+            for connection_id in [c for c, (_, o) in self.open.items() if o is owner]:
+                del self.open[connection_id]
+        self.writer.submit(job).addErrback(lambda f: None)     # a daemon shutting down drops them all anyway
+
+    # --- administration -------------------------------------------------------------------------
+
+    def add_product(self, name: str, server: str, per_server_licenses: int):
+        licenses = _count(per_server_licenses, "per_server_licenses")
+
+        def job(store, now):
+            if _product(store, name) is not None:
+                raise TslsError(Code.PRODUCT_EXISTS, f"{name} is already managed")
+            _put(store, Product(name, server, ProductMode.PER_SERVER, licenses))
+            store.add_events([Event(now, EventId.PRODUCT_ADDED, f"{name} on {server} installed Per Server with "
+                                                                f"{licenses} licenses")])
+            return self._products(store)
+        return self.writer.submit(job)
+
+    def add_licenses(self, name: str, per_server: int, seats: int):
+        per_server, seats = _count(per_server, "per_server"), _count(seats, "seats")
+
+        def job(store, now):
+            if name == SUITE:
+                total = int(store.get_meta("suite_licenses") or 0) + seats
+                store.set_meta("suite_licenses", str(total))
+                store.add_events([Event(now, EventId.PRODUCT_LICENSES_ADDED, f"{seats} {SUITE} CALs added: {total}")])
+                return self._products(store)
+            product = _product(store, name)
+            if product is None:
+                raise TslsError(Code.UNKNOWN_PRODUCT, f"no product {name!r}")
+            if per_server and product.mode is ProductMode.PER_SEAT:
+                raise TslsError(Code.ALREADY_PER_SEAT, f"{name} is licensed Per Seat: it takes Per Seat CALs only")
+            _put(store, attrs.evolve(product, per_server_licenses=product.per_server_licenses + per_server,
+                                     seat_licenses=product.seat_licenses + seats))
+            store.add_events([Event(now, EventId.PRODUCT_LICENSES_ADDED, f"{name}: {per_server} Per Server licenses "
+                                                                         f"and {seats} Per Seat CALs added")])
+            return self._products(store)
+        return self.writer.submit(job)
+
+    def switch_to_per_seat(self, name: str, confirmed: bool, permitted: bool):
+        def job(store, now):
+            product = perseat.switch_to_per_seat(_product(store, name), confirmed, permitted, now)
+            _put(store, product)
+            store.add_events([Event(now, EventId.SWITCHED_TO_PER_SEAT, f"{name} switched from Per Server to Per "
+                                                                       "Seat; its Per Server licenses are gone")])
+            return self._products(store)
+        return self.writer.submit(job)
+
+    def switch_to_per_server(self, name: str):
+        def job(store, now):
+            perseat.switch_to_per_server(_product(store, name))
+        return self.writer.submit(job)
+
+    def products(self):
+        return self.writer.submit(lambda store, now: self._products(store))
+
+    def _products(self, store) -> dict:
+        rows = store.db.execute("SELECT name FROM products ORDER BY name").fetchall()
+        out = []
+        for (name,) in rows:
+            p = _product(store, name)
+            seats = store.db.execute("SELECT count(*) FROM seat_assignments WHERE product = ?", (name,)).fetchone()[0]
+            out.append({"name": p.name, "server": p.server, "mode": p.mode.value,
+                        "per_server_licenses": p.per_server_licenses, "seat_licenses": p.seat_licenses,
+                        "seats_assigned": seats, "switched_at": iso(p.switched_at),
+                        "connections": sum(1 for n, _ in self.open.values() if n == name)})
+        suite = store.db.execute("SELECT count(*) FROM seat_assignments WHERE product = ?", (SUITE,)).fetchone()[0]
+        return {"products": out, "suite": {"name": SUITE, "licenses": int(store.get_meta("suite_licenses") or 0),
+                                           "assigned": suite}}
+
+    def seat_clients(self):
+        def job(store, now):
+            rows = store.db.execute("SELECT product, hwid, via, assigned_at FROM seat_assignments ORDER BY product, hwid")
+            return [{"product": r[0], "hwid": r[1], "licensed_by": r[2], "assigned_at": iso(r[3])} for r in rows]
+        return self.writer.submit(job)
+
+    def history(self):
+        ids = ",".join(str(int(e)) for e in HISTORY)
+        return self.writer.submit(lambda store, now: [
+            {"at": iso(e.at), "event_id": int(e.event_id), "message": e.message}
+            for _, e in store.events(f"event_id IN ({ids})", (), 10_000)])
+
+    # --- Small Business Server ------------------------------------------------------------------
+
+    def sbs_setup(self):
+        def job(store, now):
+            if store.get_meta("sbs_licenses") is None:
+                store.set_meta("sbs_licenses", str(SBS_START))
+            return self._sbs(store)
+        return self.writer.submit(job)
+
+    def sbs_status(self):
+        return self.writer.submit(lambda store, now: self._sbs(store))
+
+    def apply_add_pack(self, pack_id: str, used: AddPackUse | None):
+        def job(store, now):
+            current = store.get_meta("sbs_licenses")
+            after, record = perseat.apply_add_pack(None if current is None else int(current), pack_id, used)
+            store.set_meta("sbs_licenses", str(after))
+            store.add_events([Event(now, EventId.ADD_PACK_APPLIED, f"Client Add Pack {pack_id}: client licenses "
+                                                                  f"{current} to {after}")])
+            return {**self._sbs(store), "add_pack": {"id": pack_id, "used": attrs.asdict(record)}}
+        return self.writer.submit(job)
+
+    def _sbs(self, store) -> dict:
+        licenses = store.get_meta("sbs_licenses")
+        return {"edition": "small_business_server" if licenses else "standard",
+                "client_licenses": None if licenses is None else int(licenses), "maximum": perseat.SBS_MAX}
