@@ -137,3 +137,32 @@ def test_followers_see_events_as_they_are_committed(lab):
     yield logon(ts, "pc1")
     line = yield with_timeout(seen)
     assert b'"event_id":1101' in line
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_failed_expiry_sweep_is_logged_and_the_next_one_runs(tmp_path):
+    from twisted.internet.task import Clock
+    from twisted.logger import globalLogPublisher
+
+    from tsls.server.service import LicenseServerService
+
+    clock = Clock()
+    service = LicenseServerService(reactor, "tcp:0:interface=127.0.0.1", str(tmp_path / "ls.sqlite"), None,
+                                   sweep_every=60, timer_clock=clock)
+    failures, calls = [], []
+
+    def failing(job):
+        calls.append(job)
+        return defer.fail(TslsError(Code.STORAGE_ERROR, "disk on fire"))
+    observer = lambda event: event.get("log_failure") and failures.append(event)  # noqa: E731
+    globalLogPublisher.addObserver(observer)
+    service.startService()
+    service.writer.submit = failing
+    try:
+        clock.advance(60)
+        clock.advance(60)
+    finally:
+        globalLogPublisher.removeObserver(observer)
+        del service.writer.submit
+        yield service.stopService()
+    assert len(calls) == 2 and len(failures) == 2

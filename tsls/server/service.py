@@ -38,7 +38,8 @@ class LicenseServerService(MultiService):
     """The writer starts first and stops last, so the listener drains into a live ledger."""
 
     def __init__(self, reactor, endpoint: str, db_path: str, clearinghouse, clock=None, seed: str | None = None,
-                 lab_clock: LabClock | None = None, sweep_every: float = SWEEP_EVERY, credential_path: str | None = None):
+                 lab_clock: LabClock | None = None, sweep_every: float = SWEEP_EVERY, credential_path: str | None = None,
+                 timer_clock=None):
         """``lab_clock``: run on a lab clock an administrator can move (its offset is restored from
         the database); otherwise ``clock`` (default: the reactor) gives real time."""
         super().__init__()
@@ -54,7 +55,7 @@ class LicenseServerService(MultiService):
         self.server = LicenseServer(self.writer, clearinghouse, identity, lab_clock)
         _WriterService(self.writer).setServiceParent(self)
         sweeper = TimerService(sweep_every, self._sweep)
-        sweeper.clock = reactor
+        sweeper.clock = timer_clock or reactor
         sweeper.setServiceParent(self)
         self.listener = Listener("license server", serverFromString(reactor, endpoint), LicenseFactory(self.server, clock=reactor))
         self.listener.setServiceParent(self)
