@@ -1,0 +1,144 @@
+"""What the benchmark commands share: servers in their own processes, loads in theirs.
+
+Every process is started by pid and stopped by that pid (SIGTERM, then SIGKILL after a while).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+PYTHON = sys.executable
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+class Server:
+    """A server process that prints ``listening PORT`` once it accepts connections."""
+
+    def __init__(self, args: list[str], name: str) -> None:
+        self.args = [PYTHON, "-m", *args]
+        self.name = name
+        self.proc: subprocess.Popen | None = None
+        self.port: int | None = None
+        self.started_in: float | None = None
+
+    def start(self, timeout: float = 60.0) -> "Server":
+        started = time.perf_counter()
+        self.proc = subprocess.Popen(self.args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        line = self.proc.stdout.readline()
+        if not line.startswith("listening "):
+            rest = line + self.proc.stdout.read() if self.proc.poll() is not None else line
+            self.stop()
+            raise RuntimeError(f"{self.name} did not start: {rest.strip()}")
+        self.port = int(line.split()[1])
+        self.started_in = time.perf_counter() - started
+        return self
+
+    @property
+    def endpoint(self) -> str:
+        return f"tcp:127.0.0.1:{self.port}"
+
+    def cpu_seconds(self) -> float:
+        """User plus system CPU time of the process (all its threads) so far."""
+        with open(f"/proc/{self.proc.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+    def rss_mb(self) -> tuple[float, float]:
+        """(resident now, peak resident) in MB."""
+        now = peak = 0
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    now = int(line.split()[1])
+                elif line.startswith("VmHWM:"):
+                    peak = int(line.split()[1])
+        return now / 1024, peak / 1024
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def __enter__(self) -> "Server":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def baseline() -> Server:
+    return Server(["bench.baseline"], "baseline")
+
+
+def license_server(db: str, log: str = os.devnull, cprofile: str | None = None) -> Server:
+    args = ["bench.daemon", "--db", db, "--log", log]
+    if cprofile:
+        args += ["--cprofile", cprofile]
+    return Server(args, "license server")
+
+
+def load_command(endpoint: str, connections: int, pipeline: int, duration: float | None = None,
+                 count: int | None = None, mix: str = "first=1", report: bool = False, devices: int = 10_000_000,
+                 extra: tuple = ()) -> list[str]:
+    cmd = [PYTHON, "-m", "clients.load", "--server", endpoint, "--terminal-servers", str(connections),
+           "--pipeline", str(pipeline), "--mix", mix, "--devices", str(devices), "--json", "--no-progress", "--seed", "1"]
+    cmd += ["--duration", str(duration)] if count is None else ["--count", str(count)]
+    if not report:
+        cmd.append("--no-report")
+    return cmd + list(extra)
+
+
+def run_load(cmd: list[str], timeout: float = 600) -> dict:
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    if done.returncode != 0:
+        raise RuntimeError(f"load failed ({done.returncode}): {done.stderr.strip() or done.stdout.strip()}")
+    return json.loads(done.stdout)
+
+
+def shown(cmd: list[str]) -> str:
+    """A command as a person would type it from the repository's root."""
+    out = [".venv/bin/python" if c == PYTHON else c for c in cmd]
+    return shlex.join(out)
+
+
+def median(values):
+    return statistics.median(values) if values else 0.0
+
+
+class Workdir:
+    """A temporary directory for databases and logs, removed at the end unless kept."""
+
+    def __init__(self, keep: bool = False, base: str | None = None) -> None:
+        self.path = tempfile.mkdtemp(prefix="tsls-bench-", dir=base)
+        self.keep = keep
+
+    def file(self, name: str) -> str:
+        return os.path.join(self.path, name)
+
+    def __enter__(self) -> "Workdir":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if not self.keep:
+            shutil.rmtree(self.path, ignore_errors=True)
+
+
+def machine() -> str:
+    import platform
+    return (f"{os.cpu_count()} cores, Python {platform.python_version()}, SQLite "
+            f"{__import__('sqlite3').sqlite_version}, {platform.system()} {platform.release()}")
