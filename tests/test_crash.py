@@ -55,6 +55,16 @@ def start(data_dir, socket_path):
     return daemon
 
 
+@defer.inlineCallbacks
+def kill_at_random(daemon, rng, within):
+    """SIGKILL the daemon at a random moment in the next ``within`` seconds; fires once it is gone."""
+    wait = defer.Deferred()
+    reactor.callLater(rng.uniform(0.0, within), wait.callback, None)
+    yield wait
+    os.kill(daemon.transport.pid, signal.SIGKILL)
+    yield daemon.ended.addTimeout(TIMEOUT, reactor)
+
+
 def prepare(data_dir, cals):
     store = LicenseStore.open(os.path.join(data_dir, "license-server.sqlite"))
     Identity.load_or_create(store, "7")
@@ -108,11 +118,7 @@ def test_kill_nine_under_load_loses_nothing_and_over_issues_nothing(tmp_path):
         daemon = start(data_dir, socket_path)
         yield daemon.listening.addTimeout(TIMEOUT, reactor)
         load = [terminal_server(f"TS{i}", f"unix:{socket_path}", rng, acknowledged) for i in range(TERMINAL_SERVERS)]
-        wait = defer.Deferred()
-        reactor.callLater(rng.uniform(0.0, 0.15), wait.callback, None)
-        yield wait
-        os.kill(daemon.transport.pid, signal.SIGKILL)
-        yield daemon.ended.addTimeout(TIMEOUT, reactor)
+        yield kill_at_random(daemon, rng, 0.15)
         yield defer.gatherResults(load).addTimeout(TIMEOUT, reactor)
         assert check_ledger(db_path) == [], f"after kill {kill + 1}"
         assert lost(db_path, acknowledged) == {}, f"after kill {kill + 1}"
@@ -189,11 +195,7 @@ def test_kill_nine_loses_no_acknowledged_clearinghouse_sale_or_install(tmp_path)
                 return          # the Clearinghouse died under us
 
         work = [load(i) for i in range(30)]
-        wait = defer.Deferred()
-        reactor.callLater(rng.uniform(0.0, 0.1), wait.callback, None)
-        yield wait
-        os.kill(daemon.transport.pid, signal.SIGKILL)
-        yield daemon.ended.addTimeout(TIMEOUT, reactor)
+        yield kill_at_random(daemon, rng, 0.1)
         yield defer.DeferredList(work).addTimeout(TIMEOUT, reactor)
         db = sqlite3.connect(str(tmp_path / "clearinghouse.sqlite"))
         try:

@@ -4,18 +4,10 @@ import pytest_twisted
 from twisted.internet import defer, reactor
 
 from clients.load import LoadConfig, parse_mix, run_load
-from tests.server.test_daemon import Daemon, activate_and_install
+from tests.server.test_daemon import activate_and_install
 from tsls.errors import Code, TslsError
 
 TIMEOUT = 10
-
-
-@pytest.fixture
-def daemon(tmp_path):
-    d = Daemon(tmp_path)
-    pytest_twisted.blockon(d.start())
-    yield d
-    pytest_twisted.blockon(d.stop())
 
 
 def load(daemon, **options):
