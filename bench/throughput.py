@@ -74,7 +74,7 @@ def run(duration: float, repeat: int, pipeline: int, template: str, work: harnes
 
 
 def table(rows: list[dict]) -> str:
-    out = ["| connections | in flight each | workload | baseline answers/s | license server grants/s | ratio "
+    out = ["| connections | in flight each | workload | baseline answers/s | license server answers/s | ratio "
            "| baseline p50 / p99 ms | license server p50 / p99 ms | p99 ratio | server CPU per answer (baseline / license server) |",
            "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
@@ -82,7 +82,7 @@ def table(rows: list[dict]) -> str:
         work = "first logons" if r["mix"] == "first=1" else f"lab mix {r['mix']}, reported"
         out.append(f"| {r['connections']} | {r['pipeline']} | {work} | {b['answers_per_s']:,.0f} | {l['answers_per_s']:,.0f} "
                    f"| {r['throughput_ratio']:.2f} | {b['p50_ms']:.2f} / {b['p99_ms']:.2f} | {l['p50_ms']:.2f} / {l['p99_ms']:.2f} "
-                   f"| {r['p99_ratio']:.1f} | {b['server_cpu_us']:.0f} / {l['server_cpu_us']:.0f} us |")
+                   f"| {r['p99_ratio']:.1f} | {b['server_cpu_us']:.0f} / {l['server_cpu_us']:.0f} µs |")
     return "\n".join(out)
 
 
