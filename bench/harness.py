@@ -31,14 +31,17 @@ class Server:
         self.port: int | None = None
         self.started_in: float | None = None
 
-    def start(self, timeout: float = 60.0) -> "Server":
+    def start(self) -> "Server":
         started = time.perf_counter()
         self.proc = subprocess.Popen(self.args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        line = self.proc.stdout.readline()
-        if not line.startswith("listening "):
-            rest = line + self.proc.stdout.read() if self.proc.poll() is not None else line
+        said = []
+        for line in self.proc.stdout:       # warnings may come first; EOF means it exited
+            if line.startswith("listening "):
+                break
+            said.append(line)
+        else:
             self.stop()
-            raise RuntimeError(f"{self.name} did not start: {rest.strip()}")
+            raise RuntimeError(f"{self.name} did not start: {''.join(said).strip()}")
         self.port = int(line.split()[1])
         self.started_in = time.perf_counter() - started
         return self

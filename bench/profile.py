@@ -5,9 +5,9 @@
 
 py-spy (``pip install py-spy``; found on PATH or given with --py-spy) samples every thread of the
 running daemon with --gil, so the shares are of the time each thread held the GIL, which is what
-bounds a CPython server. cProfile (always there) traces the reactor thread and the writer thread
-separately; it slows the server down several times and inflates small functions, so read its
-shares, not its times.
+bounds a CPython server. cProfile (always there) traces the reactor's thread, which runs all of the
+Python (the writer's thread only waits in COMMIT); it slows the server down and inflates small
+functions, so read its shares, not its times.
 """
 from __future__ import annotations
 
@@ -45,6 +45,10 @@ def main(argv=None) -> int:
             spy = None
             if args.profiler == "py-spy":
                 raw = work.file("py-spy.txt")
+                if not shutil.which(args.py_spy):
+                    print(f"no py-spy at {args.py_spy!r}: pip install py-spy, pass --py-spy PATH, "
+                          "or use --profiler cprofile", file=sys.stderr)
+                    return 1
                 spy = subprocess.Popen([args.py_spy, "record", "--pid", str(server.proc.pid), "--gil", "--threads",
                                         "--rate", "250", "--format", "raw", "--output", raw,
                                         "--duration", str(int(args.duration))],
@@ -64,13 +68,13 @@ def main(argv=None) -> int:
             with open(raw) as f:
                 print(stacks.summarise(f, args.top))
         else:
-            for thread in ("reactor", "writer"):
-                path = f"{cprofile}.{thread}"
-                if os.path.exists(path):
-                    print(f"== {thread} thread (cProfile, by own time)")
-                    pstats.Stats(path).sort_stats("tottime").print_stats(args.top)
-                    print(f"== {thread} thread (cProfile, by cumulative time)")
-                    pstats.Stats(path).sort_stats("cumulative").print_stats(args.top)
+            if not os.path.exists(cprofile):
+                print("the daemon wrote no profile", file=sys.stderr)
+                return 1
+            print("== the reactor's thread (cProfile, by own time)")
+            pstats.Stats(cprofile).sort_stats("tottime").print_stats(args.top)
+            print("== the reactor's thread (cProfile, by cumulative time)")
+            pstats.Stats(cprofile).sort_stats("cumulative").print_stats(args.top)
     return 0
 
 
