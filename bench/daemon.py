@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import json
 import os
 import sys
+import time
 
 
 class NoClearinghouse:
@@ -26,6 +28,37 @@ class NoClearinghouse:
         return lambda *a, **kw: defer.fail(TslsError(Code.CLEARINGHOUSE_UNREACHABLE, "no Clearinghouse in benchmarks"))
 
 
+def _time_batches(writer) -> list:
+    """Wrap the writer's batch step (bench only): for each batch, its size, the time its jobs took in
+    the reactor's thread, and the time from handing its COMMIT to the writer's thread until the
+    reactor had the result."""
+    batches = []
+    run = writer._run_then_commit
+
+    def timed(jobs, now):
+        started = time.perf_counter()
+        d = run(jobs, now)
+        ran = time.perf_counter()
+
+        def done(result):
+            batches.append((len(jobs), ran - started, time.perf_counter() - ran))
+            return result
+        return d.addBoth(done)
+    writer._run_then_commit = timed
+    return batches
+
+
+def _summary(batches: list) -> dict:
+    def ms(values, q):
+        values = sorted(values)
+        return round(values[min(len(values) - 1, int(q * len(values)))] * 1000, 2) if values else 0.0
+    jobs = [b[1] for b in batches]
+    commits = [b[2] for b in batches]
+    return {"batches": len(batches), "mean_size": sum(b[0] for b in batches) / max(len(batches), 1),
+            "jobs_ms_p50": ms(jobs, 0.5), "commit_ms_p50": ms(commits, 0.5), "commit_ms_p90": ms(commits, 0.9),
+            "commit_ms_max": ms(commits, 1.0)}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="bench.daemon")
     p.add_argument("--db", required=True)
@@ -35,6 +68,8 @@ def main(argv=None) -> int:
                    help="run with changes proposed for files outside the benchmark's reach (bench.whatif)")
     p.add_argument("--pragma", action="append", default=[], metavar="NAME=VALUE",
                    help="an SQLite PRAGMA run on the ledger's connection after it opens (experiments)")
+    p.add_argument("--timings", metavar="PATH", help="at exit, write to PATH (JSON) how long each batch's jobs and "
+                   "its COMMIT took")
     p.add_argument("--cprofile", metavar="PATH", help="profile the reactor's thread with cProfile; the stats are "
                    "written to PATH at exit")
     args = p.parse_args(argv)
@@ -52,6 +87,7 @@ def main(argv=None) -> int:
     service = LicenseServerService(reactor, args.listen, args.db, NoClearinghouse())
     for pragma in args.pragma:
         service.writer._store.db.execute(f"PRAGMA {pragma}")
+    batches = _time_batches(service.writer) if args.timings else None
     # The reactor's thread runs everything but the COMMITs (tsls/server/writer.py), so it is the
     # thread to profile; the writer's thread only waits in SQLite's COMMIT.
     profile = cProfile.Profile() if args.cprofile else None
@@ -67,6 +103,9 @@ def main(argv=None) -> int:
                                                                             flush=True), reactor.stop()))
 
     def stop():
+        if batches is not None:
+            with open(args.timings, "w") as f:
+                json.dump(_summary(batches), f)
         if profile is not None:
             profile.disable()
             profile.dump_stats(args.cprofile)

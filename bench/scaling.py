@@ -63,7 +63,10 @@ def grant_cost(small: str, large: str, licenses: int, duration: float, repeat: i
     for n in range(repeat):
         for count, src in ((SMALL, small), (licenses, large)):
             db = fresh_copy(src, work, f"grant-{count}.sqlite")
-            with harness.license_server(db) as server:
+            timings = work.file(f"timings-{count}.json")
+            server = harness.license_server(db)
+            server.args += ["--timings", timings]
+            with server:
                 # Warm up first, so the page cache holds what a server that has been running holds.
                 harness.run_load(harness.load_command(server.endpoint, 100, 16, duration=WARM_UP))
                 cpu = server.cpu_seconds()
@@ -72,14 +75,21 @@ def grant_cost(small: str, large: str, licenses: int, duration: float, repeat: i
                 used = server.cpu_seconds() - cpu
             if result["refusals"] or result["grants"] != result["answers"]:
                 raise RuntimeError(f"not every answer was a grant: {result['outcomes']} {result['refusals']}")
+            with open(timings) as f:
+                batches = json.load(f)      # warm-up included
             runs[count].append({"grants_per_s": result["throughput"], "cpu_us": used / result["grants"] * 1e6,
-                                "p99_ms": result["latency_ms"]["p99"]})
+                                "p99_ms": result["latency_ms"]["p99"], "jobs_ms_p50": batches["jobs_ms_p50"],
+                                "commit_ms_p50": batches["commit_ms_p50"], "commit_ms_p90": batches["commit_ms_p90"],
+                                "batch": batches["mean_size"]})
             log(f"  {count:>9,} licenses: {result['throughput']:>7,.0f} grants/s, "
-                f"{used / result['grants'] * 1e6:.0f} us CPU per grant, p99 {result['latency_ms']['p99']:.1f} ms")
+                f"{used / result['grants'] * 1e6:.0f} us CPU per grant, p99 {result['latency_ms']['p99']:.1f} ms; "
+                f"batches of {batches['mean_size']:.0f}: jobs {batches['jobs_ms_p50']:.0f} ms, "
+                f"COMMIT p50 {batches['commit_ms_p50']:.0f} ms, p90 {batches['commit_ms_p90']:.0f} ms")
             remove(db)
     out = {}
     for count, rs in runs.items():
-        out[count] = {k: harness.median([r[k] for r in rs]) for k in ("grants_per_s", "cpu_us", "p99_ms")}
+        out[count] = {k: harness.median([r[k] for r in rs])
+                      for k in ("grants_per_s", "cpu_us", "p99_ms", "jobs_ms_p50", "commit_ms_p50", "commit_ms_p90", "batch")}
     out["cpu_ratio"] = out[licenses]["cpu_us"] / out[SMALL]["cpu_us"]
     out["time_ratio"] = out[SMALL]["grants_per_s"] / out[licenses]["grants_per_s"]
     out["command"] = harness.shown(cmd).replace(cmd[cmd.index("--server") + 1], "ENDPOINT")
@@ -194,6 +204,9 @@ def main(argv=None) -> int:
               f"{c[args.licenses]['cpu_us']:.0f} us with {args.licenses:,}: x{c['cpu_ratio']:.2f} "
               f"(throughput {c[SMALL]['grants_per_s']:,.0f} vs {c[args.licenses]['grants_per_s']:,.0f} grants/s: "
               f"x{c['time_ratio']:.2f})")
+        for count in (SMALL, args.licenses):
+            print(f"  batches with {count:,} licenses: {c[count]['batch']:.0f} grants, jobs {c[count]['jobs_ms_p50']:.0f} ms, "
+                  f"COMMIT p50 {c[count]['commit_ms_p50']:.0f} ms, p90 {c[count]['commit_ms_p90']:.0f} ms")
         print(f"start-up with {args.licenses:,} licenses: {start['seconds']:.2f} s to the first answered hello")
         print(f"resident memory with {args.licenses:,} licenses and {mem['connections']:,} connections: "
               f"{mem['under_load_max_mb']:.0f} MB (peak {mem['peak_mb']:.0f} MB)")
