@@ -15,7 +15,7 @@ PREFIX = "TSLS1"
 
 
 def _mac(secret: bytes, license_id: int, hwid: str) -> str:
-    return hmac.new(secret, f"{license_id}|{hwid}".encode(), hashlib.sha256).hexdigest()[:32]
+    return hmac.digest(secret, f"{license_id}|{hwid}".encode(), hashlib.sha256).hex()[:32]
 
 
 def sign(secret: bytes, license_id: int, hwid: str) -> str:
