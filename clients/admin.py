@@ -20,7 +20,7 @@ KEY_PACK_COLUMNS = [("key_pack_id", "KEY PACK"), ("product_version", "VERSION"),
                     ("program", "PROGRAM"), ("total", "TOTAL"), ("issued", "ISSUED"), ("available", "AVAILABLE")]
 EVENT_COLUMNS = [("id", "#"), ("at", "AT"), ("event_id", "EVENT"), ("name", "NAME"), ("terminal_server", "TS"),
                  ("hwid", "HWID"), ("license_id", "LICENSE"), ("message", "MESSAGE")]
-LICENSE_COLUMNS = [("license_id", "ID"), ("kind", "KIND"), ("status", "STATUS"), ("machine", "MACHINE"),
+LICENSE_COLUMNS = [("license_id", "ID"), ("kind", "KIND"), ("status", "STATUS"), ("hwid", "HWID"), ("machine", "MACHINE"),
                    ("user", "USER"), ("terminal_server", "TS"), ("product_version", "VERSION"),
                    ("key_pack_id", "KEY PACK"), ("issued_at", "ISSUED"), ("expires_at", "EXPIRES"),
                    ("renewals", "RENEWALS")]
