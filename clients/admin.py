@@ -95,6 +95,7 @@ def parser() -> argparse.ArgumentParser:
                      help="register NAME (prints its secret once), or add it to / remove it from the "
                           "Terminal Server Computers group")
     tss.add_argument("name", nargs="?")
+    tss.add_argument("--secret-file", help="register: write the secret to this file (mode 0600) instead of printing it")
     pol = sub.add_parser("policy", help="the license server security group policy")
     pol.add_argument("security_group", choices=["on", "off"],
                      help="on: only terminal servers in the Terminal Server Computers group get licenses")
@@ -201,6 +202,10 @@ async def _admin_command(conn, args) -> None:
         else:
             op = {"register": "register_terminal_server", "group-add": "group_add", "group-remove": "group_remove"}
             result = await conn.request(op[args.action], name=args.name)
+            if args.action == "register" and args.secret_file:
+                from tsls.server.auth import write_private
+                write_private(args.secret_file, result.pop("secret"))
+                result["secret_file"] = args.secret_file
         emit(result, args.json, _print_terminal_servers)
     elif c == "products":
         await _products_command(conn, args)
@@ -393,9 +398,13 @@ def _print_status(s: dict) -> None:
 
 
 def _print_terminal_servers(r: dict) -> None:
+    if "secret_file" in r:
+        print(f"terminal server {r['name']} registered; its secret is in {r['secret_file']} (mode 0600)")
+        print(f"start it with: tsls-ts --name {r['name']} --secret-file {r['secret_file']} ...")
+        return
     if "secret" in r:
         print(f"terminal server {r['name']} registered; its secret (shown once): {r['secret']}")
-        print(f"start it with: tsls-ts --name {r['name']} --secret-file FILE ...  (FILE holding the secret)")
+        print(f"start it with: tsls-ts --name {r['name']} --secret-file FILE ...  (FILE holding that secret)")
         return
     print(f"security group policy: {'on' if r['security_group_policy'] else 'off'}")
     table(r["terminal_servers"], [("name", "TERMINAL SERVER"), ("group", "IN GROUP"), ("registered_at", "REGISTERED")])

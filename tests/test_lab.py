@@ -180,3 +180,15 @@ def test_a_rebuilt_server_recovers_its_cals(lab, capsys, tmp_path):
         assert [p["bound_to"] for p in purchases] == [activation["license_server_id"]]
     finally:
         yield rebuilt.stopService()
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_registered_terminal_server_in_the_group_gets_licenses_with_its_secret_file(lab, capsys, tmp_path):
+    secret = str(tmp_path / "ts01.secret")
+    yield lab.admin(capsys, "terminal-servers", "register", "TS01", "--secret-file", secret)
+    yield lab.admin(capsys, "terminal-servers", "group-add", "TS01")
+    yield lab.admin(capsys, "policy", "on")
+    member = yield lab.ts(capsys, "--secret-file", secret, "logon", "pc1")
+    stranger = yield lab.ts(capsys, "logon", "pc2", name="TS02")
+    assert member[0]["outcome"] == "temporary_issued"
+    assert (stranger[0]["outcome"], stranger[0]["reason"]) == ("refused", "NOT_IN_GROUP")

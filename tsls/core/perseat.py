@@ -79,7 +79,7 @@ def switch_to_per_server(product: Product | None) -> None:
     if product is None:
         raise TslsError(Code.UNKNOWN_PRODUCT, "no such product")
     raise TslsError(Code.PER_SEAT_IS_FINAL, f"{product.name} cannot be switched back to Per Server: changing from "
-                    "Per Server to Per Seat is allowed only one time and cannot be reverted [seed 000]"
+                    "Per Server to Per Seat is allowed only one time and cannot be reverted"
                     if product.mode is ProductMode.PER_SEAT else
                     f"{product.name} is already licensed Per Server")
 
