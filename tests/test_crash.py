@@ -8,7 +8,6 @@ import signal
 import sqlite3
 import sys
 
-import pytest
 import pytest_twisted
 from twisted.internet import defer, error, protocol, reactor
 

@@ -113,7 +113,7 @@ def main(argv=None) -> int:
         return 0
     from twisted.internet import reactor
 
-    from tsls.server.store import StoreError
+    from tsls.sqlite import StoreError
 
     observer = jsonFileLogObserver(sys.stdout) if args.log_json else textFileLogObserver(sys.stdout)
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)

@@ -4,7 +4,6 @@ import os
 import shutil
 import sys
 
-import pytest
 import pytest_twisted
 from twisted.internet import reactor, utils
 

@@ -1,7 +1,6 @@
 """The terminal-server simulator against real daemons: discovery order, grace period, renewal."""
 import time
 
-import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor
 

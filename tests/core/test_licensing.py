@@ -7,7 +7,7 @@ from tsls.core.licensing import (
     check_terminal_server, device_logon, expire, report_logon,
 )
 from tsls.core.model import (
-    DAY, CalType, KeyPack, License, LicenseKind, LicenseStatus, Program, ProductVersion, PurchaseRef,
+    DAY, CalType, KeyPack, LicenseKind, LicenseStatus, Program, ProductVersion, PurchaseRef,
 )
 from tsls.errors import Code, TslsError
 

@@ -5,7 +5,8 @@ import pytest
 from tsls.core.licensing import Decision, Change, Outcome
 from tsls.core.model import CalType, License, LicenseKind, LicenseStatus, Program, ProductVersion, PurchaseRef
 from tsls.server.check import check_ledger
-from tsls.server.store import LicenseStore, StoreError
+from tsls.server.store import LicenseStore
+from tsls.sqlite import StoreError
 
 NOW = 1_800_000_000
 

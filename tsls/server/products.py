@@ -48,7 +48,7 @@ class ProductLicensing:
 
     # --- connections ----------------------------------------------------------------------------
 
-    def connect(self, owner, product_name: str, hwid: str, administrator: bool) -> "defer.Deferred":
+    def connect(self, owner, product_name: str, hwid: str, administrator: bool):
         def job(store, now):
             product = _product(store, product_name)
             seat = store.db.execute("SELECT via FROM seat_assignments WHERE product IN (?, ?) AND hwid = ?",

@@ -15,7 +15,7 @@ import attrs
 from tsls.core import events
 from tsls.core.licensing import Change, Decision, World, expire
 from tsls.core.model import CalType, KeyPack, License, LicenseKind, LicenseStatus, ProductVersion, PurchaseRef
-from tsls.sqlite import StoreError, open_database  # noqa: F401 (StoreError: re-exported for callers)
+from tsls.sqlite import open_database
 
 # Migration N brings a database from version N-1 to N. Never edit one that has shipped: add one.
 MIGRATIONS = {
