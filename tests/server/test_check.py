@@ -75,3 +75,9 @@ def test_another_programs_database_is_refused(tmp_path):
     db.close()
     with pytest.raises(StoreError, match="not a tsls"):
         LicenseStore.open(path)
+
+
+def test_check_reports_a_file_that_is_not_a_database_instead_of_failing(tmp_path):
+    path = tmp_path / "garbage.sqlite"
+    path.write_bytes(b"garbage" * 100)
+    assert check_ledger(str(path))[0].startswith("not a usable tsls license server database")
