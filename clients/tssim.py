@@ -68,6 +68,16 @@ class DeviceStore(JsonState):
         self.data.setdefault(machine, {})[version] = license
 
 
+class ClientKeepsLicense:
+    """The device store of a real RDP client: the client keeps its own license and presents it."""
+
+    def get(self, machine: str, version: str) -> None:
+        return None
+
+    def put(self, machine: str, version: str, license: dict) -> None:
+        pass
+
+
 class TerminalServerState(JsonState):
     """{name: {"grace_started_at", "grace_ended_at", "clock_offset"}} for each simulated server."""
 
@@ -109,9 +119,12 @@ class TerminalServer:
         self.connections[server] = conn
         return conn
 
-    async def logon(self, machine: str, user: str, report: bool = True) -> dict:
-        hwid = hardware_id(machine)
-        held = self.devices.get(machine, self.version)
+    async def logon(self, machine: str, user: str, report: bool = True, held: dict | None = None,
+                    hwid: str | None = None) -> dict:
+        """Log a client on. ``held`` is the license the device presents and ``hwid`` its hardware ID
+        (an RDP client sends both); by default they come from the simulated device."""
+        hwid = hwid or hardware_id(machine)
+        held = held or self.devices.get(machine, self.version)
         row = {"machine": machine, "user": user, "served_by": None, "license": None, "reason": None}
         refusal = None
         for server in self.servers:
@@ -182,6 +195,11 @@ def parser() -> argparse.ArgumentParser:
     logon.add_argument("--times", type=int, default=1, help="log each client on this many times (default: 1)")
     logon.add_argument("--fail", action="store_true",
                        help="do not report the logons as successful (temporary licenses stay unvalidated)")
+    rdp = sub.add_parser("rdp", help="listen for real RDP clients and license them over MS-RDPELE (docs/rdp.md)")
+    rdp.add_argument("--listen", default=None, metavar="ENDPOINT",
+                     help="a Twisted server endpoint (default: tcp:3389:interface=127.0.0.1)")
+    rdp.add_argument("--connections", type=int, metavar="N",
+                     help="stop after N client connections (default: run until interrupted)")
     prod = sub.add_parser("product", help="open connections to a Per Server / Per Seat product (docs/legacy.md)")
     prod.add_argument("product")
     prod.add_argument("clients", nargs="*", metavar="MACHINE", help="one connection for each")
@@ -243,6 +261,14 @@ async def command(reactor, args) -> None:
     ts = TerminalServer(reactor, args.name, args.version, args.mode.replace("-", "_"), args.server or [DEFAULT_SERVER],
                         devices, state, secret)
     rows = []
+    if args.command == "rdp":
+        from clients.rdp.listen import serve
+        ts.devices = ClientKeepsLicense()
+        try:
+            await serve(reactor, ts, state, args.state_dir, args.listen, args.connections, args.json)
+        finally:
+            await ts.close()
+        return
     if args.command == "product":
         conn = await ts._connection((args.server or [DEFAULT_SERVER])[0])
         try:

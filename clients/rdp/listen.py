@@ -1,0 +1,105 @@
+"""Starting the RDP listener: the simulator's keys, kept with its state, and the endpoint.
+
+The terminal server has two keys of its own, made on first use in ``<state-dir>/rdp/``
+(owner-only files): the RSA key its licensing certificate carries, and the key and self-signed
+certificate of its TLS endpoint. Both survive restarts, as a real terminal server's do.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+
+from twisted.internet import defer, ssl
+from twisted.internet.endpoints import serverFromString
+
+from clients.rdp import crypto
+from clients.rdp.server import LicenseServerLicensing, RdpFrontFactory
+from tsls.server.auth import write_private
+
+DEFAULT_LISTEN = "tcp:3389:interface=127.0.0.1"
+
+
+def _pem_key(key) -> str:
+    from cryptography.hazmat.primitives import serialization
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+                             serialization.NoEncryption()).decode()
+
+
+def _load_or_make(path: str, make) -> bytes:
+    if not os.path.exists(path):
+        write_private(path, make().strip())
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def licensing_key(directory: str) -> crypto.RsaKey:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    pem = _load_or_make(os.path.join(directory, "licensing-key.pem"),
+                        lambda: _pem_key(rsa.generate_private_key(public_exponent=65537, key_size=2048)))
+    numbers = serialization.load_pem_private_key(pem, password=None).private_numbers()
+    return crypto.RsaKey(numbers.public_numbers.n, numbers.public_numbers.e, numbers.d)
+
+
+def tls_options(directory: str, name: str):
+    def make():
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import rsa
+        from cryptography.x509.oid import NameOID
+
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+        now = datetime.datetime.now(datetime.timezone.utc)
+        cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+                .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+                .not_valid_after(now + datetime.timedelta(days=825)).sign(key, hashes.SHA256()))
+        return _pem_key(key) + cert.public_bytes(serialization.Encoding.PEM).decode()
+
+    pem = _load_or_make(os.path.join(directory, "tls.pem"), make)
+    return ssl.PrivateCertificate.loadPEM(pem).options()
+
+
+def make_factory(terminal_server, state, state_dir: str) -> RdpFrontFactory:
+    directory = os.path.join(state_dir, "rdp", terminal_server.name)
+    os.makedirs(directory, exist_ok=True)
+    return RdpFrontFactory(LicenseServerLicensing(terminal_server, state), licensing_key(directory),
+                           tls_options(directory, terminal_server.name), terminal_server.version)
+
+
+def listen(reactor, factory: RdpFrontFactory, endpoint: str = DEFAULT_LISTEN):
+    """Fires with the listening port."""
+    return serverFromString(reactor, endpoint).listen(factory)
+
+
+async def serve(reactor, terminal_server, state, state_dir: str, endpoint: str | None, connections: int | None,
+                as_json: bool) -> None:
+    """``tsls-ts rdp``: listen, print a line for each client, stop after ``connections`` if given."""
+    factory = make_factory(terminal_server, state, state_dir)
+    done = defer.Deferred()
+    seen = []
+
+    def report(summary):
+        seen.append(summary)
+        lic = summary.get("license") or {}
+        row = {"machine": summary.get("machine"), "user": summary.get("user"), "outcome": summary["outcome"],
+               "license_id": lic.get("license_id"), "kind": lic.get("kind"), "expires_at": lic.get("expires_at"),
+               "code": summary.get("code"), "message": summary.get("message")}
+        if as_json:
+            print(json.dumps(row, sort_keys=True), flush=True)
+        else:
+            print(" ".join(f"{k}={v}" for k, v in row.items() if v is not None), flush=True)
+        if connections and len(seen) >= connections and not done.called:
+            done.callback(None)
+
+    factory.observers.append(report)
+    port = await listen(reactor, factory, endpoint or DEFAULT_LISTEN)
+    address = port.getHost()
+    print(f"terminal server {terminal_server.name} listening for RDP clients on {address.host}:{address.port}",
+          flush=True)
+    try:
+        await done
+    finally:
+        await port.stopListening()
