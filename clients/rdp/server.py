@@ -111,6 +111,7 @@ class RdpFront(Protocol, TimeoutMixin):
 
     def __init__(self, factory: "RdpFrontFactory") -> None:
         self.factory = factory
+        self.callLater = factory.clock.callLater        # TimeoutMixin's timer
         self.buffer = b""
         self.step = self._on_connection_request
         self.requested_protocols = 0
@@ -332,7 +333,10 @@ class RdpFront(Protocol, TimeoutMixin):
 
 
 class RdpFrontFactory(Factory):
-    def __init__(self, licensing, key: crypto.RsaKey, tls_options, version: str = "2003") -> None:
+    def __init__(self, licensing, key: crypto.RsaKey, tls_options, version: str = "2003", clock=None) -> None:
+        if clock is None:
+            from twisted.internet import reactor as clock
+        self.clock = clock
         self.licensing = licensing
         self.key = key
         self.certificate = crypto.proprietary_certificate(key)

@@ -1,0 +1,210 @@
+"""The RDP front's state machine, driven by the Python mirror of a client over an in-memory
+transport (TLS is the transport's business and is exercised by the xfreerdp tests)."""
+import json
+
+import pytest
+from twisted.internet import defer
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+
+from clients.rdp import crypto, server, wire
+from tests.clients.rdp import mirror
+
+KEY = crypto.generate_key(1024)
+LICENSE = {"license_id": 7, "kind": "permanent", "token": "TSLS1.7.abc", "expires_at": "2027-01-01T00:00:00Z",
+           "machine": "lictest", "hwid": mirror.hwid("lictest").hex()}
+
+
+class FakeLicensing:
+    def __init__(self, answer):
+        self.answer = answer
+        self.asked = []
+
+    def license(self, hwid, machine, user, presented):
+        self.asked.append(dict(hwid=hwid, machine=machine, user=user, presented=presented))
+        if isinstance(self.answer, Exception):
+            return defer.fail(self.answer)
+        return defer.succeed(self.answer)
+
+
+class Driver:
+    def __init__(self, licensing, protocols=wire.PROTOCOL_SSL | wire.PROTOCOL_HYBRID):
+        self.clock = Clock()
+        self.factory = server.RdpFrontFactory(licensing, KEY, tls_options=None, clock=self.clock)
+        self.summaries = []
+        self.factory.observers.append(self.summaries.append)
+        self.transport = StringTransport()
+        self.transport.startTLS = lambda options: None
+        self.proto = self.factory.buildProtocol(None)
+        self.proto.makeConnection(self.transport)
+
+    def send(self, data: bytes) -> list[bytes]:
+        self.proto.dataReceived(data)
+        out = self.transport.value()
+        self.transport.clear()
+        pdus = []
+        while out:
+            pdu, out = wire.next_tpkt(out)
+            pdus.append(pdu)
+        return pdus
+
+    def close(self):
+        self.proto.connectionLost(None)
+        return self.summaries[-1]
+
+    def to_licensing(self, user="test"):
+        """The connection sequence up to the License Request; returns its body."""
+        [confirm] = self.send(mirror.connection_request())
+        assert confirm[1] == 0xD0
+        [response] = self.send(mirror.connect_initial())
+        assert wire.parse_x224_data(response)[:2] == b"\x7f\x66"
+        assert self.send(mirror.erect_domain()) == []
+        [attach] = self.send(mirror.attach_user())
+        user_id = 1001 + int.from_bytes(wire.parse_x224_data(attach)[2:4], "big")
+        assert user_id == 1007          # after the I/O channel and the three static channels
+        for channel in (user_id, 1003, 1004, 1005, 1006):
+            [joined] = self.send(mirror.channel_join(user_id, channel))
+            assert wire.parse_x224_data(joined)[-2:] == channel.to_bytes(2, "big")
+        self.user_id = user_id
+        [request] = self.send(mirror.send_data(user_id, wire.SEC_INFO_PKT, mirror.client_info(user=user)))
+        kind, body = mirror.parse_server_licensing(request)
+        assert kind == wire.LICENSE_REQUEST
+        return body
+
+    def licensing(self, message: bytes):
+        out = self.send(mirror.send_data(self.user_id, wire.SEC_LICENSE_PKT, message))
+        return [mirror.parse_server_licensing(pdu) for pdu in out]
+
+
+def test_a_new_client_gets_a_new_license():
+    licensing = FakeLicensing(server.Issue(LICENSE))
+    drv = Driver(licensing)
+    client = mirror.LicensingClient()
+    [(kind, challenge)] = drv.licensing(client.on_license_request(drv.to_licensing()))
+    assert kind == wire.PLATFORM_CHALLENGE and licensing.asked == []   # nothing asked before the challenge is met
+    [(kind, body)] = drv.licensing(client.on_platform_challenge(challenge))
+    assert kind == wire.NEW_LICENSE
+    assert json.loads(client.on_new_license(body)) == LICENSE
+    assert licensing.asked == [dict(hwid=mirror.hwid("lictest").hex(), machine="lictest", user="test", presented=None)]
+    assert drv.transport.disconnecting
+    summary = drv.close()
+    assert summary["outcome"] == "new_license" and summary["license"] == LICENSE
+
+
+def test_the_license_request_carries_a_signed_certificate_with_our_key():
+    drv = Driver(FakeLicensing(server.Issue(LICENSE)))
+    client = mirror.LicensingClient()
+    client.on_license_request(drv.to_licensing())
+    assert client.server_key.n == KEY.n
+    assert crypto.certificate_signature_valid(client.certificate)
+
+
+def test_an_unchanged_license_is_a_valid_client():
+    licensing = FakeLicensing(server.Valid("existing"))
+    drv = Driver(licensing)
+    client = mirror.LicensingClient(cal=server.cal_bytes(LICENSE))
+    [(kind, body)] = drv.licensing(client.on_license_request(drv.to_licensing()))
+    assert kind == wire.ERROR_ALERT
+    assert wire.parse_error_alert(body) == wire.ErrorAlert(wire.STATUS_VALID_CLIENT, wire.ST_NO_TRANSITION)
+    assert licensing.asked[0]["presented"] == LICENSE
+    assert drv.close()["outcome"] == "valid_client"
+
+
+def test_a_renewed_license_is_an_upgrade_after_the_challenge():
+    renewed = {**LICENSE, "expires_at": "2027-03-01T00:00:00Z"}
+    drv = Driver(FakeLicensing(server.Issue(renewed)))
+    client = mirror.LicensingClient(cal=server.cal_bytes(LICENSE))
+    [(kind, challenge)] = drv.licensing(client.on_license_request(drv.to_licensing()))
+    assert kind == wire.PLATFORM_CHALLENGE
+    [(kind, body)] = drv.licensing(client.on_platform_challenge(challenge))
+    assert kind == wire.UPGRADE_LICENSE
+    assert json.loads(client.on_new_license(body)) == renewed
+    assert drv.close()["outcome"] == "upgrade_license"
+
+
+def _alert(replies):
+    [(kind, body)] = replies
+    assert kind == wire.ERROR_ALERT
+    return wire.parse_error_alert(body)
+
+
+def test_a_wrong_hwid_mac_is_refused():
+    licensing = FakeLicensing(server.Valid("x"))
+    drv = Driver(licensing)
+    client = mirror.LicensingClient(cal=server.cal_bytes(LICENSE))
+    message = bytearray(client.on_license_request(drv.to_licensing()))
+    message[-1] ^= 0xFF
+    assert _alert(drv.licensing(bytes(message))) == wire.ErrorAlert(wire.ERR_INVALID_MAC, wire.ST_TOTAL_ABORT)
+    assert licensing.asked == [] and drv.close()["code"] == "INVALID_MAC"
+
+
+def test_a_license_tsls_did_not_issue_is_an_invalid_client():
+    drv = Driver(FakeLicensing(server.Valid("x")))
+    client = mirror.LicensingClient(cal=b"\x30\x82 an X.509 license from a real Windows server")
+    assert _alert(drv.licensing(client.on_license_request(drv.to_licensing()))) == wire.ErrorAlert(
+        wire.ERR_INVALID_CLIENT, wire.ST_TOTAL_ABORT)
+    assert drv.close()["code"] == "INVALID_LICENSE"
+
+
+def test_a_wrong_challenge_response_is_refused():
+    drv = Driver(FakeLicensing(server.Issue(LICENSE)))
+    client = mirror.LicensingClient()
+    [(_, challenge)] = drv.licensing(client.on_license_request(drv.to_licensing()))
+    client.keys = crypto.LicensingKeys(mac_salt=client.keys.mac_salt, encryption=bytes(16))
+    with pytest.raises(AssertionError):       # our mirror checks the server's MAC as FreeRDP does
+        client.on_platform_challenge(challenge)
+
+
+@pytest.mark.parametrize("code,error", [("NO_LICENSE_SERVER", wire.ERR_NO_LICENSE_SERVER),
+                                        ("NO_LICENSE_AVAILABLE", wire.ERR_INVALID_CLIENT)])
+def test_refusals_are_error_alerts_that_abort(code, error):
+    drv = Driver(FakeLicensing(server.Refuse(server.RDP_ERRORS.get(code, wire.ERR_INVALID_CLIENT), code, "no")))
+    client = mirror.LicensingClient()
+    [(_, challenge)] = drv.licensing(client.on_license_request(drv.to_licensing()))
+    assert _alert(drv.licensing(client.on_platform_challenge(challenge))) == wire.ErrorAlert(error, wire.ST_TOTAL_ABORT)
+    assert drv.close()["code"] == code
+
+
+def test_a_failing_backend_aborts_licensing_and_nothing_else():
+    drv = Driver(FakeLicensing(RuntimeError("boom")))
+    client = mirror.LicensingClient()
+    [(_, challenge)] = drv.licensing(client.on_license_request(drv.to_licensing()))
+    assert _alert(drv.licensing(client.on_platform_challenge(challenge))).state == wire.ST_TOTAL_ABORT
+    assert drv.close()["code"] == "INTERNAL_ERROR"
+
+
+def test_a_client_without_tls_is_told_so():
+    drv = Driver(FakeLicensing(server.Issue(LICENSE)))
+    [failure] = drv.send(mirror.connection_request(protocols=wire.PROTOCOL_RDP))
+    assert failure[7] == 0x03 and failure[-4:] == b"\x01\x00\x00\x00"     # SSL_REQUIRED_BY_SERVER
+    assert drv.close()["code"] == "TLS_REQUIRED"
+
+
+def test_malformed_licensing_input_gets_an_alert_and_a_close():
+    drv = Driver(FakeLicensing(server.Issue(LICENSE)))
+    drv.to_licensing()
+    alert = _alert(drv.licensing(mirror.licensing(wire.NEW_LICENSE_REQUEST, b"\x01\x00")))
+    assert alert == wire.ErrorAlert(wire.ERR_INVALID_MESSAGE_LEN, wire.ST_TOTAL_ABORT)
+    assert drv.transport.disconnecting and drv.close()["code"] == "TRUNCATED"
+
+
+def test_out_of_sequence_messages_are_refused():
+    drv = Driver(FakeLicensing(server.Issue(LICENSE)))
+    drv.to_licensing()
+    _alert(drv.licensing(mirror.licensing(wire.PLATFORM_CHALLENGE_RESPONSE, bytes(60))))
+    assert drv.close()["code"] == "UNEXPECTED_PDU"
+
+
+def test_garbage_before_licensing_closes_without_a_traceback():
+    drv = Driver(FakeLicensing(server.Issue(LICENSE)))
+    assert drv.send(b"GET / HTTP/1.1\r\n\r\n") == []
+    assert drv.transport.disconnecting and drv.close()["code"] == "NOT_TPKT"
+
+
+def test_a_silent_client_times_out():
+    drv = Driver(FakeLicensing(server.Issue(LICENSE)))
+    drv.to_licensing()
+    drv.clock.advance(server.IDLE_TIMEOUT - 1)
+    assert not drv.transport.disconnecting
+    drv.clock.advance(1)
+    assert drv.transport.disconnecting and drv.close()["code"] == "IDLE_TIMEOUT"
