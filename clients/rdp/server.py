@@ -58,10 +58,20 @@ RDP_ERRORS = {"NO_LICENSE_SERVER": wire.ERR_NO_LICENSE_SERVER, "RENEWAL_FAILED":
               "SERVER_UNREACHABLE": wire.ERR_NO_LICENSE_SERVER}
 
 
+# What a client's license says: the license server's own record of it (whether a temporary
+# license was validated, its status) stays with the license server.
+CAL_FIELDS = ("license_id", "kind", "hwid", "machine", "user", "terminal_server", "product_version",
+              "key_pack_id", "issued_at", "expires_at", "renewals", "token")
+
+
+def client_license(license: dict) -> dict:
+    return {k: license.get(k) for k in CAL_FIELDS}
+
+
 def cal_bytes(license: dict) -> bytes:
     """What the client stores (pbLicenseInfo, saved raw as its .cal file): the license as the
     license server issued it, signed token included, as compact JSON."""
-    return json.dumps(license, sort_keys=True, separators=(",", ":")).encode()
+    return json.dumps(client_license(license), sort_keys=True, separators=(",", ":")).encode()
 
 
 def parse_cal(data: bytes) -> dict:
@@ -325,7 +335,8 @@ class RdpFront(Protocol, TimeoutMixin):
     def _send_license(self, kind: int, issue: Issue) -> None:
         info = wire.new_license_info(self.factory.product, cal_bytes(issue.license))
         self._send_licensing(wire.new_license(kind, self.keys.encrypt(info), self.keys.mac(info)))
-        self._finish("new_license" if kind == wire.NEW_LICENSE else "upgrade_license", license=issue.license)
+        self._finish("new_license" if kind == wire.NEW_LICENSE else "upgrade_license",
+                     license=client_license(issue.license))
 
     def _refuse(self, refusal: Refuse) -> None:
         self._send_licensing(wire.error_alert(refusal.error, wire.ST_TOTAL_ABORT))

@@ -3,6 +3,7 @@ transport (TLS is the transport's business and is exercised by the xfreerdp test
 import json
 
 import pytest
+import pytest_twisted
 from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -11,8 +12,9 @@ from clients.rdp import crypto, server, wire
 from tests.clients.rdp import mirror
 
 KEY = crypto.generate_key(1024)
-LICENSE = {"license_id": 7, "kind": "permanent", "token": "TSLS1.7.abc", "expires_at": "2027-01-01T00:00:00Z",
-           "machine": "lictest", "hwid": mirror.hwid("lictest").hex()}
+LICENSE = server.client_license({"license_id": 7, "kind": "permanent", "token": "TSLS1.7.abc",
+                                 "expires_at": "2027-01-01T00:00:00Z", "machine": "lictest",
+                                 "hwid": mirror.hwid("lictest").hex()})
 
 
 class FakeLicensing:
@@ -208,3 +210,23 @@ def test_a_silent_client_times_out():
     assert not drv.transport.disconnecting
     drv.clock.advance(1)
     assert drv.transport.disconnecting and drv.close()["code"] == "IDLE_TIMEOUT"
+
+
+@pytest.mark.parametrize("grace_over,expected", [(True, "refused"), (False, "valid")])
+@pytest_twisted.inlineCallbacks
+def test_no_license_server_after_the_grace_period(tmp_path, grace_over, expected):
+    """The simulated terminal server's own rules decide when no license server answers."""
+    import time
+    from clients.tssim import ClientKeepsLicense, TerminalServer, TerminalServerState
+    from twisted.internet import reactor
+
+    state = TerminalServerState(str(tmp_path / "ts.json"))
+    if grace_over:
+        state.data["TS01"] = {"grace_started_at": int(time.time()) - 200 * 86400}
+    ts = TerminalServer(reactor, "TS01", "2003", "per_device", ["tcp:127.0.0.1:1"], ClientKeepsLicense(), state)
+    licensing = server.LicenseServerLicensing(ts, state)
+    answer = yield licensing.license(mirror.hwid("pc").hex(), "pc", "u", None)
+    if expected == "refused":
+        assert answer == server.Refuse(wire.ERR_NO_LICENSE_SERVER, "NO_LICENSE_SERVER", answer.message)
+    else:
+        assert isinstance(answer, server.Valid) and "grace period" in answer.why
