@@ -230,3 +230,12 @@ def test_no_license_server_after_the_grace_period(tmp_path, grace_over, expected
         assert answer == server.Refuse(wire.ERR_NO_LICENSE_SERVER, "NO_LICENSE_SERVER", answer.message)
     else:
         assert isinstance(answer, server.Valid) and "grace period" in answer.why
+
+
+def test_the_simulators_keys_are_made_once_and_kept_private(tmp_path):
+    from clients.rdp import listen
+    first = listen.licensing_key(str(tmp_path))
+    assert listen.licensing_key(str(tmp_path)) == first and first.size == 256
+    listen.tls_options(str(tmp_path), "TS01")
+    for name in ("licensing-key.pem", "tls.pem"):
+        assert (tmp_path / name).stat().st_mode & 0o077 == 0

@@ -161,3 +161,30 @@ def test_a_per_user_terminal_server_logs_the_user_and_stores_nothing(rdp_per_use
         assert LICENSED in out and summary["outcome"] == "valid_client" and cal is None
     report = yield rdp.lab.admin(capsys, "usage")
     assert report["users_seen"] == 2 and report["per_user_cals_installed"] == 1
+
+
+@pytest_twisted.inlineCallbacks
+def test_the_tsls_ts_rdp_command(rdp, capsys, tmp_path):
+    """`tsls-ts rdp --connections 1 --json`: listens, prints a JSON line for the client, and returns."""
+    import socket
+    from clients import tssim
+
+    yield install(rdp, capsys, 1)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    args = tssim.parser().parse_args(["--server", rdp.lab.endpoint, "--state-dir", str(tmp_path / "cli"), "--json",
+                                      "--name", "TS02", "rdp", "--listen", f"tcp:{port}:interface=127.0.0.1",
+                                      "--connections", "1"])
+    capsys.readouterr()
+    serving = defer.ensureDeferred(tssim.command(reactor, args))
+    out, err, _ = yield utils.getProcessOutputAndValue(
+        "xvfb-run", ["-a", "xfreerdp", f"/v:127.0.0.1:{port}", "/sec:tls", "/cert:ignore", "/u:carol", "/p:x",
+                     "/client-hostname:cli-host", "/auth-only", "/timeout:20000"],
+        env={**os.environ, "XDG_CONFIG_HOME": str(tmp_path / "cli-client")}).addTimeout(TIMEOUT, reactor)
+    yield serving.addTimeout(TIMEOUT, reactor)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith(f"terminal server TS02 listening for RDP clients on 127.0.0.1:{port}")
+    row = json.loads(lines[1])
+    assert (row["machine"], row["user"], row["outcome"], row["kind"]) == ("cli-host", "carol", "new_license", "temporary")
+    assert (tmp_path / "cli" / "rdp" / "TS02" / "licensing-key.pem").stat().st_mode & 0o077 == 0
