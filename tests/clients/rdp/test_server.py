@@ -148,13 +148,25 @@ def test_a_license_tsls_did_not_issue_is_an_invalid_client():
     assert drv.close()["code"] == "INVALID_LICENSE"
 
 
-def test_a_wrong_challenge_response_is_refused():
-    drv = Driver(FakeLicensing(server.Issue(LICENSE)))
+def test_a_challenge_response_with_a_wrong_mac_is_refused():
+    licensing = FakeLicensing(server.Issue(LICENSE))
+    drv = Driver(licensing)
     client = mirror.LicensingClient()
     [(_, challenge)] = drv.licensing(client.on_license_request(drv.to_licensing()))
-    client.keys = crypto.LicensingKeys(mac_salt=client.keys.mac_salt, encryption=bytes(16))
-    with pytest.raises(AssertionError):       # our mirror checks the server's MAC as FreeRDP does
-        client.on_platform_challenge(challenge)
+    response = bytearray(client.on_platform_challenge(challenge))
+    response[-1] ^= 0x01
+    assert _alert(drv.licensing(bytes(response))) == wire.ErrorAlert(wire.ERR_INVALID_MAC, wire.ST_TOTAL_ABORT)
+    assert licensing.asked == [] and drv.close()["code"] == "INVALID_MAC"
+
+
+def test_a_response_to_another_challenge_is_refused():
+    licensing = FakeLicensing(server.Issue(LICENSE))
+    drv = Driver(licensing)
+    client = mirror.LicensingClient()
+    [(_, challenge)] = drv.licensing(client.on_license_request(drv.to_licensing()))
+    other = wire.platform_challenge(client.keys.encrypt(b"another one"), client.keys.mac(b"another one"))
+    assert _alert(drv.licensing(client.on_platform_challenge(wire.split_licensing(other)[1]))).code == wire.ERR_INVALID_CLIENT
+    assert licensing.asked == [] and drv.close()["code"] == "BAD_CHALLENGE"
 
 
 @pytest.mark.parametrize("code,error", [("NO_LICENSE_SERVER", wire.ERR_NO_LICENSE_SERVER),
