@@ -26,6 +26,7 @@ log = Logger(namespace="tsls.rdp")
 
 IDLE_TIMEOUT = 30          # seconds a client may stay silent before licensing is over
 MAX_LICENSE = 16 * 1024    # the largest license a client may present
+MAX_BUFFERED = 2 * wire.TPKT_MAX   # unread input held while the license server is asked
 
 # The Windows version a terminal server reports in ProductInfo.dwVersion (major << 16 | minor).
 PRODUCT_VERSIONS = {"2000": 0x00050000, "2003": 0x00050002, "2008": 0x00060000, "2008R2": 0x00060001}
@@ -148,6 +149,8 @@ class RdpFront(Protocol, TimeoutMixin):
         self.resetTimeout()
         self.buffer += data
         try:
+            if len(self.buffer) > MAX_BUFFERED:
+                raise ProtocolError("TOO_LARGE", f"{len(self.buffer)} bytes sent ahead of the protocol")
             while not self.busy:
                 pdu, self.buffer = wire.next_tpkt(self.buffer)
                 if pdu is None:

@@ -251,3 +251,17 @@ def test_the_simulators_keys_are_made_once_and_kept_private(tmp_path):
     listen.tls_options(str(tmp_path), "TS01")
     for name in ("licensing-key.pem", "tls.pem"):
         assert (tmp_path / name).stat().st_mode & 0o077 == 0
+
+
+def test_a_client_flooding_while_the_license_server_is_asked_is_cut_off():
+    licensing = FakeLicensing(None)
+    licensing.license = lambda *a: defer.Deferred()          # the license server takes its time
+    drv = Driver(licensing)
+    client = mirror.LicensingClient()
+    [(_, challenge)] = drv.licensing(client.on_license_request(drv.to_licensing()))
+    drv.licensing(client.on_platform_challenge(challenge))
+    assert drv.proto.busy and not drv.transport.disconnecting
+    flood = mirror.send_data(drv.user_id, wire.SEC_LICENSE_PKT, bytes(60000))
+    for _ in range(3):
+        drv.send(flood)
+    assert drv.transport.disconnecting and drv.close()["code"] == "TOO_LARGE"
