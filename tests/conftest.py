@@ -2,12 +2,16 @@ import pytest
 import pytest_twisted
 
 
+def running(harness):
+    """A fixture's body for a test harness with start() and stop() Deferreds: started, yielded, stopped."""
+    pytest_twisted.blockon(harness.start())
+    yield harness
+    pytest_twisted.blockon(harness.stop())
+
+
 @pytest.fixture
 def daemon(tmp_path):
     """A license server on an ephemeral loopback port, real SQLite, a fake Clearinghouse."""
     from tests.server.test_daemon import Daemon
 
-    d = Daemon(tmp_path)
-    pytest_twisted.blockon(d.start())
-    yield d
-    pytest_twisted.blockon(d.stop())
+    yield from running(Daemon(tmp_path))

@@ -7,6 +7,7 @@ import pytest_twisted
 from twisted.internet import defer, reactor
 
 from clients import admin, tssim
+from tests.conftest import running
 from tsls.clearinghouse.client import ClearinghouseClient
 from tsls.clearinghouse.service import make_service as make_clearinghouse
 from tsls.labclock import LabClock
@@ -74,10 +75,7 @@ def clearinghouse_port(service):
 
 @pytest.fixture
 def lab(tmp_path):
-    lab = Lab(tmp_path)
-    pytest_twisted.blockon(lab.start())
-    yield lab
-    pytest_twisted.blockon(lab.stop())
+    yield from running(Lab(tmp_path))
 
 
 @pytest_twisted.inlineCallbacks

@@ -146,8 +146,13 @@ def certificate_signature_valid(certificate: bytes) -> bool:
     return TS_SIGNING_KEY.encrypt(signature) == _signature_block(signed)
 
 
+def rsa_key(private_key) -> RsaKey:
+    """The integers of a ``cryptography`` RSA private key."""
+    numbers = private_key.private_numbers()
+    return RsaKey(numbers.public_numbers.n, numbers.public_numbers.e, numbers.d)
+
+
 def generate_key(bits: int = 2048) -> RsaKey:
     from cryptography.hazmat.primitives.asymmetric import rsa
 
-    numbers = rsa.generate_private_key(public_exponent=65537, key_size=bits).private_numbers()
-    return RsaKey(numbers.public_numbers.n, numbers.public_numbers.e, numbers.d)
+    return rsa_key(rsa.generate_private_key(public_exponent=65537, key_size=bits))

@@ -6,7 +6,6 @@ certificate of its TLS endpoint. Both survive restarts, as a real terminal serve
 """
 from __future__ import annotations
 
-import datetime
 import json
 import os
 
@@ -15,15 +14,10 @@ from twisted.internet.endpoints import serverFromString
 
 from clients.rdp import crypto
 from clients.rdp.server import LicenseServerLicensing, RdpFrontFactory
+from tsls.certs import new_key, private_pem, self_signed_pem
 from tsls.server.auth import write_private
 
 DEFAULT_LISTEN = "tcp:3389:interface=127.0.0.1"
-
-
-def _pem_key(key) -> str:
-    from cryptography.hazmat.primitives import serialization
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
-                             serialization.NoEncryption()).decode()
 
 
 def _load_or_make(path: str, make) -> bytes:
@@ -35,30 +29,13 @@ def _load_or_make(path: str, make) -> bytes:
 
 def licensing_key(directory: str) -> crypto.RsaKey:
     from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
 
-    pem = _load_or_make(os.path.join(directory, "licensing-key.pem"),
-                        lambda: _pem_key(rsa.generate_private_key(public_exponent=65537, key_size=2048)))
-    numbers = serialization.load_pem_private_key(pem, password=None).private_numbers()
-    return crypto.RsaKey(numbers.public_numbers.n, numbers.public_numbers.e, numbers.d)
+    pem = _load_or_make(os.path.join(directory, "licensing-key.pem"), lambda: private_pem(new_key()))
+    return crypto.rsa_key(serialization.load_pem_private_key(pem, password=None))
 
 
 def tls_options(directory: str, name: str):
-    def make():
-        from cryptography import x509
-        from cryptography.hazmat.primitives import hashes, serialization
-        from cryptography.hazmat.primitives.asymmetric import rsa
-        from cryptography.x509.oid import NameOID
-
-        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-        now = datetime.datetime.now(datetime.timezone.utc)
-        cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
-                .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
-                .not_valid_after(now + datetime.timedelta(days=825)).sign(key, hashes.SHA256()))
-        return _pem_key(key) + cert.public_bytes(serialization.Encoding.PEM).decode()
-
-    pem = _load_or_make(os.path.join(directory, "tls.pem"), make)
+    pem = _load_or_make(os.path.join(directory, "tls.pem"), lambda: self_signed_pem(name))
     return ssl.PrivateCertificate.loadPEM(pem).options()
 
 

@@ -137,7 +137,6 @@ class RdpFront(Protocol, TimeoutMixin):
         self.presented: dict | None = None
         self.machine = ""
         self.busy = False
-        self.result = defer.Deferred()     # fires with a summary dict when the connection ends
 
     # framing
 
@@ -173,8 +172,6 @@ class RdpFront(Protocol, TimeoutMixin):
         self.setTimeout(None)
         if self.summary["outcome"] is None:
             self.summary.update(outcome="client_closed")
-        if not self.result.called:
-            self.result.callback(self.summary)
         self.factory.finished(self.summary)
 
     def _finish(self, outcome: str, **details) -> None:

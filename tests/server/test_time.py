@@ -3,6 +3,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor
 
+from tests.conftest import running
 from tests.server.test_daemon import Daemon, activate_and_install, logon, with_timeout
 from tsls.errors import Code, TslsError
 from tsls.labclock import LabClock
@@ -10,10 +11,7 @@ from tsls.labclock import LabClock
 
 @pytest.fixture
 def lab(tmp_path):
-    d = Daemon(tmp_path, lab_clock=LabClock(reactor))
-    pytest_twisted.blockon(d.start())
-    yield d
-    pytest_twisted.blockon(d.stop())
+    yield from running(Daemon(tmp_path, lab_clock=LabClock(reactor)))
 
 
 @defer.inlineCallbacks

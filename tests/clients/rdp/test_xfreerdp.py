@@ -13,6 +13,7 @@ from twisted.internet import defer, reactor, utils
 
 from clients.rdp.listen import listen, make_factory
 from clients.tssim import ClientKeepsLicense, TerminalServer, TerminalServerState, hardware_id
+from tests.conftest import running
 from tests.test_lab import Lab
 
 pytestmark = pytest.mark.skipif(not (shutil.which("xfreerdp") and shutil.which("xvfb-run")),
@@ -67,10 +68,7 @@ class RdpLab:
 
 @pytest.fixture
 def rdp(tmp_path):
-    lab = RdpLab(tmp_path)
-    pytest_twisted.blockon(lab.start())
-    yield lab
-    pytest_twisted.blockon(lab.stop())
+    yield from running(RdpLab(tmp_path))
 
 
 LICENSED = "CONNECTION_STATE_LICENSING --> CONNECTION_STATE_CAPABILITIES_EXCHANGE"
@@ -143,10 +141,7 @@ def test_a_device_on_a_full_pool_keeps_its_temporary_license(rdp, capsys):
 
 @pytest.fixture
 def rdp_per_user(tmp_path):
-    lab = RdpLab(tmp_path, mode="per-user")
-    pytest_twisted.blockon(lab.start())
-    yield lab
-    pytest_twisted.blockon(lab.stop())
+    yield from running(RdpLab(tmp_path, mode="per-user"))
 
 
 @pytest_twisted.inlineCallbacks
