@@ -13,6 +13,7 @@ from clients.cli import run
 from clients.connection import DEFAULT_SERVER, connect
 from clients.output import emit, rows_out, table
 from tsls.errors import Code, TslsError
+from tsls.files import write_private
 
 DEFAULT_CLEARINGHOUSE = "http://127.0.0.1:4880"
 
@@ -309,7 +310,8 @@ def make_add_pack(args) -> dict:
     if not args.disk or not args.size:
         raise TslsError(Code.BAD_REQUEST, "make-add-pack needs --size N and --disk FILE")
     disk = {"id": add_pack_id(args.size, secrets.token_hex(4).upper()), "used": None}
-    with open(args.disk, "x") as f:
+    fd = os.open(args.disk, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
         json.dump(disk, f, indent=1)
     return disk
 
@@ -327,9 +329,7 @@ async def _sbs_command(conn, args) -> None:
             raise TslsError(Code.BAD_ADD_PACK, f"{args.disk} is not an add pack disk")
         result = await conn.request("sbs_apply_add_pack", pack=disk.get("id"), used=disk.get("used"))
         disk["used"] = result["add_pack"]["used"]
-        with open(args.disk + ".new", "w") as f:
-            json.dump(disk, f, indent=1)
-        os.replace(args.disk + ".new", args.disk)
+        write_private(args.disk, json.dumps(disk, indent=1))
     else:
         result = await conn.request("sbs_setup" if args.action == "setup" else "sbs_status")
     emit(result, args.json, lambda r: print(f"edition: {r['edition']}; client licenses: {r['client_licenses']} "

@@ -8,8 +8,13 @@ from tsls.errors import TslsError
 
 
 def run(coroutine_factory, as_json: bool) -> int:
-    """Run ``coroutine_factory(reactor)`` on the reactor; a TslsError becomes a coded message and exit 1."""
+    """Run ``coroutine_factory(reactor)`` on the reactor; a TslsError becomes a coded message and exit 1.
+    Files the command writes (device stores, secrets, keys) are private to their owner."""
     from twisted.internet import defer, task
+
+    from tsls.files import private_umask
+
+    private_umask()
 
     status = []
 

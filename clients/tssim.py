@@ -23,6 +23,7 @@ from tsls.core.labtime import parse_date
 from tsls.core.model import ProductVersion
 from tsls.core.terminal import Grace, without_license_server
 from tsls.errors import Code, TslsError
+from tsls.files import write_private
 from tsls.server.auth import read_secret
 
 PLATFORM_ID = 0x04010000   # WINNT_POST_52 + Microsoft, what FreeRDP sends [REFERENCE §6]
@@ -51,11 +52,9 @@ class JsonState:
             self.data = {}
 
     def save(self) -> None:
-        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
-        tmp = self.path + ".new"
-        with open(tmp, "w") as f:
-            json.dump(self.data, f, indent=1, sort_keys=True)
-        os.replace(tmp, self.path)
+        """Mode 0600 in a directory made 0700: a device store holds license tokens."""
+        os.makedirs(os.path.dirname(self.path) or ".", mode=0o700, exist_ok=True)
+        write_private(self.path, json.dumps(self.data, indent=1, sort_keys=True))
 
 
 class DeviceStore(JsonState):

@@ -1,5 +1,12 @@
+import os
+
 import pytest
 import pytest_twisted
+
+# As the daemons and clients do at start (tsls.files.private_umask): files the tests make for them
+# (another program's database, a garbage file) are private too, or tsls would rightly refuse them.
+# tests/test_files.py proves tsls's own files are private under the default umask 022 as well.
+os.umask(0o077)
 
 
 def running(harness):

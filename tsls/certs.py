@@ -10,7 +10,7 @@ import datetime
 import ipaddress
 import os
 
-from tsls.server.auth import write_private
+from tsls.files import write_private
 
 
 def new_key():
@@ -44,7 +44,7 @@ def make_certs(directory: str, days: int = 825) -> dict:
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.x509.oid import NameOID
 
-    os.makedirs(os.path.join(directory, "ca"), exist_ok=True)
+    os.makedirs(os.path.join(directory, "ca"), mode=0o700, exist_ok=True)
     now = datetime.datetime.now(datetime.timezone.utc)
 
     def name(cn):
@@ -69,7 +69,6 @@ def make_certs(directory: str, days: int = 825) -> dict:
     pem = serialization.Encoding.PEM
     server_pem = private_pem(server_key) + server.public_bytes(pem).decode()
     paths = {"server": os.path.join(directory, "server.pem"), "ca": os.path.join(directory, "ca", "ca.pem")}
-    write_private(paths["server"], server_pem.strip())
-    with open(paths["ca"], "wb") as f:
-        f.write(ca.public_bytes(pem))
+    write_private(paths["server"], server_pem.strip(), newline=True)
+    write_private(paths["ca"], ca.public_bytes(pem))
     return paths

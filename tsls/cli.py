@@ -73,7 +73,9 @@ def build(reactor, args):
     from tsls.labclock import LabClock
     from tsls.server.service import LicenseServerService
 
-    os.makedirs(args.data_dir, exist_ok=True)
+    from tsls.files import private_directory
+
+    private_directory(args.data_dir)
     top = MultiService()
     # In the lab, the Clearinghouse reads the license server's lab clock, so certificates age with it.
     lab_clock = LabClock(reactor) if getattr(args, "lab_clock", False) else None
@@ -103,6 +105,9 @@ def check(args) -> int:
 
 
 def main(argv=None) -> int:
+    from tsls.files import private_umask
+
+    private_umask()             # every file and directory tsls makes is its owner's alone
     args = _parser().parse_args(argv)
     if args.command == "check":
         return check(args)
@@ -113,14 +118,15 @@ def main(argv=None) -> int:
         return 0
     from twisted.internet import reactor
 
+    from tsls.files import ExposedError
     from tsls.sqlite import StoreError
 
     observer = jsonFileLogObserver(sys.stdout) if args.log_json else textFileLogObserver(sys.stdout)
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
     try:
         top = build(reactor, args)
-    except StoreError as e:
-        print(f"tsls: {e}", file=sys.stderr)
+    except (StoreError, ExposedError) as e:
+        print(f"tsls: error {e.code.value}: {e}", file=sys.stderr)
         return 1
     failed = []
 

@@ -67,6 +67,8 @@ class Code(enum.Enum):
     NOT_FOUND = "NOT_FOUND"
     # Server side
     STORAGE_ERROR = "STORAGE_ERROR"
+    # Refusals to start (tsls prints them and exits 1; docs/reliability.md)
+    PERMISSIONS_TOO_OPEN = "PERMISSIONS_TOO_OPEN"
     SHUTTING_DOWN = "SHUTTING_DOWN"
     INTERNAL_ERROR = "INTERNAL_ERROR"
 

@@ -2,16 +2,34 @@
 that are corrupt, belong to something else, or come from a newer tsls (never touching them)."""
 from __future__ import annotations
 
+import os
 import sqlite3
+
+from tsls import files
+from tsls.errors import Code
 
 
 class StoreError(Exception):
-    """The database cannot be used: corrupt, not a tsls database, or from a newer tsls."""
+    """The database cannot be used: corrupt, not a tsls database, from a newer tsls, or readable
+    by other users. ``code`` says which, stably."""
+
+    def __init__(self, message: str, code: Code = Code.STORAGE_ERROR) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 def open_database(path: str, migrations: dict[int, str], what: str) -> sqlite3.Connection:
     """Open ``path`` in WAL mode with synchronous=FULL (a COMMIT that returned survives a crash),
-    and bring its schema up to ``max(migrations)``. Migration N takes version N-1 to N."""
+    and bring its schema up to ``max(migrations)``. Migration N takes version N-1 to N.
+
+    The database, its directory and its -wal/-shm files must be private to their owner (the
+    database holds secrets); a new database is created mode 0600 before SQLite opens it, and
+    SQLite gives its -wal and -shm files the database's own mode."""
+    try:
+        files.check_private(os.path.dirname(os.path.abspath(path)), path, f"{path}-wal", f"{path}-shm")
+    except files.ExposedError as e:
+        raise StoreError(str(e), Code.PERMISSIONS_TOO_OPEN) from None
+    files.create_private(path)
     db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     try:
         db.execute("PRAGMA journal_mode=WAL")

@@ -41,7 +41,7 @@ def tls_options(directory: str, name: str):
 
 def make_factory(terminal_server, state, state_dir: str) -> RdpFrontFactory:
     directory = os.path.join(state_dir, "rdp", terminal_server.name)
-    os.makedirs(directory, exist_ok=True)
+    os.makedirs(directory, mode=0o700, exist_ok=True)
     return RdpFrontFactory(LicenseServerLicensing(terminal_server, state), licensing_key(directory),
                            tls_options(directory, terminal_server.name), terminal_server.version)
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 import secrets
 
+from tsls import files
 from tsls.errors import Code, TslsError
 
 
@@ -35,11 +35,8 @@ def check_proof(secret: str, nonce: str | None, role: str, name: str, given: obj
 
 
 def write_private(path: str, text: str) -> None:
-    """Create ``path`` readable and writable by its owner only (never widening an existing file)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text + "\n")
-    os.chmod(path, 0o600)
+    """Replace ``path`` with ``text``, readable and writable by its owner only (tsls.files)."""
+    files.write_private(path, text, newline=True)
 
 
 def read_secret(path: str) -> str:
