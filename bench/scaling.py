@@ -35,7 +35,7 @@ def template(cache: str, licenses: int, log=print) -> str:
     path = os.path.join(cache, f"ledger-{licenses}.sqlite")
     stamp = path + ".ok"
     if not (os.path.exists(path) and os.path.exists(stamp)):
-        os.makedirs(cache, exist_ok=True)
+        os.makedirs(cache, mode=0o700, exist_ok=True)     # tsls refuses a database others can read
         log(f"making a database with {licenses:,} licenses in {path} ...")
         started = time.perf_counter()
         dbgen.generate(path, licenses)
@@ -48,6 +48,7 @@ def fresh_copy(src: str, work: harness.Workdir, name: str) -> str:
     dst = work.file(name)
     remove(dst)             # a WAL left beside an older copy would be replayed onto this one
     shutil.copyfile(src, dst)
+    os.chmod(dst, 0o600)    # tsls refuses a database other users can read
     return dst
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import time
@@ -47,6 +48,7 @@ def run(duration: float, repeat: int, pipeline: int, template: str, work: harnes
             runs["baseline"].append(measure(harness.baseline(), cmd_for))
             db = work.file(f"ledger-{connections}-{depth}-{n}.sqlite")
             shutil.copyfile(template, db)
+            os.chmod(db, 0o600)     # tsls refuses a database other users can read
             runs["license server"].append(measure(harness.license_server(db), cmd_for))
         row = {"connections": connections, "pipeline": depth, "mix": mix, "report": report}
         for name, results in runs.items():

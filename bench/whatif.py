@@ -23,6 +23,7 @@ import argparse
 import functools
 import hashlib
 import hmac
+import os
 import shutil
 import sys
 
@@ -81,6 +82,7 @@ def main(argv=None) -> int:
             for name, what in variants:
                 db = work.file(f"ledger-{n}.sqlite")
                 shutil.copyfile(template, db)
+                os.chmod(db, 0o600)     # tsls refuses a database other users can read
                 server = harness.license_server(db)
                 if what:
                     server.args += ["--what-if", what]
