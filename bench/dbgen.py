@@ -22,7 +22,8 @@ import time
 
 from tsls.core.events import Event, EventId
 from tsls.core.model import DAY, CalType, ProductVersion, PurchaseRef
-from tsls.server.app import Identity
+from tsls.core.activation import Activation, ActivationMethod, ActivationStatus
+from tsls.server.app import load_identity
 from tsls.server.store import LicenseStore
 
 PACK_SIZE = 1_000_000            # the most one purchase may hold (tsls.core.model.parse_quantity)
@@ -40,16 +41,13 @@ def generate(path: str, licenses: int = 1000, packs: int = 4, seed: str = "1") -
             os.remove(path + suffix)
     now = int(time.time())
     store = LicenseStore.open(path)
-    Identity.load_or_create(store, seed)
+    load_identity(store, seed)
     rng = random.Random(seed)
     devices = licenses // 2
     packs = max(packs, -(-devices // PACK_SIZE) + 1)
     with store.transaction():
         store.add_events([Event(now, EventId.ACTIVATED, f"license server activated (telephone) as {LICENSE_SERVER_ID}")])
-        store.set_meta("activation_status", "activated")
-        store.set_meta("license_server_id", LICENSE_SERVER_ID)
-        store.set_meta("activation_method", "telephone")
-        store.set_meta("activated_at", str(now))
+        store.save_activation(Activation(ActivationStatus.ACTIVATED, LICENSE_SERVER_ID, ActivationMethod.TELEPHONE, now))
         pack_ids = []
         for n in range(packs):
             ref = PurchaseRef.from_json({"program": "retail", "retail_code": f"BENCH{n:020d}"})

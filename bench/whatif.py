@@ -53,7 +53,7 @@ def apply(names: list[str], observer):
         inner = observer
 
         def observer(event):
-            if event.get("event_id") in ROUTINE and event.get("log_namespace", "").startswith("tsls.server.app"):
+            if event.get("event_id") in ROUTINE and event.get("log_namespace", "").startswith("tsls.server.records"):
                 return
             inner(event)
     return observer

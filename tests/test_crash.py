@@ -13,9 +13,10 @@ from twisted.internet import defer, error, protocol, reactor
 
 from clients.connection import connect
 from clients.tssim import hardware_id
+from tsls.core.activation import Activation, ActivationStatus
 from tsls.core.model import CalType, Program, ProductVersion, PurchaseRef
 from tsls.errors import TslsError
-from tsls.server.app import Identity
+from tsls.server.app import load_identity
 from tsls.server.check import check_ledger
 from tsls.server.store import LicenseStore
 
@@ -66,12 +67,11 @@ def kill_at_random(daemon, rng, within):
 
 def prepare(data_dir, cals):
     store = LicenseStore.open(os.path.join(data_dir, "license-server.sqlite"))
-    Identity.load_or_create(store, "7")
+    load_identity(store, "7")
     with store.transaction():
         store.add_key_pack("C" * 35, PurchaseRef(Program.RETAIL, retail_code="C" * 25), ProductVersion.W2003,
                            CalType.PER_DEVICE, cals, 0)
-        store.set_meta("activation_status", "activated")
-        store.set_meta("license_server_id", "L" * 35)
+        store.save_activation(Activation(ActivationStatus.ACTIVATED, "L" * 35))
     store.close()
 
 

@@ -10,7 +10,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
 from tests.fakes import FakeClearinghouse
-from tsls.server.app import Identity, LicenseServer
+from tsls.server.app import LicenseServer, load_identity
 from tsls.server.check import check_ledger
 from tsls.server.protocol import LicenseFactory
 from tsls.server.store import LicenseStore
@@ -59,7 +59,7 @@ def ledger(tmp_path_factory):
     clock = Clock()
     clock.advance(1_800_000_000)
     writer = BatchWriter(None, clock, store, threaded=False)
-    server = LicenseServer(writer, FakeClearinghouse(), Identity.load_or_create(store, "1"))
+    server = LicenseServer(writer, FakeClearinghouse(), load_identity(store, "1"))
     yield path, LicenseFactory(server, clock=clock)
     store.close()
 

@@ -16,22 +16,10 @@ from tsls.core.events import Event, EventId
 from tsls.core.model import iso
 from tsls.core.perseat import SBS_START, SUITE, AddPackUse, Product, ProductMode
 from tsls.errors import Code, TslsError
+from tsls.server.storage import EventFilter, SeatAssignment
 
 HISTORY = (EventId.PRODUCT_ADDED, EventId.PRODUCT_LICENSES_ADDED, EventId.SWITCHED_TO_PER_SEAT,
            EventId.ADD_PACK_APPLIED)
-
-
-def _product(store, name: str) -> Product | None:
-    row = store.db.execute("SELECT name, server, mode, per_server_licenses, seat_licenses, switched_at "
-                           "FROM products WHERE name = ?", (name,)).fetchone()
-    return None if row is None else Product(row[0], row[1], ProductMode(row[2]), row[3], row[4], row[5])
-
-
-def _put(store, p: Product) -> None:
-    store.db.execute("INSERT INTO products VALUES (?,?,?,?,?,?) ON CONFLICT (name) DO UPDATE SET mode = excluded.mode, "
-                     "per_server_licenses = excluded.per_server_licenses, seat_licenses = excluded.seat_licenses, "
-                     "switched_at = excluded.switched_at",
-                     (p.name, p.server, p.mode.value, p.per_server_licenses, p.seat_licenses, p.switched_at))
 
 
 def _count(value, what) -> int:
@@ -50,23 +38,18 @@ class ProductLicensing:
 
     def connect(self, owner, product_name: str, hwid: str, administrator: bool):
         def job(store, now):
-            product = _product(store, product_name)
-            seat = store.db.execute("SELECT via FROM seat_assignments WHERE product IN (?, ?) AND hwid = ?",
-                                    (product_name, SUITE, hwid)).fetchone()
-            taken = dict(store.db.execute(
-                "SELECT via, count(*) FROM seat_assignments WHERE product = ? OR via = 'suite' GROUP BY via",
-                (product_name,)).fetchall())
+            product = store.product(product_name)
+            seat = store.seat_of((product_name, SUITE), hwid)
             open_now = sum(1 for name, _ in self.open.values() if name == product_name)
             try:
-                how = perseat.connect(product, open_now, administrator, seat and seat[0], taken,
-                                      int(store.get_meta("suite_licenses") or 0))
+                how = perseat.connect(product, open_now, administrator, seat, store.seats_taken(product_name),
+                                      store.suite_licenses())
             except TslsError as e:
                 store.add_events([Event(now, EventId.PRODUCT_CONNECTION_REFUSED, f"{product_name}: {e.message}",
                                         hwid=hwid)])
                 return e
             if how in ("seat", "suite") and seat is None:
-                store.db.execute("INSERT INTO seat_assignments VALUES (?,?,?,?)",
-                                 (SUITE if how == "suite" else product_name, hwid, how, now))
+                store.assign_seat(SeatAssignment(SUITE if how == "suite" else product_name, hwid, how, now))
             connection_id = next(self._ids)
             if product.mode is ProductMode.PER_SERVER:
                 self.open[connection_id] = (product_name, owner)
@@ -95,9 +78,9 @@ class ProductLicensing:
         licenses = _count(per_server_licenses, "per_server_licenses")
 
         def job(store, now):
-            if _product(store, name) is not None:
+            if store.product(name) is not None:
                 raise TslsError(Code.PRODUCT_EXISTS, f"{name} is already managed")
-            _put(store, Product(name, server, ProductMode.PER_SERVER, licenses))
+            store.save_product(Product(name, server, ProductMode.PER_SERVER, licenses))
             store.add_events([Event(now, EventId.PRODUCT_ADDED, f"{name} on {server} installed Per Server with "
                                                                 f"{licenses} licenses")])
             return self._products(store)
@@ -108,16 +91,16 @@ class ProductLicensing:
 
         def job(store, now):
             if name == SUITE:
-                total = int(store.get_meta("suite_licenses") or 0) + seats
-                store.set_meta("suite_licenses", str(total))
+                total = store.suite_licenses() + seats
+                store.set_suite_licenses(total)
                 store.add_events([Event(now, EventId.PRODUCT_LICENSES_ADDED, f"{seats} {SUITE} CALs added: {total}")])
                 return self._products(store)
-            product = _product(store, name)
+            product = store.product(name)
             if product is None:
                 raise TslsError(Code.UNKNOWN_PRODUCT, f"no product {name!r}")
             if per_server and product.mode is ProductMode.PER_SEAT:
                 raise TslsError(Code.ALREADY_PER_SEAT, f"{name} is licensed Per Seat: it takes Per Seat CALs only")
-            _put(store, attrs.evolve(product, per_server_licenses=product.per_server_licenses + per_server,
+            store.save_product(attrs.evolve(product, per_server_licenses=product.per_server_licenses + per_server,
                                      seat_licenses=product.seat_licenses + seats))
             store.add_events([Event(now, EventId.PRODUCT_LICENSES_ADDED, f"{name}: {per_server} Per Server licenses "
                                                                          f"and {seats} Per Seat CALs added")])
@@ -126,8 +109,8 @@ class ProductLicensing:
 
     def switch_to_per_seat(self, name: str, confirmed: bool, permitted: bool):
         def job(store, now):
-            product = perseat.switch_to_per_seat(_product(store, name), confirmed, permitted, now)
-            _put(store, product)
+            product = perseat.switch_to_per_seat(store.product(name), confirmed, permitted, now)
+            store.save_product(product)
             store.add_events([Event(now, EventId.SWITCHED_TO_PER_SEAT, f"{name} switched from Per Server to Per "
                                                                        "Seat; its Per Server licenses are gone")])
             return self._products(store)
@@ -135,44 +118,38 @@ class ProductLicensing:
 
     def switch_to_per_server(self, name: str):
         def job(store, now):
-            perseat.switch_to_per_server(_product(store, name))
+            perseat.switch_to_per_server(store.product(name))
         return self.writer.submit(job)
 
     def products(self):
         return self.writer.submit(lambda store, now: self._products(store))
 
     def _products(self, store) -> dict:
-        rows = store.db.execute("SELECT name FROM products ORDER BY name").fetchall()
-        out = []
-        for (name,) in rows:
-            p = _product(store, name)
-            seats = store.db.execute("SELECT count(*) FROM seat_assignments WHERE product = ?", (name,)).fetchone()[0]
-            out.append({"name": p.name, "server": p.server, "mode": p.mode.value,
-                        "per_server_licenses": p.per_server_licenses, "seat_licenses": p.seat_licenses,
-                        "seats_assigned": seats, "switched_at": iso(p.switched_at),
-                        "connections": sum(1 for n, _ in self.open.values() if n == name)})
-        suite = store.db.execute("SELECT count(*) FROM seat_assignments WHERE product = ?", (SUITE,)).fetchone()[0]
-        return {"products": out, "suite": {"name": SUITE, "licenses": int(store.get_meta("suite_licenses") or 0),
-                                           "assigned": suite}}
+        out = [{"name": p.name, "server": p.server, "mode": p.mode.value,
+                "per_server_licenses": p.per_server_licenses, "seat_licenses": p.seat_licenses,
+                "seats_assigned": store.seats_assigned(p.name), "switched_at": iso(p.switched_at),
+                "connections": sum(1 for n, _ in self.open.values() if n == p.name)} for p in store.products()]
+        return {"products": out, "suite": {"name": SUITE, "licenses": store.suite_licenses(),
+                                           "assigned": store.seats_assigned(SUITE)}}
 
     def seat_clients(self):
         def job(store, now):
-            rows = store.db.execute("SELECT product, hwid, via, assigned_at FROM seat_assignments ORDER BY product, hwid")
-            return [{"product": r[0], "hwid": r[1], "licensed_by": r[2], "assigned_at": iso(r[3])} for r in rows]
+            return [{"product": s.product, "hwid": s.hwid, "licensed_by": s.via, "assigned_at": iso(s.assigned_at)}
+                    for s in store.seat_assignments()]
         return self.writer.submit(job)
 
     def history(self):
-        ids = ",".join(str(int(e)) for e in HISTORY)
+        which = EventFilter(event_ids=tuple(int(e) for e in HISTORY))
         return self.writer.submit(lambda store, now: [
             {"at": iso(e.at), "event_id": int(e.event_id), "message": e.message}
-            for _, e in store.events(f"event_id IN ({ids})", (), 10_000)])
+            for _, e in store.events(which, 10_000)])
 
     # --- Small Business Server ------------------------------------------------------------------
 
     def sbs_setup(self):
         def job(store, now):
-            if store.get_meta("sbs_licenses") is None:
-                store.set_meta("sbs_licenses", str(SBS_START))
+            if store.sbs_licenses() is None:
+                store.set_sbs_licenses(SBS_START)
             return self._sbs(store)
         return self.writer.submit(job)
 
@@ -181,15 +158,15 @@ class ProductLicensing:
 
     def apply_add_pack(self, pack_id: str, used: AddPackUse | None):
         def job(store, now):
-            current = store.get_meta("sbs_licenses")
-            after, record = perseat.apply_add_pack(None if current is None else int(current), pack_id, used)
-            store.set_meta("sbs_licenses", str(after))
+            current = store.sbs_licenses()
+            after, record = perseat.apply_add_pack(current, pack_id, used)
+            store.set_sbs_licenses(after)
             store.add_events([Event(now, EventId.ADD_PACK_APPLIED, f"Client Add Pack {pack_id}: client licenses "
                                                                   f"{current} to {after}")])
             return {**self._sbs(store), "add_pack": {"id": pack_id, "used": attrs.asdict(record)}}
         return self.writer.submit(job)
 
     def _sbs(self, store) -> dict:
-        licenses = store.get_meta("sbs_licenses")
-        return {"edition": "small_business_server" if licenses else "standard",
-                "client_licenses": None if licenses is None else int(licenses), "maximum": perseat.SBS_MAX}
+        licenses = store.sbs_licenses()
+        return {"edition": "standard" if licenses is None else "small_business_server",
+                "client_licenses": licenses, "maximum": perseat.SBS_MAX}

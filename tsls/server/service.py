@@ -11,7 +11,7 @@ from twisted.internet.endpoints import serverFromString
 from tsls.labclock import LabClock
 from tsls.server.auth import write_private
 from tsls.listener import Listener
-from tsls.server.app import Identity, LicenseServer
+from tsls.server.app import LicenseServer, load_identity
 from tsls.server.protocol import LicenseFactory
 from tsls.server.store import LicenseStore
 from tsls.server.writer import BatchWriter
@@ -44,12 +44,12 @@ class LicenseServerService(MultiService):
         the database); otherwise ``clock`` (default: the reactor) gives real time."""
         super().__init__()
         store = LicenseStore.open(db_path)
-        identity = Identity.load_or_create(store, seed)
+        identity = load_identity(store, seed)
         # The administrator's credential, readable by its owner only, beside the database by default.
         self.credential_path = credential_path or os.path.join(os.path.dirname(os.path.abspath(db_path)), "admin.secret")
         write_private(self.credential_path, identity.admin_secret)
         if lab_clock is not None:
-            lab_clock.offset = float(store.get_meta("lab_clock_offset") or 0.0)
+            lab_clock.offset = store.lab_clock_offset()
         clock = lab_clock or clock or reactor
         self.writer = BatchWriter(reactor, clock, store)
         self.server = LicenseServer(self.writer, clearinghouse, identity, lab_clock)

@@ -1,8 +1,10 @@
-"""SQLite storage for the license server: the ledger of key packs and licenses.
+"""SQLite storage for the license server: ``LicenseStore`` implements the storage seam
+(``tsls.server.storage.LedgerStore``) on one SQLite file.
 
 Plain synchronous code, used by one thread at a time (the writer runs each batch's requests in
-the reactor's thread and its COMMIT in its own). It reads the world the core
-needs, and writes back the changes a core ``Decision`` lists; it decides nothing itself.
+the reactor's thread and its COMMIT in its own). It reads the world the core needs, and writes
+back the changes a core ``Decision`` lists; it decides nothing itself. All of the license
+server's SQL is here (and the read-only invariant checks in tsls/server/check.py).
 """
 from __future__ import annotations
 
@@ -13,8 +15,11 @@ import sqlite3
 import attrs
 
 from tsls.core import events
+from tsls.core.activation import Activation, ActivationMethod, ActivationStatus
 from tsls.core.licensing import Change, Decision, World, expire
 from tsls.core.model import CalType, KeyPack, License, LicenseKind, LicenseStatus, ProductVersion, PurchaseRef
+from tsls.core.perseat import Product, ProductMode
+from tsls.server.storage import EventFilter, Identity, LicenseFilter, Registration, SeatAssignment
 from tsls.sqlite import open_database
 
 # Migration N brings a database from version N-1 to N. Never edit one that has shipped: add one.
@@ -95,6 +100,37 @@ MIGRATIONS = {
         PRIMARY KEY (product, hwid)
     );
     """,
+    # Activation state and terminal-server registrations were loose meta keys (the registrations
+    # JSON blobs); each gets its own table. What stays in meta is read only through typed methods.
+    4: """
+    CREATE TABLE activation (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        status TEXT NOT NULL,
+        license_server_id TEXT,
+        method TEXT,
+        activated_at INTEGER,
+        certificate TEXT
+    );
+    INSERT INTO activation (id, status, license_server_id, method, activated_at, certificate) SELECT 1,
+        coalesce((SELECT value FROM meta WHERE key = 'activation_status'), 'not_activated'),
+        (SELECT value FROM meta WHERE key = 'license_server_id'),
+        (SELECT value FROM meta WHERE key = 'activation_method'),
+        (SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'activated_at'),
+        (SELECT value FROM meta WHERE key = 'clearinghouse_certificate');
+    DELETE FROM meta WHERE key IN
+        ('activation_status', 'license_server_id', 'activation_method', 'activated_at', 'clearinghouse_certificate');
+    CREATE TABLE terminal_servers (
+        name TEXT PRIMARY KEY,
+        secret TEXT NOT NULL,
+        in_group INTEGER NOT NULL DEFAULT 0,
+        registered_at INTEGER NOT NULL
+    );
+    INSERT INTO terminal_servers (name, secret, in_group, registered_at)
+        SELECT substr(key, 17), json_extract(value, '$.secret'), coalesce(json_extract(value, '$.group'), 0),
+               json_extract(value, '$.registered_at')
+        FROM meta WHERE key LIKE 'terminal~_server:%' ESCAPE '~';
+    DELETE FROM meta WHERE key LIKE 'terminal~_server:%' ESCAPE '~';
+    """,
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 
@@ -109,15 +145,17 @@ CHECKPOINT_PAGES = 10_000
 
 
 class LicenseStore:
+    """The SQLite engine of ``tsls.server.storage.LedgerStore``."""
+
     def __init__(self, connection: sqlite3.Connection) -> None:
         self.db = connection
         self.new_events: list = []      # events written in the open transaction, published after COMMIT
-        # Every request reads the key packs and a few meta values; they change rarely, so they are
-        # kept here. Temporary triggers (this connection's own, not in the schema) drop a copy
-        # whenever its table is written by any statement on this connection; a rollback drops both,
-        # and so does a commit by another connection (PRAGMA data_version, read at each BEGIN).
-        self._packs: tuple[KeyPack, ...] | None = None
-        self._meta: dict[str, str | None] = {}
+        # Every request reads the key packs, the activation and a few settings; they change rarely,
+        # so they are kept here, one entry per table. Temporary triggers (this connection's own, not
+        # in the schema) drop a table's entry whenever any statement on this connection writes it; a
+        # rollback drops them all, and so does a commit by another connection (PRAGMA data_version,
+        # read at each BEGIN).
+        self._cache: dict[str, object] = {}
         self._purchases: dict[str, PurchaseRef] = {}
         self._cached = False            # caches are used only once the triggers are in place
         self._data_version = None
@@ -139,23 +177,25 @@ class LicenseStore:
         self.db.close()
 
     def _watch(self) -> None:
-        """Install the triggers that keep the key pack and meta caches honest, then use them."""
+        """Install the triggers that keep the caches honest, then use them."""
         self.db.create_function("tsls_changed", 1, self._changed)
-        for table in ("key_packs", "meta"):
+        for table in _CACHED_TABLES:
             for op in ("INSERT", "UPDATE", "DELETE"):
                 self.db.execute(f"CREATE TEMP TRIGGER IF NOT EXISTS tsls_{table}_{op.lower()} AFTER {op} ON main.{table} "
                                 f"BEGIN SELECT tsls_changed('{table}'); END")
         self._cached = True
 
     def _changed(self, table: str) -> None:
-        if table == "key_packs":
-            self._packs = None
-        else:
-            self._meta = {}
+        self._cache.pop(table, None)
 
     def _forget(self) -> None:
-        self._packs = None
-        self._meta = {}
+        self._cache.clear()
+
+    def _keyed(self, table: str) -> dict:
+        """The cache of one table whose entries are looked up by key (a throwaway dict when uncached)."""
+        if not self._cached:
+            return {}
+        return self._cache.setdefault(table, {})
 
     # --- transactions ---------------------------------------------------------------------------
 
@@ -187,36 +227,105 @@ class LicenseStore:
         """One request inside a shared transaction: a refusal undoes only its own writes."""
         return _Savepoint(self)
 
-    # --- meta -----------------------------------------------------------------------------------
+    # --- settings (the meta table is this module's own: read and written only here) -------------
 
-    def get_meta(self, key: str, default: str | None = None) -> str | None:
+    def _get(self, key: str) -> str | None:
+        cache = self._keyed("meta")
         try:
-            value = self._meta[key]
+            return cache[key]
         except KeyError:
             row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-            value = None if row is None else row[0]
-            if self._cached:
-                self._meta[key] = value
-        return default if value is None else value
+            value = cache[key] = None if row is None else row[0]
+            return value
 
-    def set_meta(self, key: str, value: str | None) -> None:
+    def _set(self, key: str, value: str | None) -> None:
         if value is None:
             self.db.execute("DELETE FROM meta WHERE key = ?", (key,))
         else:
             self.db.execute("INSERT INTO meta (key, value) VALUES (?, ?) "
                             "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (key, value))
 
+    def identity(self) -> Identity | None:
+        """None before the first start. A database from before the administrator's credential
+        existed gives an empty ``admin_secret``."""
+        product_id, seed, secret = self._get("product_id"), self._get("seed"), self._get("token_secret")
+        if product_id is None or secret is None:
+            return None
+        return Identity(product_id, seed or "", bytes.fromhex(secret), self._get("admin_secret") or "")
+
+    def save_identity(self, identity: Identity) -> None:
+        self._set("product_id", identity.product_id)
+        self._set("token_secret", identity.secret.hex())
+        self._set("seed", identity.seed)
+        self._set("admin_secret", identity.admin_secret or None)
+
+    def activation(self) -> Activation:
+        value = self._cache.get("activation")
+        if value is None:
+            row = self.db.execute("SELECT status, license_server_id, method, activated_at, certificate "
+                                  "FROM activation").fetchone()
+            value = Activation() if row is None else Activation(
+                ActivationStatus(row[0]), row[1], None if row[2] is None else ActivationMethod(row[2]), row[3], row[4])
+            if self._cached:
+                self._cache["activation"] = value
+        return value
+
+    def save_activation(self, activation: Activation) -> None:
+        self.db.execute(
+            "INSERT INTO activation (id, status, license_server_id, method, activated_at, certificate) "
+            "VALUES (1, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET status = excluded.status, "
+            "license_server_id = excluded.license_server_id, method = excluded.method, "
+            "activated_at = excluded.activated_at, certificate = excluded.certificate",
+            (activation.status.value, activation.license_server_id,
+             None if activation.method is None else activation.method.value, activation.activated_at,
+             activation.certificate))
+
+    def security_group_policy(self) -> bool:
+        return self._get("policy:security_group") == "on"
+
+    def set_security_group_policy(self, enabled: bool) -> None:
+        self._set("policy:security_group", "on" if enabled else "off")
+
+    def lab_clock_offset(self) -> float:
+        return float(self._get("lab_clock_offset") or 0.0)
+
+    def set_lab_clock_offset(self, offset: float) -> None:
+        self._set("lab_clock_offset", repr(offset))
+
+    # --- terminal servers -------------------------------------------------------------------------
+
+    def registration(self, name: str) -> Registration | None:
+        cache = self._keyed("terminal_servers")
+        try:
+            return cache[name]
+        except KeyError:
+            row = self.db.execute("SELECT name, secret, registered_at, in_group FROM terminal_servers WHERE name = ?",
+                                  (name,)).fetchone()
+            value = cache[name] = None if row is None else Registration(row[0], row[1], row[2], bool(row[3]))
+            return value
+
+    def registrations(self) -> tuple[Registration, ...]:
+        rows = self.db.execute("SELECT name, secret, registered_at, in_group FROM terminal_servers ORDER BY name")
+        return tuple(Registration(r[0], r[1], r[2], bool(r[3])) for r in rows)
+
+    def save_registration(self, registration: Registration) -> None:
+        self.db.execute("INSERT INTO terminal_servers (name, secret, registered_at, in_group) VALUES (?, ?, ?, ?) "
+                        "ON CONFLICT (name) DO UPDATE SET secret = excluded.secret, "
+                        "registered_at = excluded.registered_at, in_group = excluded.in_group",
+                        (registration.name, registration.secret, registration.registered_at,
+                         int(registration.in_group)))
+
     # --- reading the world ----------------------------------------------------------------------
 
     def key_packs(self) -> tuple[KeyPack, ...]:
-        packs = self._packs
+        packs = self._cache.get("key_packs")
         if packs is None:
             rows = self.db.execute("SELECT id, key_pack_id, purchase, product_version, cal_type, total, issued, "
                                    "installed_at FROM key_packs ORDER BY id")
             packs = tuple(KeyPack(r[0], r[1], self._purchase(r[2]), ProductVersion(r[3]), CalType(r[4]), r[5], r[6],
                                   r[7]) for r in rows)
             if self._cached:
-                self._packs = packs
+                self._cache["key_packs"] = packs
         return packs
 
     def _purchase(self, text: str) -> PurchaseRef:
@@ -232,9 +341,23 @@ class LicenseStore:
         row = self.db.execute(f"SELECT {_COLUMNS} FROM licenses WHERE id = ?", (license_id,)).fetchone()
         return None if row is None else _license(row)
 
-    def licenses(self, where: str = "1", params: tuple = (), limit: int = 1000) -> list[License]:
-        rows = self.db.execute(f"SELECT {_COLUMNS} FROM licenses WHERE {where} ORDER BY id LIMIT ?", (*params, limit))
+    def licenses(self, which: LicenseFilter = LicenseFilter(), limit: int = 1000) -> list[License]:
+        where, params = ["1"], []
+        for column in ("hwid", "machine", "user", "terminal_server", "kind", "status", "product_version", "key_pack"):
+            value = getattr(which, column)
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value if isinstance(value, (str, int)) else value.value)
+        if which.expires_after is not None:
+            where.append("expires_at > ?")
+            params.append(which.expires_after)
+        rows = self.db.execute(f"SELECT {_COLUMNS} FROM licenses WHERE {' AND '.join(where)} ORDER BY id LIMIT ?",
+                               (*params, limit))
         return [_license(r) for r in rows]
+
+    def license_counts(self) -> dict[str, int]:
+        """How many licenses of each kind and status, keyed "kind:status"."""
+        return dict(self.db.execute("SELECT kind || ':' || status, count(*) FROM licenses GROUP BY kind, status"))
 
     def world(self, hwid: str, activated: bool, seed: str) -> World:
         return World(activated, self.key_packs(), self.licenses_of(hwid), seed)
@@ -284,11 +407,23 @@ class LicenseStore:
                 (e.at, int(e.event_id), e.event_id.name, e.message, e.terminal_server, e.hwid, e.user, e.license_id))
             self.new_events.append((cursor.lastrowid, e))
 
-    def events(self, where: str = "1", params: tuple = (), limit: int = 1000) -> list[tuple]:
-        """(row id, Event) pairs, oldest first."""
+    def events(self, which: EventFilter = EventFilter(), limit: int = 1000) -> list[tuple]:
+        """(row id, Event) pairs, the newest ``limit`` that match, oldest first."""
+        where, params = ["1"], []
+        if which.event_ids is not None:
+            where.append(f"event_id IN ({','.join('?' * len(which.event_ids))})")
+            params.extend(which.event_ids)
+        for column in ("terminal_server", "hwid", "user", "license_id"):
+            value = getattr(which, column)
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        if which.since is not None:
+            where.append("at >= ?")
+            params.append(which.since)
         rows = self.db.execute(
             "SELECT id, at, event_id, message, terminal_server, hwid, user, license_id FROM "
-            f"(SELECT * FROM events WHERE {where} ORDER BY id DESC LIMIT ?) ORDER BY id", (*params, limit))
+            f"(SELECT * FROM events WHERE {' AND '.join(where)} ORDER BY id DESC LIMIT ?) ORDER BY id", (*params, limit))
         return [(r[0], events.Event(r[1], events.EventId(r[2]), r[3], r[4], r[5], r[6], r[7])) for r in rows]
 
     def add_key_pack(self, key_pack_id: str, purchase: PurchaseRef, version: ProductVersion, cal_type: CalType,
@@ -308,9 +443,71 @@ class LicenseStore:
                                "WHERE at >= ? AND at < ? ORDER BY id", (start, end)).fetchall()
 
 
+    # --- Per Server / Per Seat products and Small Business Server (docs/legacy.md) -----------------
+
+    def product(self, name: str) -> Product | None:
+        row = self.db.execute("SELECT name, server, mode, per_server_licenses, seat_licenses, switched_at "
+                              "FROM products WHERE name = ?", (name,)).fetchone()
+        return None if row is None else _product(row)
+
+    def products(self) -> tuple[Product, ...]:
+        rows = self.db.execute("SELECT name, server, mode, per_server_licenses, seat_licenses, switched_at "
+                               "FROM products ORDER BY name")
+        return tuple(_product(r) for r in rows)
+
+    def save_product(self, p: Product) -> None:
+        self.db.execute("INSERT INTO products VALUES (?,?,?,?,?,?) ON CONFLICT (name) DO UPDATE SET mode = excluded.mode, "
+                        "per_server_licenses = excluded.per_server_licenses, seat_licenses = excluded.seat_licenses, "
+                        "switched_at = excluded.switched_at",
+                        (p.name, p.server, p.mode.value, p.per_server_licenses, p.seat_licenses, p.switched_at))
+
+    def seat_of(self, products: tuple[str, ...], hwid: str) -> str | None:
+        """How the device holds a Per Seat CAL for any of ``products`` ("seat" or "suite"), if it does."""
+        row = self.db.execute(f"SELECT via FROM seat_assignments WHERE product IN ({','.join('?' * len(products))}) "
+                              "AND hwid = ?", (*products, hwid)).fetchone()
+        return None if row is None else row[0]
+
+    def seats_taken(self, product: str) -> dict[str, int]:
+        """The product's own CALs assigned ("seat") and the suite's CALs assigned anywhere ("suite")."""
+        return dict(self.db.execute("SELECT via, count(*) FROM seat_assignments WHERE product = ? OR via = 'suite' "
+                                    "GROUP BY via", (product,)))
+
+    def seats_assigned(self, product: str) -> int:
+        return self.db.execute("SELECT count(*) FROM seat_assignments WHERE product = ?", (product,)).fetchone()[0]
+
+    def assign_seat(self, seat: SeatAssignment) -> None:
+        self.db.execute("INSERT INTO seat_assignments VALUES (?,?,?,?)",
+                        (seat.product, seat.hwid, seat.via, seat.assigned_at))
+
+    def seat_assignments(self) -> list[SeatAssignment]:
+        rows = self.db.execute("SELECT product, hwid, via, assigned_at FROM seat_assignments ORDER BY product, hwid")
+        return [SeatAssignment(*r) for r in rows]
+
+    def suite_licenses(self) -> int:
+        return int(self._get("suite_licenses") or 0)
+
+    def set_suite_licenses(self, total: int) -> None:
+        self._set("suite_licenses", str(total))
+
+    def sbs_licenses(self) -> int | None:
+        """None: not the Small Business Server edition."""
+        value = self._get("sbs_licenses")
+        return None if value is None else int(value)
+
+    def set_sbs_licenses(self, total: int) -> None:
+        self._set("sbs_licenses", str(total))
+
+
 _COLUMNS_NO_ID = ("kind, status, hwid, machine, user, terminal_server, product_version, key_pack, validated, "
                   "issued_at, expires_at, renewals")
 _COLUMNS = "id, " + _COLUMNS_NO_ID
+
+
+_CACHED_TABLES = ("key_packs", "meta", "activation", "terminal_servers")
+
+
+def _product(r) -> Product:
+    return Product(r[0], r[1], ProductMode(r[2]), r[3], r[4], r[5])
 
 
 _KINDS = {k.value: k for k in LicenseKind}

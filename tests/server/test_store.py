@@ -1,0 +1,80 @@
+"""The SQLite engine of the storage seam, on real SQLite files."""
+import json
+
+from tsls.core.activation import Activation, ActivationMethod, ActivationStatus
+from tsls.core.events import Event, EventId
+from tsls.core.licensing import Change, Decision, Outcome
+from tsls.core.model import CalType, License, LicenseKind, LicenseStatus, Program, ProductVersion, PurchaseRef
+from tsls.server.storage import EventFilter, LicenseFilter, Registration
+from tsls.server.store import MIGRATIONS, LicenseStore
+from tsls.sqlite import open_database
+
+
+def test_a_schema_3_database_keeps_its_activation_and_registrations(tmp_path):
+    path = str(tmp_path / "ls.sqlite")
+    db = open_database(path, {n: MIGRATIONS[n] for n in (1, 2, 3)}, "license server")
+    old = {"activation_status": "activated", "license_server_id": "L" * 35, "activation_method": "telephone",
+           "activated_at": "1800000000", "clearinghouse_certificate": "C" * 35, "seed": "7",
+           "terminal_server:ts1": json.dumps({"secret": "s1", "group": True, "registered_at": 1700000000}),
+           "terminal_server:ts2": json.dumps({"secret": "s2", "group": False, "registered_at": 1700000001})}
+    db.executemany("INSERT INTO meta VALUES (?, ?)", old.items())
+    db.close()
+
+    store = LicenseStore.open(path)
+    assert store.activation() == Activation(ActivationStatus.ACTIVATED, "L" * 35, ActivationMethod.TELEPHONE,
+                                            1800000000, "C" * 35)
+    assert store.registrations() == (Registration("ts1", "s1", 1700000000, True),
+                                     Registration("ts2", "s2", 1700000001, False))
+    keys = [k for (k,) in store.db.execute("SELECT key FROM meta")]
+    assert keys == ["seed"]
+    store.close()
+
+
+def test_a_new_database_is_not_activated_and_has_no_registrations(tmp_path):
+    store = LicenseStore.open(str(tmp_path / "ls.sqlite"))
+    assert store.activation() == Activation()
+    assert store.registration("ts1") is None
+    store.close()
+
+
+def test_a_write_drops_the_cached_copy_of_what_it_changed(tmp_path):
+    store = LicenseStore.open(str(tmp_path / "ls.sqlite"))
+    with store.transaction():
+        assert store.registration("ts1") is None          # cached as absent...
+        store.save_registration(Registration("ts1", "s", 5))
+        assert store.registration("ts1") == Registration("ts1", "s", 5)    # ...and the write drops the copy
+        store.save_activation(Activation(ActivationStatus.ACTIVATED, "L" * 35, ActivationMethod.AUTOMATIC, 9))
+    assert store.activation().activated
+    store.close()
+
+
+def _cal(hwid, pack, status=LicenseStatus.ACTIVE, expires_at=100):
+    return License(0, LicenseKind.PERMANENT, status, hwid, "m", "u", "ts", ProductVersion.W2003, pack, False, 0,
+                   expires_at)
+
+
+def test_a_license_filter_matches_every_field_given(tmp_path):
+    store = LicenseStore.open(str(tmp_path / "ls.sqlite"))
+    with store.transaction():
+        pack = store.add_key_pack("K" * 35, PurchaseRef(Program.RETAIL, retail_code="R" * 25), ProductVersion.W2003,
+                                  CalType.PER_DEVICE, 5, 0)
+        for hwid, status, expires_at in (("a", LicenseStatus.ACTIVE, 100), ("b", LicenseStatus.REVOKED, 50),
+                                         ("c", LicenseStatus.REVOKED, 150)):
+            store.apply(Decision(Outcome.UPGRADED, None, changes=(Change(_cal(hwid, pack.id, status, expires_at)),)))
+    assert [lic.hwid for lic in store.licenses(LicenseFilter())] == ["a", "b", "c"]
+    assert [lic.hwid for lic in store.licenses(LicenseFilter(status=LicenseStatus.REVOKED, expires_after=60))] == ["c"]
+    assert [lic.hwid for lic in store.licenses(LicenseFilter(key_pack=pack.id, hwid="a"))] == ["a"]
+    assert store.licenses(LicenseFilter(kind=LicenseKind.TEMPORARY)) == []
+    assert store.license_counts() == {"permanent:active": 1, "permanent:revoked": 2}
+    store.close()
+
+
+def test_an_event_filter_keeps_the_newest_that_match_oldest_first(tmp_path):
+    store = LicenseStore.open(str(tmp_path / "ls.sqlite"))
+    with store.transaction():
+        store.add_events([Event(at, EventId.CAL_ISSUED if at % 2 else EventId.CAL_RENEWED, f"e{at}", hwid=f"h{at % 3}")
+                          for at in range(10)])
+    messages = [e.message for _, e in store.events(EventFilter(event_ids=(int(EventId.CAL_ISSUED),)), limit=3)]
+    assert messages == ["e5", "e7", "e9"]
+    assert [e.message for _, e in store.events(EventFilter(hwid="h0", since=3))] == ["e3", "e6", "e9"]
+    store.close()

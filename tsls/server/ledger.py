@@ -1,0 +1,110 @@
+"""The ledger's operations: a terminal server's logons and reports, and the administrator's
+queries and revocations of issued licenses. The rules are in tsls/core/licensing.py."""
+from __future__ import annotations
+
+from twisted.internet import defer
+
+from tsls.core import events, licensing
+from tsls.core.events import Event, EventId
+from tsls.core.licensing import Logon, Outcome, TerminalServer, check_security_group
+from tsls.core.model import LicenseKind, LicenseStatus, ProductVersion
+from tsls.errors import Code, TslsError
+from tsls.jsonshapes import license_json
+from tsls.server import tokens
+from tsls.server.storage import Identity, LicenseFilter
+
+
+class Ledger:
+    def __init__(self, writer, identity: Identity) -> None:
+        self.writer = writer
+        self.identity = identity
+
+    # --- terminal servers -------------------------------------------------------------------------
+
+    def logon(self, ts: TerminalServer, hwid: str, machine: str, user: str, token: str | None) -> defer.Deferred:
+        def job(store, now):
+            try:
+                registered = ts.authenticated and store.registration(ts.name)
+                check_security_group(store.security_group_policy(), ts, bool(registered and registered.in_group))
+                presented = None if token is None else tokens.verify(self.identity.secret, token, hwid)
+                world = store.world(hwid, store.activation().activated, self.identity.seed)
+                decision = licensing.device_logon(ts, Logon(hwid, machine, user, presented), world, now)
+            except TslsError as e:
+                store.add_events(events.for_refusal(e.code, e.message, now, ts.name, hwid, user))
+                return e        # refused, and the refusal is on record
+            decision = store.apply(decision)
+            store.add_events(events.for_decision(decision, now, ts.name, hwid, user))
+            if decision.outcome is Outcome.PER_USER:
+                store.record_per_user(now, user, hwid, machine, ts.name)
+            return self._answer(decision, world)
+
+        return self.writer.submit(job)
+
+    def report_logon(self, ts: TerminalServer, hwid: str, token: str) -> defer.Deferred:
+        def job(store, now):
+            license_id = tokens.verify(self.identity.secret, token, hwid)
+            world = store.world(hwid, store.activation().activated, self.identity.seed)
+            return self._answer(store.apply(licensing.report_logon(license_id, hwid, world, now)), world)
+
+        return self.writer.submit(job)
+
+    def _answer(self, decision, world) -> dict:
+        lic = decision.license
+        out = {"outcome": decision.outcome.value, "reason": decision.reason and decision.reason.value,
+               "message": decision.message, "license": None}
+        if lic is not None:
+            pack = None if lic.key_pack is None else next((p.key_pack_id for p in world.packs if p.id == lic.key_pack), None)
+            out["license"] = license_json(lic, pack, tokens.sign(self.identity.secret, lic.id, lic.hwid))
+        return out
+
+    # --- administration ----------------------------------------------------------------------------
+
+    def licenses(self, filters: dict, limit: int = 1000) -> defer.Deferred:
+        """Issued licenses; ``filters`` maps LICENSE_FILTERS names to exact values (a value that
+        names no kind, status, version or key pack matches nothing)."""
+        def job(store, now):
+            packs = {p.key_pack_id: p.id for p in store.key_packs()}
+            which = _license_filter(filters, packs)
+            if which is None:
+                return []
+            names = {v: k for k, v in packs.items()}
+            return [license_json(lic, names.get(lic.key_pack)) for lic in store.licenses(which, limit)]
+        return self.writer.submit(job)
+
+    def revoke(self, license_id: int) -> defer.Deferred:
+        def job(store, now):
+            packs = store.key_packs()
+            revoked = tuple(store.licenses(LicenseFilter(status=LicenseStatus.REVOKED, expires_after=now), limit=10**9))
+            try:
+                decision = licensing.revoke(store.license(license_id), packs, revoked, now)
+            except TslsError as e:
+                if e.code is Code.REVOCATION_LIMIT:
+                    store.add_events([Event(now, EventId.REVOCATION_LIMIT, e.message, license_id=license_id)])
+                    return e
+                raise
+            decision = store.apply(decision)
+            store.add_events(events.for_decision(decision, now))
+            names = {p.id: p.key_pack_id for p in packs}
+            return {"message": decision.message, "license": license_json(decision.license, names.get(decision.license.key_pack))}
+        return self.writer.submit(job)
+
+    def revoke_user(self, user: str) -> defer.Deferred:
+        return defer.fail(TslsError(Code.NOT_REVOCABLE, f"Per User CALs cannot be revoked (user {user!r}); "
+                                    "only Per Device CALs can"))
+
+
+_ENUMS = {"kind": LicenseKind, "status": LicenseStatus, "product_version": ProductVersion}
+
+
+def _license_filter(filters: dict, packs: dict[str, int]) -> LicenseFilter | None:
+    """The filter for the protocol's exact-match ``filters``; None when one can match nothing."""
+    values = {}
+    for name, value in filters.items():
+        if name == "key_pack_id":
+            name, value = "key_pack", packs.get(value)
+        elif name in _ENUMS:
+            value = next((member for member in _ENUMS[name] if member.value == value), None)
+        if value is None:
+            return None
+        values[name] = value
+    return LicenseFilter(**values)

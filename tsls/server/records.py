@@ -1,0 +1,97 @@
+"""What the license server tells: its status, the event log (listed, and pushed to followers once
+committed), the Per User usage report, and the lab clock an administrator may move."""
+from __future__ import annotations
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from tsls.core.events import Event, EventId
+from tsls.core.labtime import clock_target
+from tsls.core.reports import per_user_usage
+from tsls.errors import Code, TslsError
+from tsls.jsonshapes import iso, key_pack_json
+from tsls.server.activation import activation_json
+from tsls.server.storage import EventFilter, Identity
+
+
+class Records:
+    log = Logger()
+
+    def __init__(self, writer, identity: Identity, lab_clock=None) -> None:
+        self.writer = writer
+        self.identity = identity
+        self.lab_clock = lab_clock
+        self.followers: set = set()         # callables that get each committed event
+        writer.on_events = self.publish
+
+    def publish(self, committed) -> None:
+        """Events reach the log and live followers only once committed."""
+        for row_id, event in committed:
+            self.log.info("event {event_id} {event_name}: {message}", event_id=int(event.event_id),
+                          event_name=event.event_id.name, message=event.message, terminal_server=event.terminal_server,
+                          hwid=event.hwid, license_id=event.license_id)
+            if self.followers:
+                shaped = event_json(row_id, event)
+                for follower in list(self.followers):
+                    follower(shaped)
+
+    def status(self) -> defer.Deferred:
+        def job(store, now):
+            return {
+                "product_id": self.identity.product_id,
+                "now": iso(now),
+                "activation": activation_json(store.activation()),
+                "key_packs": [key_pack_json(p) for p in store.key_packs()],
+                "licenses": store.license_counts(),
+            }
+        return self.writer.submit(job)
+
+    @defer.inlineCallbacks
+    def set_clock(self, to: str):
+        """Move the lab clock forward; expiries due by then happen before the answer."""
+        if self.lab_clock is None:
+            raise TslsError(Code.LAB_CLOCK_DISABLED, "this license server runs on real time; start it with "
+                            "--lab-clock to set or move its clock")
+        clock = self.lab_clock
+
+        def job(store, now):
+            target = clock_target(to, now)
+            offset = clock.offset + (target - now)
+            store.set_lab_clock_offset(offset)
+            store.add_events([Event(now, EventId.CLOCK_CHANGED, f"lab clock moved from {iso(now)} to {iso(target)}")])
+            return offset
+
+        offset = yield self.writer.submit(job)
+        clock.offset = offset
+        result = yield self.writer.submit(lambda store, now: {"now": iso(now)})   # this batch sweeps at the new time
+        return result
+
+    def list_events(self, filters: dict, since: int | None, limit: int) -> defer.Deferred:
+        """``filters`` maps EVENT_FILTERS names to exact values."""
+        which = EventFilter(event_ids=None if "event_id" not in filters else (filters["event_id"],),
+                            since=since, **{k: v for k, v in filters.items() if k != "event_id"})
+        return self.writer.submit(lambda store, now: [event_json(row_id, e) for row_id, e in store.events(which, limit)])
+
+    def usage_report(self, start: int | None, end: int | None) -> defer.Deferred:
+        def job(store, now):
+            lo = 0 if start is None else start
+            hi = now + 1 if end is None else end
+            if hi < lo:
+                raise TslsError(Code.BAD_REQUEST, "the report's end is before its start")
+            report = per_user_usage(store.per_user_logons(lo, hi), store.key_packs(), lo, hi)
+            return {
+                "start": iso(report.start), "end": iso(report.end),
+                "per_user_cals_installed": report.installed,
+                "users_seen": len(report.users),
+                "peak_users_per_day": report.peak,
+                "users_over_installed": report.over,
+                "users": [{"user": u, "logons": c, "last_seen": iso(last)} for u, c, last in report.users],
+                "per_day": [{"day": iso(day)[:10], "users": n} for day, n in report.per_day],
+            }
+        return self.writer.submit(job)
+
+
+def event_json(row_id: int, e: Event) -> dict:
+    return {"id": row_id, "at": iso(e.at), "event_id": int(e.event_id), "name": e.event_id.name,
+            "message": e.message, "terminal_server": e.terminal_server, "hwid": e.hwid, "user": e.user,
+            "license_id": e.license_id}
