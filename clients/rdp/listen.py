@@ -15,6 +15,7 @@ from twisted.internet.endpoints import serverFromString
 from clients.rdp import crypto
 from clients.rdp.server import LicenseServerLicensing, RdpFrontFactory
 from tsls.certs import new_key, private_pem, self_signed_pem
+from tsls.core.model import ProductVersion
 from tsls.server.auth import write_private
 
 DEFAULT_LISTEN = "tcp:3389:interface=127.0.0.1"
@@ -43,7 +44,7 @@ def make_factory(terminal_server, state, state_dir: str) -> RdpFrontFactory:
     directory = os.path.join(state_dir, "rdp", terminal_server.name)
     os.makedirs(directory, mode=0o700, exist_ok=True)
     return RdpFrontFactory(LicenseServerLicensing(terminal_server, state), licensing_key(directory),
-                           tls_options(directory, terminal_server.name), terminal_server.version)
+                           tls_options(directory, terminal_server.name), ProductVersion.parse(terminal_server.version))
 
 
 def listen(reactor, factory: RdpFrontFactory, endpoint: str = DEFAULT_LISTEN):

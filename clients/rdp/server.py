@@ -21,6 +21,7 @@ from twisted.protocols.policies import TimeoutMixin
 
 from clients.rdp import crypto, wire
 from clients.rdp.wire import ProtocolError
+from tsls.core.model import ProductVersion
 
 log = Logger(namespace="tsls.rdp")
 
@@ -28,8 +29,6 @@ IDLE_TIMEOUT = 30          # seconds a client may stay silent before licensing i
 MAX_LICENSE = 16 * 1024    # the largest license a client may present
 MAX_BUFFERED = 2 * wire.TPKT_MAX   # unread input held while the license server is asked
 
-# The Windows version a terminal server reports in ProductInfo.dwVersion (major << 16 | minor).
-PRODUCT_VERSIONS = {"2000": 0x00050000, "2003": 0x00050002, "2008": 0x00060000, "2008R2": 0x00060001}
 
 
 # --- what the state machine asks for, and the answers ----------------------------------------------
@@ -343,8 +342,15 @@ class RdpFront(Protocol, TimeoutMixin):
         self._finish("refused", code=refusal.code, message=refusal.message, error=refusal.error)
 
 
+def product_info_version(version: ProductVersion) -> int:
+    """The Windows version a terminal server reports in ProductInfo.dwVersion: major << 16 | minor."""
+    major, minor = version.windows_version
+    return major << 16 | minor
+
+
 class RdpFrontFactory(Factory):
-    def __init__(self, licensing, key: crypto.RsaKey, tls_options, version: str = "2003", clock=None) -> None:
+    def __init__(self, licensing, key: crypto.RsaKey, tls_options, version: ProductVersion = ProductVersion.W2003,
+                 clock=None) -> None:
         if clock is None:
             from twisted.internet import reactor as clock
         self.clock = clock
@@ -352,7 +358,7 @@ class RdpFrontFactory(Factory):
         self.key = key
         self.certificate = crypto.proprietary_certificate(key)
         self.tls_options = tls_options
-        self.product = wire.ProductInfo(PRODUCT_VERSIONS[version])
+        self.product = wire.ProductInfo(product_info_version(version))
         self.observers: list = []
 
     def buildProtocol(self, addr):

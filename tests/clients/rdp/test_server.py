@@ -1,6 +1,8 @@
 """The RDP front's state machine, driven by the Python mirror of a client over an in-memory
 transport (TLS is the transport's business and is exercised by the xfreerdp tests)."""
 import json
+import struct
+import types
 
 import pytest
 import pytest_twisted
@@ -10,6 +12,7 @@ from twisted.internet.testing import StringTransport
 
 from clients.rdp import crypto, server, wire
 from tests.clients.rdp import mirror
+from tsls.core.model import ProductVersion
 
 KEY = crypto.generate_key(1024)
 LICENSE = server.client_license({"license_id": 7, "kind": "permanent", "token": "TSLS1.7.abc",
@@ -30,9 +33,9 @@ class FakeLicensing:
 
 
 class Driver:
-    def __init__(self, licensing, protocols=wire.PROTOCOL_SSL | wire.PROTOCOL_HYBRID):
+    def __init__(self, licensing, protocols=wire.PROTOCOL_SSL | wire.PROTOCOL_HYBRID, version=ProductVersion.W2003):
         self.clock = Clock()
-        self.factory = server.RdpFrontFactory(licensing, KEY, tls_options=None, clock=self.clock)
+        self.factory = server.RdpFrontFactory(licensing, KEY, tls_options=None, version=version, clock=self.clock)
         self.summaries = []
         self.factory.observers.append(self.summaries.append)
         self.transport = StringTransport()
@@ -76,6 +79,30 @@ class Driver:
     def licensing(self, message: bytes):
         out = self.send(mirror.send_data(self.user_id, wire.SEC_LICENSE_PKT, message))
         return [mirror.parse_server_licensing(pdu) for pdu in out]
+
+
+WINDOWS = {"2000": 0x00050000, "2003": 0x00050002, "2008": 0x00060000, "2008R2": 0x00060001, "2012": 0x00060002,
+           "2016": 0x000A0000, "2019": 0x000A0000, "2022": 0x000A0000}
+
+
+@pytest.mark.parametrize("version", list(ProductVersion), ids=lambda v: v.value)
+def test_every_version_licenses_a_client_and_names_its_windows_version(version):
+    drv = Driver(FakeLicensing(server.Issue(LICENSE)), version=version)
+    request = drv.to_licensing()
+    assert struct.unpack_from("<I", request, 32)[0] == WINDOWS[version.value]       # ProductInfo after ServerRandom
+    client = mirror.LicensingClient()
+    [(_, challenge)] = drv.licensing(client.on_license_request(request))
+    [(kind, body)] = drv.licensing(client.on_platform_challenge(challenge))
+    assert kind == wire.NEW_LICENSE
+    assert json.loads(client.on_new_license(body)) == LICENSE
+
+
+@pytest.mark.parametrize("version", list(ProductVersion), ids=lambda v: v.value)
+def test_the_simulator_makes_an_rdp_front_for_every_version(tmp_path, version):
+    from clients.rdp import listen
+    ts = types.SimpleNamespace(name="TS01", version=version.value)
+    factory = listen.make_factory(ts, state=None, state_dir=str(tmp_path))
+    assert factory.product.version == WINDOWS[version.value]
 
 
 def test_a_new_client_gets_a_new_license():
