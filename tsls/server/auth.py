@@ -30,7 +30,9 @@ def proof(secret: str, nonce: str, role: str, name: str = "") -> str:
 def check_proof(secret: str, nonce: str | None, role: str, name: str, given: object) -> None:
     if nonce is None:
         raise TslsError(Code.BAD_CREDENTIALS, f"a {role} must prove who it is: ask for a challenge first")
-    if not isinstance(given, str) or not hmac.compare_digest(given, proof(secret, nonce, role, name)):
+    # compare_digest takes str of ASCII only: compare bytes, so a non-ASCII proof is just a wrong one
+    if not isinstance(given, str) or not hmac.compare_digest(given.encode("utf-8", "surrogatepass"),
+                                                             proof(secret, nonce, role, name).encode()):
         raise TslsError(Code.BAD_CREDENTIALS, f"the proof does not match the {role} credential")
 
 

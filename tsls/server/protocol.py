@@ -6,6 +6,7 @@ Documented in docs/protocol.md. This module only parses, dispatches and formats;
 from __future__ import annotations
 
 import json
+from collections import deque
 
 import attrs
 from twisted.internet import defer
@@ -14,7 +15,6 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.protocols.policies import TimeoutMixin
 from zope.interface import implementer
 from twisted.logger import Logger
-from twisted.protocols.basic import LineOnlyReceiver
 
 from tsls.core.labtime import parse_date
 from tsls.core.licensing import TerminalServer, check_terminal_server
@@ -24,10 +24,15 @@ from tsls.errors import Code, TslsError
 from tsls.server import auth
 
 PROTOCOL_VERSION = 1
-MAX_LINE = 64 * 1024          # longer lines: LINE_TOO_LONG, then the connection is closed
-MAX_IN_FLIGHT = 256           # requests waiting for their answer on one connection; past it, we stop reading
+MAX_LINE = 64 * 1024          # longer lines: LINE_TOO_LONG, in order, then the connection is closed
+MAX_IN_FLIGHT = 256           # answers not yet written on one connection; past it, we stop reading
+MAX_DEPTH = 16                # JSON nesting in a request; deeper: BAD_JSON / BAD_REQUEST, the connection lives on
+LINES_PER_TURN = 8            # lines of one connection handled per reactor turn, so no connection starves others
+FOLLOW_BACKLOG = 1024 * 1024  # event bytes a paused follower may fall behind before it is dropped (TOO_SLOW)
+DRAIN_TIMEOUT = 30.0          # seconds a closing connection's last answers may take to be read before it is cut
 IDLE_TIMEOUT = 300.0          # seconds without a complete request before an idle connection is closed
 MAX_CONNECTIONS = 10_000      # past it, a new connection gets TOO_MANY_CONNECTIONS and is closed
+INT64 = 2 ** 63
 
 
 LICENSE_FILTERS = ("hwid", "machine", "user", "terminal_server", "kind", "status", "product_version", "key_pack_id")
@@ -58,14 +63,94 @@ def _field(request: dict, name: str, kind=str, required=True, max_len=256):
     return value
 
 
-@implementer(IPushProducer, IHalfCloseableProtocol)
-class LicenseProtocol(LineOnlyReceiver, TimeoutMixin):
-    """One connection. It stops reading while MAX_IN_FLIGHT requests await answers, or while the
-    peer is not reading its answers (the transport's buffer is full), so no client can make the
-    server buffer without bound; a partial line is bounded by MAX_LINE and by the idle timeout."""
+def _whole(request: dict, name: str, low: int, high: int, what: str):
+    value = _field(request, name, int, required=False)
+    if value is not None and not low <= value <= high:
+        raise TslsError(Code.BAD_REQUEST, f"field {name!r} must be {what}")
+    return value
 
-    delimiter = b"\n"
-    MAX_LENGTH = MAX_LINE
+
+MAX_TIME = 253402300799      # 9999-12-31T23:59:59Z, the last second an ISO date can name
+
+
+def _unfit(value) -> str | None:
+    """Why a parsed request cannot be taken as it is, or None. Checked once per request, before
+    dispatch, so no handler, no SQLite bind and no HMAC ever sees: nesting deeper than MAX_DEPTH,
+    a string with a lone surrogate (JSON's \\ud800 escapes are not text and cannot be stored),
+    an integer outside 64 bits, or a number that is not finite."""
+    stack = [(value, 1)]
+    while stack:
+        v, depth = stack.pop()
+        if isinstance(v, str):
+            if not v.isascii():
+                try:
+                    v.encode()
+                except UnicodeEncodeError:
+                    return "a string holds a lone surrogate (an escape from \\ud800 to \\udfff), which is not text"
+        elif isinstance(v, bool) or v is None:
+            pass
+        elif isinstance(v, int):
+            if not -INT64 <= v < INT64:
+                return "a number does not fit in 64 bits"
+        elif isinstance(v, float):
+            if v != v or v in (float("inf"), float("-inf")):
+                return "a number is not finite"
+        elif depth >= MAX_DEPTH:
+            return f"a request may nest objects and arrays at most {MAX_DEPTH} deep"
+        elif isinstance(v, dict):
+            stack.extend((k, depth) for k in v)
+            stack.extend((x, depth + 1) for x in v.values())
+        else:
+            stack.extend((x, depth + 1) for x in v)
+    return None
+
+
+def _parse(line: bytes):
+    """(id, request, error) for one line; the error is answered with the id when there is a usable one."""
+    try:
+        request = json.loads(line)
+    except RecursionError:
+        return None, None, TslsError(Code.BAD_JSON, f"a request may nest objects and arrays at most {MAX_DEPTH} deep")
+    except (ValueError, UnicodeDecodeError) as e:
+        return None, None, TslsError(Code.BAD_JSON, f"not a JSON object: {e}")
+    if not isinstance(request, dict):
+        return None, None, TslsError(Code.BAD_REQUEST, "a request is a JSON object")
+    rid = request.get("id")
+    if not (isinstance(rid, (str, int)) and not isinstance(rid, bool)) or _unfit(rid):
+        return None, None, TslsError(Code.BAD_REQUEST, "every request needs an 'id' (a string or a 64-bit number)")
+    why = _unfit(request)
+    if why is not None:
+        return rid, None, TslsError(Code.BAD_REQUEST, why)
+    return rid, request, None
+
+
+class _Slot:
+    """One request's place in the connection's answer queue: answers leave in request order."""
+    __slots__ = ("data",)
+
+    def __init__(self) -> None:
+        self.data: bytes | None = None
+
+
+def _reply(rid, result=None, error: TslsError | None = None) -> bytes:
+    reply = {"id": rid, "ok": error is None}
+    if error is None:
+        reply["result"] = result
+    else:
+        reply["error"] = error.to_json()
+    return json.dumps(reply, separators=(",", ":")).encode() + b"\n"
+
+
+@implementer(IPushProducer, IHalfCloseableProtocol)
+class LicenseProtocol(Protocol, TimeoutMixin):
+    """One connection. Memory per connection is bounded: at most one read chunk and MAX_LINE of
+    unread input, at most MAX_IN_FLIGHT answers waiting, and no new line is taken while the peer
+    is not reading (the transport's buffer is full) or the answers are at their bound: the rest of
+    a chunk waits. Each connection handles at most LINES_PER_TURN lines per reactor turn, so a flood
+    on one connection delays the others by little. Answers leave in the order their requests came;
+    a connection that must close (half-close, LINE_TOO_LONG, idle) closes once its last answer has
+    been flushed, and is cut if the peer does not read them within DRAIN_TIMEOUT."""
+
     log = Logger()
 
     factory = None
@@ -75,12 +160,20 @@ class LicenseProtocol(LineOnlyReceiver, TimeoutMixin):
         self.role: str | None = None
         self.terminal_server: TerminalServer | None = None
         self._follower = None
+        self._behind = 0                            # event bytes written while the peer was not reading
         self._nonce: str | None = None
         self._hello_pending: list | None = None     # requests that arrived while the hello was being checked
-        self._in_flight = 0
-        self._read_closed = False
+        self._buffer = bytearray()                  # unread input: complete lines waiting for their turn, a partial line
+        self._pos = 0                               # where the unread part of _buffer starts
+        self._answers: deque[_Slot] = deque()       # requests taken whose answers are not written yet
+        self._read_closed = False                   # the peer shut its sending side
+        self._closing = False                       # no more requests: close once every answer is written
+        self._closed = False
         self._peer_slow = False
         self._reading = True
+        self._processing = False
+        self._turn = None
+        self._drain = None
         if clock is not None:
             self.callLater = clock.callLater
         self._idle_timeout = idle_timeout
@@ -96,87 +189,160 @@ class LicenseProtocol(LineOnlyReceiver, TimeoutMixin):
 
     def resumeProducing(self) -> None:
         self._peer_slow = False
-        self._update_reading()
+        self._behind = 0
+        self._process()
 
     def stopProducing(self) -> None:
         pass
 
+    def _may_take(self) -> bool:
+        return not self._peer_slow and len(self._answers) < MAX_IN_FLIGHT and not self._closing
+
     def _update_reading(self) -> None:
-        want = not self._peer_slow and self._in_flight < MAX_IN_FLIGHT
-        if want != self._reading and self.transport.connected:
+        """Read from the socket only while nothing complete waits in our buffer and we may take more."""
+        want = self._may_take() and self._buffer.find(b"\n", self._pos) < 0 and not self._read_closed
+        if want != self._reading and self.transport.connected and not self._closed:
             self._reading = want
             (self.transport.resumeProducing if want else self.transport.pauseProducing)()
 
     # IHalfCloseableProtocol: a client that sends its requests and then shuts down its side
-    # (`nc -q1`, a script) still gets every answer before the connection closes.
+    # (`nc -q1`, a script) still gets every answer, and the connection closes right after the last.
     def readConnectionLost(self) -> None:
         self._read_closed = True
-        if self._in_flight == 0:
-            self.transport.loseConnection()
+        self._process()
 
     def writeConnectionLost(self) -> None:
-        self.transport.loseConnection()
+        self._close_now()
 
     def timeoutConnection(self) -> None:
-        self._send(None, error=TslsError(Code.IDLE_TIMEOUT, f"no request for {self._idle_timeout:.0f} seconds"))
-        self.transport.loseConnection()
+        self._take_error(TslsError(Code.IDLE_TIMEOUT, f"no request for {self._idle_timeout:.0f} seconds"))
+        self._closing = True
+        self._maybe_close()
 
     # --- framing ----------------------------------------------------------------------------------
 
-    def lineReceived(self, line: bytes) -> None:
+    def dataReceived(self, data: bytes) -> None:
+        if self._closing:
+            return
+        self._buffer += data
+        self._process()
+
+    def _process(self) -> None:
+        """Take the complete lines waiting, as far as the bounds allow and LINES_PER_TURN at a time."""
+        if self._processing or self._closed:
+            return
+        self._processing = True
+        try:
+            budget, buf = LINES_PER_TURN, self._buffer
+            while self._may_take():
+                end = buf.find(b"\n", self._pos)
+                if end < 0:
+                    break
+                if budget == 0:
+                    if self._turn is None:
+                        self._turn = self.callLater(0, self._next_turn)
+                    break
+                if end - self._pos > MAX_LINE:
+                    self._too_long()
+                    break
+                budget -= 1
+                line, self._pos = bytes(buf[self._pos:end]), end + 1
+                self._line(line)
+            if self._pos and (self._pos >= len(buf) or self._pos > MAX_LINE):
+                del buf[:self._pos]
+                self._pos = 0
+            if not self._closing and buf.find(b"\n", self._pos) < 0:
+                if len(buf) - self._pos > MAX_LINE:
+                    self._too_long()
+                elif self._read_closed and self._may_take():
+                    last = bytes(buf[self._pos:])       # the last request may lack its newline
+                    buf.clear()
+                    self._pos = 0
+                    self._line(last)
+                    self._closing = True
+        finally:
+            self._processing = False
+        self._update_reading()
+        self._maybe_close()
+
+    def _next_turn(self) -> None:
+        self._turn = None
+        self._process()
+
+    def _too_long(self) -> None:
+        self._take_error(TslsError(Code.LINE_TOO_LONG, f"a request line may be at most {MAX_LINE} bytes"))
+        self._closing = True
+        self._buffer.clear()
+        self._pos = 0
+
+    def _line(self, line: bytes) -> None:
         self.resetTimeout()
         line = line.rstrip(b"\r")
         if not line.strip():
             return
-        try:
-            request = json.loads(line)
-        except (ValueError, UnicodeDecodeError) as e:
-            self._send(None, error=TslsError(Code.BAD_JSON, f"not a JSON object: {e}"))
+        rid, request, error = _parse(line)
+        if error is not None:
+            self._take_error(error, rid)
             return
-        if not isinstance(request, dict):
-            self._send(None, error=TslsError(Code.BAD_REQUEST, "a request is a JSON object"))
-            return
-        rid = request.get("id")
-        if not (isinstance(rid, (str, int)) and not isinstance(rid, bool)):
-            self._send(None, error=TslsError(Code.BAD_REQUEST, "every request needs an 'id' (a string or a number)"))
-            return
-        self._in_flight += 1
-        self._update_reading()
+        slot = _Slot()
+        self._answers.append(slot)
         d = defer.maybeDeferred(self._dispatch, request)
-        d.addCallbacks(lambda result: self._send(rid, result=result), lambda f: self._failed(rid, f))
+        d.addCallbacks(lambda result: self._fill(slot, rid, result=result), lambda f: self._failed(slot, rid, f))
         if request.get("op") == "hello" and self._hello_pending is not None:
             d.addBoth(lambda _: self._release_held())
-        d.addBoth(self._answered)
 
-    def _answered(self, _) -> None:
-        self._in_flight -= 1
-        if self._read_closed and self._in_flight == 0:
-            self.transport.loseConnection()
-        self._update_reading()
+    def _take_error(self, error: TslsError, rid=None) -> None:
+        slot = _Slot()
+        self._answers.append(slot)
+        self._fill(slot, rid, error=error)
 
-    def lineLengthExceeded(self, line: bytes) -> None:
-        self._send(None, error=TslsError(Code.LINE_TOO_LONG, f"a request line may be at most {MAX_LINE} bytes"))
-        self.transport.loseConnection()
-
-    def _failed(self, rid, failure) -> None:
+    def _failed(self, slot: _Slot, rid, failure) -> None:
         if failure.check(TslsError):
-            self._send(rid, error=failure.value)
+            self._fill(slot, rid, error=failure.value)
             return
         self.log.failure("request {rid!r} failed", failure, rid=rid)
-        self._send(rid, error=TslsError(Code.INTERNAL_ERROR, "the license server failed on this request"))
+        self._fill(slot, rid, error=TslsError(Code.INTERNAL_ERROR, "the license server failed on this request"))
 
-    def _send(self, rid, result=None, error: TslsError | None = None) -> None:
-        reply = {"id": rid, "ok": error is None}
-        if error is None:
-            reply["result"] = result
-        else:
-            reply["error"] = error.to_json()
-        self.transport.write(json.dumps(reply, separators=(",", ":")).encode() + b"\n")
+    def _fill(self, slot: _Slot, rid, result=None, error: TslsError | None = None) -> None:
+        try:
+            slot.data = _reply(rid, result, error)
+        except Exception:
+            self.log.failure("answer to {rid!r} could not be written", rid=rid)
+            slot.data = _reply(rid, error=TslsError(Code.INTERNAL_ERROR, "the license server failed on this request"))
+        if self._answers and self._answers[0] is slot:
+            self._flush()
+
+    def _flush(self) -> None:
+        """Write the answers that are ready, in request order."""
+        answers = self._answers
+        while answers and answers[0].data is not None:
+            data = answers.popleft().data
+            if not self._closed:
+                self.transport.write(data)
+        if not self._processing:
+            self._process()
+
+    def _maybe_close(self) -> None:
+        if self._closing and not self._answers:
+            self._close_now()
+
+    def _close_now(self) -> None:
+        """Close once the written answers are flushed (a paused producer would keep the transport
+        waiting for it, so it goes first); a peer that does not read them is cut after DRAIN_TIMEOUT."""
+        if self._closed:
+            return
+        self._closed = True
+        self.setTimeout(None)
+        self.transport.unregisterProducer()
+        self.transport.loseConnection()
+        self._drain = self.callLater(DRAIN_TIMEOUT, self.transport.abortConnection)
 
     # --- dispatch ---------------------------------------------------------------------------------
 
     def _dispatch(self, request: dict):
         op = request.get("op")
+        if not isinstance(op, str):
+            raise TslsError(Code.BAD_REQUEST, "every request needs an 'op' (a string)")
         if self._hello_pending is not None:
             held = defer.Deferred()
             self._hello_pending.append((request, held))
@@ -364,13 +530,36 @@ class LicenseProtocol(LineOnlyReceiver, TimeoutMixin):
         """From now on, every committed event is pushed on this connection as {"event": {...}}."""
         if self._follower is None:
             self.setTimeout(None)           # a follower may stay quiet for as long as it likes
-            self._follower = lambda event: self.transport.write(
-                json.dumps({"id": request["id"], "event": event}, separators=(",", ":")).encode() + b"\n")
+            rid = request["id"]
+            self._follower = lambda event: self._push(rid, event)
             self.server.followers.add(self._follower)
         return {"following": True}
 
+    def _push(self, rid, event: dict) -> None:
+        """An event for a follower. One that stopped reading may fall FOLLOW_BACKLOG bytes behind;
+        past that it is told TOO_SLOW and dropped, rather than held in memory without bound."""
+        if self._closed:
+            return
+        data = json.dumps({"id": rid, "event": event}, separators=(",", ":")).encode() + b"\n"
+        if self._peer_slow:
+            self._behind += len(data)
+            if self._behind > FOLLOW_BACKLOG:
+                self.server.followers.discard(self._follower)
+                self._follower = None
+                self.transport.write(_reply(None, error=TslsError(
+                    Code.TOO_SLOW, f"this follower fell more than {FOLLOW_BACKLOG} bytes of events behind and was "
+                    "dropped; follow again and list_events since the last event you read")))
+                self._closing = True
+                self._maybe_close()
+                return
+        self.transport.write(data)
+
     def connectionLost(self, reason) -> None:
+        self._closed = True
         self.setTimeout(None)
+        for call in (self._turn, self._drain):
+            if call is not None and call.active():
+                call.cancel()
         if self.role is not None:
             self.server.products.release(self)
         if isinstance(self.factory, LicenseFactory):
@@ -379,8 +568,8 @@ class LicenseProtocol(LineOnlyReceiver, TimeoutMixin):
             self.server.followers.discard(self._follower)
 
     def op_usage_report(self, request):
-        return self.server.usage_report(_field(request, "start", int, required=False),
-                                        _field(request, "end", int, required=False))
+        return self.server.usage_report(_whole(request, "start", 0, MAX_TIME, "seconds since the epoch up to 9999"),
+                                        _whole(request, "end", 0, MAX_TIME, "seconds since the epoch up to 9999"))
 
 
 _OPS = {

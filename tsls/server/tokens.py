@@ -25,8 +25,9 @@ def sign(secret: bytes, license_id: int, hwid: str) -> str:
 def verify(secret: bytes, token: str, hwid: str) -> int:
     """The license id a presented token stands for, or INVALID_LICENSE."""
     parts = token.split(".") if isinstance(token, str) else []
-    if len(parts) == 3 and parts[0] == PREFIX and parts[1].isdigit() and len(parts[1]) < 19:
+    # ASCII digits only ('²'.isdigit() is true, int('²') fails); bytes for compare_digest, which refuses non-ASCII str
+    if len(parts) == 3 and parts[0] == PREFIX and parts[1].isascii() and parts[1].isdigit() and len(parts[1]) < 19:
         license_id = int(parts[1])
-        if hmac.compare_digest(parts[2], _mac(secret, license_id, hwid)):
+        if hmac.compare_digest(parts[2].encode("utf-8", "surrogatepass"), _mac(secret, license_id, hwid).encode()):
             return license_id
     raise TslsError(Code.INVALID_LICENSE, "the device presented a license this server did not issue to it")
