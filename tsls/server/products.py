@@ -1,13 +1,15 @@
 """Per Server / Per Seat products and the Small Business Server edition, on the license server
 (the rules are in tsls/core/perseat.py; docs/legacy.md).
 
-Per Server connections are concurrent connections: they are counted in memory and end with the
-connection that opened them, or with the daemon. Everything else is in the ledger. All of it runs
-as writer jobs, so the counts are changed by one thread, in order.
+Per Server connections are concurrent connections: they end with the session that opened them, or
+with the daemon, so the store keeps them outside the durable ledger (SQLite: a TEMP table) but inside
+its transactions, so a refused request or a failed COMMIT takes its connections back with it.
+Everything else is in the ledger. All of it runs as writer jobs, so the counts change in order.
 """
 from __future__ import annotations
 
 import itertools
+import weakref
 
 import attrs
 
@@ -31,8 +33,15 @@ def _count(value, what) -> int:
 class ProductLicensing:
     def __init__(self, writer) -> None:
         self.writer = writer
-        self.open: dict[int, tuple[str, object]] = {}     # connection id -> (product, owner)
         self._ids = itertools.count(1)
+        self._sessions: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()    # owner -> its session number
+        self._session_numbers = itertools.count(1)
+
+    def _session(self, owner) -> int:
+        number = self._sessions.get(owner)
+        if number is None:
+            number = self._sessions[owner] = next(self._session_numbers)
+        return number
 
     # --- connections ----------------------------------------------------------------------------
 
@@ -40,7 +49,7 @@ class ProductLicensing:
         def job(store, now):
             product = store.product(product_name)
             seat = store.seat_of((product_name, SUITE), hwid)
-            open_now = sum(1 for name, _ in self.open.values() if name == product_name)
+            open_now = store.open_connections(product_name)
             try:
                 how = perseat.connect(product, open_now, administrator, seat, store.seats_taken(product_name),
                                       store.suite_licenses())
@@ -52,24 +61,23 @@ class ProductLicensing:
                 store.assign_seat(SeatAssignment(SUITE if how == "suite" else product_name, hwid, how, now))
             connection_id = next(self._ids)
             if product.mode is ProductMode.PER_SERVER:
-                self.open[connection_id] = (product_name, owner)
+                store.open_connection(connection_id, product_name, self._session(owner))
             return {"connection_id": connection_id, "product": product_name, "licensed_by": how}
         return self.writer.submit(job)
 
     def disconnect(self, owner, connection_id: int):
         def job(store, now):
-            held = self.open.get(connection_id)
-            if held is None or held[1] is not owner:
+            if not store.close_connection(connection_id, self._session(owner)):
                 raise TslsError(Code.NOT_CONNECTED, f"no connection {connection_id} is open on this session")
-            del self.open[connection_id]
             return {"closed": connection_id}
         return self.writer.submit(job)
 
     def release(self, owner) -> None:
         """The session that opened Per Server connections is gone: so are they."""
+        session = self._session(owner)
+
         def job(store, now):
-            for connection_id in [c for c, (_, o) in self.open.items() if o is owner]:
-                del self.open[connection_id]
+            store.close_session(session)
         self.writer.submit(job).addErrback(lambda f: None)     # a daemon shutting down drops them all anyway
 
     # --- administration -------------------------------------------------------------------------
@@ -128,7 +136,7 @@ class ProductLicensing:
         out = [{"name": p.name, "server": p.server, "mode": p.mode.value,
                 "per_server_licenses": p.per_server_licenses, "seat_licenses": p.seat_licenses,
                 "seats_assigned": store.seats_assigned(p.name), "switched_at": iso(p.switched_at),
-                "connections": sum(1 for n, _ in self.open.values() if n == p.name)} for p in store.products()]
+                "connections": store.open_connections(p.name)} for p in store.products()]
         return {"products": out, "suite": {"name": SUITE, "licenses": store.suite_licenses(),
                                            "assigned": store.seats_assigned(SUITE)}}
 

@@ -166,6 +166,10 @@ class LicenseStore:
         try:
             db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
             db.execute(f"PRAGMA wal_autocheckpoint={CHECKPOINT_PAGES}")
+            # Per Server connections live as long as the daemon: this connection's own table, inside
+            # its transactions but never in the file.
+            db.execute("CREATE TEMP TABLE product_connections (id INTEGER PRIMARY KEY, product TEXT NOT NULL, "
+                       "session INTEGER NOT NULL)")
             store = cls(db)
             store._watch()
         except BaseException:
@@ -482,6 +486,21 @@ class LicenseStore:
     def seat_assignments(self) -> list[SeatAssignment]:
         rows = self.db.execute("SELECT product, hwid, via, assigned_at FROM seat_assignments ORDER BY product, hwid")
         return [SeatAssignment(*r) for r in rows]
+
+    def open_connection(self, connection_id: int, product: str, session: int) -> None:
+        self.db.execute("INSERT INTO temp.product_connections VALUES (?, ?, ?)", (connection_id, product, session))
+
+    def close_connection(self, connection_id: int, session: int) -> bool:
+        """False when no such connection is open on that session."""
+        return self.db.execute("DELETE FROM temp.product_connections WHERE id = ? AND session = ?",
+                               (connection_id, session)).rowcount == 1
+
+    def close_session(self, session: int) -> None:
+        self.db.execute("DELETE FROM temp.product_connections WHERE session = ?", (session,))
+
+    def open_connections(self, product: str) -> int:
+        return self.db.execute("SELECT count(*) FROM temp.product_connections WHERE product = ?",
+                               (product,)).fetchone()[0]
 
     def suite_licenses(self) -> int:
         return int(self._get("suite_licenses") or 0)

@@ -1,0 +1,123 @@
+"""The license server's operations in memory: LicenseServer over a real ledger on SQLite, with a
+writer that runs each batch at once (no reactor) and the Clearinghouse fake."""
+import sqlite3
+
+import pytest
+import pytest_twisted
+from twisted.internet.task import Clock
+
+from tests.fakes import FakeClearinghouse
+from tsls.errors import Code, TslsError
+from tsls.server.app import LicenseServer, load_identity
+from tsls.server.store import LicenseStore
+from tsls.server.writer import BatchWriter
+
+
+class CommitFails:
+    """A connection whose COMMIT fails while ``failing`` is set, as a full disk makes it."""
+
+    def __init__(self, db):
+        self._db = db
+        self.failing = False
+
+    def execute(self, sql, *args):
+        if self.failing and sql == "COMMIT":
+            raise sqlite3.OperationalError("database or disk is full")
+        return self._db.execute(sql, *args)
+
+    def __getattr__(self, name):
+        return getattr(self._db, name)
+
+
+class Session:
+    """Stands for the protocol connection that owns Per Server connections."""
+
+
+@pytest.fixture
+def server(tmp_path):
+    store = LicenseStore.open(str(tmp_path / "ls.sqlite"))
+    store.db = CommitFails(store.db)
+    clock = Clock()
+    clock.advance(1_800_000_000)
+    server = LicenseServer(BatchWriter(None, clock, store, threaded=False), FakeClearinghouse(),
+                           load_identity(store, "1"))
+    server.store = store
+    yield server
+    store.close()
+
+
+async def refused(d) -> TslsError:
+    with pytest.raises(TslsError) as caught:
+        await d
+    return caught.value
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_failed_commit_is_storage_error_and_changes_nothing(server):
+    server.store.db.failing = True
+    error = await refused(server.register_terminal_server("TS01"))
+    assert error.code is Code.STORAGE_ERROR
+    server.store.db.failing = False
+    assert (await server.terminal_servers())["terminal_servers"] == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_per_server_connection_whose_commit_failed_is_not_counted(server):
+    owner = Session()
+    await server.products.add_product("SQL", "SQLSRV01", 1)
+    server.store.db.failing = True
+    assert (await refused(server.products.connect(owner, "SQL", "pc1", False))).code is Code.STORAGE_ERROR
+    server.store.db.failing = False
+    assert (await server.products.products())["products"][0]["connections"] == 0
+    connected = await server.products.connect(owner, "SQL", "pc2", False)       # the one license is still free
+    assert connected["licensed_by"] == "per_server"
+    assert (await refused(server.products.connect(owner, "SQL", "pc3", False))).code is Code.NO_PER_SERVER_LICENSE
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_closed_connection_frees_its_license_and_only_its_session_may_close_it(server):
+    session, other = Session(), Session()
+    await server.products.add_product("SQL", "SQLSRV01", 1)
+    connected = await server.products.connect(session, "SQL", "pc1", False)
+    closing = server.products.disconnect(other, connected["connection_id"])
+    assert (await refused(closing)).code is Code.NOT_CONNECTED
+    await server.products.disconnect(session, connected["connection_id"])
+    assert (await server.products.connect(other, "SQL", "pc2", False))["licensed_by"] == "per_server"
+    server.products.release(other)
+    assert (await server.products.products())["products"][0]["connections"] == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_reactivation_takes_the_new_id_and_certificate_the_clearinghouse_gives(server):
+    first = await server.activate("automatic", {}, None, None)
+    again = await server.reactivate("the certificate is corrupt", {})
+    assert again["status"] == "activated" and again["method"] == "automatic"
+    assert again["license_server_id"] != first["license_server_id"] and again["license_server_id"].startswith("LS")
+    assert server.store.activation().certificate == "D" * 35
+    assert ("reactivate", first["license_server_id"], "the certificate is corrupt") in server.activation.clearinghouse.calls
+    names = [e["name"] for e in await server.list_events({}, None, 100)]
+    assert names == ["ACTIVATED", "REACTIVATED"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_deactivation_forgets_the_id_and_refuses_to_run_twice(server):
+    first = await server.activate("automatic", {}, None, None)
+    gone = await server.deactivate()
+    assert gone == {"status": "deactivated", "license_server_id": None, "method": None, "activated_at": None}
+    assert ("deactivate", first["license_server_id"]) in server.activation.clearinghouse.calls
+    assert (await refused(server.deactivate())).code is Code.NOT_ACTIVATED
+    assert (await refused(server.reactivate("why", {}))).code is Code.NOT_ACTIVATED
+    assert (await server.activate("automatic", {}, None, None))["status"] == "activated"
+
+
+@pytest_twisted.ensureDeferred
+async def test_licenses_added_to_a_named_product_follow_its_mode(server):
+    await server.products.add_product("SQL", "SQLSRV01", 2)
+    added = await server.products.add_licenses("SQL", 3, 4)
+    [sql] = added["products"]
+    assert (sql["per_server_licenses"], sql["seat_licenses"]) == (5, 4)
+    await server.products.switch_to_per_seat("SQL", True, True)
+    assert (await refused(server.products.add_licenses("SQL", 1, 0))).code is Code.ALREADY_PER_SEAT
+    [sql] = (await server.products.add_licenses("SQL", 0, 2))["products"]
+    assert (sql["mode"], sql["per_server_licenses"], sql["seat_licenses"]) == ("per_seat", 0, 6)
+    assert (await refused(server.products.add_licenses("Exchange", 0, 1))).code is Code.UNKNOWN_PRODUCT
