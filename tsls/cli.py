@@ -1,6 +1,7 @@
 """``tsls``: run the daemons.
 
     tsls lab            the license server and the mock Clearinghouse together, on loopback
+    tsls lab run FILE   play a lab file against real daemons (tsls lab check FILE: validate it only)
     tsls server         the license server alone
     tsls clearinghouse  the mock Clearinghouse alone
 """
@@ -33,8 +34,12 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--seed", help="seed for CAL lifetimes, so a run can be replayed exactly")
         p.add_argument("--lab-clock", action="store_true",
                        help="run on a lab clock that tsls-admin clock can move forward (+90d, an ISO date)")
+        p.add_argument("--lab-start", metavar="DATE",
+                       help="a lab clock that stands still at DATE (an ISO date) except when tsls-admin clock moves "
+                            "it, so a replayed lab sees the same dates (implies --lab-clock; tsls lab run uses it)")
 
-    lab = sub.add_parser("lab", help="run the license server and the mock Clearinghouse")
+    lab = sub.add_parser("lab", help="run the license server and the mock Clearinghouse; "
+                         "tsls lab run FILE / tsls lab check FILE play or validate a lab file (docs/labfile.md)")
     common(lab)
     server_options(lab)
     lab.add_argument("--clearinghouse-listen", default=DEFAULT_CH_LISTEN, help="(default: %(default)s)")
@@ -54,6 +59,8 @@ def _parser() -> argparse.ArgumentParser:
     ch = sub.add_parser("clearinghouse", help="run the mock Clearinghouse")
     common(ch)
     ch.add_argument("--listen", default=DEFAULT_CH_LISTEN, help="(default: %(default)s)")
+    ch.add_argument("--lab-clock-file", metavar="PATH",
+                    help="read the lab time from PATH, an ISO date another process writes (tsls lab run does)")
     return parser
 
 
@@ -70,7 +77,6 @@ def build(reactor, args):
 
     from tsls.clearinghouse.client import ClearinghouseClient
     from tsls.clearinghouse.service import make_service as make_clearinghouse
-    from tsls.labclock import LabClock
     from tsls.server.service import LicenseServerService
 
     from tsls.files import private_directory
@@ -78,7 +84,7 @@ def build(reactor, args):
     private_directory(args.data_dir)
     top = MultiService()
     # In the lab, the Clearinghouse reads the license server's lab clock, so certificates age with it.
-    lab_clock = LabClock(reactor) if getattr(args, "lab_clock", False) else None
+    lab_clock = _lab_clock(reactor, args)
     if args.command in ("lab", "server"):
         url = _url_of(args.clearinghouse_listen) if args.command == "lab" else args.clearinghouse_url
         LicenseServerService(reactor, args.listen, os.path.join(args.data_dir, "license-server.sqlite"),
@@ -88,6 +94,17 @@ def build(reactor, args):
         make_clearinghouse(reactor, listen, os.path.join(args.data_dir, "clearinghouse.sqlite"),
                            clock=lab_clock).setServiceParent(top)
     return top
+
+
+def _lab_clock(reactor, args):
+    from tsls.core.labtime import parse_date
+    from tsls.labclock import FileClock, LabClock, StillClock
+
+    if getattr(args, "lab_clock_file", None):
+        return LabClock(FileClock(args.lab_clock_file, reactor))
+    if getattr(args, "lab_start", None):
+        return LabClock(StillClock(parse_date(args.lab_start), reactor))
+    return LabClock(reactor) if getattr(args, "lab_clock", False) else None
 
 
 def check(args) -> int:
@@ -108,6 +125,10 @@ def main(argv=None) -> int:
     from tsls.files import private_umask
 
     private_umask()             # every file and directory tsls makes is its owner's alone
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["lab"] and argv[1:2] and argv[1] in ("run", "check"):
+        from tsls.labfile.cli import main as lab_file
+        return lab_file(argv[1:])
     args = _parser().parse_args(argv)
     if args.command == "check":
         return check(args)
@@ -118,6 +139,7 @@ def main(argv=None) -> int:
         return 0
     from twisted.internet import reactor
 
+    from tsls.errors import TslsError
     from tsls.files import ExposedError
     from tsls.sqlite import StoreError
 
@@ -128,6 +150,9 @@ def main(argv=None) -> int:
     except (StoreError, ExposedError) as e:
         print(f"tsls: error {e.code.value}: {e}", file=sys.stderr)
         return 1
+    except TslsError as e:
+        print(f"tsls: {e.message}", file=sys.stderr)
+        return 2
     failed = []
 
     def start():

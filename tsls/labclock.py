@@ -19,3 +19,36 @@ class LabClock:
 
     def callLater(self, delay, f, *args, **kw):
         return self._clock.callLater(delay, f, *args, **kw)
+
+
+class StillClock:
+    """A clock that stands at one instant until a LabClock over it is moved: the clock of a lab file
+    (``--lab-start DATE``), so a replayed lab sees exactly the dates its file names."""
+
+    def __init__(self, at: float, reactor) -> None:
+        self.at = at
+        self._reactor = reactor
+
+    def seconds(self) -> float:
+        return self.at
+
+    def callLater(self, delay, f, *args, **kw):
+        return self._reactor.callLater(delay, f, *args, **kw)
+
+
+class FileClock:
+    """Lab time read from a file (an ISO date) that another process writes: the lab runner moves a
+    Clearinghouse daemon's clock in step with its license servers this way (``--lab-clock-file``).
+    Read at each use; the Clearinghouse reads the time only to stamp what it records."""
+
+    def __init__(self, path: str, reactor) -> None:
+        self.path = path
+        self._reactor = reactor
+
+    def seconds(self) -> float:
+        from tsls.core.labtime import parse_date
+        with open(self.path, encoding="utf-8") as f:
+            return float(parse_date(f.read().strip()))
+
+    def callLater(self, delay, f, *args, **kw):
+        return self._reactor.callLater(delay, f, *args, **kw)

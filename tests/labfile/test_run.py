@@ -1,0 +1,120 @@
+"""Lab files played end to end: real daemons as child processes on ephemeral loopback ports, session
+hosts through real socket relays, the journal and the expectations."""
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+
+from tsls.labfile.cli import load
+from tsls.labfile.journal import Journal, comparable
+from tsls.labfile.runner import LabRun, summary
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+EXAMPLES = sorted(glob.glob(os.path.join(ROOT, "examples", "labs", "*.toml")))
+SMALL = os.path.join(ROOT, "examples", "labs", "small-office.toml")
+
+
+async def play(path, where, seed=None):
+    lab, steps = load(path, seed)
+    journal_path = str(where / "journal.jsonl")
+    run = LabRun(reactor, lab, steps, str(where / "work"), Journal(journal_path))
+    results = await run.play()
+    return run, results, journal_path
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[os.path.basename(p) for p in EXAMPLES])
+@pytest_twisted.ensureDeferred
+async def test_example_lab_holds_every_expectation(path, tmp_path):
+    run, results, _ = await play(path, tmp_path)
+    assert results and all(r.ok for r in results), summary(run.lab, results, run.counts, path)
+    assert all(not d.alive for d in run.daemons.values())
+
+
+@pytest_twisted.ensureDeferred
+async def test_same_file_and_seed_give_the_same_journal(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    _, _, first = await play(SMALL, tmp_path / "a")
+    _, _, second = await play(SMALL, tmp_path / "b")
+    with open(first) as a, open(second) as b:
+        one, two = comparable(a), comparable(b)
+    assert one == two
+    logons = [r for r in one if r["kind"] == "logon"]
+    assert logons and all(r["license_id"] for r in logons)
+
+
+@pytest_twisted.ensureDeferred
+async def test_another_seed_gives_other_cal_lifetimes(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    _, _, first = await play(SMALL, tmp_path / "a")
+    _, _, second = await play(SMALL, tmp_path / "b", seed="8")
+    with open(first) as a, open(second) as b:
+        expiries = [[r.get("expires") for r in comparable(f) if r["kind"] == "logon"] for f in (a, b)]
+    assert expiries[0] != expiries[1]
+
+
+FAILING = """\
+[lab]
+name = "expects too much"
+start = "2025-01-06"
+
+[[license_server]]
+name = "LS1"
+
+[[session_host]]
+name = "TS01"
+license_servers = ["LS1"]
+
+[[fleet]]
+name = "desks"
+devices = 3
+
+[[purchase]]
+name = "cals"
+license_server = "LS1"
+quantity = 2
+
+[[step]]
+at = "0d"
+do = "install"
+purchase = "cals"
+
+[[step]]
+at = "+1h"
+do = "wave"
+fleet = "desks"
+through = ["TS01"]
+times = 2
+expect = { permanent = 3 }
+"""
+
+
+def test_a_failing_expectation_exits_non_zero_and_says_which_and_why(tmp_path):
+    lab = tmp_path / "failing.toml"
+    lab.write_text(FAILING)
+    done = subprocess.run([sys.executable, "-m", "tsls.cli", "lab", "run", str(lab), "--work-dir", str(tmp_path / "w")],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert done.returncode == 1, done.stderr
+    assert "step 2          FAILED  wave of desks: permanent=3" in done.stdout
+    assert "- permanent: expected 3, got 2" in done.stdout
+    assert "FAILED: step 2: wave of desks: permanent=3" in done.stdout
+    with open(tmp_path / "w" / "journal.jsonl") as f:
+        records = [json.loads(line) for line in f]
+    failed = [r for r in records if r["kind"] == "expectation" and not r["ok"]]
+    assert failed[0]["why"] == ["permanent: expected 3, got 2"]
+
+
+def test_check_validates_without_starting_anything(tmp_path):
+    lab = tmp_path / "bad.toml"
+    lab.write_text(FAILING.replace('fleet = "desks"\nthrough', 'fleet = "nobody"\nthrough'))
+    done = subprocess.run([sys.executable, "-m", "tsls.cli", "lab", "check", str(lab)], capture_output=True, text=True,
+                          timeout=60, cwd=ROOT)
+    assert done.returncode == 2
+    assert f"{lab}:29: step[2].fleet: no fleet named 'nobody' (known: desks)" in done.stderr
+    assert "nothing was started" in done.stderr

@@ -1,0 +1,128 @@
+"""Lab files are checked before anything starts: every problem names its line and field."""
+import pytest
+
+from tsls.labfile import plan, schema
+from tsls.labfile.schema import LabFileError
+
+GOOD = """\
+[lab]
+name = "two servers"
+start = "2025-01-06"
+seed = 3
+
+[[license_server]]
+name = "LS1"
+
+[[license_server]]
+name = "LS2"
+
+[[session_host]]
+name = "TS01"
+license_servers = ["LS1", "LS2"]
+
+[[fleet]]
+name = "desks"
+devices = 4
+
+[[purchase]]
+name = "cals"
+license_server = "LS1"
+quantity = 5
+
+[[step]]
+at = "0d"
+do = "install"
+purchase = "cals"
+
+[[step]]
+at = "+1h"
+do = "cut"
+session_host = "TS01"
+license_server = "LS1"
+for = "2d"
+
+[[step]]
+at = "+1h"
+do = "wave"
+fleet = "desks"
+through = ["TS01"]
+expect = { temporary = 4, served_by = { LS2 = 4 } }
+
+[[step]]
+at = "30d"
+do = "expect"
+key_pack = "cals"
+issued = 0
+"""
+
+
+def problems(text):
+    with pytest.raises(LabFileError) as caught:
+        plan.plan(schema.loads(text, "lab.toml"), "lab.toml")
+    return [(p.line, p.field, p.message) for p in caught.value.problems], str(caught.value)
+
+
+def test_a_valid_file_becomes_values_and_times_in_seconds():
+    lab = schema.loads(GOOD)
+    assert [s.name for s in lab.license_servers] == ["LS1", "LS2"]
+    assert lab.session_host("TS01").license_servers == ("LS1", "LS2")
+    assert lab.fleet("desks").machines() == ["desks-001", "desks-002", "desks-003", "desks-004"]
+    assert [(s.at, s.do) for s in lab.steps] == [(0, "install"), (3600, "cut"), (7200, "wave"), (30 * 86400, "expect")]
+    assert lab.steps[2].args["expect"] == {"temporary": 4, "served_by": {"LS2": 4}}
+
+
+def test_the_plan_adds_setup_the_end_of_a_timed_fault_and_closing_checks():
+    steps = plan.plan(schema.loads(GOOD))
+    assert [(s.at, s.kind, s.step) for s in steps] == [
+        (0, "activate", None), (0, "activate", None), (0, "install", 1), (3600, "cut", 2), (7200, "wave", 3),
+        (3600 + 2 * 86400, "heal", None), (30 * 86400, "expect", 4), (30 * 86400, "expect", None)]
+    assert steps[-1].args == {"ledger": True, "unique": True}
+
+
+def test_an_unknown_reference_names_the_line_and_the_field():
+    found, text = problems(GOOD.replace('fleet = "desks"\nthrough', 'fleet = "dekss"\nthrough'))
+    assert found == [(40, "step[3].fleet", "no fleet named 'dekss' (known: desks)")]
+    assert text.startswith("lab.toml:40: step[3].fleet: no fleet named 'dekss'")
+
+
+def test_every_problem_is_reported_not_only_the_first():
+    bad = GOOD.replace('devices = 4', 'devices = "four"').replace('quantity = 5', 'quantity = 0\ncolour = "red"')
+    found, _ = problems(bad)
+    assert [(line, field) for line, field, _ in found] == [(18, "fleet[1].devices"), (23, "purchase[1].quantity"),
+                                                          (24, "purchase[1].colour")]
+
+
+def test_time_never_goes_backwards():
+    found, _ = problems(GOOD.replace('at = "30d"', 'at = "1h"'))
+    assert found[0][:2] == (45, "step[4].at")
+    assert "never goes backwards" in found[0][2]
+
+
+def test_a_malformed_time_and_an_unknown_step_kind():
+    found, _ = problems(GOOD.replace('at = "30d"', 'at = "thirty days"').replace('do = "cut"', 'do = "snip"'))
+    assert (32, "step[2].do") in [f[:2] for f in found]
+    assert any(f[1] == "step[4].at" and "like 0d, 30d, +6h" in f[2] for f in found)
+
+
+def test_toml_syntax_errors_name_their_line():
+    found, _ = problems(GOOD.replace('name = "LS2"', 'name = LS2'))
+    assert found[0][0] == 10 and "not TOML" in found[0][2]
+
+
+def test_a_timeline_that_cannot_be_played_is_refused_before_anything_starts():
+    text = GOOD + '\n[[step]]\nat = "+1d"\ndo = "resume"\nlicense_server = "LS1"\n'
+    found, _ = problems(text)
+    assert found == [(52, "step[5].do", "cannot resume license server LS1: it is running then")]
+
+
+def test_a_link_must_exist():
+    text = GOOD.replace('license_servers = ["LS1", "LS2"]', 'license_servers = ["LS2"]')
+    found, _ = problems(text)
+    assert (34, "step[2].license_server") in [f[:2] for f in found]
+
+
+def test_codes_and_events_are_checked_against_the_documented_ones():
+    text = GOOD.replace('issued = 0', 'issued = 0\npresent = ["CAL_ISSUED", 9999]') \
+               .replace('served_by = { LS2 = 4 }', 'refused_by = { NO_SUCH_CODE = 1 }')
+    found, _ = problems(text)
+    assert [f[1] for f in found] == ["step[3].expect", "step[4].present"]

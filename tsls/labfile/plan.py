@@ -1,0 +1,104 @@
+"""A lab to the ordered list of steps the runner plays. Pure.
+
+Besides the file's steps, the plan holds what the deployment section implies (license servers
+activated and their policy set, Per Server products added, at 0d before any step), the end of every
+fault given a span (``for``), and the closing checks every lab gets (ledger invariants on every
+license server, no CAL circulating twice). It also refuses timelines that cannot be played, such as
+resuming a license server that was never stopped.
+"""
+from __future__ import annotations
+
+import attrs
+
+from tsls.labfile.schema import Lab, LabFileError, Problem, Step
+
+SETUP, FILE, CLOSING = 0, 1, 2
+
+
+@attrs.frozen
+class Planned:
+    at: int                      # seconds after the lab's start
+    kind: str                    # a step kind (schema.KINDS), or "add_product"
+    args: dict
+    step: int | None = None      # the file's step number; None for what the plan adds
+    why: str = ""                # for added steps: where they come from
+
+    @property
+    def label(self) -> str:
+        return f"step {self.step}" if self.step is not None else self.why
+
+
+def plan(lab: Lab, source: str = "<lab>") -> list[Planned]:
+    items: list[tuple[int, int, int, Planned]] = []
+    seq = 0
+
+    def add(order: int, p: Planned) -> None:
+        nonlocal seq
+        seq += 1
+        items.append((p.at, order, seq, p))
+
+    for ls in lab.license_servers:
+        if ls.activated:
+            add(SETUP, Planned(0, "activate", {"license_server": ls.name}, why=f"license_server {ls.name}: activated"))
+        if ls.security_group:
+            add(SETUP, Planned(0, "policy", {"license_server": ls.name, "security_group": True},
+                               why=f"license_server {ls.name}: security_group"))
+    for product in lab.products:
+        add(SETUP, Planned(0, "add_product", {"product": product.name}, why=f"product {product.name!r}"))
+    for step in lab.steps:
+        add(FILE, Planned(step.at, step.do, dict(step.args), step.index, step.note or ""))
+        if "for" in step.args:
+            end = {"session_host": step.args.get("session_host"), "license_server": step.args.get("license_server")}
+            add(SETUP, Planned(step.at + step.args["for"], "heal", end, why=f"end of step {step.index}'s {step.do}"))
+    end = max((p.at for _, _, _, p in items), default=0)
+    add(CLOSING, Planned(end, "expect", {"ledger": True, "unique": True}, why="closing checks"))
+    ordered = [p for _, _, _, p in sorted(items, key=lambda t: t[:3])]
+    problems = _playable(lab, ordered)
+    if problems:
+        raise LabFileError(source, problems)
+    return ordered
+
+
+def _playable(lab: Lab, steps: list[Planned]) -> list[Problem]:
+    """What a timeline does to processes and links must make sense in order."""
+    steps_by_number = {s.index: s for s in lab.steps}
+
+    def line(p: Planned, key: str) -> int | None:
+        step = steps_by_number.get(p.step)
+        return None if step is None else step.lines.get(key, step.line)
+
+    problems: list[Problem] = []
+    state = {ls.name: "running" for ls in lab.license_servers}
+    clearinghouse = "up"
+    links: dict[tuple, str] = {}
+    allowed = {"kill": {"running", "stopped"}, "stop": {"running"}, "resume": {"stopped"}, "restart": {"running", "killed"}}
+    after = {"kill": "killed", "stop": "stopped", "resume": "running", "restart": "running"}
+    for p in steps:
+        def refuse(message: str) -> None:
+            problems.append(Problem(line(p, "do"), f"step[{p.step}].do" if p.step else p.why, message))
+        if p.kind in allowed:
+            name = p.args["license_server"]
+            if state[name] not in allowed[p.kind]:
+                refuse(f"cannot {p.kind} license server {name}: it is {state[name]} then")
+            else:
+                state[name] = after[p.kind]
+        elif p.kind in ("clearinghouse_down", "clearinghouse_up"):
+            want = "down" if p.kind.endswith("down") else "up"
+            if clearinghouse == want:
+                refuse(f"the Clearinghouse is already {want} then")
+            clearinghouse = want
+        elif p.kind in ("cut", "slow"):
+            links[(p.args["session_host"], p.args["license_server"])] = p.kind
+        elif p.kind == "heal":
+            link = (p.args["session_host"], p.args["license_server"])
+            if link not in links and p.step is not None:
+                refuse(f"the link {link[0]} -> {link[1]} was not cut or slowed before")
+            links.pop(link, None)
+    for p in steps:
+        host, server = p.args.get("session_host"), p.args.get("license_server")
+        if p.step is not None and p.kind in ("cut", "slow", "reset", "heal") and \
+                server not in lab.session_host(host).license_servers:
+            problems.append(Problem(line(p, "license_server"), f"step[{p.step}].license_server",
+                                    f"session host {host} has no link to {server}: it lists "
+                                    f"{', '.join(lab.session_host(host).license_servers) or 'no license server'}"))
+    return problems

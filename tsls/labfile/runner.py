@@ -1,0 +1,599 @@
+"""The shell that plays a planned lab: real daemons as child processes (one per license server, one
+Clearinghouse), session hosts driven through the terminal-server simulator's classes over relayed
+sockets (links.py), every step and logon in the journal, every expectation judged.
+
+The lab clock stands still at the lab's date and moves only between steps, for every process at once:
+the license servers through their administrators' clock operation, the Clearinghouse through the
+clock file it reads. So the same file and seed give the same journal, license IDs and dates included.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+
+import attrs
+from twisted.internet import defer
+
+from clients.connection import LicenseConnection, connect
+from clients.tssim import DeviceStore, TerminalServer, TerminalServerState, hardware_id
+from tsls.clearinghouse.client import ClearinghouseClient
+from tsls.core.model import Program, iso
+from tsls.errors import Code, TslsError
+from tsls.labfile import expect
+from tsls.labfile.journal import Journal
+from tsls.labfile.links import Link
+from tsls.labfile.plan import Planned
+from tsls.labfile.processes import Daemon
+from tsls.labfile.schema import Lab
+from tsls.server.auth import read_secret
+
+REQUEST_TIMEOUT = 10.0       # an administrator's request; a logon's is LOGON_TIMEOUT
+LOGON_TIMEOUT = 2.0          # a license server that has not answered a session host in this long is down for the wave
+LIST_LIMIT = 100_000
+CONTACT = {"first_name": "Lab", "last_name": "Operator", "company": "Test Lab", "country_region": "United States"}
+
+
+@attrs.frozen
+class Result:
+    """One judged thing: an expectation, a step that did (or did not) fail as the file said."""
+    label: str
+    what: str
+    ok: bool
+    why: tuple[str, ...] = ()
+
+
+class _TimedConnection:
+    """A session host's connection whose every request gives up after LOGON_TIMEOUT: the server is
+    then taken as unreachable, and the connection dropped so no late answer lands."""
+
+    def __init__(self, reactor, conn: LicenseConnection) -> None:
+        self.reactor, self.conn = reactor, conn
+        self.transport = conn.transport
+
+    def request(self, op, **fields):
+        d = self.conn.request(op, **fields)
+
+        def late(failure):
+            failure.trap(defer.TimeoutError, defer.CancelledError)
+            self.conn.transport.abortConnection()
+            raise TslsError(Code.SERVER_UNREACHABLE, f"no answer to {op} within {LOGON_TIMEOUT:.0f} s")
+        return d.addTimeout(LOGON_TIMEOUT, self.reactor).addErrback(late)
+
+    def close(self):
+        return self.conn.close()
+
+
+class LabDevices(DeviceStore):
+    """The devices' licenses, in memory (a lab's devices live as long as its run)."""
+
+    def __init__(self) -> None:
+        self.path, self.data = None, {}
+
+    def save(self) -> None:
+        pass
+
+
+class LabHostState(TerminalServerState):
+    """The session hosts' grace periods, on the lab clock rather than the wall clock."""
+
+    def __init__(self, now) -> None:
+        self.path, self.data, self._now = None, {}, now
+
+    def now(self, name: str) -> int:
+        return self._now()
+
+    def heard_time(self, name: str, server_now: str) -> None:
+        pass
+
+    def save(self) -> None:
+        pass
+
+
+class SessionHost(TerminalServer):
+    """A session host of the lab: the simulator's terminal server, with two habits of a real one. It
+    checks a permanent CAL with more than 7 days left itself, without asking a license server
+    [REFERENCE §1, MSQA]; and a license server that did not answer in time is skipped for the rest
+    of the wave, as a host that found it unreachable moves down its list."""
+
+    def __init__(self, reactor, spec, links: list[Link], devices, state) -> None:
+        super().__init__(reactor, spec.name, spec.version.value, spec.mode.value, [link.endpoint for link in links],
+                         devices, state)
+        self.names = {link.endpoint: link.license_server for link in links}
+        self.unreachable: set[str] = set()
+
+    async def _connection(self, server):
+        if server in self.unreachable:
+            raise TslsError(Code.SERVER_UNREACHABLE, "did not answer earlier in this wave")
+        conn = self.connections.get(server)
+        if conn is not None and conn.transport.connected:
+            return conn
+        try:
+            raw = await connect(self.reactor, server).addTimeout(LOGON_TIMEOUT, self.reactor)
+        except defer.TimeoutError:
+            self.unreachable.add(server)
+            raise TslsError(Code.SERVER_UNREACHABLE, "no connection within the timeout") from None
+        conn = _TimedConnection(self.reactor, raw)
+        try:
+            hello = await conn.hello_terminal_server(self.name, self.version, self.mode, self.secret)
+        except TslsError as e:
+            if "within" in e.message:
+                self.unreachable.add(server)
+            raise
+        self.state.heard_time(self.name, hello["now"])
+        self.connections[server] = conn
+        return conn
+
+    async def logon(self, machine: str, user: str, report: bool = True) -> dict:
+        held = self.devices.get(machine, self.version)
+        if not expect.due_for_renewal(held, self.state.now(self.name)):
+            self._note_connection(held)
+            return {"machine": machine, "user": user, "served_by": None, "outcome": "existing", "reason": None,
+                    "message": "the session host checked the CAL itself", "license": held}
+        return await super().logon(machine, user, report)
+
+
+# The hello of the simulator's TerminalServer expects a LicenseConnection's helpers: lend them.
+_TimedConnection.hello_terminal_server = LicenseConnection.hello_terminal_server
+
+
+class LabRun:
+    def __init__(self, reactor, lab: Lab, steps: list[Planned], workdir: str, journal: Journal,
+                 progress=None, log_logons: bool = True) -> None:
+        self.reactor, self.lab, self.steps, self.workdir, self.journal = reactor, lab, steps, workdir, journal
+        self.progress = progress or (lambda *a: None)
+        self.log_logons = log_logons
+        self.at = 0
+        self.results: list[Result] = []
+        self.counts: dict[str, int] = {}
+        self.clock_path = os.path.join(workdir, "lab-clock")
+        self.daemons: dict[str, Daemon] = {}
+        self.admins: dict[str, LicenseConnection] = {}
+        self.links: dict[tuple[str, str], Link] = {}
+        self.hosts: dict[str, SessionHost] = {}
+        self.devices = LabDevices()
+        self.state = LabHostState(lambda: self.now)
+        self.codes: dict[str, str] = {}          # purchase -> retail code (never journaled)
+        self.pack_names: dict[str, str] = {}     # key pack ID -> purchase
+        self.clock_behind: set[str] = set()
+        self.ch_url = ""
+        self._closed = False
+
+    @property
+    def now(self) -> int:
+        return self.lab.start + self.at
+
+    def note(self, kind: str, **fields) -> dict:
+        return self.journal.write(iso(self.now), kind, **fields)
+
+    # --- the whole run ----------------------------------------------------------------------------
+
+    async def play(self) -> list[Result]:
+        try:
+            await self.start()
+            for number, step in enumerate(self.steps, 1):
+                await self.advance(step.at)
+                self.progress(number, len(self.steps), iso(self.now), step)
+                await self.run_step(step)
+        finally:
+            await self.close()
+        return self.results
+
+    async def start(self) -> None:
+        os.makedirs(self.workdir, exist_ok=True)
+        self._write_clock()
+        ch_dir = os.path.join(self.workdir, "clearinghouse")
+        os.makedirs(ch_dir, exist_ok=True)
+        ch = Daemon(self.reactor, "clearinghouse", ["clearinghouse", "--data-dir", ch_dir, "--listen",
+                    "tcp:0:interface=127.0.0.1", "--lab-clock-file", self.clock_path],
+                    os.path.join(self.workdir, "clearinghouse.log"))
+        self.daemons["clearinghouse"] = ch
+        port = await ch.start()
+        self.ch_url = f"http://127.0.0.1:{port}"
+        for ls in self.lab.license_servers:
+            await self._start_license_server(ls.name, 0)
+        for host in self.lab.session_hosts:
+            links = []
+            for name in host.license_servers:
+                link = Link(self.reactor, host.name, name)
+                link.upstream_port = self.daemons[name].port
+                await link.start()
+                self.links[(host.name, name)] = link
+                links.append(link)
+            self.hosts[host.name] = SessionHost(self.reactor, host, links, self.devices, self.state)
+        self.note("started", license_servers=[ls.name for ls in self.lab.license_servers],
+                  session_hosts=[h.name for h in self.lab.session_hosts], seed=self.lab.seed)
+        for purchase in self.lab.purchases:
+            await self._sell(purchase)
+
+    async def _start_license_server(self, name: str, port: int) -> None:
+        data = os.path.join(self.workdir, name)
+        os.makedirs(data, exist_ok=True)
+        daemon = self.daemons.get(name) or Daemon(self.reactor, name, [], os.path.join(self.workdir, f"{name}.log"))
+        self.daemons[name] = daemon
+        await daemon.start(["server", "--data-dir", data, "--listen", f"tcp:{port}:interface=127.0.0.1",
+                            "--seed", f"{self.lab.seed}:{name}", "--lab-start", iso(self.lab.start),
+                            "--clearinghouse-url", self.ch_url])
+        for (host, server), link in self.links.items():
+            if server == name:
+                link.upstream_port = daemon.port
+        conn = await self._timed(connect(self.reactor, f"tcp:127.0.0.1:{daemon.port}"))
+        await self._timed(conn.hello_admin(read_secret(os.path.join(data, "admin.secret"))))
+        self.admins[name] = conn
+        self.clock_behind.add(name)
+        await self._catch_up(name)
+
+    def _timed(self, d):
+        return defer.ensureDeferred(d).addTimeout(REQUEST_TIMEOUT, self.reactor)
+
+    async def admin(self, name: str, op: str, **fields):
+        daemon = self.daemons[name]
+        if daemon.state != "running" or name not in self.admins:
+            raise TslsError(Code.SERVER_UNREACHABLE, f"license server {name} is {daemon.state if daemon.state != 'ended' else 'down'}")
+        try:
+            return await self.admins[name].request(op, **fields).addTimeout(REQUEST_TIMEOUT, self.reactor)
+        except defer.TimeoutError:
+            raise TslsError(Code.SERVER_UNREACHABLE, f"license server {name} did not answer {op}") from None
+
+    async def close(self) -> None:
+        """Stop everything this run started: links, connections, processes. Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        for host in self.hosts.values():
+            for conn in host.connections.values():
+                conn.transport.abortConnection()
+        for conn in self.admins.values():
+            conn.transport.abortConnection()
+        await defer.DeferredList([defer.maybeDeferred(link.stop) for link in self.links.values()], consumeErrors=True)
+        await defer.DeferredList([d.stop() for d in self.daemons.values()], consumeErrors=True)
+        self.journal.close()
+
+    def stop_now(self) -> None:
+        for daemon in self.daemons.values():
+            daemon.stop_now()
+
+    # --- the clock ----------------------------------------------------------------------------------
+
+    def _write_clock(self) -> None:
+        tmp = self.clock_path + ".new"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(iso(self.now))
+        os.replace(tmp, self.clock_path)
+
+    async def advance(self, at: int) -> None:
+        if at <= self.at:
+            return
+        self.at = at
+        self._write_clock()
+        self.clock_behind.update(self.admins)
+        for name in list(self.admins):
+            await self._catch_up(name)
+
+    async def _catch_up(self, name: str) -> None:
+        """Move a license server's clock to the lab's, when it can answer (a stopped or killed one
+        catches up when it resumes or restarts)."""
+        if name not in self.clock_behind or self.daemons[name].state != "running":
+            return
+        status = await self.admin(name, "status")
+        if status["now"] < iso(self.now):
+            await self.admin(name, "set_clock", to=iso(self.now))
+        self.clock_behind.discard(name)
+
+    # --- steps --------------------------------------------------------------------------------------
+
+    async def run_step(self, step: Planned) -> None:
+        handler = getattr(self, f"do_{step.kind}")
+        try:
+            await handler(step)
+        except TslsError as e:
+            wanted = step.args.get("expect_error")
+            if wanted == e.code.value:
+                self.note("step", step=step.step, do=step.kind, outcome="refused as expected", code=e.code.value)
+                self.judge(step, f"{step.kind} refused with {wanted}", [])
+            else:
+                self.note("step", step=step.step, do=step.kind, outcome="failed", code=e.code.value, message=e.message)
+                self.judge(step, step.kind, [f"{step.kind} failed: {e.code.value}: {e.message}"])
+            return
+        if step.args.get("expect_error"):
+            self.judge(step, f"{step.kind} refused with {step.args['expect_error']}",
+                       [f"{step.kind} succeeded; the file expected {step.args['expect_error']}"])
+
+    def judge(self, step: Planned, what: str, failures: list[str]) -> None:
+        result = Result(step.label, what, not failures, tuple(failures))
+        self.results.append(result)
+        self.note("expectation", step=step.step, label=step.label, what=what, ok=result.ok, why=list(failures))
+
+    async def _sell(self, purchase) -> None:
+        body = {"program": purchase.program.value, "product_version": purchase.version.value,
+                "cal_type": purchase.cal_type.value, "quantity": purchase.quantity}
+        digest = hashlib.sha256(f"{self.lab.seed}|{purchase.name}".encode()).hexdigest().upper()
+        if purchase.program is Program.RETAIL:
+            body["retail_code"] = digest[:25]
+        elif purchase.program is Program.OPEN:
+            body.update(license_number=str(int(digest[:12], 16))[:8].rjust(8, "1"), authorization_number=digest[12:27])
+        else:
+            body.update(agreement_type="select", agreement_number=str(int(digest[:12], 16))[:7].rjust(7, "1"))
+        sale = await ClearinghouseClient(self.ch_url).sell(body)
+        self.codes[purchase.name] = {k: v for k, v in body.items() if k not in ("quantity",)}
+        self.note("purchase", purchase=purchase.name, license_server=purchase.license_server, program=purchase.program.value,
+                  version=purchase.version.value, cal_type=purchase.cal_type.value, quantity=sale.get("quantity", purchase.quantity))
+
+    async def do_install(self, step: Planned) -> None:
+        purchase = self.lab.purchase(step.args["purchase"])
+        ref = self.codes[purchase.name]
+        body = ref if purchase.program is not Program.RETAIL else {"program": "retail", "retail_code": ref["retail_code"]}
+        if purchase.program is not Program.RETAIL:
+            body = {**ref, "quantity": purchase.quantity}
+        result = await self.admin(purchase.license_server, "install_key_pack", purchase=body)
+        packs = result if isinstance(result, list) else result.get("key_packs") or [result.get("key_pack", result)]
+        for pack in packs:
+            if isinstance(pack, dict) and pack.get("key_pack_id"):
+                self.pack_names[pack["key_pack_id"]] = purchase.name
+        self.note("step", step=step.step, do="install", purchase=purchase.name, license_server=purchase.license_server,
+                  outcome="installed")
+
+    async def do_activate(self, step: Planned) -> None:
+        name = step.args["license_server"]
+        await self.admin(name, "activate", method="automatic", contact=CONTACT)
+        self.note("step", step=step.step, do="activate", license_server=name, outcome="activated", why=step.why or None)
+
+    async def do_deactivate(self, step: Planned) -> None:
+        name = step.args["license_server"]
+        await self.admin(name, "deactivate")
+        self.note("step", step=step.step, do="deactivate", license_server=name, outcome="deactivated")
+
+    async def do_policy(self, step: Planned) -> None:
+        name = step.args["license_server"]
+        await self.admin(name, "set_policy", security_group=step.args["security_group"])
+        self.note("step", step=step.step, do="policy", license_server=name, security_group=step.args["security_group"])
+
+    async def do_revoke(self, step: Planned) -> None:
+        name, machine = step.args["license_server"], step.args["device"]
+        held = await self.admin(name, "list_licenses", machine=machine, kind="permanent", status="active")
+        if not held:
+            raise TslsError(Code.UNKNOWN_LICENSE, f"device {machine} holds no active permanent CAL on {name}")
+        await self.admin(name, "revoke", license_id=held[0]["license_id"])
+        self.note("step", step=step.step, do="revoke", license_server=name, device=machine,
+                  license_id=held[0]["license_id"], outcome="revoked")
+
+    async def do_add_product(self, step: Planned) -> None:
+        product = self.lab.product(step.args["product"])
+        await self.admin(product.license_server, "add_product", name=product.name, server=product.on,
+                         per_server_licenses=product.per_server)
+        self.note("step", step=None, do="add_product", product=product.name, license_server=product.license_server,
+                  per_server=product.per_server)
+
+    async def do_wave(self, step: Planned) -> None:
+        hosts = [self.hosts[name] for name in step.args["through"]]
+        for host in hosts:
+            host.unreachable.clear()
+        machines = self.lab.fleet(step.args["fleet"]).machines()
+        times, report = step.args.get("times", 1), step.args.get("report", True)
+        last = []
+        for round_ in range(1, times + 1):
+            for i, machine in enumerate(machines):
+                host = hosts[i % len(hosts)]
+                row = await host.logon(machine, f"user-{machine}", report)
+                row["served_by"] = host.names.get(row.get("served_by"))
+                if round_ == times:
+                    last.append(row)
+                outcome = expect.outcome_of(row)
+                self.counts[outcome] = self.counts.get(outcome, 0) + 1
+                if self.log_logons:
+                    lic = row.get("license") or {}
+                    self.note("logon", step=step.step, round=round_, host=host.name, device=machine, outcome=outcome,
+                              answer=row.get("outcome"), served_by=row["served_by"], reason=row.get("reason"),
+                              license_id=lic.get("license_id"), license=lic.get("kind"), expires=lic.get("expires_at"),
+                              key_pack=self.pack_names.get(lic.get("key_pack_id"), lic.get("key_pack_id")))
+        tally = expect.tally(last)
+        self.note("wave", step=step.step, fleet=step.args["fleet"], through=list(step.args["through"]), times=times,
+                  devices=len(machines), **tally)
+        if step.args.get("expect"):
+            self.judge(step, f"wave of {step.args['fleet']}: {_shown(step.args['expect'])}",
+                       expect.compare(step.args["expect"], tally))
+
+    async def do_connect(self, step: Planned) -> None:
+        product = self.lab.product(step.args["product"])
+        daemon = self.daemons[product.license_server]
+        conn = await self._timed(connect(self.reactor, f"tcp:127.0.0.1:{daemon.port}"))
+        try:
+            await self._timed(conn.hello_terminal_server(product.on, "2003", "per_device"))
+            rows = []
+            for machine in self.lab.fleet(step.args["fleet"]).machines():
+                try:
+                    answer = await self._timed(conn.request("product_connect", product=product.name,
+                                                            hwid=hardware_id(machine), administrator=False))
+                    rows.append({"outcome": "connected"})
+                    self.note("connection", step=step.step, device=machine, product=product.name, outcome="connected",
+                              licensed_by=answer.get("licensed_by"))
+                except TslsError as e:
+                    rows.append({"outcome": "refused", "reason": e.code.value})
+                    self.note("connection", step=step.step, device=machine, product=product.name, outcome="refused",
+                              reason=e.code.value)
+        finally:
+            await conn.close()
+        counts = {"connected": sum(r["outcome"] == "connected" for r in rows),
+                  "refused": sum(r["outcome"] == "refused" for r in rows),
+                  "refused_by": dict(sorted(_count(r.get("reason") for r in rows if r["outcome"] == "refused").items()))}
+        self.note("connections", step=step.step, product=product.name, **counts)
+        if step.args.get("expect"):
+            self.judge(step, f"connections to {product.name}: {_shown(step.args['expect'])}",
+                       expect.compare(step.args["expect"], counts))
+
+    # --- faults -------------------------------------------------------------------------------------
+
+    def _fault(self, step: Planned, **fields) -> None:
+        self.note("fault", step=step.step, do=step.kind, why=step.why or None, **fields)
+
+    async def do_kill(self, step: Planned) -> None:
+        name = step.args["license_server"]
+        self.admins.pop(name, None)
+        await self.daemons[name].kill()
+        self._fault(step, license_server=name, signal="SIGKILL")
+
+    async def do_stop(self, step: Planned) -> None:
+        name = step.args["license_server"]
+        self.daemons[name].signal("STOP")
+        self._fault(step, license_server=name, signal="SIGSTOP")
+
+    async def do_resume(self, step: Planned) -> None:
+        name = step.args["license_server"]
+        self.daemons[name].signal("CONT")
+        self._fault(step, license_server=name, signal="SIGCONT")
+        await self._catch_up(name)
+
+    async def do_restart(self, step: Planned) -> None:
+        name = step.args["license_server"]
+        daemon = self.daemons[name]
+        port = daemon.port or 0
+        if daemon.alive:
+            self.admins.pop(name, None)
+            await daemon.stop()
+        await self._start_license_server(name, port)
+        self._fault(step, license_server=name, outcome="restarted")
+
+    async def do_clearinghouse_down(self, step: Planned) -> None:
+        await self.daemons["clearinghouse"].kill()
+        self._fault(step, signal="SIGKILL")
+
+    async def do_clearinghouse_up(self, step: Planned) -> None:
+        ch = self.daemons["clearinghouse"]
+        await ch.start([*ch.argv[:3], "--listen", f"tcp:{ch.port}:interface=127.0.0.1", *ch.argv[5:]])
+        self._fault(step, outcome="restarted")
+
+    def _link(self, step: Planned) -> Link:
+        return self.links[(step.args["session_host"], step.args["license_server"])]
+
+    async def do_cut(self, step: Planned) -> None:
+        link = self._link(step)
+        link.cut()
+        self._fault(step, link=link.name)
+
+    async def do_slow(self, step: Planned) -> None:
+        link = self._link(step)
+        link.slow(step.args["delay"])
+        self._fault(step, link=link.name, delay_ms=int(step.args["delay"] * 1000))
+
+    async def do_reset(self, step: Planned) -> None:
+        link = self._link(step)
+        link.reset()
+        self._fault(step, link=link.name)
+
+    async def do_heal(self, step: Planned) -> None:
+        link = self._link(step)
+        link.heal()
+        self._fault(step, link=link.name)
+
+    # --- expectations -------------------------------------------------------------------------------
+
+    async def do_expect(self, step: Planned) -> None:
+        a = step.args
+        if any(k in a for k in ("issued", "available", "total")):
+            await self._expect_counts(step)
+        if a.get("present") or a.get("absent"):
+            await self._expect_events(step)
+        if a.get("licensed"):
+            machines = {name: self.lab.fleet(name).machines() for name in a["licensed"]}
+            held = {m: self._best_held(m) for ms in machines.values() for m in ms}
+            self.judge(step, f"every device of {', '.join(a['licensed'])} licensed by {iso(self.now)[:10]}",
+                       expect.licensed(machines, held, self.now))
+        if a.get("ledger"):
+            from tsls.server.check import check_ledger
+            failures = []
+            for ls in self.lab.license_servers:
+                failures += [f"{ls.name}: {p}" for p in check_ledger(os.path.join(self.workdir, ls.name, "license-server.sqlite"))]
+            self.judge(step, "ledger invariants hold on every license server", failures)
+        if a.get("unique"):
+            licenses, failures = {}, []
+            for ls in self.lab.license_servers:
+                try:
+                    licenses[ls.name] = await self.admin(ls.name, "list_licenses", kind="permanent", status="active",
+                                                         limit=LIST_LIMIT)
+                except TslsError as e:
+                    failures.append(f"{ls.name}: cannot list its licenses: {e.message}")
+            self.judge(step, "no CAL circulates twice", failures + expect.unique(licenses))
+
+    def _best_held(self, machine: str) -> dict | None:
+        """The license a device holds for any version: a permanent one if it has one."""
+        held = list(self.devices.data.get(machine, {}).values())
+        return next((lic for lic in held if lic.get("kind") == "permanent"), held[0] if held else None)
+
+    async def _expect_counts(self, step: Planned) -> None:
+        a = step.args
+        purchase = a.get("key_pack")
+        server = a.get("license_server") or self.lab.purchase(purchase).license_server
+        wanted = {k: a[k] for k in ("issued", "available", "total") if k in a}
+        what = f"{server}{' key pack ' + purchase if purchase else ''}: {_shown(wanted)}"
+        try:
+            packs = await self.admin(server, "list_key_packs")
+        except TslsError as e:
+            self.judge(step, what, [f"cannot read {server}'s key packs: {e.message}"])
+            return
+        if purchase:
+            packs = [p for p in packs if self.pack_names.get(p["key_pack_id"]) == purchase]
+            if not packs:
+                self.judge(step, what, [f"purchase {purchase} is not installed on {server}"])
+                return
+        observed = {k: sum(p[k] for p in packs) for k in wanted}
+        self.judge(step, what, expect.compare(wanted, observed))
+
+    async def _expect_events(self, step: Planned) -> None:
+        a = step.args
+        servers = [a["license_server"]] if a.get("license_server") else [ls.name for ls in self.lab.license_servers]
+        counts: dict[int, int] = {}
+        failures = []
+        for event in (*a.get("present", ()), *a.get("absent", ())):
+            for server in servers:
+                try:
+                    found = await self.admin(server, "list_events", event_id=event, limit=LIST_LIMIT)
+                except TslsError as e:
+                    failures.append(f"cannot read {server}'s events: {e.message}")
+                    continue
+                counts[event] = counts.get(event, 0) + len(found)
+        what = " ".join(filter(None, [f"present {list(a.get('present', ()))}" if a.get("present") else "",
+                                       f"absent {list(a.get('absent', ()))}" if a.get("absent") else ""]))
+        self.judge(step, f"events on {', '.join(servers)}: {what}",
+                   sorted(set(failures)) + expect.events(a.get("present", ()), a.get("absent", ()), counts))
+
+
+def _count(items) -> dict:
+    out: dict = {}
+    for item in items:
+        out[item] = out.get(item, 0) + 1
+    return out
+
+
+def _shown(expected: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in expected.items())
+
+
+def summary(lab: Lab, results: list[Result], counts: dict, source: str) -> str:
+    failed = [r for r in results if not r.ok]
+    lines = [f"lab {lab.name!r} ({source}): {len(results) - len(failed)} of {len(results)} expectations hold", ""]
+    width = max((len(r.label) for r in results), default=5)
+    lines.append(f"{'STEP':<{width}}  RESULT  EXPECTATION")
+    for r in results:
+        lines.append(f"{r.label:<{width}}  {'ok' if r.ok else 'FAILED':<6}  {r.what}")
+        for why in r.why:
+            lines.append(f"{'':<{width}}          - {why}")
+    if counts:
+        lines += ["", "logons: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))]
+    lines.append("")
+    lines.append("FAILED: " + "; ".join(f"{r.label}: {r.what}" for r in failed) if failed else "PASSED")
+    return "\n".join(lines)
+
+
+def progress_bar(stream=sys.stderr):
+    """A one-line progress display (lab date, step) when ``stream`` is a terminal."""
+    if not stream.isatty():
+        return None
+
+    def show(number, total, lab_date, step):
+        filled = int(30 * number / total)
+        stream.write(f"\r[{'#' * filled}{'.' * (30 - filled)}] {lab_date[:10]} {number}/{total} {step.label} "
+                     f"{step.kind}".ljust(100)[:100])
+        if number == total:
+            stream.write("\n")
+        stream.flush()
+    return show
