@@ -165,7 +165,7 @@ class TerminalServer:
             admitted = without_license_server(grace, expires, now)
         except TslsError as e:
             return {**row, "outcome": "refused", "reason": e.code.value, "message": e.message}
-        return {**row, "outcome": f"admitted_{admitted.how}", "message": admitted.message, "license": held}
+        return {**row, "outcome": f"admitted_{admitted.how.value}", "message": admitted.message, "license": held}
 
     async def close(self) -> None:
         for conn in self.connections.values():

@@ -1,7 +1,7 @@
 import pytest
 
 from tsls.core.perseat import (
-    AddPackUse, Product, ProductMode, add_pack_id, apply_add_pack, connect, parse_add_pack, switch_to_per_seat,
+    ADMINISTRATOR, AddPackUse, LicensedBy, Product, ProductMode, Requester, add_pack_id, apply_add_pack, connect, parse_add_pack, switch_to_per_seat,
     switch_to_per_server,
 )
 from tsls.errors import Code, TslsError
@@ -17,32 +17,39 @@ def refused(code, f, *args):
 
 
 def test_per_server_counts_concurrent_connections_and_lets_an_administrator_in():
-    assert connect(SQL, 2, False, None, {}, 0) == "per_server"
+    assert connect(SQL, 2, False, None, {}, 0) is LicensedBy.PER_SERVER
     refused(Code.NO_PER_SERVER_LICENSE, connect, SQL, 3, False, None, {}, 0)
-    assert connect(SQL, 3, True, None, {}, 0) == "administrator"
+    assert connect(SQL, 3, True, None, {}, 0) is LicensedBy.ADMINISTRATOR
 
 
 def test_a_suite_cal_is_refused_against_a_per_server_product():
-    error = refused(Code.NOT_PER_SEAT, connect, SQL, 0, False, "suite", {}, 5)
+    error = refused(Code.NOT_PER_SEAT, connect, SQL, 0, False, LicensedBy.SUITE, {}, 5)
     assert "Per Seat" in error.message
 
 
 def test_the_switch_to_per_seat_is_confirmed_permitted_and_one_way():
-    refused(Code.NOT_PERMITTED, switch_to_per_seat, SQL, True, False, 0)
-    warning = refused(Code.CONFIRMATION_REQUIRED, switch_to_per_seat, SQL, False, True, 0)
+    refused(Code.NOT_PERMITTED, switch_to_per_seat, SQL, True, Requester(), 0)
+    warning = refused(Code.CONFIRMATION_REQUIRED, switch_to_per_seat, SQL, False, ADMINISTRATOR, 0)
     assert "Per Server license loss" in warning.message
-    seat = switch_to_per_seat(SQL, True, True, 100)
+    seat = switch_to_per_seat(SQL, True, ADMINISTRATOR, 100)
     assert (seat.mode, seat.per_server_licenses, seat.switched_at) == (ProductMode.PER_SEAT, 0, 100)
-    refused(Code.ALREADY_PER_SEAT, switch_to_per_seat, seat, True, True, 0)
+    refused(Code.ALREADY_PER_SEAT, switch_to_per_seat, seat, True, ADMINISTRATOR, 0)
     refused(Code.PER_SEAT_IS_FINAL, switch_to_per_server, seat)
 
 
 def test_per_seat_uses_the_products_cals_then_the_suite_and_keeps_a_devices_cal():
-    seat = switch_to_per_seat(Product("SNA Server", "HOST", seat_licenses=1), True, True, 0)
-    assert connect(seat, 0, False, None, {}, 1) == "seat"
-    assert connect(seat, 0, False, None, {"seat": 1}, 1) == "suite"
-    refused(Code.NO_LICENSE_AVAILABLE, connect, seat, 0, False, None, {"seat": 1, "suite": 1}, 1)
-    assert connect(seat, 0, False, "suite", {"seat": 1, "suite": 1}, 1) == "suite"
+    seat = switch_to_per_seat(Product("SNA Server", "HOST", seat_licenses=1), True, ADMINISTRATOR, 0)
+    taken = {LicensedBy.SEAT: 1, LicensedBy.SUITE: 1}
+    assert connect(seat, 0, False, None, {}, 1) is LicensedBy.SEAT
+    assert connect(seat, 0, False, None, {LicensedBy.SEAT: 1}, 1) is LicensedBy.SUITE
+    refused(Code.NO_LICENSE_AVAILABLE, connect, seat, 0, False, None, taken, 1)
+    assert connect(seat, 0, False, LicensedBy.SUITE, taken, 1) is LicensedBy.SUITE
+
+
+def test_only_an_administrator_or_the_server_itself_once_proved_may_switch():
+    refused(Code.NOT_PERMITTED, switch_to_per_seat, SQL, True, Requester(proven_server="OTHERSRV"), 0)
+    refused(Code.NOT_PERMITTED, switch_to_per_seat, SQL, True, Requester(proven_server=None), 0)
+    assert switch_to_per_seat(SQL, True, Requester(proven_server="SQLSRV01"), 0).mode is ProductMode.PER_SEAT
 
 
 def test_an_add_pack_raises_the_licenses_once_and_then_only_restores():

@@ -1,7 +1,7 @@
 import pytest
 
 from tsls.core.model import DAY, ProductVersion
-from tsls.core.terminal import Grace, without_license_server
+from tsls.core.terminal import AdmittedBy, Grace, without_license_server
 from tsls.errors import Code, TslsError
 
 NOW = 1_800_000_000
@@ -26,7 +26,7 @@ def test_grace_ends_at_the_first_permanent_cal():
 
 def test_without_a_license_server_grace_admits_and_then_refuses():
     g = Grace(ProductVersion.W2003).connection(NOW)
-    assert without_license_server(g, None, NOW + DAY).how == "grace"
+    assert without_license_server(g, None, NOW + DAY).how is AdmittedBy.GRACE
     with pytest.raises(TslsError) as e:
         without_license_server(g, None, NOW + 121 * DAY)
     assert e.value.code is Code.NO_LICENSE_SERVER
@@ -35,7 +35,7 @@ def test_without_a_license_server_grace_admits_and_then_refuses():
 def test_a_valid_license_keeps_working_without_a_license_server_until_it_needs_renewal():
     g = Grace(ProductVersion.W2003).connection(NOW).permanent_cal_issued(NOW)
     expires = NOW + 60 * DAY
-    assert without_license_server(g, expires, NOW + 10 * DAY).how == "license"
+    assert without_license_server(g, expires, NOW + 10 * DAY).how is AdmittedBy.LICENSE
     with pytest.raises(TslsError) as e:
         without_license_server(g, expires, expires - DAY)
     assert e.value.code is Code.RENEWAL_FAILED

@@ -7,6 +7,7 @@ import pytest_twisted
 from twisted.internet.task import Clock
 
 from tests.fakes import FakeClearinghouse
+from tsls.core.perseat import ADMINISTRATOR
 from tsls.errors import Code, TslsError
 from tsls.server.app import LicenseServer, load_identity
 from tsls.server.store import LicenseStore
@@ -116,7 +117,7 @@ async def test_licenses_added_to_a_named_product_follow_its_mode(server):
     added = await server.products.add_licenses("SQL", 3, 4)
     [sql] = added["products"]
     assert (sql["per_server_licenses"], sql["seat_licenses"]) == (5, 4)
-    await server.products.switch_to_per_seat("SQL", True, True)
+    await server.products.switch_to_per_seat("SQL", True, ADMINISTRATOR)
     assert (await refused(server.products.add_licenses("SQL", 1, 0))).code is Code.ALREADY_PER_SEAT
     [sql] = (await server.products.add_licenses("SQL", 0, 2))["products"]
     assert (sql["mode"], sql["per_server_licenses"], sql["seat_licenses"]) == ("per_seat", 0, 6)

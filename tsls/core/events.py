@@ -86,8 +86,12 @@ def for_decision(decision: Decision, now: int, terminal_server: str | None = Non
     return tuple(out)
 
 
-def for_refusal(code: Code, message: str, now: int, terminal_server=None, hwid=None, user=None) -> tuple[Event, ...]:
-    out = [Event(now, EventId.LOGON_REFUSED, f"{code.value}: {message}", terminal_server, hwid, user)]
+def for_refusal(code: Code, message: str, now: int, terminal_server=None, hwid=None, user=None,
+                license_id: int | None = None, logon: bool = True) -> tuple[Event, ...]:
+    """Events a refusal is worth: a refused logon (``logon``) is recorded as one, and a refusal
+    Windows logs under an ID of its own (such as 81, the revocation limit) under that ID too."""
+    out = [Event(now, EventId.LOGON_REFUSED, f"{code.value}: {message}", terminal_server, hwid, user, license_id)
+           ] if logon else []
     if code in _BY_REASON:
-        out.append(Event(now, _BY_REASON[code], message, terminal_server, hwid, user))
+        out.append(Event(now, _BY_REASON[code], message, terminal_server, hwid, user, license_id))
     return tuple(out)

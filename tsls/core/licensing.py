@@ -218,6 +218,11 @@ def revoke(lic: License | None, packs, revoked, now: int) -> Decision:
                     message=f"CAL {lic.id} revoked; {limit - len(holding) - 1} more may be revoked now")
 
 
+
+def revoke_user(user: str) -> Decision:
+    """Per User CALs cannot be revoked, only Per Device CALs [§9, RDSCAL]."""
+    raise TslsError(Code.NOT_REVOCABLE, f"Per User CALs cannot be revoked (user {user!r}); only Per Device CALs can")
+
 # --- the pieces -----------------------------------------------------------------------------------
 
 def _check_presented(logon: Logon, held) -> None:

@@ -21,6 +21,27 @@ class ProductMode(enum.Enum):
     PER_SEAT = "per_seat"
 
 
+class LicensedBy(enum.Enum):
+    """How a client connection to a product is licensed."""
+
+    PER_SERVER = "per_server"           # one of the product's concurrent Per Server licenses
+    ADMINISTRATOR = "administrator"     # past the Per Server count: administrators still get in
+    SEAT = "seat"                       # the device's own Per Seat CAL for the product
+    SUITE = "suite"                     # a BackOffice suite CAL
+
+
+@attrs.frozen
+class Requester:
+    """Who asks for a licensing-mode switch: an administrator, or a terminal server by the name it
+    proved (None when it did not prove one)."""
+
+    administrator: bool = False
+    proven_server: str | None = None
+
+
+ADMINISTRATOR = Requester(administrator=True)
+
+
 @attrs.frozen
 class Product:
     """A server product licensed Per Server or Per Seat; installed Per Server by default [seed 000]."""
@@ -33,38 +54,40 @@ class Product:
     switched_at: int | None = None
 
 
-def connect(product: Product | None, open_connections: int, administrator: bool, seat: str | None,
-            seats_taken: dict[str, int], suite_licenses: int) -> str:
-    """May a client connect? Returns how it is licensed: "per_server", "administrator", "seat" (its
-    own Per Seat CAL, new or held) or "suite" (a BackOffice CAL). ``seat`` is what the device already
-    holds for this product ("seat" or "suite"), ``seats_taken`` how many of each pool are assigned."""
+def connect(product: Product | None, open_connections: int, administrator: bool, seat: LicensedBy | None,
+            seats_taken: dict[LicensedBy, int], suite_licenses: int) -> LicensedBy:
+    """May a client connect? Returns how it is licensed: Per Server, as an administrator, by its own
+    Per Seat CAL (new or held) or by a BackOffice suite CAL. ``seat`` is what the device already holds
+    for this product (SEAT or SUITE), ``seats_taken`` how many of each pool are assigned."""
     if product is None:
         raise TslsError(Code.UNKNOWN_PRODUCT, "no such product")
     if product.mode is ProductMode.PER_SERVER:
-        if seat == "suite":
+        if seat is LicensedBy.SUITE:
             raise TslsError(Code.NOT_PER_SEAT, f"a {SUITE} CAL can be used only against products in Per Seat "
                             f"mode; {product.name} on {product.server} is licensed Per Server")
         if open_connections < product.per_server_licenses:
-            return "per_server"
+            return LicensedBy.PER_SERVER
         if administrator:     # an administrator still gets in past the count [§8, KBA Q130933]
-            return "administrator"
+            return LicensedBy.ADMINISTRATOR
         raise TslsError(Code.NO_PER_SERVER_LICENSE, f"all {product.per_server_licenses} Per Server licenses of "
                         f"{product.name} on {product.server} are in use", licenses=product.per_server_licenses)
     if seat is not None:
         return seat
-    if seats_taken.get("seat", 0) < product.seat_licenses:
-        return "seat"
-    if seats_taken.get("suite", 0) < suite_licenses:
-        return "suite"
+    if seats_taken.get(LicensedBy.SEAT, 0) < product.seat_licenses:
+        return LicensedBy.SEAT
+    if seats_taken.get(LicensedBy.SUITE, 0) < suite_licenses:
+        return LicensedBy.SUITE
     raise TslsError(Code.NO_LICENSE_AVAILABLE, f"{product.name} is licensed Per Seat and this device has no CAL "
                     f"for it; none is free ({product.seat_licenses} {product.name} CALs, {suite_licenses} {SUITE} CALs)")
 
 
-def switch_to_per_seat(product: Product | None, confirmed: bool, permitted: bool, now: int) -> Product:
-    """Per Server to Per Seat: once, for ever, confirmed, by an administrator of that server [seed 000]."""
+def switch_to_per_seat(product: Product | None, confirmed: bool, requester: Requester, now: int) -> Product:
+    """Per Server to Per Seat: once, for ever, confirmed, by an administrator of that server [seed 000]:
+    an administrator, or the terminal server the product runs on once it has proved its name
+    ("from the server itself")."""
     if product is None:
         raise TslsError(Code.UNKNOWN_PRODUCT, "no such product")
-    if not permitted:
+    if not (requester.administrator or requester.proven_server == product.server):
         raise TslsError(Code.NOT_PERMITTED, f"only an administrator of {product.server} may change the licensing "
                         f"mode of {product.name}, from the server itself or remotely")
     if product.mode is ProductMode.PER_SEAT:

@@ -2,6 +2,8 @@
 server answers. The terminal-server simulator keeps the state; these functions decide."""
 from __future__ import annotations
 
+import enum
+
 import attrs
 
 from tsls.core.licensing import RENEWAL_WINDOW
@@ -40,9 +42,14 @@ class Grace:
         return end is None or now < end
 
 
+class AdmittedBy(enum.Enum):
+    LICENSE = "license"     # its CAL, still valid
+    GRACE = "grace"         # the grace period
+
+
 @attrs.frozen
 class Admission:
-    how: str             # "license" (its CAL, still valid) or "grace"
+    how: AdmittedBy
     message: str
 
 
@@ -52,11 +59,11 @@ def without_license_server(grace: Grace, held_expires_at: int | None, now: int) 
     [§1, MSQA]; others get in only inside the grace period [§2]."""
     if held_expires_at is not None and now < held_expires_at:
         if held_expires_at - now > RENEWAL_WINDOW:
-            return Admission("license", "no license server reachable; the device's license is still valid")
+            return Admission(AdmittedBy.LICENSE, "no license server reachable; the device's license is still valid")
         raise TslsError(Code.RENEWAL_FAILED, "the device's license expires on "
                         f"{iso(held_expires_at)} and could not be renewed: no license server reachable")
     if grace.active(now):
-        return Admission("grace", f"no license server reachable; admitted in the grace period, which ends "
+        return Admission(AdmittedBy.GRACE, f"no license server reachable; admitted in the grace period, which ends "
                                   f"{iso(grace.expires_at())}")
     raise TslsError(Code.NO_LICENSE_SERVER, "no license server reachable and the grace period "
                     f"ended {iso(grace.expires_at())}: the connection is refused")

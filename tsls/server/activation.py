@@ -2,18 +2,16 @@
 keeps of the answers (docs/clearinghouse.md)."""
 from __future__ import annotations
 
-import re
+from typing import Callable
 
 from twisted.internet import defer
 
-from tsls.core.activation import Activation, ActivationMethod, ActivationStatus
+from tsls.core import activation
+from tsls.core.activation import Activation, ActivationMethod
 from tsls.core.events import Event, EventId
 from tsls.core.model import CalType, ProductVersion, PurchaseRef
-from tsls.errors import Code, TslsError
 from tsls.jsonshapes import iso, key_pack_json
 from tsls.server.storage import Identity
-
-LICENSE_SERVER_ID = re.compile(r"[A-Z0-9]{35}")
 
 
 class Activations:
@@ -27,57 +25,48 @@ class Activations:
         """Automatic: ask the Clearinghouse. Telephone: the administrator types in the license server ID
         and certificate code the Clearinghouse gave on the phone."""
         yield self._require_activation(False)
-        if method == "automatic":
-            answer = yield self.clearinghouse.activate(self.identity.product_id, contact or {}, "automatic")
+        how = activation.parse_method(method)
+        if how is ActivationMethod.AUTOMATIC:
+            answer = yield self.clearinghouse.activate(self.identity.product_id, contact or {}, how.value)
             license_server_id, certificate = answer["license_server_id"], answer["certificate"]
-        elif method == "telephone":
-            for what, value in (("license server ID", license_server_id), ("certificate code", certificate)):
-                if not isinstance(value, str) or not LICENSE_SERVER_ID.fullmatch(value):
-                    raise TslsError(Code.BAD_REQUEST, f"a {what} is 35 upper-case letters and digits, no hyphens")
         else:
-            raise TslsError(Code.BAD_REQUEST, f"unknown activation method {method!r}; expected automatic or telephone")
-        result = yield self._set_activation(ActivationStatus.ACTIVATED, license_server_id, ActivationMethod(method),
-                                            EventId.ACTIVATED, certificate)
+            license_server_id, certificate = activation.check_telephone_codes(license_server_id, certificate)
+        result = yield self._set_activation(EventId.ACTIVATED, lambda now: activation.activated(
+            how, license_server_id, certificate, now))
         return result
 
     @defer.inlineCallbacks
     def reactivate(self, reason: str, contact: dict | None):
         server = yield self._require_activation(True)
         answer = yield self.clearinghouse.reactivate(server, reason, contact or {})
-        result = yield self._set_activation(ActivationStatus.ACTIVATED, answer["license_server_id"],
-                                            ActivationMethod.AUTOMATIC, EventId.REACTIVATED, answer["certificate"])
+        result = yield self._set_activation(EventId.REACTIVATED, lambda now: activation.activated(
+            ActivationMethod.AUTOMATIC, answer["license_server_id"], answer["certificate"], now))
         return result
 
     @defer.inlineCallbacks
     def deactivate(self):
         server = yield self._require_activation(True)
         yield self.clearinghouse.deactivate(server)
-        result = yield self._set_activation(ActivationStatus.DEACTIVATED, None, None, EventId.DEACTIVATED, None)
+        result = yield self._set_activation(EventId.DEACTIVATED, lambda now: activation.deactivated())
         return result
 
     def _require_activation(self, wanted: bool) -> defer.Deferred:
         """Fires with how this server names itself to the Clearinghouse (ID, product ID, certificate)."""
         def job(store, now):
             current = store.activation()
-            if wanted and not current.activated:
-                raise TslsError(Code.NOT_ACTIVATED, "the license server is not activated")
-            if not wanted and current.activated:
-                raise TslsError(Code.ALREADY_ACTIVATED, "the license server is already activated as "
-                                f"{current.license_server_id}; deactivate or reactivate it instead")
+            activation.require(current, wanted)
             return {"license_server_id": current.license_server_id, "product_id": self.identity.product_id,
                     "certificate": current.certificate}
         return self.writer.submit(job)
 
-    def _set_activation(self, status: ActivationStatus, license_server_id: str | None,
-                        method: ActivationMethod | None, event_id: EventId, certificate: str | None) -> defer.Deferred:
+    def _set_activation(self, event_id: EventId, new: Callable[[int], Activation]) -> defer.Deferred:
         def job(store, now):
-            store.add_events([Event(now, event_id, f"license server {status.value} "
-                                                   f"({method.value if method else 'no method'}) as "
-                                                   f"{license_server_id or '-'}")])
-            activation = Activation(status, license_server_id, method,
-                                    now if status is ActivationStatus.ACTIVATED else None, certificate)
-            store.save_activation(activation)
-            return activation_json(activation)
+            after = new(now)
+            store.add_events([Event(now, event_id, f"license server {after.status.value} "
+                                                   f"({after.method.value if after.method else 'no method'}) as "
+                                                   f"{after.license_server_id or '-'}")])
+            store.save_activation(after)
+            return activation_json(after)
         return self.writer.submit(job)
 
     @defer.inlineCallbacks

@@ -5,7 +5,6 @@ from __future__ import annotations
 from twisted.internet import defer
 
 from tsls.core import events, licensing
-from tsls.core.events import Event, EventId
 from tsls.core.licensing import Logon, Outcome, TerminalServer, check_security_group
 from tsls.core.model import LicenseKind, LicenseStatus, ProductVersion
 from tsls.errors import Code, TslsError
@@ -78,8 +77,8 @@ class Ledger:
             try:
                 decision = licensing.revoke(store.license(license_id), packs, revoked, now)
             except TslsError as e:
-                if e.code is Code.REVOCATION_LIMIT:
-                    store.add_events([Event(now, EventId.REVOCATION_LIMIT, e.message, license_id=license_id)])
+                if e.code is Code.REVOCATION_LIMIT:      # refused, and the refusal is on record
+                    store.add_events(events.for_refusal(e.code, e.message, now, license_id=license_id, logon=False))
                     return e
                 raise
             decision = store.apply(decision)
@@ -89,8 +88,7 @@ class Ledger:
         return self.writer.submit(job)
 
     def revoke_user(self, user: str) -> defer.Deferred:
-        return defer.fail(TslsError(Code.NOT_REVOCABLE, f"Per User CALs cannot be revoked (user {user!r}); "
-                                    "only Per Device CALs can"))
+        return defer.maybeDeferred(licensing.revoke_user, user)
 
 
 _ENUMS = {"kind": LicenseKind, "status": LicenseStatus, "product_version": ProductVersion}

@@ -16,7 +16,7 @@ import attrs
 from tsls.core import perseat
 from tsls.core.events import Event, EventId
 from tsls.core.model import iso
-from tsls.core.perseat import SBS_START, SUITE, AddPackUse, Product, ProductMode
+from tsls.core.perseat import SBS_START, SUITE, AddPackUse, LicensedBy, Product, ProductMode, Requester
 from tsls.errors import Code, TslsError
 from tsls.server.storage import EventFilter, SeatAssignment
 
@@ -57,12 +57,12 @@ class ProductLicensing:
                 store.add_events([Event(now, EventId.PRODUCT_CONNECTION_REFUSED, f"{product_name}: {e.message}",
                                         hwid=hwid)])
                 return e
-            if how in ("seat", "suite") and seat is None:
-                store.assign_seat(SeatAssignment(SUITE if how == "suite" else product_name, hwid, how, now))
+            if how in (LicensedBy.SEAT, LicensedBy.SUITE) and seat is None:
+                store.assign_seat(SeatAssignment(SUITE if how is LicensedBy.SUITE else product_name, hwid, how, now))
             connection_id = next(self._ids)
             if product.mode is ProductMode.PER_SERVER:
                 store.open_connection(connection_id, product_name, self._session(owner))
-            return {"connection_id": connection_id, "product": product_name, "licensed_by": how}
+            return {"connection_id": connection_id, "product": product_name, "licensed_by": how.value}
         return self.writer.submit(job)
 
     def disconnect(self, owner, connection_id: int):
@@ -115,9 +115,10 @@ class ProductLicensing:
             return self._products(store)
         return self.writer.submit(job)
 
-    def switch_to_per_seat(self, name: str, confirmed: bool, permitted: bool):
+    def switch_to_per_seat(self, name: str, confirmed: bool, requester: Requester):
+        """One job: who may switch is decided on the product as this batch reads it."""
         def job(store, now):
-            product = perseat.switch_to_per_seat(store.product(name), confirmed, permitted, now)
+            product = perseat.switch_to_per_seat(store.product(name), confirmed, requester, now)
             store.save_product(product)
             store.add_events([Event(now, EventId.SWITCHED_TO_PER_SEAT, f"{name} switched from Per Server to Per "
                                                                        "Seat; its Per Server licenses are gone")])
@@ -142,7 +143,7 @@ class ProductLicensing:
 
     def seat_clients(self):
         def job(store, now):
-            return [{"product": s.product, "hwid": s.hwid, "licensed_by": s.via, "assigned_at": iso(s.assigned_at)}
+            return [{"product": s.product, "hwid": s.hwid, "licensed_by": s.via.value, "assigned_at": iso(s.assigned_at)}
                     for s in store.seat_assignments()]
         return self.writer.submit(job)
 

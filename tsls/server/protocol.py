@@ -19,7 +19,7 @@ from twisted.logger import Logger
 from tsls.core.labtime import parse_date
 from tsls.core.licensing import TerminalServer, check_terminal_server
 from tsls.core.model import CalType, ProductVersion, iso
-from tsls.core.perseat import AddPackUse
+from tsls.core.perseat import ADMINISTRATOR, AddPackUse, Requester
 from tsls.errors import Code, TslsError
 from tsls.server import auth
 
@@ -440,14 +440,10 @@ class LicenseProtocol(Protocol, TimeoutMixin):
         has proved its name ("from the server itself")."""
         name = _field(request, "product", max_len=128)
         confirm = _field(request, "confirm", bool, required=False) or False
-        if self.role == "admin":
-            return self.server.products.switch_to_per_seat(name, confirm, True)
         ts = self.terminal_server
-
-        def permitted(products):
-            server = next((p["server"] for p in products["products"] if p["name"] == name), None)
-            return self.server.products.switch_to_per_seat(name, confirm, ts.authenticated and ts.name == server)
-        return self.server.products.products().addCallback(permitted)
+        requester = (ADMINISTRATOR if self.role == "admin" else
+                     Requester(proven_server=ts.name if ts.authenticated else None))
+        return self.server.products.switch_to_per_seat(name, confirm, requester)
 
     def op_switch_to_per_server(self, request):
         return self.server.products.switch_to_per_server(_field(request, "product", max_len=128))

@@ -18,7 +18,7 @@ from tsls.core import events
 from tsls.core.activation import Activation, ActivationMethod, ActivationStatus
 from tsls.core.licensing import Change, Decision, World, expire
 from tsls.core.model import CalType, KeyPack, License, LicenseKind, LicenseStatus, ProductVersion, PurchaseRef
-from tsls.core.perseat import Product, ProductMode
+from tsls.core.perseat import LicensedBy, Product, ProductMode
 from tsls.server.storage import EventFilter, Identity, LicenseFilter, Registration, SeatAssignment
 from tsls.sqlite import open_database
 
@@ -465,27 +465,28 @@ class LicenseStore:
                         "switched_at = excluded.switched_at",
                         (p.name, p.server, p.mode.value, p.per_server_licenses, p.seat_licenses, p.switched_at))
 
-    def seat_of(self, products: tuple[str, ...], hwid: str) -> str | None:
-        """How the device holds a Per Seat CAL for any of ``products`` ("seat" or "suite"), if it does."""
+    def seat_of(self, products: tuple[str, ...], hwid: str) -> LicensedBy | None:
+        """How the device holds a Per Seat CAL for any of ``products`` (SEAT or SUITE), if it does."""
         row = self.db.execute(f"SELECT via FROM seat_assignments WHERE product IN ({','.join('?' * len(products))}) "
                               "AND hwid = ?", (*products, hwid)).fetchone()
-        return None if row is None else row[0]
+        return None if row is None else LicensedBy(row[0])
 
-    def seats_taken(self, product: str) -> dict[str, int]:
-        """The product's own CALs assigned ("seat") and the suite's CALs assigned anywhere ("suite")."""
-        return dict(self.db.execute("SELECT via, count(*) FROM seat_assignments WHERE product = ? OR via = 'suite' "
-                                    "GROUP BY via", (product,)))
+    def seats_taken(self, product: str) -> dict[LicensedBy, int]:
+        """The product's own CALs assigned (SEAT) and the suite's CALs assigned anywhere (SUITE)."""
+        rows = self.db.execute("SELECT via, count(*) FROM seat_assignments WHERE product = ? OR via = 'suite' "
+                               "GROUP BY via", (product,))
+        return {LicensedBy(via): n for via, n in rows}
 
     def seats_assigned(self, product: str) -> int:
         return self.db.execute("SELECT count(*) FROM seat_assignments WHERE product = ?", (product,)).fetchone()[0]
 
     def assign_seat(self, seat: SeatAssignment) -> None:
         self.db.execute("INSERT INTO seat_assignments VALUES (?,?,?,?)",
-                        (seat.product, seat.hwid, seat.via, seat.assigned_at))
+                        (seat.product, seat.hwid, seat.via.value, seat.assigned_at))
 
     def seat_assignments(self) -> list[SeatAssignment]:
         rows = self.db.execute("SELECT product, hwid, via, assigned_at FROM seat_assignments ORDER BY product, hwid")
-        return [SeatAssignment(*r) for r in rows]
+        return [SeatAssignment(r[0], r[1], LicensedBy(r[2]), r[3]) for r in rows]
 
     def open_connection(self, connection_id: int, product: str, session: int) -> None:
         self.db.execute("INSERT INTO temp.product_connections VALUES (?, ?, ?)", (connection_id, product, session))
