@@ -10,7 +10,7 @@ import json
 import os
 
 from clients.cli import run
-from clients.connection import DEFAULT_SERVER, connect
+from clients.connection import DEFAULT_SERVER, add_timeout_options, connect
 from clients.output import emit, rows_out, table
 from tsls.errors import Code, TslsError
 from tsls.files import write_private
@@ -82,6 +82,7 @@ def _date(text: str) -> int:
 def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tsls-admin", description="Administer a tsls license server.")
     parser.add_argument("--server", default=DEFAULT_SERVER, help="license server endpoint (default: %(default)s)")
+    add_timeout_options(parser)
     parser.add_argument("--clearinghouse", default=DEFAULT_CLEARINGHOUSE, help="(default: %(default)s)")
     parser.add_argument("--credential", default=os.path.join("tsls-data", "admin.secret"),
                         help="the administrator's credential file, made by the license server at first start "
@@ -172,7 +173,7 @@ async def _license_server(reactor, args):
     from tsls.server.auth import read_secret
 
     secret = read_secret(args.credential)
-    conn = await connect(reactor, args.server)
+    conn = await connect(reactor, args.server, args.connect_timeout, args.timeout)
     await conn.hello_admin(secret)
     return conn
 

@@ -5,6 +5,12 @@
     answer = yield conn.request("logon", hwid=..., machine=..., user=..., license=None)
 
 Error replies come back as ``tsls.errors.TslsError`` carrying the server's code.
+
+Every call has a timeout. ``connect`` gives up after ``connect_timeout`` seconds (CONNECT_TIMEOUT) with
+SERVER_UNREACHABLE; each request waits ``answer_timeout`` seconds (ANSWER_TIMEOUT) for its answer, then
+fails with SERVER_TIMEOUT, as do all others waiting on that connection, and the connection is dropped: a
+server that answers that late (frozen, stalled) is not trusted with the next request. Events pushed to a
+follower are not answers and never time out. ``None`` waits for ever.
 """
 from __future__ import annotations
 
@@ -20,26 +26,51 @@ from tsls.errors import Code, TslsError
 from tsls.server.auth import proof
 
 DEFAULT_SERVER = "tcp:127.0.0.1:4870"
+CONNECT_TIMEOUT = 5.0       # seconds to connect (TCP, and TLS for ssl: endpoints)
+ANSWER_TIMEOUT = 60.0       # seconds to wait for an answer: longer than the license server's own 30 s for the
+                            # Clearinghouse, so an install or activation that waits on it is not cut short
 
 
 class LicenseConnection(LineOnlyReceiver):
     delimiter = b"\n"
     MAX_LENGTH = 16 * 1024 * 1024
 
-    def __init__(self) -> None:
+    def __init__(self, clock=None, answer_timeout: float | None = None, endpoint: str = "") -> None:
         self._ids = itertools.count(1)
         self._pending: dict = {}
         self.closed = defer.Deferred()
         self.hello: dict | None = None
         self.on_event = None        # called with each event pushed after a follow_events request
+        self.clock = clock
+        self.answer_timeout = answer_timeout
+        self.endpoint = endpoint
 
     def request(self, op: str, **fields) -> defer.Deferred:
-        """Send one request; fires with its result or fails with TslsError. Requests may be pipelined."""
+        """Send one request; fires with its result or fails with TslsError (SERVER_TIMEOUT when no answer
+        comes within ``answer_timeout``). Requests may be pipelined."""
         rid = next(self._ids)
         d = defer.Deferred()
         self._pending[rid] = d
+        if self.answer_timeout is not None and self.clock is not None:
+            timer = self.clock.callLater(self.answer_timeout, self._timed_out, op)
+
+            def settled(result):
+                if timer.active():
+                    timer.cancel()
+                return result
+            d.addBoth(settled)
         self.sendLine(json.dumps({"id": rid, "op": op, **fields}, separators=(",", ":")).encode())
         return d
+
+    def _timed_out(self, op: str) -> None:
+        """No answer in time: everything waiting fails with SERVER_TIMEOUT and the connection is dropped."""
+        error = TslsError(Code.SERVER_TIMEOUT, f"the license server{' at ' + self.endpoint if self.endpoint else ''} "
+                          f"did not answer {op!r} within {self.answer_timeout:g} s")
+        pending, self._pending = self._pending, {}
+        for d in pending.values():
+            d.errback(error)
+        if self.transport is not None:
+            self.transport.abortConnection()
 
     @defer.inlineCallbacks
     def hello_terminal_server(self, name: str, version: str, mode: str, secret: str | None = None):
@@ -89,11 +120,43 @@ class LicenseConnection(LineOnlyReceiver):
         return self.closed
 
 
-def connect(reactor, endpoint: str = DEFAULT_SERVER) -> defer.Deferred:
-    """Connect to a license server; ``endpoint`` is a Twisted client endpoint string."""
-    d = clientFromString(reactor, endpoint).connect(Factory.forProtocol(LicenseConnection))
+def connect(reactor, endpoint: str = DEFAULT_SERVER, connect_timeout: float | None = CONNECT_TIMEOUT,
+            answer_timeout: float | None = ANSWER_TIMEOUT, protocol=LicenseConnection) -> defer.Deferred:
+    """Connect to a license server; ``endpoint`` is a Twisted client endpoint string. Fails with
+    SERVER_UNREACHABLE when it cannot connect within ``connect_timeout`` seconds."""
+    factory = Factory()
+    factory.protocol = lambda: protocol(reactor, answer_timeout, endpoint)
+    d = clientFromString(reactor, endpoint).connect(factory)
 
     def unreachable(failure):
+        if failure.check(TslsError):
+            return failure
         raise TslsError(Code.SERVER_UNREACHABLE, f"cannot reach the license server at {endpoint}: "
                         f"{failure.getErrorMessage()}")
+
+    def too_late(result, timeout):
+        raise TslsError(Code.SERVER_UNREACHABLE, f"cannot reach the license server at {endpoint}: "
+                        f"no connection within {timeout:g} s")
+    if connect_timeout is not None:
+        d.addTimeout(connect_timeout, reactor, onTimeoutCancel=too_late)
     return d.addErrback(unreachable)
+
+
+def add_timeout_options(parser, answer_default: float = ANSWER_TIMEOUT) -> None:
+    """--connect-timeout and --timeout, the same on every command-line client."""
+    parser.add_argument("--connect-timeout", type=_seconds, default=CONNECT_TIMEOUT, metavar="SECONDS",
+                        help="give up connecting to a license server after this long (default: %(default)g; 0: never)")
+    parser.add_argument("--timeout", type=_seconds, default=answer_default, metavar="SECONDS",
+                        help="give up waiting for an answer after this long (default: %(default)g; 0: never)")
+
+
+def _seconds(text: str) -> float | None:
+    import argparse
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"seconds must be 0 or more: {text!r}")
+    return value or None

@@ -34,11 +34,10 @@ from array import array
 
 import attrs
 from twisted.internet import defer, task
-from twisted.internet.endpoints import clientFromString
-from twisted.internet.protocol import Factory
 
 from clients.cli import run
-from clients.connection import DEFAULT_SERVER, LicenseConnection
+from clients import connection
+from clients.connection import ANSWER_TIMEOUT, CONNECT_TIMEOUT, DEFAULT_SERVER, LicenseConnection, add_timeout_options
 from tsls.core.model import ProductVersion
 from tsls.errors import Code, TslsError
 
@@ -67,6 +66,8 @@ class LoadConfig:
     report: bool = True
     seed: int | None = None
     prefix: str = ""                         # names of terminal servers, machines and users start with it
+    connect_timeout: float | None = CONNECT_TIMEOUT
+    answer_timeout: float | None = ANSWER_TIMEOUT     # for the hellos; the run's answers end with DRAIN_TIMEOUT
 
     def weights(self) -> dict[str, float]:
         return dict(self.mix)
@@ -181,8 +182,8 @@ class LoadConnection(LicenseConnection):
     """One simulated terminal server: hello through the client library, then a lean hot path that
     keeps up to ``window`` requests in flight and matches answers by id."""
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, *args) -> None:
+        super().__init__(*args)
         self.load: Load | None = None
         self.per_user = False
         self.window = 1
@@ -386,7 +387,8 @@ class Load:
         config = self.config
         per_user = config.per_user_count()
         try:
-            conns = await defer.gatherResults([connect(self.reactor, config.server)
+            conns = await defer.gatherResults([connect(self.reactor, config.server, config.connect_timeout,
+                                                       config.answer_timeout)
                                                for _ in range(config.terminal_servers)], consumeErrors=True)
         except defer.FirstError as e:
             e.subFailure.raiseException()
@@ -433,14 +435,11 @@ class Load:
         return summary(self)
 
 
-def connect(reactor, endpoint: str) -> defer.Deferred:
-    """As clients.connection.connect, with the load generator's protocol."""
-    d = clientFromString(reactor, endpoint).connect(Factory.forProtocol(LoadConnection))
-
-    def unreachable(failure):
-        raise TslsError(Code.SERVER_UNREACHABLE, f"cannot reach the license server at {endpoint}: "
-                        f"{failure.getErrorMessage()}")
-    return d.addErrback(unreachable)
+def connect(reactor, endpoint: str, connect_timeout: float | None = CONNECT_TIMEOUT,
+            answer_timeout: float | None = ANSWER_TIMEOUT) -> defer.Deferred:
+    """As clients.connection.connect, with the load generator's protocol (the timeout covers the hello;
+    the hot path's answers are waited for until the run's end and DRAIN_TIMEOUT)."""
+    return connection.connect(reactor, endpoint, connect_timeout, answer_timeout, protocol=LoadConnection)
 
 
 GRANTS = ("temporary_issued", "upgraded", "renewed")
@@ -543,6 +542,7 @@ def parser() -> argparse.ArgumentParser:
                                 epilog=__doc__.split("\n\n", 1)[1])
     p.add_argument("--server", default=DEFAULT_SERVER, metavar="ENDPOINT",
                    help="the license server's Twisted client endpoint (default: %(default)s)")
+    add_timeout_options(p)
     p.add_argument("-n", "--terminal-servers", type=_positive, default=10, metavar="N",
                    help="simulated terminal servers, one connection each (default: %(default)s)")
     p.add_argument("--versions", default="2003", help="Windows versions they emulate, comma-separated, "
@@ -586,7 +586,8 @@ def config_from(args) -> LoadConfig:
     config = LoadConfig(server=args.server, terminal_servers=args.terminal_servers, versions=versions,
                         per_user_servers=args.per_user_servers, devices=args.devices, users=args.users,
                         duration=duration, count=args.count, mix=mix, pipeline=args.pipeline, report=args.report,
-                        seed=args.seed, prefix=prefix)
+                        seed=args.seed, prefix=prefix, connect_timeout=args.connect_timeout,
+                        answer_timeout=args.timeout)
     k = config.per_user_count()
     weights = config.weights()
     if not 0 <= k <= config.terminal_servers:

@@ -17,7 +17,7 @@ import os
 import time
 
 from clients.cli import run
-from clients.connection import DEFAULT_SERVER, connect
+from clients.connection import CONNECT_TIMEOUT, DEFAULT_SERVER, add_timeout_options, connect
 from clients.output import emit, table
 from tsls.core.labtime import parse_date
 from tsls.core.model import ProductVersion
@@ -29,9 +29,12 @@ from tsls.server.auth import read_secret
 PLATFORM_ID = 0x04010000   # WINNT_POST_52 + Microsoft, what FreeRDP sends [REFERENCE §6]
 
 # A license server that answers with one of these could not license the device; the next one is
-# asked, as a terminal server goes down its discovered list [§5, KB301932].
+# asked, as a terminal server goes down its discovered list [§5, KB301932]. One that cannot be reached,
+# or does not answer in time (frozen, stalled), is passed over the same way.
 TRY_NEXT = {Code.NO_LICENSE_AVAILABLE, Code.NOT_ACTIVATED, Code.MODE_MISMATCH, Code.SERVER_UNREACHABLE,
-            Code.SHUTTING_DOWN, Code.STORAGE_ERROR}
+            Code.SERVER_TIMEOUT, Code.SHUTTING_DOWN, Code.STORAGE_ERROR}
+UNAVAILABLE = {Code.SERVER_UNREACHABLE, Code.SERVER_TIMEOUT, Code.SHUTTING_DOWN}   # no answer: grace rules apply
+ANSWER_TIMEOUT = 10.0    # a terminal server waits this long for a license server before trying the next
 
 
 def hardware_id(machine: str) -> str:
@@ -99,8 +102,10 @@ class TerminalServer:
     """One simulated terminal server, with its discovered list of license servers."""
 
     def __init__(self, reactor, name, version, mode, servers, devices: DeviceStore, state: TerminalServerState,
-                 secret: str | None = None):
+                 secret: str | None = None, connect_timeout: float | None = CONNECT_TIMEOUT,
+                 answer_timeout: float | None = ANSWER_TIMEOUT):
         self.reactor = reactor
+        self.connect_timeout, self.answer_timeout = connect_timeout, answer_timeout
         self.secret = secret
         self.name, self.version, self.mode = name, version, mode
         self.servers = servers
@@ -112,7 +117,7 @@ class TerminalServer:
         conn = self.connections.get(server)
         if conn is not None and conn.transport.connected:
             return conn
-        conn = await connect(self.reactor, server)
+        conn = await connect(self.reactor, server, self.connect_timeout, self.answer_timeout)
         hello = await conn.hello_terminal_server(self.name, self.version, self.mode, self.secret)
         self.state.heard_time(self.name, hello["now"])
         self.connections[server] = conn
@@ -155,7 +160,7 @@ class TerminalServer:
         self.state.keep_grace(self.name, grace)
 
     def _without_server(self, row, refusal, held) -> dict:
-        if refusal is not None and refusal.code not in (Code.SERVER_UNREACHABLE, Code.SHUTTING_DOWN):
+        if refusal is not None and refusal.code not in UNAVAILABLE:
             return {**row, "outcome": "refused", "reason": refusal.code.value, "message": refusal.message}
         now = self.state.now(self.name)
         grace = self.state.grace(self.name, ProductVersion.parse(self.version)).connection(now)
@@ -178,6 +183,7 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--server", action="append", metavar="ENDPOINT",
                         help=f"a license server endpoint; repeat it for a discovery list tried in order "
                              f"(default: {DEFAULT_SERVER})")
+    add_timeout_options(parser, ANSWER_TIMEOUT)
     parser.add_argument("--name", default="TS01", help="the terminal server's name (default: %(default)s)")
     parser.add_argument("--secret-file", help="the secret tsls-admin terminal-servers register gave this name")
     parser.add_argument("--version", default="2003", help="Windows version it emulates (default: %(default)s)")
@@ -258,7 +264,7 @@ async def command(reactor, args) -> None:
     state = TerminalServerState(os.path.join(args.state_dir, "terminal-servers.json"))
     secret = read_secret(args.secret_file) if args.secret_file else None
     ts = TerminalServer(reactor, args.name, args.version, args.mode.replace("-", "_"), args.server or [DEFAULT_SERVER],
-                        devices, state, secret)
+                        devices, state, secret, args.connect_timeout, args.timeout)
     rows = []
     if args.command == "rdp":
         from clients.rdp.listen import serve
