@@ -71,6 +71,9 @@ def run(lab, steps, args) -> int:
 
     workdir = os.path.abspath(args.work_dir or tempfile.mkdtemp(prefix="tsls-lab-"))
     os.makedirs(workdir, mode=0o700, exist_ok=True)
+    if os.listdir(workdir):
+        print(f"tsls lab: {workdir} is not empty; a lab starts from nothing (give a new --work-dir)", file=sys.stderr)
+        return INVALID
     journal_path = args.journal or os.path.join(workdir, "journal.jsonl")
     journal = Journal(journal_path)
     lab_run = LabRun(reactor, lab, steps, workdir, journal, progress_bar(), log_logons=not args.no_logons)
@@ -80,7 +83,12 @@ def run(lab, steps, args) -> int:
         try:
             results = await lab_run.play()
         except TslsError as e:
-            print(f"tsls lab: the lab could not be played: {e.message}", file=sys.stderr)
+            print(f"tsls lab: the lab could not be played: {e.code.value}: {e.message}", file=sys.stderr)
+            outcome["code"] = BROKEN
+        except Exception:
+            import traceback
+            print("tsls lab: the lab could not be played, the runner failed:", file=sys.stderr)
+            traceback.print_exc()
             outcome["code"] = BROKEN
         else:
             print(summary(lab, results, lab_run.counts, args.file))

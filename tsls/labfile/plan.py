@@ -22,10 +22,13 @@ class Planned:
     args: dict
     step: int | None = None      # the file's step number; None for what the plan adds
     why: str = ""                # for added steps: where they come from
+    repeat: int = 0              # for a wave with every/until: 1, 2, ...
 
     @property
     def label(self) -> str:
-        return f"step {self.step}" if self.step is not None else self.why
+        if self.step is None:
+            return self.why
+        return f"step {self.step}" + (f" #{self.repeat}" if self.repeat else "")
 
 
 def plan(lab: Lab, source: str = "<lab>") -> list[Planned]:
@@ -46,6 +49,11 @@ def plan(lab: Lab, source: str = "<lab>") -> list[Planned]:
     for product in lab.products:
         add(SETUP, Planned(0, "add_product", {"product": product.name}, why=f"product {product.name!r}"))
     for step in lab.steps:
+        if "every" in step.args:
+            args = {k: v for k, v in step.args.items() if k not in ("every", "until")}
+            for n, at in enumerate(range(step.at, step.args["until"] + 1, step.args["every"]), 1):
+                add(FILE, Planned(at, step.do, dict(args), step.index, step.note or "", n))
+            continue
         add(FILE, Planned(step.at, step.do, dict(step.args), step.index, step.note or ""))
         if "for" in step.args:
             end = {"session_host": step.args.get("session_host"), "license_server": step.args.get("license_server")}

@@ -119,7 +119,7 @@ class Daemon:
         if not self.alive:
             return
         try:
-            self.transport.signalProcess(name)
+            self.transport.signalProcess(getattr(signal, f"SIG{name}"))
         except error.ProcessExitedAlready:
             return
         if name == "STOP":

@@ -18,6 +18,7 @@ from twisted.internet import defer
 from clients.connection import LicenseConnection, connect
 from clients.tssim import DeviceStore, TerminalServer, TerminalServerState, hardware_id
 from tsls.clearinghouse.client import ClearinghouseClient
+from tsls.core.events import EventId
 from tsls.core.model import Program, iso
 from tsls.errors import Code, TslsError
 from tsls.labfile import expect
@@ -226,7 +227,7 @@ class LabRun:
     def _timed(self, d):
         return defer.ensureDeferred(d).addTimeout(REQUEST_TIMEOUT, self.reactor)
 
-    async def admin(self, name: str, op: str, **fields):
+    async def admin(self, name: str, op: str, /, **fields):
         daemon = self.daemons[name]
         if daemon.state != "running" or name not in self.admins:
             raise TslsError(Code.SERVER_UNREACHABLE, f"license server {name} is {daemon.state if daemon.state != 'ended' else 'down'}")
@@ -551,8 +552,10 @@ class LabRun:
                     failures.append(f"cannot read {server}'s events: {e.message}")
                     continue
                 counts[event] = counts.get(event, 0) + len(found)
-        what = " ".join(filter(None, [f"present {list(a.get('present', ()))}" if a.get("present") else "",
-                                       f"absent {list(a.get('absent', ()))}" if a.get("absent") else ""]))
+        def named(ids):
+            return ", ".join(f"{e} {EventId(e).name}" for e in ids)
+        what = "; ".join(filter(None, [f"present {named(a['present'])}" if a.get("present") else "",
+                                       f"absent {named(a['absent'])}" if a.get("absent") else ""]))
         self.judge(step, f"events on {', '.join(servers)}: {what}",
                    sorted(set(failures)) + expect.events(a.get("present", ()), a.get("absent", ()), counts))
 
@@ -565,7 +568,8 @@ def _count(items) -> dict:
 
 
 def _shown(expected: dict) -> str:
-    return ", ".join(f"{k}={v}" for k, v in expected.items())
+    return ", ".join(f"{k}.{sub}={n}" if isinstance(v, dict) else f"{k}={v}"
+                     for k, v in expected.items() for sub, n in (v.items() if isinstance(v, dict) else [(None, v)]))
 
 
 def summary(lab: Lab, results: list[Result], counts: dict, source: str) -> str:

@@ -438,7 +438,7 @@ KINDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "deactivate": (("license_server",), ("expect_error",)),
     "policy": (("license_server", "security_group"), ()),
     "revoke": (("license_server", "device"), ("expect_error",)),
-    "wave": (("fleet", "through"), ("times", "report", "expect")),
+    "wave": (("fleet", "through"), ("times", "report", "expect", "every", "until")),
     "connect": (("product", "fleet"), ("expect",)),
     "kill": (("license_server",), ()),
     "stop": (("license_server",), ()),
@@ -504,7 +504,7 @@ def _step(r: _Reader, table: tuple, previous: int, names: _Names) -> Step | None
             args[key] = r.get(key, str)
         elif key == "expect_error":
             args[key] = _code(r, key, r.get(key, str))
-        elif key in ("for", "delay"):
+        elif key in ("for", "delay", "every", "until"):
             value = r.get(key, str)
             try:
                 relative, seconds = parse_span(value, key)
@@ -515,6 +515,13 @@ def _step(r: _Reader, table: tuple, previous: int, names: _Names) -> Step | None
                     r.problem(key, "a link's delay is written like 200ms or 2s, at most 60s")
                 if key == "for" and seconds < 1:
                     r.problem(key, "a fault lasts at least 1s of lab time")
+                if key == "every" and (relative or seconds < 60):
+                    r.problem(key, "a wave repeats every 1m of lab time or more, written like 7d")
+                if key == "until":
+                    if relative:
+                        r.problem(key, "until is a lab time such as 180d (from the lab's start), not +N")
+                    elif seconds < at:
+                        r.problem(key, f"until {value} is before the wave's first time")
                 args[key] = seconds
         elif key == "through":
             listed = r.get(key, list, default=[])
@@ -536,6 +543,8 @@ def _step(r: _Reader, table: tuple, previous: int, names: _Names) -> Step | None
             args[key] = tuple(listed)
         elif key == "expect":
             args[key] = _outcomes(r, key, _WAVE_EXPECT if do == "wave" else _CONNECT_EXPECT, names)
+    if ("every" in args) != ("until" in args):
+        r.problem("every" if "every" in args else "until", "a repeated wave needs both every and until")
     r.finish({"at", "do", "note", *required, *optional})
     if do == "expect":
         _check_expect(r, args, names)
