@@ -139,6 +139,9 @@ def parser() -> argparse.ArgumentParser:
     ev.add_argument("--since", help="ISO date")
     ev.add_argument("--limit", type=int, default=1000)
     ev.add_argument("--follow", action="store_true", help="then keep printing events as they happen")
+    con = sub.add_parser("console", help="print a one-time link that logs a browser in to the web console "
+                                         "(docs/console.md)")
+    con.add_argument("--viewer", action="store_true", help="a read-only session: it can look, not change")
     use = sub.add_parser("usage", help="Per User usage report")
     use.add_argument("--start", help="ISO date")
     use.add_argument("--end", help="ISO date")
@@ -257,6 +260,10 @@ async def _admin_command(conn, args) -> None:
             await _follow(conn, args, fields)
         else:
             rows_out(await conn.request("list_events", limit=args.limit, **fields), EVENT_COLUMNS, _fmt(args))
+    elif c == "console":
+        link = await conn.request("console_link", role="viewer" if args.viewer else "admin")
+        emit(link, args.json, lambda r: print(f"open this link in a browser (once, within {r['expires_in'] // 60} "
+                                              f"minutes; {r['role']} session):\n{r['url']}"))
     elif c == "usage":
         fields = {k: _date(getattr(args, k)) for k in ("start", "end") if getattr(args, k)}
         report = await conn.request("usage_report", **fields)

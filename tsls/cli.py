@@ -17,6 +17,7 @@ DEFAULT_DATA = "tsls-data"
 DEFAULT_LISTEN = "tcp:4870:interface=127.0.0.1"
 DEFAULT_CH_LISTEN = "tcp:4880:interface=127.0.0.1"
 DEFAULT_CH_URL = "http://127.0.0.1:4880"
+DEFAULT_CONSOLE_LISTEN = "tcp:4871:interface=127.0.0.1"
 
 log = Logger()
 
@@ -43,11 +44,17 @@ def _parser() -> argparse.ArgumentParser:
     common(lab)
     server_options(lab)
     lab.add_argument("--clearinghouse-listen", default=DEFAULT_CH_LISTEN, help="(default: %(default)s)")
+    lab.add_argument("--console-listen", default=DEFAULT_CONSOLE_LISTEN,
+                     help="the web console and /metrics (docs/console.md); 'none' for no console "
+                          "(default: %(default)s)")
 
     server = sub.add_parser("server", help="run the license server")
     common(server)
     server_options(server)
     server.add_argument("--clearinghouse-url", default=DEFAULT_CH_URL, help="(default: %(default)s)")
+    server.add_argument("--console-listen", metavar="ENDPOINT",
+                        help=f"serve the web console and /metrics on this endpoint, e.g. {DEFAULT_CONSOLE_LISTEN} "
+                             "or an ssl: endpoint (docs/console.md; default: no console)")
 
     check = sub.add_parser("check", help="check the license server database's invariants (safe while it runs)")
     check.add_argument("--data-dir", default=DEFAULT_DATA, help="(default: %(default)s)")
@@ -72,6 +79,10 @@ def _url_of(endpoint: str) -> str:
     return f"{'https' if parts[0] == 'ssl' else 'http'}://{host}:{port}"
 
 
+def _console_endpoint(value: str | None) -> str | None:
+    return None if value in (None, "", "none") else value
+
+
 def build(reactor, args):
     from twisted.application.service import MultiService
 
@@ -88,7 +99,8 @@ def build(reactor, args):
     if args.command in ("lab", "server"):
         url = _url_of(args.clearinghouse_listen) if args.command == "lab" else args.clearinghouse_url
         LicenseServerService(reactor, args.listen, os.path.join(args.data_dir, "license-server.sqlite"),
-                             ClearinghouseClient(url), seed=args.seed, lab_clock=lab_clock).setServiceParent(top)
+                             ClearinghouseClient(url), seed=args.seed, lab_clock=lab_clock,
+                             console_listen=_console_endpoint(args.console_listen)).setServiceParent(top)
     if args.command in ("lab", "clearinghouse"):
         listen = args.clearinghouse_listen if args.command == "lab" else args.listen
         make_clearinghouse(reactor, listen, os.path.join(args.data_dir, "clearinghouse.sqlite"),

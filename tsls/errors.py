@@ -67,6 +67,7 @@ class Code(enum.Enum):
     SERVER_TIMEOUT = "SERVER_TIMEOUT"
     CLEARINGHOUSE_ERROR = "CLEARINGHOUSE_ERROR"
     NOT_FOUND = "NOT_FOUND"
+    CONSOLE_DISABLED = "CONSOLE_DISABLED"
     # Server side
     STORAGE_ERROR = "STORAGE_ERROR"
     # Refusals to start (tsls prints them and exits 1; docs/reliability.md)

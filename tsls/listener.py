@@ -21,8 +21,12 @@ class Listener(Service):
         self.listening = self.endpoint.listen(self.factory)
         self.listening.addCallback(self._listened)
 
+    listening_hook = None       # called with the port once bound (the console learns its own URL)
+
     def _listened(self, port):
         self._port = port
+        if self.listening_hook is not None:
+            self.listening_hook(port)
         return port
 
     def stopService(self):

@@ -193,6 +193,28 @@ def revocation_limit(packs, version: ProductVersion) -> tuple[int, int]:
     return installed, max(installed * REVOCABLE_PERCENT // 100, 1)
 
 
+@attrs.frozen
+class RevocationRoom:
+    """How many more Per Device CALs of a version may be revoked now, and when the next frees up."""
+
+    version: ProductVersion
+    installed: int
+    limit: int
+    holding: int                  # revoked CALs that still count (until they would have expired)
+    next_at: int | None           # when the earliest of those stops counting; None if none holds
+
+    @property
+    def left(self) -> int:
+        return max(self.limit - self.holding, 0)
+
+
+def revocation_room(packs, revoked, version: ProductVersion, now: int) -> RevocationRoom:
+    """The room ``revoke`` checks, for showing before asking (the console's confirmation, metrics)."""
+    installed, limit = revocation_limit(packs, version)
+    holding = [r.expires_at for r in revoked if r.product_version is version and r.expires_at > now]
+    return RevocationRoom(version, installed, limit, len(holding), min(holding, default=None))
+
+
 def revoke(lic: License | None, packs, revoked, now: int) -> Decision:
     """An administrator revokes a Per Device CAL: its seat is free at once [§5, RDSblog08].
     ``revoked`` are the licenses already revoked; one stays in the revoked state until the time it

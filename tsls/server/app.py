@@ -40,6 +40,7 @@ class LicenseServer:
         self.records = Records(writer, identity, lab_clock)
         self.products = ProductLicensing(writer)
         self.followers = self.records.followers
+        self.console = None             # the web console (tsls.console), when the daemon serves one
 
         self.authenticate = self.registry.authenticate
         self.register_terminal_server = self.registry.register_terminal_server

@@ -6,6 +6,7 @@ Documented in docs/protocol.md. This module only parses, dispatches and formats;
 from __future__ import annotations
 
 import json
+import time
 from collections import deque
 
 import attrs
@@ -286,7 +287,11 @@ class LicenseProtocol(Protocol, TimeoutMixin):
             return
         slot = _Slot()
         self._answers.append(slot)
+        observe = self.factory.observe if self.factory is not None else None
+        started = time.perf_counter() if observe is not None else 0.0
         d = defer.maybeDeferred(self._dispatch, request)
+        if observe is not None:         # metrics (tsls.console.metrics): counted as the answer leaves
+            d.addBoth(_observed, observe, request.get("op"), started)
         d.addCallbacks(lambda result: self._fill(slot, rid, result=result), lambda f: self._failed(slot, rid, f))
         if request.get("op") == "hello" and self._hello_pending is not None:
             d.addBoth(lambda _: self._release_held())
@@ -563,6 +568,15 @@ class LicenseProtocol(Protocol, TimeoutMixin):
         if self._follower is not None:
             self.server.followers.discard(self._follower)
 
+    def op_console_link(self, request):
+        """A one-time link that logs a browser in to the console (docs/console.md)."""
+        console = self.server.console
+        if console is None:
+            raise TslsError(Code.CONSOLE_DISABLED, "this license server runs no console; start it with "
+                            "--console-listen ENDPOINT")
+        role = _field(request, "role", required=False) or "admin"
+        return console.mint_link(role)
+
     def op_usage_report(self, request):
         return self.server.usage_report(_whole(request, "start", 0, MAX_TIME, "seconds since the epoch up to 9999"),
                                         _whole(request, "end", 0, MAX_TIME, "seconds since the epoch up to 9999"))
@@ -602,10 +616,18 @@ _OPS = {
     ("admin", "set_clock"): LicenseProtocol.op_set_clock,
     ("admin", "list_events"): LicenseProtocol.op_list_events,
     ("admin", "follow_events"): LicenseProtocol.op_follow_events,
+    ("admin", "console_link"): LicenseProtocol.op_console_link,
 }
 
 
+def _observed(result, observe, op, started):
+    observe(op, result, started)
+    return result
+
+
 class LicenseFactory(Factory):
+    observe = None      # if set, called with (op, result or Failure, perf_counter at arrival) per answer
+
     def __init__(self, server, clock=None, max_connections: int = MAX_CONNECTIONS,
                  idle_timeout: float | None = IDLE_TIMEOUT) -> None:
         self.server = server

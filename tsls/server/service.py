@@ -34,14 +34,28 @@ class _WriterService(Service):
         return self.writer.stop()
 
 
+class _ConsoleService(Service):
+    def __init__(self, console) -> None:
+        self.console = console
+
+    def startService(self):
+        super().startService()
+        self.console.start()
+
+    def stopService(self):
+        super().stopService()
+        return self.console.stop()
+
+
 class LicenseServerService(MultiService):
     """The writer starts first and stops last, so the listener drains into a live ledger."""
 
     def __init__(self, reactor, endpoint: str, db_path: str, clearinghouse, clock=None, seed: str | None = None,
                  lab_clock: LabClock | None = None, sweep_every: float = SWEEP_EVERY, credential_path: str | None = None,
-                 timer_clock=None):
+                 timer_clock=None, console_listen: str | None = None):
         """``lab_clock``: run on a lab clock an administrator can move (its offset is restored from
-        the database); otherwise ``clock`` (default: the reactor) gives real time."""
+        the database); otherwise ``clock`` (default: the reactor) gives real time. ``console_listen``:
+        serve the web console and /metrics on this endpoint (docs/console.md)."""
         super().__init__()
         store = LicenseStore.open(db_path)
         identity = load_identity(store, seed)
@@ -57,8 +71,26 @@ class LicenseServerService(MultiService):
         sweeper = TimerService(sweep_every, self._sweep)
         sweeper.clock = timer_clock or reactor
         sweeper.setServiceParent(self)
-        self.listener = Listener("license server", serverFromString(reactor, endpoint), LicenseFactory(self.server, clock=reactor))
+        factory = LicenseFactory(self.server, clock=reactor)
+        self.console = None
+        if console_listen is not None:
+            self.console = self._console(reactor, console_listen, db_path, factory)
+        self.listener = Listener("license server", serverFromString(reactor, endpoint), factory)
         self.listener.setServiceParent(self)
+
+    def _console(self, reactor, endpoint: str, db_path: str, factory):
+        from tsls.console.app import Console, site
+        from tsls.server.protocol import _OPS
+
+        console = Console(reactor, self.server, db_path, {op for _, op in _OPS})
+        factory.observe = console.metrics.observe
+        self.server.activation.clearinghouse = console.counted(self.server.activation.clearinghouse)
+        _ConsoleService(console).setServiceParent(self)
+        self.console_listener = Listener("console", serverFromString(reactor, endpoint), site(console))
+        self.console_listener.setServiceParent(self)
+        secure = endpoint.split(":", 1)[0] == "ssl"
+        self.console_listener.listening_hook = lambda port: console.listening(port, secure)
+        return console
 
     def _sweep(self):
         """Expire what is due even when nobody logs on (every batch sweeps first). A failed sweep

@@ -1,0 +1,191 @@
+"""Read-only queries for the console and /metrics, on connections of their own.
+
+The writer's connection is never used here: each reader thread opens the database read-only
+(``mode=ro``, ``query_only``) and reads inside one transaction, so a page sees one WAL snapshot
+while the writer goes on committing. Nothing here runs in the reactor's thread: the console calls
+it from a small thread pool of its own (tsls.console.app). All of the console's SQL is here.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+import threading
+import urllib.parse
+
+from tsls.core.activation import Activation, ActivationMethod, ActivationStatus
+from tsls.core.events import Event, EventId
+from tsls.core.model import DAY, CalType, KeyPack, License, LicenseKind, LicenseStatus, ProductVersion, PurchaseRef
+
+# Columns the licenses page may sort and filter by (the keys are what the page sends).
+LICENSE_SORTS = {"license_id": "id", "kind": "kind", "status": "status", "hwid": "hwid", "machine": "machine",
+                 "user": "user", "terminal_server": "terminal_server", "product_version": "product_version",
+                 "issued_at": "issued_at", "expires_at": "expires_at"}
+LICENSE_EXACT = ("kind", "status", "product_version", "terminal_server")
+SEARCHED = ("hwid", "machine", "user", "terminal_server")
+_COLUMNS = ("id, kind, status, hwid, machine, user, terminal_server, product_version, key_pack, validated, "
+            "issued_at, expires_at, renewals")
+
+
+class ReadStore:
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._local = threading.local()
+        self._opened: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+
+    def _db(self) -> sqlite3.Connection:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            uri = "file:" + urllib.parse.quote(self.path) + "?mode=ro"
+            db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA query_only=ON")
+            self._local.db = db
+            with self._lock:
+                self._opened.append(db)
+        return db
+
+    @contextlib.contextmanager
+    def snapshot(self):
+        """One read transaction: every query made through the yielded Snapshot sees the same commit."""
+        db = self._db()
+        db.execute("BEGIN")
+        try:
+            yield Snapshot(db)
+        finally:
+            db.execute("COMMIT")
+
+    def close(self) -> None:
+        with self._lock:
+            opened, self._opened = self._opened, []
+        for db in opened:
+            db.close()
+
+
+class Snapshot:
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def activation(self) -> Activation:
+        row = self.db.execute("SELECT status, license_server_id, method, activated_at FROM activation").fetchone()
+        if row is None:
+            return Activation()
+        return Activation(ActivationStatus(row[0]), row[1], None if row[2] is None else ActivationMethod(row[2]), row[3])
+
+    def security_group_policy(self) -> bool:
+        row = self.db.execute("SELECT value FROM meta WHERE key = 'policy:security_group'").fetchone()
+        return row is not None and row[0] == "on"
+
+    def key_packs(self) -> list[KeyPack]:
+        rows = self.db.execute("SELECT id, key_pack_id, purchase, product_version, cal_type, total, issued, "
+                               "installed_at FROM key_packs ORDER BY id")
+        return [KeyPack(r[0], r[1], PurchaseRef.from_json(json.loads(r[2])), ProductVersion(r[3]), CalType(r[4]),
+                        r[5], r[6], r[7]) for r in rows]
+
+    def license_counts(self) -> dict[tuple[str, str, str], int]:
+        """(kind, status, product version) -> licenses."""
+        rows = self.db.execute("SELECT kind, status, product_version, count(*) FROM licenses "
+                               "GROUP BY kind, status, product_version")
+        return {(k, s, v): n for k, s, v, n in rows}
+
+    def licenses_page(self, exact: dict[str, str], search: str | None, sort: str, descending: bool,
+                      offset: int, limit: int) -> tuple[int, list[License]]:
+        """How many licenses match, and one page of them. ``exact`` keys are LICENSE_EXACT names;
+        ``search`` is a substring of any SEARCHED column; ``sort`` a LICENSE_SORTS key."""
+        where, params = ["1"], []
+        for name, value in exact.items():
+            if name not in LICENSE_EXACT:
+                raise ValueError(name)
+            where.append(f"{name} = ?")
+            params.append(value)
+        if search:
+            pattern = "%" + search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+            where.append("(" + " OR ".join(f"{c} LIKE ? ESCAPE '\\'" for c in SEARCHED) + ")")
+            params.extend([pattern] * len(SEARCHED))
+        clause = " AND ".join(where)
+        total = self.db.execute(f"SELECT count(*) FROM licenses WHERE {clause}", params).fetchone()[0]
+        order = f"{LICENSE_SORTS[sort]} {'DESC' if descending else 'ASC'}, id {'DESC' if descending else 'ASC'}"
+        rows = self.db.execute(f"SELECT {_COLUMNS} FROM licenses WHERE {clause} ORDER BY {order} LIMIT ? OFFSET ?",
+                               (*params, limit, offset))
+        return total, [_license(r) for r in rows]
+
+    def revoked_holding(self, now: int) -> list[License]:
+        """Revoked licenses that still count against the revocation limit (until they would have expired)."""
+        rows = self.db.execute(f"SELECT {_COLUMNS} FROM licenses WHERE status = 'revoked' AND expires_at > ?", (now,))
+        return [_license(r) for r in rows]
+
+    def expiring(self, now: int, until: int) -> dict[tuple[str, str], int]:
+        """(kind, product version) -> active licenses that expire from now until ``until``."""
+        rows = self.db.execute("SELECT kind, product_version, count(*) FROM licenses WHERE status = 'active' "
+                               "AND expires_at > ? AND expires_at <= ? GROUP BY kind, product_version", (now, until))
+        return {(k, v): n for k, v, n in rows}
+
+    def events(self, after: int = 0, limit: int = 200) -> list[tuple[int, Event]]:
+        """Events with a row id above ``after``: the newest ``limit`` of them, oldest first."""
+        rows = self.db.execute(
+            "SELECT id, at, event_id, message, terminal_server, hwid, user, license_id FROM "
+            "(SELECT * FROM events WHERE id > ? ORDER BY id DESC LIMIT ?) ORDER BY id", (after, limit))
+        return [(r[0], Event(r[1], _event_id(r[2]), r[3], r[4], r[5], r[6], r[7])) for r in rows]
+
+    def registrations(self) -> list[tuple[str, int, bool]]:
+        """(name, registered at, in the Terminal Server Computers group); never the secret."""
+        return self.db.execute("SELECT name, registered_at, in_group FROM terminal_servers ORDER BY name").fetchall()
+
+    def last_seen(self) -> dict[str, int]:
+        """Terminal server name -> the time of its latest event (a logon, a refusal, a change)."""
+        rows = self.db.execute("SELECT terminal_server, max(at) FROM events WHERE terminal_server IS NOT NULL "
+                               "GROUP BY terminal_server")
+        return dict(rows.fetchall())
+
+    def per_user_logons(self, start: int, end: int) -> list[tuple]:
+        return self.db.execute("SELECT at, user, hwid, machine, terminal_server FROM per_user_logons "
+                               "WHERE at >= ? AND at < ? ORDER BY id", (start, end)).fetchall()
+
+    def permanent_licenses(self, limit: int) -> list[License]:
+        """Issued CALs (permanent licenses), newest first: the issued CALs report."""
+        rows = self.db.execute(f"SELECT {_COLUMNS} FROM licenses WHERE kind = 'permanent' ORDER BY id DESC LIMIT ?",
+                               (limit,))
+        return [_license(r) for r in rows]
+
+    def issued_per_day(self) -> list[tuple[str, int, int]]:
+        """(product version, day start, permanent CALs issued that day)."""
+        rows = self.db.execute(f"SELECT product_version, issued_at - issued_at % {DAY}, count(*) FROM licenses "
+                               "WHERE kind = 'permanent' GROUP BY 1, 2 ORDER BY 2")
+        return rows.fetchall()
+
+    def released_per_day(self) -> list[tuple[str, int, int]]:
+        """(product version, day start, permanent CALs that left the pool that day: expired or revoked)."""
+        rows = self.db.execute(f"SELECT product_version, at - at % {DAY}, count(*) FROM "
+                               "(SELECT l.product_version, e.at FROM events e JOIN licenses l ON l.id = e.license_id "
+                               "WHERE e.event_id IN (?, ?) AND l.kind = 'permanent') GROUP BY 1, 2 ORDER BY 2",
+                               (int(EventId.LICENSE_EXPIRED), int(EventId.CAL_REVOKED)))
+        return rows.fetchall()
+
+    def installed_per_day(self) -> list[tuple[str, int, int]]:
+        """(product version, day start, Per Device CALs installed that day)."""
+        rows = self.db.execute(f"SELECT product_version, installed_at - installed_at % {DAY}, sum(total) "
+                               "FROM key_packs WHERE cal_type = 'per_device' GROUP BY 1, 2 ORDER BY 2")
+        return rows.fetchall()
+
+    def refusals_per_day(self) -> list[tuple[str, int, int]]:
+        """(refusal code, day start, refused logons that day). A refusal's message starts with its code."""
+        rows = self.db.execute(f"SELECT substr(message, 1, instr(message, ':') - 1), at - at % {DAY}, count(*) "
+                               "FROM events WHERE event_id = ? GROUP BY 1, 2 ORDER BY 2", (int(EventId.LOGON_REFUSED),))
+        return rows.fetchall()
+
+
+_KINDS = {k.value: k for k in LicenseKind}
+_STATUSES = {s.value: s for s in LicenseStatus}
+_VERSIONS = {v.value: v for v in ProductVersion}
+
+
+def _license(r) -> License:
+    return License(r[0], _KINDS[r[1]], _STATUSES[r[2]], r[3], r[4], r[5], r[6], _VERSIONS[r[7]], r[8], bool(r[9]),
+                   r[10], r[11], r[12])
+
+
+def _event_id(value: int):
+    try:
+        return EventId(value)
+    except ValueError:
+        return value
