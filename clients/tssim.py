@@ -208,7 +208,10 @@ def parser() -> argparse.ArgumentParser:
     prod = sub.add_parser("product", help="open connections to a Per Server / Per Seat product (docs/legacy.md)")
     prod.add_argument("product")
     prod.add_argument("clients", nargs="*", metavar="MACHINE", help="one connection for each")
-    prod.add_argument("--administrator", action="store_true", help="connect as an administrator")
+    prod.add_argument("--administrator", action="store_true",
+                      help="connect as an administrator, proven by the administrator's credential (--credential)")
+    prod.add_argument("--credential", metavar="FILE",
+                      help="with --administrator: the license server's admin.secret (default: STATE_DIR/admin.secret)")
     prod.add_argument("--then-close", type=int, metavar="N",
                       help="then close the Nth connection and retry the refused ones")
     prod.add_argument("--switch", action="store_true",
@@ -275,7 +278,13 @@ async def command(reactor, args) -> None:
             await ts.close()
         return
     if args.command == "product":
-        conn = await ts._connection((args.server or [DEFAULT_SERVER])[0])
+        server = (args.server or [DEFAULT_SERVER])[0]
+        if args.administrator:      # an administrator's connection is proven, never taken on a terminal server's word
+            admin_secret = read_secret(args.credential or os.path.join(args.state_dir, "admin.secret"))
+            conn = ts.connections[server] = await connect(reactor, server, args.connect_timeout, args.timeout)
+            await conn.hello_admin(admin_secret)
+        else:
+            conn = await ts._connection(server)
         try:
             rows = await product_command(conn, args)
         finally:

@@ -16,7 +16,8 @@ def test_per_server_to_per_seat_as_in_the_seed(lab, capsys):
     rows = yield lab.ts(capsys, "product", SQL, "pc1", "pc2", "pc3", "pc4", "--then-close", "1")
     assert [r["outcome"] for r in rows] == ["connected"] * 3 + ["refused", "closed", "connected"]
     assert rows[3]["reason"] == "NO_PER_SERVER_LICENSE"
-    admin_in = yield lab.ts(capsys, "product", SQL, "a1", "a2", "a3", "a4", "--administrator")
+    admin_in = yield lab.ts(capsys, "product", SQL, "a1", "a2", "a3", "a4", "--administrator",
+                            "--credential", lab.credential)
     assert [r["licensed_by"] for r in admin_in] == ["per_server"] * 3 + ["administrator"]
 
     yield lab.admin(capsys, "products", "licenses", "BackOffice", "--seats", "5")

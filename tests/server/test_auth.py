@@ -107,3 +107,26 @@ def test_secrets_never_reach_the_log(daemon):
     assert lines and registered["secret"] not in text
     assert daemon.service.server.identity.admin_secret not in text
     assert daemon.service.server.identity.admin_secret not in repr(daemon.service.server.identity)
+
+
+@pytest_twisted.inlineCallbacks
+def test_only_a_proven_administrator_connection_passes_a_per_server_limit(daemon):
+    admin = yield daemon.admin()
+    yield admin.request("add_product", name="SQL", server="SQLSRV01", per_server_licenses=1)
+    for secret in (None, "registered"):
+        if secret:
+            secret = (yield admin.request("register_terminal_server", name="SQLSRV01"))["secret"]
+        ts = yield daemon.terminal_server("SQLSRV01", secret=secret)
+        held = yield ts.request("product_connect", product="SQL", hwid="h0")
+        with pytest.raises(TslsError) as e:         # a terminal server's word, even a registered one's, is not proof
+            yield ts.request("product_connect", product="SQL", hwid="h1", administrator=True)
+        assert e.value.code is Code.NOT_PERMITTED
+        with pytest.raises(TslsError) as e:
+            yield ts.request("product_connect", product="SQL", hwid="h1")
+        assert e.value.code is Code.NO_PER_SERVER_LICENSE
+        yield ts.request("product_disconnect", connection_id=held["connection_id"])
+    ts = yield daemon.terminal_server("OTHER")
+    yield ts.request("product_connect", product="SQL", hwid="h0")
+    answer = yield admin.request("product_connect", product="SQL", hwid="a1", administrator=True)
+    assert answer["licensed_by"] == "administrator"
+    yield admin.request("product_disconnect", connection_id=answer["connection_id"])

@@ -433,9 +433,14 @@ class LicenseProtocol(Protocol, TimeoutMixin):
     # Per Server / Per Seat products and Small Business Server (docs/legacy.md)
 
     def op_product_connect(self, request):
+        """``administrator: true`` passes a Per Server limit: it is taken only on an administrator's
+        connection (a hello with the administrator's proof), never on a terminal server's word."""
+        administrator = _field(request, "administrator", bool, required=False) or False
+        if administrator and self.role != "admin":
+            raise TslsError(Code.NOT_PERMITTED, "an administrator's connection must be made on a connection that "
+                            "proved the administrator's credential (hello as admin), not by a terminal server's word")
         return self.server.products.connect(self, _field(request, "product", max_len=128),
-                                            _field(request, "hwid", max_len=128),
-                                            _field(request, "administrator", bool, required=False) or False)
+                                            _field(request, "hwid", max_len=128), administrator)
 
     def op_product_disconnect(self, request):
         return self.server.products.disconnect(self, _field(request, "connection_id", int))
@@ -588,6 +593,8 @@ _OPS = {
     ("terminal_server", "product_connect"): LicenseProtocol.op_product_connect,
     ("terminal_server", "product_disconnect"): LicenseProtocol.op_product_disconnect,
     ("terminal_server", "switch_to_per_seat"): LicenseProtocol.op_switch_to_per_seat,
+    ("admin", "product_connect"): LicenseProtocol.op_product_connect,
+    ("admin", "product_disconnect"): LicenseProtocol.op_product_disconnect,
     ("admin", "switch_to_per_seat"): LicenseProtocol.op_switch_to_per_seat,
     ("admin", "switch_to_per_server"): LicenseProtocol.op_switch_to_per_server,
     ("admin", "add_product"): LicenseProtocol.op_add_product,
