@@ -118,3 +118,11 @@ def test_check_validates_without_starting_anything(tmp_path):
     assert done.returncode == 2
     assert f"{lab}:29: step[2].fleet: no fleet named 'nobody' (known: desks)" in done.stderr
     assert "nothing was started" in done.stderr
+
+
+def test_the_docs_example_is_the_tested_small_office():
+    with open(os.path.join(ROOT, "docs", "labfile.md")) as f:
+        doc = f.read()
+    block = doc.split("```toml\n", 1)[1].split("```", 1)[0]
+    with open(SMALL) as f:
+        assert block == f.read()

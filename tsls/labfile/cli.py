@@ -77,15 +77,18 @@ def run(lab, steps, args) -> int:
     journal_path = args.journal or os.path.join(workdir, "journal.jsonl")
     journal = Journal(journal_path)
     lab_run = LabRun(reactor, lab, steps, workdir, journal, progress_bar(), log_logons=not args.no_logons)
-    outcome = {"code": BROKEN}
+    outcome = {"code": BROKEN, "interrupted": False}
 
     async def play():
         try:
             results = await lab_run.play()
         except TslsError as e:
-            print(f"tsls lab: the lab could not be played: {e.code.value}: {e.message}", file=sys.stderr)
+            if not outcome["interrupted"]:
+                print(f"tsls lab: the lab could not be played: {e.code.value}: {e.message}", file=sys.stderr)
             outcome["code"] = BROKEN
         except Exception:
+            if outcome["interrupted"]:
+                return
             import traceback
             print("tsls lab: the lab could not be played, the runner failed:", file=sys.stderr)
             traceback.print_exc()
@@ -96,14 +99,14 @@ def run(lab, steps, args) -> int:
         print(f"journal: {journal_path}\ndaemons' data and logs: {workdir}")
 
     def finish(_):
-        if reactor.running:
+        if reactor.running and not outcome["interrupted"]:
             reactor.stop()
 
     def interrupted():
         # Ctrl-C: the reactor is shutting down; stop every daemon before it does.
         if not lab_run._closed:
             print("\ntsls lab: interrupted; stopping the lab's daemons", file=sys.stderr)
-            outcome["code"] = BROKEN
+            outcome["code"], outcome["interrupted"] = BROKEN, True
         return defer.ensureDeferred(lab_run.close())
 
     reactor.callWhenRunning(lambda: defer.ensureDeferred(play()).addBoth(finish))
