@@ -126,3 +126,19 @@ def test_the_docs_example_is_the_tested_small_office():
     block = doc.split("```toml\n", 1)[1].split("```", 1)[0]
     with open(SMALL) as f:
         assert block == f.read()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_readme_lab_file_runs_and_holds(tmp_path):
+    import textwrap
+    with open(os.path.join(ROOT, "README.md")) as f:
+        readme = f.read()
+    block = readme.split("Write `office.toml`:\n", 1)[1].split("\nthen:", 1)[0]
+    office = tmp_path / "office.toml"
+    office.write_text(textwrap.dedent(block))
+    (tmp_path / "run").mkdir()
+    run, results, _ = await play(str(office), tmp_path / "run")
+    assert [r.what for r in results if not r.ok] == []
+    with open(tmp_path / "run" / "journal.jsonl") as f:
+        faults = [(e["do"], e.get("signal")) for e in map(json.loads, f) if e["kind"] == "fault"]
+    assert faults == [("kill", "SIGKILL"), ("restart", None)]
