@@ -1,12 +1,13 @@
 """The license server as the benchmarks run it: its own process, a prepared database, real time.
 
     python -m bench.daemon --db PATH [--listen tcp:0:interface=127.0.0.1] [--log PATH] [--cprofile PATH]
-                           [--what-if NAME,...]
+                           [--what-if NAME,...] [--console]
 
 It is the daemon ``tsls server`` builds (``LicenseServerService``: SQLite ledger, group-commit
 writer, JSON-lines protocol), logging every event as text to ``--log`` as ``tsls server`` logs it to
 standard output. No Clearinghouse is reachable: the benchmarks never ask one. It prints
-``listening PORT`` once it accepts connections, and stops cleanly on SIGTERM or SIGINT.
+``listening PORT`` once it accepts connections (``listening PORT CONSOLE_PORT`` with ``--console``:
+the web console and /metrics on loopback, docs/console.md), and stops cleanly on SIGTERM or SIGINT.
 """
 from __future__ import annotations
 
@@ -70,6 +71,8 @@ def main(argv=None) -> int:
                    help="an SQLite PRAGMA run on the ledger's connection after it opens (experiments)")
     p.add_argument("--timings", metavar="PATH", help="at exit, write to PATH (JSON) how long each batch's jobs and "
                    "its COMMIT took")
+    p.add_argument("--console", action="store_true", help="serve the web console and /metrics on an ephemeral "
+                   "loopback port too")
     p.add_argument("--cprofile", metavar="PATH", help="profile the reactor's thread with cProfile; the stats are "
                    "written to PATH at exit")
     args = p.parse_args(argv)
@@ -84,7 +87,8 @@ def main(argv=None) -> int:
     log = open(args.log, "a")
     observer = whatif.apply([n for n in args.what_if.split(",") if n], textFileLogObserver(log))
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
-    service = LicenseServerService(reactor, args.listen, args.db, NoClearinghouse())
+    service = LicenseServerService(reactor, args.listen, args.db, NoClearinghouse(),
+                                   console_listen="tcp:0:interface=127.0.0.1" if args.console else None)
     for pragma in args.pragma:
         service.writer._store.db.execute(f"PRAGMA {pragma}")
     batches = _time_batches(service.writer) if args.timings else None
@@ -98,6 +102,9 @@ def main(argv=None) -> int:
             profile.enable()
 
         def listening(port):
+            if args.console:
+                return service.console_listener.listening.addCallback(
+                    lambda console: print(f"listening {port.getHost().port} {console.getHost().port}", flush=True))
             print(f"listening {port.getHost().port}", flush=True)
         service.listener.listening.addCallbacks(listening, lambda f: (print(f"cannot listen: {f.getErrorMessage()}",
                                                                             flush=True), reactor.stop()))

@@ -43,6 +43,7 @@ class Server:
             self.stop()
             raise RuntimeError(f"{self.name} did not start: {''.join(said).strip()}")
         self.port = int(line.split()[1])
+        self.ports = [int(word) for word in line.split()[1:]]     # bench.daemon --console: and the console's
         self.started_in = time.perf_counter() - started
         return self
 
@@ -88,8 +89,8 @@ def baseline() -> Server:
     return Server(["bench.baseline"], "baseline")
 
 
-def license_server(db: str, log: str = os.devnull, cprofile: str | None = None) -> Server:
-    args = ["bench.daemon", "--db", db, "--log", log]
+def license_server(db: str, log: str = os.devnull, cprofile: str | None = None, console: bool = False) -> Server:
+    args = ["bench.daemon", "--db", db, "--log", log] + (["--console"] if console else [])
     if cprofile:
         args += ["--cprofile", cprofile]
     return Server(args, "license server")

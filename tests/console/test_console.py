@@ -7,7 +7,7 @@ from twisted.internet import defer
 
 from tests.console.harness import ConsoleDaemon, Http
 from tests.conftest import running
-from tests.server.test_daemon import activate_and_install, logon
+from tests.server.test_daemon import activate_and_install, logon, with_timeout
 
 
 @pytest.fixture
@@ -247,3 +247,44 @@ def test_the_console_link_needs_a_console(daemon):
     with pytest.raises(Exception) as caught:
         yield admin.request("console_link")
     assert caught.value.code.value == "CONSOLE_DISABLED"
+
+
+@pytest_twisted.inlineCallbacks
+def test_committed_events_stream_to_a_session_as_server_sent_events(served):
+    import treq
+
+    http = Http(served.url)
+    yield http.login((yield served.link("viewer")))
+    ts = yield served.terminal_server("TSSSE")
+    response = yield with_timeout(treq.get(served.url + "/api/events/stream", cookies=http.cookies,
+                                           unbuffered=True, persistent=False))
+    assert response.headers.getRawHeaders(b"content-type") == [b"text/event-stream"]
+    received, arrived = [], defer.Deferred()
+
+    def chunk(data):
+        received.append(data)
+        if b"hw-streamed" in b"".join(received) and not arrived.called:
+            arrived.callback(None)
+    ended = treq.collect(response, chunk)
+    ended.addErrback(lambda f: None)
+    answer = yield logon(ts, "streamed")
+    yield with_timeout(arrived)
+    text = b"".join(received).decode()
+    assert "event: ledger" in text and "TEMPORARY_ISSUED" in text
+    assert f'"license_id": {answer["license"]["license_id"]}' in text
+
+
+@pytest_twisted.inlineCallbacks
+def test_tsls_admin_console_prints_the_link(served, capsys):
+    from clients import admin
+    from twisted.internet import reactor
+
+    args = admin.parser().parse_args(["--server", served.endpoint, "--credential", served.service.credential_path,
+                                      "--json", "console", "--viewer"])
+    capsys.readouterr()
+    yield with_timeout(defer.ensureDeferred(admin.command(reactor, args)))
+    import json
+    link = json.loads(capsys.readouterr().out)
+    assert link["role"] == "viewer" and link["url"].startswith(served.url + "/login?token=")
+    session = yield Http(served.url).login(link["url"])
+    assert session["role"] == "viewer"

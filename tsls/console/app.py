@@ -19,10 +19,12 @@ from importlib import resources
 
 import attrs
 from twisted.internet import defer, threads
+from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from twisted.web import resource, server as web
+from zope.interface import implementer
 
 from tsls.console import views
 from tsls.console.metrics import Metrics
@@ -39,6 +41,7 @@ CSRF_HEADER = b"x-tsls-csrf"
 ROLES = ("admin", "viewer")
 READERS = 2                     # reader threads: reads never queue behind a slow one for long
 PAGE_MAX = 500
+STREAM_BEHIND = 1024 * 1024     # bytes of events a browser that stopped reading may fall behind
 
 STATIC = {"console.js": "text/javascript; charset=utf-8", "console.css": "text/css; charset=utf-8",
           "index.html": "text/html; charset=utf-8"}
@@ -99,6 +102,7 @@ class Console:
 
     def stop(self) -> defer.Deferred:
         for request in list(self._streams):
+            request.unregisterProducer()
             request.finish()
         self._streams.clear()
         self._sessions.clear()
@@ -168,9 +172,22 @@ class Console:
         return int(self.clock.seconds())
 
     def follow(self, request) -> None:
-        """Server-sent events: each event the writer commits, as it is published."""
+        """Server-sent events: each event the writer commits, as it is published. A browser that stops
+        reading may fall STREAM_BEHIND bytes behind; then its stream is closed (the page reconnects
+        and fetches what it missed from /api/events), so it cannot make the daemon buffer without bound."""
+        stream = _Stream()
+        request.registerProducer(stream, True)
+
         def send(event):
-            request.write(f"id: {event['id']}\nevent: ledger\ndata: {json.dumps(event)}\n\n".encode())
+            data = f"id: {event['id']}\nevent: ledger\ndata: {json.dumps(event)}\n\n".encode()
+            if stream.paused:
+                stream.behind += len(data)
+                if stream.behind > STREAM_BEHIND:
+                    self.server.followers.discard(send)
+                    request.unregisterProducer()
+                    request.finish()
+                    return
+            request.write(data)
 
         self._streams.add(request)
         self.server.followers.add(send)
@@ -184,6 +201,25 @@ class Console:
 
     def counted(self, clearinghouse):
         return _CountedClearinghouse(clearinghouse, self.metrics)
+
+
+@implementer(IPushProducer)
+class _Stream:
+    """Told by the transport when the browser's unread events fill its buffer."""
+
+    def __init__(self) -> None:
+        self.paused = False
+        self.behind = 0
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        self.behind = 0
+
+    def stopProducing(self) -> None:
+        self.paused = True
 
 
 class _CountedClearinghouse:

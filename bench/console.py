@@ -1,0 +1,180 @@
+"""What the console costs the grants: durable grants/s at 100 connections x 16 in flight, with and without
+the console's licenses page refreshing every second and /metrics scraped every second.
+
+    python -m bench.console [--duration 5] [--repeat 3] [--connections 100] [--pipeline 16] [--json]
+
+Three daemons per round, each in a fresh process on a fresh copy of an activated ledger with 1,000
+licenses (bench.dbgen), each loaded by the same load generator (clients.load, its own process) with
+first logons (every answer a temporary license committed before it leaves):
+
+- "no console": ``bench.daemon`` as bench.throughput runs it;
+- "console, idle": ``bench.daemon --console``: the console listens and the protocol's metrics hook
+  counts every answer, but nobody looks;
+- "console watched": the same, while a watcher (a thread of this process) logged in with a link from
+  ``tsls-admin console`` does every second what the open licenses page does (GET /api/licenses, newest
+  first, 50 rows, with the total count) and what a Prometheus scrape does (GET /metrics).
+
+The watcher makes the page's own requests rather than running a browser: a headless chromium would
+spend this machine's two cores on painting, which is the browser's cost, not the server's. The order
+of the three rotates each round; figures are medians of --repeat rounds.
+"""
+from __future__ import annotations
+
+import argparse
+import http.cookiejar
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+from bench import dbgen, harness
+
+PAGE = "/api/licenses?sort=license_id&dir=desc&offset=0&limit=50"
+CONFIGS = [("no console", False, False), ("console, idle", True, False), ("console watched", True, True)]
+TARGET = 0.95
+
+
+class Watcher(threading.Thread):
+    """The open licenses page and a Prometheus scraper, once a second each, until stopped."""
+
+    def __init__(self, base: str, link: str) -> None:
+        super().__init__(daemon=True)
+        self.base = base
+        self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+        self.opener.open(link, timeout=10).read()
+        self.stopped = threading.Event()
+        self.times: dict[str, list[float]] = {"licenses": [], "metrics": []}
+        self.failures = 0
+        self.total = 0
+
+    def run(self) -> None:
+        next_at = time.monotonic()
+        while not self.stopped.is_set():
+            for name, path in (("licenses", PAGE), ("metrics", "/metrics")):
+                started = time.perf_counter()
+                try:
+                    body = self.opener.open(self.base + path, timeout=10).read()
+                    if name == "licenses":
+                        self.total = json.loads(body)["total"]
+                    self.times[name].append(time.perf_counter() - started)
+                except Exception:
+                    self.failures += 1
+            next_at += 1.0
+            self.stopped.wait(max(0.0, next_at - time.monotonic()))
+
+    def stop(self) -> dict:
+        self.stopped.set()
+        self.join(15)
+        return {name: {"requests": len(t), "p50_ms": round(harness.median(t) * 1000, 1),
+                       "max_ms": round(max(t, default=0) * 1000, 1)} for name, t in self.times.items()} | \
+            {"failures": self.failures, "licenses_seen": self.total}
+
+
+def link(endpoint: str, credential: str) -> str:
+    done = subprocess.run([harness.PYTHON, "-m", "clients.admin", "--server", endpoint, "--credential", credential,
+                           "--json", "console", "--viewer"], cwd=harness.ROOT, capture_output=True, text=True,
+                          timeout=30)
+    if done.returncode:
+        raise RuntimeError(f"tsls-admin console failed: {done.stderr or done.stdout}")
+    return json.loads(done.stdout)["url"]
+
+
+def measure(db: str, console: bool, watch: bool, connections: int, pipeline: int, duration: float) -> dict:
+    with harness.license_server(db, console=console) as server:
+        watcher = None
+        if watch:
+            base = f"http://127.0.0.1:{server.ports[1]}"
+            watcher = Watcher(base, link(server.endpoint, os.path.join(os.path.dirname(db), "admin.secret")))
+            watcher.start()
+        cmd = harness.load_command(server.endpoint, connections, pipeline, duration=duration, mix="first=1")
+        cpu = server.cpu_seconds()
+        result = harness.run_load(cmd)
+        result["server_cpu_us"] = (server.cpu_seconds() - cpu) / max(result["answers"], 1) * 1e6
+        result["command"] = harness.shown(cmd).replace(server.endpoint, "ENDPOINT")
+        if watcher is not None:
+            result["watcher"] = watcher.stop()
+    if result["refusals"] or result["unanswered"]:
+        raise RuntimeError(f"refused or dropped requests: {result['refusals']}, {result['unanswered']}")
+    return result
+
+
+def run(duration: float, repeat: int, connections: int, pipeline: int, work: harness.Workdir, log=print) -> dict:
+    template = work.file("template.sqlite")
+    dbgen.generate(template, 1000)
+    runs: dict[str, list[dict]] = {name: [] for name, _, _ in CONFIGS}
+    for n in range(repeat):
+        order = CONFIGS[n % 3:] + CONFIGS[:n % 3]
+        for name, console, watch in order:
+            directory = work.file(f"{n}-{name.replace(' ', '-').replace(',', '')}")
+            os.makedirs(directory, mode=0o700)
+            db = os.path.join(directory, "ledger.sqlite")
+            shutil.copyfile(template, db)
+            os.chmod(db, 0o600)
+            result = measure(db, console, watch, connections, pipeline, duration)
+            runs[name].append(result)
+            extra = ""
+            if "watcher" in result:
+                w = result["watcher"]
+                extra = (f" | page p50 {w['licenses']['p50_ms']} ms x{w['licenses']['requests']}, "
+                         f"/metrics p50 {w['metrics']['p50_ms']} ms x{w['metrics']['requests']}")
+            log(f"round {n + 1} {name:<16} {result['throughput']:>8,.0f} grants/s p99 {result['latency_ms']['p99']:7.2f} ms{extra}")
+    rows = {}
+    for name, results in runs.items():
+        rows[name] = {"grants_per_s": harness.median([r["throughput"] for r in results]),
+                      "p50_ms": harness.median([r["latency_ms"]["p50"] for r in results]),
+                      "p99_ms": harness.median([r["latency_ms"]["p99"] for r in results]),
+                      "server_cpu_us": harness.median([r["server_cpu_us"] for r in results]),
+                      "runs": [r["throughput"] for r in results]}
+        if results and "watcher" in results[-1]:
+            rows[name]["watcher"] = [r["watcher"] for r in results]
+    base = rows["no console"]["grants_per_s"]
+    for row in rows.values():
+        row["ratio"] = row["grants_per_s"] / base
+    return {"rows": rows, "command": runs["no console"][-1]["command"], "target": TARGET,
+            "met": rows["console watched"]["ratio"] >= TARGET}
+
+
+def table(result: dict) -> str:
+    out = ["| daemon | durable grants/s | ratio to no console | p50 / p99 ms | server CPU per grant |",
+           "|---|---:|---:|---:|---:|"]
+    for name, r in result["rows"].items():
+        out.append(f"| {name} | {r['grants_per_s']:,.0f} | {r['ratio']:.3f} | {r['p50_ms']:.2f} / {r['p99_ms']:.2f} "
+                   f"| {r['server_cpu_us']:.0f} µs |")
+    return "\n".join(out)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="bench.console", description=__doc__.split("\n\n")[0])
+    p.add_argument("--duration", type=float, default=5.0, help="seconds of load per run (default: %(default)s)")
+    p.add_argument("--repeat", type=int, default=3, help="rounds; medians are reported (default: %(default)s)")
+    p.add_argument("--connections", type=int, default=100, help="(default: %(default)s)")
+    p.add_argument("--pipeline", type=int, default=16, help="requests in flight per connection (default: %(default)s)")
+    p.add_argument("--json", action="store_true", help="print the figures as JSON")
+    args = p.parse_args(argv)
+    started = time.perf_counter()
+    with harness.Workdir() as work:
+        result = run(args.duration, args.repeat, args.connections, args.pipeline, work,
+                     log=(lambda *a: print(*a, file=sys.stderr)) if args.json else print)
+    result["machine"] = harness.machine()
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print()
+        print(table(result))
+        watched = result["rows"]["console watched"]
+        print(f"\nconsole watched / no console: {watched['ratio']:.3f} (target >= {TARGET}: "
+              f"{'met' if result['met'] else 'NOT met'})")
+        for w in watched.get("watcher", []):
+            print(f"  watcher: licenses page {w['licenses']['requests']} loads, p50 {w['licenses']['p50_ms']} ms, max "
+                  f"{w['licenses']['max_ms']} ms; /metrics {w['metrics']['requests']} scrapes, p50 "
+                  f"{w['metrics']['p50_ms']} ms; {w['failures']} failures; {w['licenses_seen']:,} licenses at the end")
+        print(f"\n{result['machine']}; {time.perf_counter() - started:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
