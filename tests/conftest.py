@@ -3,6 +3,8 @@ import os
 import pytest
 import pytest_twisted
 
+from tests.pg import pg, pg_cluster, pg_own_cluster  # noqa: F401  (PostgreSQL fixtures, tests/pg.py)
+
 # As the daemons and clients do at start (tsls.files.private_umask): files the tests make for them
 # (another program's database, a garbage file) are private too, or tsls would rightly refuse them.
 # tests/test_files.py proves tsls's own files are private under the default umask 022 as well.

@@ -39,6 +39,13 @@ def _parser() -> argparse.ArgumentParser:
                        help="a lab clock that stands still at DATE (an ISO date) except when tsls-admin clock moves "
                             "it, so a replayed lab sees the same dates (implies --lab-clock; tsls lab run uses it)")
 
+    def database_options(p):
+        p.add_argument("--database", metavar="DSN",
+                       help="a PostgreSQL database that several daemons share, as postgresql://USER@HOST/DBNAME "
+                            "(default: SQLite in DATA_DIR). No password in it: see --database-password-file")
+        p.add_argument("--database-password-file", metavar="FILE",
+                       help="read the database password from FILE (or set PGPASSWORD, or use a pgpass file)")
+
     lab = sub.add_parser("lab", help="run the license server and the mock Clearinghouse; "
                          "tsls lab run FILE / tsls lab check FILE play or validate a lab file (docs/labfile.md)")
     common(lab)
@@ -55,10 +62,12 @@ def _parser() -> argparse.ArgumentParser:
     server.add_argument("--console-listen", metavar="ENDPOINT",
                         help=f"serve the web console and /metrics on this endpoint, e.g. {DEFAULT_CONSOLE_LISTEN} "
                              "or an ssl: endpoint (docs/console.md; default: no console)")
+    database_options(server)
 
     check = sub.add_parser("check", help="check the license server database's invariants (safe while it runs)")
     check.add_argument("--data-dir", default=DEFAULT_DATA, help="(default: %(default)s)")
     check.add_argument("--db", help="the database file (default: DATA_DIR/license-server.sqlite)")
+    database_options(check)
 
     certs = sub.add_parser("make-certs", help="make a lab CA and a TLS certificate for 127.0.0.1 (docs/tls.md)")
     certs.add_argument("--dir", default=os.path.join(DEFAULT_DATA, "tls"), help="(default: %(default)s)")
@@ -98,8 +107,11 @@ def build(reactor, args):
     lab_clock = _lab_clock(reactor, args)
     if args.command in ("lab", "server"):
         url = _url_of(args.clearinghouse_listen) if args.command == "lab" else args.clearinghouse_url
-        LicenseServerService(reactor, args.listen, os.path.join(args.data_dir, "license-server.sqlite"),
+        database = getattr(args, "database", None)
+        LicenseServerService(reactor, args.listen, database or os.path.join(args.data_dir, "license-server.sqlite"),
                              ClearinghouseClient(url), seed=args.seed, lab_clock=lab_clock,
+                             credential_path=os.path.join(args.data_dir, "admin.secret") if database else None,
+                             database_password=_database_password(args),
                              console_listen=_console_endpoint(args.console_listen)).setServiceParent(top)
     if args.command in ("lab", "clearinghouse"):
         listen = args.clearinghouse_listen if args.command == "lab" else args.listen
@@ -119,9 +131,24 @@ def _lab_clock(reactor, args):
     return LabClock(reactor) if getattr(args, "lab_clock", False) else None
 
 
+def _database_password(args) -> str | None:
+    """The password of the PostgreSQL database, from the file named (never from the command line)."""
+    path = getattr(args, "database_password_file", None)
+    if path is None:
+        return None
+    from tsls.sqlite import StoreError
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read().rstrip("\r\n")
+    except OSError as e:
+        raise StoreError(f"cannot read the database password file {path}: {e.strerror}") from None
+
+
 def check(args) -> int:
     from tsls.server.check import check_ledger
 
+    if args.database:
+        return check_database(args)
     path = args.db or os.path.join(args.data_dir, "license-server.sqlite")
     if not os.path.exists(path):
         print(f"tsls: no database at {path}", file=sys.stderr)
@@ -130,6 +157,20 @@ def check(args) -> int:
     for p in problems:
         print(p)
     print(f"{path}: {'ledger invariants hold' if not problems else f'{len(problems)} problems'}")
+    return 1 if problems else 0
+
+
+def check_database(args) -> int:
+    from tsls.sqlite import StoreError
+    try:
+        from tsls.server.pgstore import check_ledger_pg, safe_dsn
+        problems = check_ledger_pg(args.database, _database_password(args))
+    except StoreError as e:
+        print(f"tsls: {e}", file=sys.stderr)
+        return 2
+    for p in problems:
+        print(p)
+    print(f"{safe_dsn(args.database)}: {'ledger invariants hold' if not problems else f'{len(problems)} problems'}")
     return 1 if problems else 0
 
 

@@ -70,6 +70,7 @@ class Code(enum.Enum):
     CONSOLE_DISABLED = "CONSOLE_DISABLED"
     # Server side
     STORAGE_ERROR = "STORAGE_ERROR"
+    STORAGE_UNAVAILABLE = "STORAGE_UNAVAILABLE"
     # Refusals to start (tsls prints them and exits 1; docs/reliability.md)
     PERMISSIONS_TOO_OPEN = "PERMISSIONS_TOO_OPEN"
     SHUTTING_DOWN = "SHUTTING_DOWN"

@@ -12,12 +12,19 @@ from tsls.labclock import LabClock
 from tsls.server.auth import write_private
 from tsls.listener import Listener
 from tsls.server.app import LicenseServer, load_identity
+from tsls.server.records import event_json
 from tsls.server.protocol import LicenseFactory
 from tsls.server.store import LicenseStore
 from tsls.server.writer import BatchWriter
+from tsls.sqlite import StoreError
 
 
 SWEEP_EVERY = 60.0
+
+
+def is_dsn(database: str) -> bool:
+    """A PostgreSQL DSN rather than a SQLite file."""
+    return database.startswith(("postgresql://", "postgres://"))
 log = Logger()
 
 
@@ -52,12 +59,24 @@ class LicenseServerService(MultiService):
 
     def __init__(self, reactor, endpoint: str, db_path: str, clearinghouse, clock=None, seed: str | None = None,
                  lab_clock: LabClock | None = None, sweep_every: float = SWEEP_EVERY, credential_path: str | None = None,
-                 timer_clock=None, console_listen: str | None = None):
-        """``lab_clock``: run on a lab clock an administrator can move (its offset is restored from
+                 timer_clock=None, console_listen: str | None = None, database_password: str | None = None):
+        """``db_path``: a SQLite file, or a PostgreSQL DSN (postgresql://...) that any number of
+        daemons share (its password, if any, in ``database_password``, never in the DSN).
+        ``lab_clock``: run on a lab clock an administrator can move (its offset is restored from
         the database); otherwise ``clock`` (default: the reactor) gives real time. ``console_listen``:
         serve the web console and /metrics on this endpoint (docs/console.md)."""
         super().__init__()
-        store = LicenseStore.open(db_path)
+        self.shared = None
+        shared = is_dsn(db_path)
+        if shared:
+            from tsls.server.pgstore import PgLicenseStore     # psycopg: the optional extra tsls[postgres]
+            if console_listen is not None:
+                raise StoreError("the web console reads SQLite only: it cannot run on a PostgreSQL database yet")
+            store = PgLicenseStore.open(db_path, database_password)
+            if credential_path is None:
+                raise ValueError("with a PostgreSQL database, say where the administrator's credential goes")
+        else:
+            store = LicenseStore.open(db_path)
         identity = load_identity(store, seed)
         # The administrator's credential, readable by its owner only, beside the database by default.
         self.credential_path = credential_path or os.path.join(os.path.dirname(os.path.abspath(db_path)), "admin.secret")
@@ -68,6 +87,13 @@ class LicenseServerService(MultiService):
         self.writer = BatchWriter(reactor, clock, store)
         self.server = LicenseServer(self.writer, clearinghouse, identity, lab_clock)
         _WriterService(self.writer).setServiceParent(self)
+        if shared:
+            from tsls.server.pgshared import SharedDatabase
+            # Other daemons on the same database: their events for our followers, their clock moves,
+            # and one of us at a time runs the periodic sweep.
+            self.shared = SharedDatabase(reactor, store.connector, lambda: store.backend_pid, self._others_events,
+                                         self._clock_moved if lab_clock is not None else None)
+            self.shared.setServiceParent(self)
         sweeper = TimerService(sweep_every, self._sweep)
         sweeper.clock = timer_clock or reactor
         sweeper.setServiceParent(self)
@@ -92,8 +118,21 @@ class LicenseServerService(MultiService):
         self.console_listener.listening_hook = lambda port: console.listening(port, secure)
         return console
 
+    def _others_events(self, pairs) -> None:
+        for row_id, event in pairs:
+            shaped = event_json(row_id, event)
+            for follower in list(self.server.followers):
+                follower(shaped)
+
+    def _clock_moved(self, offset: float) -> None:
+        if self.server.lab_clock is not None and offset > self.server.lab_clock.offset:
+            self.server.lab_clock.offset = offset
+
     def _sweep(self):
         """Expire what is due even when nobody logs on (every batch sweeps first). A failed sweep
-        is logged, and the next one runs as usual."""
+        is logged, and the next one runs as usual. On a shared PostgreSQL database, only the daemon
+        holding the background jobs lock sweeps."""
+        if self.shared is not None and not self.shared.leader:
+            return
         d = self.writer.submit(lambda store, now: None)
         d.addErrback(lambda f: log.failure("periodic expiry sweep failed", f))

@@ -69,7 +69,11 @@ class BatchWriter:
         batch = [self._queue.popleft() for _ in range(min(len(self._queue), MAX_BATCH))]
         now = int(self.clock.seconds())
         jobs = [job for job, _ in batch]
-        if self._threaded:
+        if self._threaded and getattr(self._store, "jobs_in_thread", False):
+            # A store whose every statement is a network round trip (PostgreSQL) runs the whole batch
+            # in the writer's thread, so the reactor never waits on the database.
+            done = threads.deferToThreadPool(self._reactor, self._pool, self._run, jobs, now)
+        elif self._threaded:
             done = self._run_then_commit(jobs, now)
         else:
             done = defer.maybeDeferred(self._run, jobs, now)
@@ -122,8 +126,13 @@ class BatchWriter:
 
     def _deliver(self, outcome, batch) -> None:
         if isinstance(outcome, Failure):
-            self.log.failure("a batch of {n} requests could not be committed", outcome, n=len(batch))
-            error = TslsError(Code.STORAGE_ERROR, "the license server could not commit the change; nothing was changed")
+            if outcome.check(TslsError) and outcome.value.code is Code.STORAGE_UNAVAILABLE:
+                self.log.warn("a batch of {n} requests was refused: {why}", n=len(batch), why=outcome.value.message)
+                error = outcome.value
+            else:
+                self.log.failure("a batch of {n} requests could not be committed", outcome, n=len(batch))
+                error = TslsError(Code.STORAGE_ERROR, "the license server could not commit the change; nothing was "
+                                  "changed")
             results = [(False, error)] * len(batch)
         else:
             new_events, results = outcome

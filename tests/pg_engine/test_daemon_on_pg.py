@@ -1,0 +1,75 @@
+"""The daemon's end-to-end tests (tests/server/test_daemon.py, test_auth.py) again, with the license
+server on PostgreSQL instead of SQLite: the storage seam's second engine answers the same."""
+import os
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer, reactor
+
+from tests.conftest import running
+from tests.server import test_daemon
+from tests.server.test_auth import (  # noqa: F401  (collected here again, with the daemon below)
+    test_a_challenge_answers_one_hello_only, test_a_registered_terminal_server_must_prove_its_name,
+    test_an_admin_without_the_credential_changes_nothing, test_secrets_never_reach_the_log,
+    test_the_admin_credential_file_is_readable_by_its_owner_only, test_with_the_group_policy_on_only_members_get_licenses)
+from tests.server.test_daemon import (  # noqa: F401
+    test_a_client_that_shuts_its_side_after_sending_still_gets_every_answer, test_a_forged_license_is_refused_with_a_code,
+    test_an_oversize_line_closes_that_connection_only, test_bad_input_gets_coded_errors_and_the_connection_keeps_working,
+    test_five_cals_serve_five_devices_and_the_sixth_keeps_a_temporary_license,
+    test_install_without_activation_is_refused_and_nothing_is_asked_of_the_clearinghouse,
+    test_per_user_logons_are_logged_and_never_counted, test_pipelined_duplicate_logons_decrement_once,
+    test_telephone_activation_takes_the_typed_license_server_id,
+    test_two_terminal_servers_logging_one_device_on_at_once_decrement_once,
+    test_unactivated_server_answers_with_temporary_licenses_and_says_why,
+    test_unreachable_clearinghouse_is_a_clear_error_and_licensing_goes_on)
+from tsls.server.service import LicenseServerService
+
+
+class PgDaemon(test_daemon.Daemon):
+    """test_daemon.Daemon with its ledger in a PostgreSQL database."""
+
+    def __init__(self, dsn, tmp_path, clearinghouse=None, **kwargs):
+        super().__init__(tmp_path, clearinghouse, **kwargs)
+        self.path = dsn
+        self.credential_path = str(tmp_path / "admin.secret")
+
+    @defer.inlineCallbacks
+    def start(self):
+        self.service = LicenseServerService(reactor, "tcp:0:interface=127.0.0.1", self.path, self.clearinghouse,
+                                            clock=self.clock, seed="1", lab_clock=self.lab_clock,
+                                            credential_path=self.credential_path)
+        self.service.startService()
+        port = yield self.service.listener.listening
+        self.endpoint = f"tcp:127.0.0.1:{port.getHost().port}"
+        self.connections = []
+
+
+@pytest.fixture
+def daemon(pg, tmp_path):
+    yield from running(PgDaemon(pg, tmp_path))
+
+
+@pytest_twisted.inlineCallbacks
+def test_everything_survives_a_restart_on_postgresql(pg, tmp_path):
+    first = PgDaemon(pg, tmp_path)
+    yield first.start()
+    admin = yield first.admin()
+    yield test_daemon.activate_and_install(admin, quantity=2)
+    ts = yield first.terminal_server()
+    yield test_daemon.logon(ts, "pc1")
+    issued = yield test_daemon.logon(ts, "pc1")
+    yield first.stop()
+    second = PgDaemon(pg, tmp_path, first.clearinghouse)
+    yield second.start()
+    try:
+        ts = yield second.terminal_server()
+        again = yield test_daemon.logon(ts, "pc1", license=issued["license"]["token"])
+        assert again["outcome"] == "existing" and again["license"]["license_id"] == issued["license"]["license_id"]
+        assert second.service.server.identity == first.service.server.identity
+        admin = yield second.admin()
+        status = yield admin.request("status")
+        assert status["activation"]["status"] == "activated"
+        assert status["key_packs"][0]["issued"] == 1
+        assert os.stat(second.credential_path).st_mode & 0o077 == 0
+    finally:
+        yield second.stop()
