@@ -146,6 +146,7 @@ def test_the_dashboard_agrees_with_the_protocols_status(served):
     assert [(c["total"], c["issued"], c["available"]) for c in board["cals"]] == \
         [(p["total"], p["issued"], p["available"]) for p in status["key_packs"]] == [(4, 4, 0)]
     assert any("none left" in a["message"] for a in board["alerts"])
+    assert not any("not activated" in a["message"] or "certificate" in a["message"] for a in board["alerts"])
 
 
 @pytest_twisted.inlineCallbacks
@@ -288,3 +289,38 @@ def test_tsls_admin_console_prints_the_link(served, capsys):
     assert link["role"] == "viewer" and link["url"].startswith(served.url + "/login?token=")
     session = yield Http(served.url).login(link["url"])
     assert session["role"] == "viewer"
+
+
+@pytest_twisted.inlineCallbacks
+def test_the_console_over_tls_from_its_endpoint_string_sets_a_secure_cookie(tmp_path):
+    import treq
+    from twisted.internet import reactor, ssl
+    from twisted.web.client import Agent, BrowserLikePolicyForHTTPS
+
+    from tests.fakes import FakeClearinghouse
+    from tsls.certs import make_certs
+    from tsls.server.service import LicenseServerService
+
+    paths = make_certs(str(tmp_path / "tls"))
+    service = LicenseServerService(reactor, "tcp:0:interface=127.0.0.1", str(tmp_path / "ls.sqlite"),
+                                   FakeClearinghouse(),
+                                   console_listen=f"ssl:0:interface=127.0.0.1:privateKey={paths['server']}")
+    service.startService()
+    try:
+        port = (yield service.listener.listening).getHost().port
+        yield service.console_listener.listening
+        from clients.connection import connect
+        admin = yield with_timeout(connect(reactor, f"tcp:127.0.0.1:{port}"))
+        yield admin.hello_admin(service.server.identity.admin_secret)
+        link = (yield admin.request("console_link"))["url"]
+        yield admin.close()
+        assert link.startswith("https://127.0.0.1:")
+        with open(paths["ca"]) as f:
+            ca = ssl.Certificate.loadPEM(f.read())
+        client = treq.client.HTTPClient(Agent(reactor, contextFactory=BrowserLikePolicyForHTTPS(trustRoot=ca)))
+        response = yield with_timeout(client.get(link))
+        yield treq.content(response)
+        cookie = response.headers.getRawHeaders(b"set-cookie")[0].decode()
+        assert response.code == 200 and "; Secure" in cookie and "HttpOnly" in cookie
+    finally:
+        yield service.stopService()

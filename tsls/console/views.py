@@ -48,7 +48,8 @@ def dashboard(snap, now: int, product_id: str, lab_clock: bool) -> dict:
     expiring = sum(snap.expiring(now, now + EXPIRING_SOON).values())
     rooms = revocations(snap, now)
     activation = {"status": current.status.value, "license_server_id": current.license_server_id,
-                  "method": current.method and current.method.value, "activated_at": iso(current.activated_at)}
+                  "method": current.method and current.method.value, "activated_at": iso(current.activated_at),
+                  "certificate": current.certificate is not None}
     ordered = [bars[k] for k in sorted(bars, key=lambda k: (k[0].rank, k[1].value))]
     return {
         "product_id": product_id,
@@ -70,9 +71,9 @@ def alerts(activation: dict, cals: list[dict], rooms: list[dict], expiring: int)
     if activation["status"] != "activated":
         out.append({"level": "error", "message": "The license server is not activated: devices get temporary "
                     "licenses only, and CALs cannot be installed. Activate it (tsls-admin activate)."})
-    elif not activation["license_server_id"]:
-        out.append({"level": "error", "message": "The license server is activated without a certificate from the "
-                    "Clearinghouse; reactivate it."})
+    elif not activation["certificate"]:
+        out.append({"level": "error", "message": "The license server holds no certificate from the Clearinghouse, "
+                    "so it cannot install or recover CALs: reactivate it (tsls-admin reactivate)."})
     if activation["status"] == "activated" and not cals:
         out.append({"level": "warning", "message": "No CALs are installed: every device gets a temporary license "
                     "(tsls-admin install)."})

@@ -67,10 +67,13 @@ class Snapshot:
         self.db = db
 
     def activation(self) -> Activation:
-        row = self.db.execute("SELECT status, license_server_id, method, activated_at FROM activation").fetchone()
+        """The activation, its certificate replaced by "held" when there is one (pages never show it)."""
+        row = self.db.execute("SELECT status, license_server_id, method, activated_at, certificate IS NOT NULL "
+                              "FROM activation").fetchone()
         if row is None:
             return Activation()
-        return Activation(ActivationStatus(row[0]), row[1], None if row[2] is None else ActivationMethod(row[2]), row[3])
+        return Activation(ActivationStatus(row[0]), row[1], None if row[2] is None else ActivationMethod(row[2]), row[3],
+                          "held" if row[4] else None)
 
     def security_group_policy(self) -> bool:
         row = self.db.execute("SELECT value FROM meta WHERE key = 'policy:security_group'").fetchone()
