@@ -87,6 +87,9 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--credential", default=os.path.join("tsls-data", "admin.secret"),
                         help="the administrator's credential file, made by the license server at first start "
                              "(default: %(default)s)")
+    parser.add_argument("--operator-credential", default=os.path.join("tsls-data", "operator.secret"),
+                        help="the lab operator's credential for the Clearinghouse (clearinghouse sell, purchases), "
+                             "made by the Clearinghouse at first start (default: %(default)s)")
     parser.add_argument("--json", action="store_true", help="print JSON for scripts")
     parser.add_argument("--csv", action="store_true", help="print lists (licenses, events, usage) as CSV")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -372,8 +375,11 @@ async def clearinghouse_command(args) -> None:
     from tsls.clearinghouse.client import ClearinghouseClient
     from tsls.core.model import Purchase
 
-    ch = ClearinghouseClient(args.clearinghouse)
+    from tsls.server.auth import read_secret
+
     c = args.ch_command
+    operator = read_secret(args.operator_credential) if c in ("sell", "purchases") else None
+    ch = ClearinghouseClient(args.clearinghouse, operator_secret=operator)
     if c == "sell":
         body = _purchase(args, sale=True)
         purchase = None

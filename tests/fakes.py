@@ -35,6 +35,11 @@ class FakeClearinghouse:
         return {}
 
     @defer.inlineCallbacks
+    def check_in(self, server):
+        yield self._call("check_in", server["license_server_id"])
+        return {"license_server_id": server["license_server_id"], "retired_key_packs": []}
+
+    @defer.inlineCallbacks
     def install(self, server, ref, product_version=None, cal_type=None, quantity=None):
         yield self._call("install", server["license_server_id"], ref.reference)
         return {"key_pack": self._pack(ref, product_version, cal_type, quantity)}

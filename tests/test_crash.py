@@ -164,6 +164,7 @@ def test_sigterm_answers_or_cleanly_refuses_what_is_in_flight_then_exits(tmp_pat
 def test_kill_nine_loses_no_acknowledged_clearinghouse_sale_or_install(tmp_path):
     from tsls.clearinghouse.client import ClearinghouseClient
     from tsls.core.model import Purchase
+    from tsls.server.auth import read_secret
 
     rng = random.Random(7)
     acknowledged_sales, acknowledged_packs = set(), {}
@@ -175,7 +176,8 @@ def test_kill_nine_loses_no_acknowledged_clearinghouse_sale_or_install(tmp_path)
         daemon.transport = reactor.spawnProcess(daemon, sys.executable, args, env=os.environ.copy())
         yield daemon.listening.addTimeout(TIMEOUT, reactor)
         port = int(daemon.output.decode().split("port=")[1].split(")")[0])
-        ch = ClearinghouseClient(f"http://127.0.0.1:{port}")
+        ch = ClearinghouseClient(f"http://127.0.0.1:{port}",
+                                 operator_secret=read_secret(str(tmp_path / "operator.secret")))
         if server is None:
             activation = yield ch.activate("12345-678-1234567-12345", {"first_name": "A", "last_name": "B",
                                                                         "company": "C", "country_region": "D"})

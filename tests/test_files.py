@@ -104,12 +104,12 @@ def nobody_reads(data, names):
 @pytest.mark.skipif(not can_switch_user(), reason="needs root and setpriv to act as the user nobody")
 def test_another_user_cannot_read_the_database_or_the_secrets(world_readable_base):
     data = os.path.join(world_readable_base, "tsls-data")
-    from tsls.server.app import Identity
+    from tsls.server.app import load_identity
     from tsls.server.store import LicenseStore
     with umask(0o022):
         private_directory(data)
         store = LicenseStore.open(os.path.join(data, "license-server.sqlite"))
-        Identity.load_or_create(store, "1")
+        load_identity(store, "1")
         store.close()
     for name in os.listdir(data):
         status, error = read_as_nobody(os.path.join(data, name))

@@ -29,6 +29,7 @@ class Lab:
         self.ch.startService()
         port = yield clearinghouse_port(self.ch)
         self.ch_url = f"http://127.0.0.1:{port}"
+        self.operator_credential = self.ch.credential_path
         self.ls = LicenseServerService(reactor, "tcp:0:interface=127.0.0.1", str(self.data / "license-server.sqlite"),
                                        ClearinghouseClient(self.ch_url), seed="42", lab_clock=self.lab_clock)
         self.ls.startService()
@@ -46,7 +47,8 @@ class Lab:
         """Run one tsls-admin command; return its --json output."""
         capsys.readouterr()
         args = admin.parser().parse_args(["--server", self.endpoint, "--clearinghouse", self.ch_url, "--json",
-                                          "--credential", self.credential, *argv])
+                                          "--credential", self.credential,
+                                          "--operator-credential", self.operator_credential, *argv])
         try:
             yield defer.ensureDeferred(admin.command(reactor, args)).addTimeout(TIMEOUT, reactor)
         except TslsError as e:      # what the command prints with --json, before exiting 1
@@ -115,6 +117,7 @@ def test_the_readme_walk_through(lab, capsys, tmp_path):
     restarted = Lab(tmp_path)
     yield restarted.start()
     lab.ls, lab.ch, lab.endpoint, lab.ch_url = restarted.ls, restarted.ch, restarted.endpoint, restarted.ch_url
+    lab.operator_credential = restarted.operator_credential
     lab.credential = restarted.credential
     status = yield lab.admin(capsys, "status")
     assert status["activation"]["status"] == "activated"

@@ -64,10 +64,16 @@ def _parser() -> argparse.ArgumentParser:
                              "or an ssl: endpoint (docs/console.md; default: no console)")
     database_options(server)
 
-    check = sub.add_parser("check", help="check the license server database's invariants (safe while it runs)")
+    check = sub.add_parser("check", help="check the license server database's invariants (safe while it runs); "
+                                         "with --clearinghouse, the whole lab's")
     check.add_argument("--data-dir", default=DEFAULT_DATA, help="(default: %(default)s)")
     check.add_argument("--db", help="the database file (default: DATA_DIR/license-server.sqlite)")
     database_options(check)
+    check.add_argument("--clearinghouse", metavar="DB",
+                       help="a Clearinghouse database: also check its books and, across it and every --server "
+                            "database, that no purchase circulates more CALs than were bought unless on record")
+    check.add_argument("--server", action="append", metavar="DB",
+                       help="a license server database of the lab (repeat for each; default: --db)")
 
     certs = sub.add_parser("make-certs", help="make a lab CA and a TLS certificate for 127.0.0.1 (docs/tls.md)")
     certs.add_argument("--dir", default=os.path.join(DEFAULT_DATA, "tls"), help="(default: %(default)s)")
@@ -145,19 +151,30 @@ def _database_password(args) -> str | None:
 
 
 def check(args) -> int:
-    from tsls.server.check import check_ledger
+    from tsls.server.check import check_lab, check_ledger
 
     if args.database:
         return check_database(args)
-    path = args.db or os.path.join(args.data_dir, "license-server.sqlite")
-    if not os.path.exists(path):
-        print(f"tsls: no database at {path}", file=sys.stderr)
-        return 2
-    problems = check_ledger(path)
-    for p in problems:
-        print(p)
-    print(f"{path}: {'ledger invariants hold' if not problems else f'{len(problems)} problems'}")
-    return 1 if problems else 0
+    paths = args.server or [args.db or os.path.join(args.data_dir, "license-server.sqlite")]
+    for path in paths + ([args.clearinghouse] if args.clearinghouse else []):
+        if not os.path.exists(path):
+            print(f"tsls: no database at {path}", file=sys.stderr)
+            return 2
+    failed = False
+    for path in paths:
+        problems = check_ledger(path)
+        for p in problems:
+            print(p)
+        print(f"{path}: {'ledger invariants hold' if not problems else f'{len(problems)} problems'}")
+        failed = failed or bool(problems)
+    if args.clearinghouse:
+        problems = check_lab(args.clearinghouse, paths)
+        for p in problems:
+            print(p)
+        print(f"lab ({args.clearinghouse} and {len(paths)} license servers): "
+              + ("no purchase circulates more CALs than were bought" if not problems else f"{len(problems)} problems"))
+        failed = failed or bool(problems)
+    return 1 if failed else 0
 
 
 def check_database(args) -> int:

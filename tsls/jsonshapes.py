@@ -17,6 +17,7 @@ def key_pack_json(p: KeyPack) -> dict:
         "issued": p.issued,
         "available": p.available,
         "installed_at": iso(p.installed_at),
+        "retired_at": None if p.retired_at is None else iso(p.retired_at),
     }
 
 

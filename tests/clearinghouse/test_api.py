@@ -15,13 +15,20 @@ PRODUCT = "12345-678-1234567-12345"
 CONTACT = {"first_name": "Ada", "last_name": "Lovelace", "company": "Lab", "country_region": "UK"}
 RETAIL = PurchaseRef(Program.RETAIL, retail_code="A" * 25)
 OPEN = PurchaseRef(Program.OPEN, license_number="12345678", authorization_number="ABCDE12345ABCDE")
+OPERATOR = "0f" * 32
+
+
+def client(store, clock=None):
+    """The API in memory, and a client holding the operator's credential."""
+    stub = StubTreq(ApiResource(Clearinghouse(store, clock or Clock(), OPERATOR)))
+    return ClearinghouseClient("http://clearinghouse", stub, operator_secret=OPERATOR), stub
 
 
 @pytest.fixture
 def api(tmp_path):
     store = ClearinghouseStore(str(tmp_path / "ch.sqlite"))
-    stub = StubTreq(ApiResource(Clearinghouse(store, Clock())))
-    yield ClearinghouseClient("http://clearinghouse", stub), stub, str(tmp_path / "ch.sqlite")
+    ch, stub = client(store)
+    yield ch, stub, str(tmp_path / "ch.sqlite")
     store.close()
 
 
@@ -91,7 +98,40 @@ async def test_recovery_moves_the_purchase_to_the_rebuilt_server(api):
     assert [p["quantity"] for p in recovered["key_packs"]] == [7]
     assert (await ch.license_server(new["license_server_id"]))["bindings"] == [RETAIL.reference]
     assert (await ch.license_server(old["license_server_id"]))["bindings"] == []
-    await expect(Code.ALREADY_RECOVERED, ch.recover(me(new), RETAIL))
+    again = await ch.recover(me(new), RETAIL)      # already held here: the same key pack, no new CALs
+    assert again["key_packs"] == recovered["key_packs"]
+    [moved] = (await ch.list_purchases())[0]["moves"]
+    assert (moved["from"], moved["to"], moved["quantity"]) == (old["license_server_id"], new["license_server_id"], 7)
+
+
+@pytest_twisted.ensureDeferred
+async def test_recoveries_back_and_forth_never_multiply_cals(api, tmp_path):
+    """Issue 11 item 2: alternate recoveries gave one server 20 CALs from a 5-CAL purchase."""
+    from tsls.clearinghouse.store import read_ledger
+    ch, _, path = api
+    await ch.sell(sale(quantity=5))
+    one = me(await ch.activate(PRODUCT, CONTACT))
+    two = me(await ch.activate("99999-999-9999999-99999", CONTACT))
+    held = {one["license_server_id"]: {(await ch.install(one, RETAIL, quantity=3))["key_pack"]["key_pack_id"]: 3}}
+    held[one["license_server_id"]].update({(await ch.install(one, RETAIL))["key_pack"]["key_pack_id"]: 2})
+    held[two["license_server_id"]] = {}
+    for caller, other in [(two, one), (one, two), (two, one), (one, two), (one, two)]:
+        answer = await ch.recover(caller, RETAIL)
+        mine = held[caller["license_server_id"]]
+        for pack_id in answer["retired_key_packs"]:
+            mine.pop(pack_id, None)         # what the license server does with the answer
+        mine.update({p["key_pack_id"]: p["quantity"] for p in answer["key_packs"]})
+        assert sum(mine.values()) == 5
+        check_in = await ch.check_in(other)     # the other server's next contact retires what it held
+        for pack_id in check_in["retired_key_packs"]:
+            held[other["license_server_id"]].pop(pack_id, None)
+        assert sum(sum(h.values()) for h in held.values()) == 5
+    ledger = read_ledger(path)
+    live = [p for p in ledger["key_packs"].values() if p["retired_at"] is None]
+    assert sum(p["quantity"] for p in live) == 5 and {p["license_server_id"] for p in live} == {one["license_server_id"]}
+    assert len(ledger["moves"]) == 4        # the last recovery onto the holder moved nothing
+    [purchase] = await ch.list_purchases()
+    assert (purchase["installed"], purchase["bound_to"]) == (5, one["license_server_id"])
 
 
 @pytest_twisted.ensureDeferred
@@ -144,23 +184,76 @@ async def test_only_the_holder_of_the_certificate_acts_on_a_servers_bindings(api
 ])
 @pytest_twisted.ensureDeferred
 async def test_bad_requests_get_a_4xx_with_a_json_error(api, method, path, body, status, code):
+    _, stub, _ = api
+    headers = await operator_headers(stub, method, path) if path.startswith(("/v1/purchases", "/v1/license")) else {}
+    assert await answer(stub, method, path, body, headers) == (status, code)
+
+
+async def answer(stub, method, path, body=b"", headers=None):
     import json
     import treq
-    _, stub, _ = api
-    response = await stub.request(method, "http://clearinghouse" + path, data=body)
-    answer = json.loads(await treq.content(response))
-    assert (response.code, answer["error"]["code"]) == (status, code)
+    response = await stub.request(method, "http://clearinghouse" + path, data=body, headers=headers or {})
+    body = json.loads(await treq.content(response))
+    return response.code, body["error"]["code"] if "error" in body else body
+
+
+async def operator_headers(stub, method, path, secret=OPERATOR):
+    from tsls.server import auth
+    _, challenge = await answer(stub, "GET", "/v1/challenge")
+    nonce = challenge["nonce"]
+    proof = auth.proof(secret, nonce, "operator", f"{method} {path}")
+    return {"Authorization": f"TSLS-Operator nonce={nonce}, proof={proof}"}
+
+
+SALE = b'{"program":"retail","product_version":"2003","cal_type":"per_device","quantity":5}'
+
+
+@pytest_twisted.ensureDeferred
+async def test_only_the_operator_sells_and_sees_the_purchases(api):
+    """Issue 11 item 2: GET /v1/purchases answered anyone with every retail code."""
+    ch, stub, _ = api
+    await ch.sell(sale())
+    assert await answer(stub, "GET", "/v1/purchases") == (401, "OPERATOR_REQUIRED")
+    assert await answer(stub, "POST", "/v1/purchases", SALE) == (401, "OPERATOR_REQUIRED")
+    assert await answer(stub, "GET", "/v1/license-servers/X") == (401, "OPERATOR_REQUIRED")
+    wrong = await operator_headers(stub, "GET", "/v1/purchases", secret="aa" * 32)
+    assert await answer(stub, "GET", "/v1/purchases", headers=wrong) == (403, "BAD_CREDENTIALS")
+    other_path = await operator_headers(stub, "GET", "/v1/license-servers/X")
+    assert await answer(stub, "GET", "/v1/purchases", headers=other_path) == (403, "BAD_CREDENTIALS")
+    for garbage in ("Bearer x", "TSLS-Operator nonce=\u00b2, proof=1", "TSLS-Operator " + "9" * 5000):
+        assert await answer(stub, "GET", "/v1/purchases", headers={"Authorization": garbage}) == \
+            (403, "BAD_CREDENTIALS")
+    good = await operator_headers(stub, "GET", "/v1/purchases")
+    status, purchases = await answer(stub, "GET", "/v1/purchases", headers=good)
+    assert status == 200 and [p["retail_code"] for p in purchases] == ["A" * 25]
+    assert await answer(stub, "GET", "/v1/purchases", headers=good) == (403, "BAD_CREDENTIALS")   # one use
+    nobody = ClearinghouseClient("http://clearinghouse", stub)
+    await expect(Code.OPERATOR_REQUIRED, nobody.list_purchases())
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_challenge_expires(tmp_path):
+    clock = Clock()
+    store = ClearinghouseStore(str(tmp_path / "ch.sqlite"))
+    try:
+        ch, stub = client(store, clock)
+        headers = await operator_headers(stub, "GET", "/v1/purchases")
+        clock.advance(61)
+        assert await answer(stub, "GET", "/v1/purchases", headers=headers) == (403, "BAD_CREDENTIALS")
+        assert await ch.list_purchases() == []
+    finally:
+        store.close()
 
 
 @pytest_twisted.ensureDeferred
 async def test_sales_survive_a_restart(tmp_path):
     path = str(tmp_path / "ch.sqlite")
     store = ClearinghouseStore(path)
-    ch = ClearinghouseClient("http://ch", StubTreq(ApiResource(Clearinghouse(store, Clock()))))
+    ch, _ = client(store)
     await ch.sell(sale())
     store.close()
     store = ClearinghouseStore(path)
-    ch = ClearinghouseClient("http://ch", StubTreq(ApiResource(Clearinghouse(store, Clock()))))
+    ch, _ = client(store)
     assert [p["retail_code"] for p in await ch.list_purchases()] == ["A" * 25]
     store.close()
 
@@ -175,6 +268,6 @@ def test_a_license_server_database_is_not_taken_for_a_clearinghouse_one(tmp_path
 
 @pytest_twisted.ensureDeferred
 async def test_an_unreachable_clearinghouse_is_a_clear_error():
-    ch = ClearinghouseClient("http://127.0.0.1:9")
+    ch = ClearinghouseClient("http://127.0.0.1:9", operator_secret=OPERATOR)
     error = await expect(Code.CLEARINGHOUSE_UNREACHABLE, ch.list_purchases())
     assert "http://127.0.0.1:9" in error.message

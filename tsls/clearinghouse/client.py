@@ -1,5 +1,7 @@
 """The Clearinghouse's client library, used by the license server daemon and tsls-admin.
-API errors come back as TslsError with the API's code; no answer at all is CLEARINGHOUSE_UNREACHABLE."""
+API errors come back as TslsError with the API's code; no answer at all (within ``timeout``
+seconds) is CLEARINGHOUSE_UNREACHABLE. The lab operator's calls (sell, list purchases, look at a
+license server) prove the operator's credential with a one-use challenge (docs/clearinghouse.md)."""
 from __future__ import annotations
 
 import json
@@ -7,14 +9,21 @@ import json
 from twisted.internet import defer
 
 from tsls.errors import Code, TslsError
+from tsls.server import auth
 
 TIMEOUT = 30
 
 
 class ClearinghouseClient:
-    def __init__(self, base_url: str, treq_module=None) -> None:
+    def __init__(self, base_url: str, treq_module=None, operator_secret: str | None = None,
+                 timeout: float = TIMEOUT) -> None:
         self.base_url = base_url.rstrip("/")
         self._treq = treq_module
+        self.operator_secret = operator_secret
+        self.timeout = timeout
+
+    def __repr__(self) -> str:
+        return f"ClearinghouseClient({self.base_url!r})"      # never the operator's secret
 
     @property
     def treq(self):
@@ -24,14 +33,30 @@ class ClearinghouseClient:
         return self._treq
 
     @defer.inlineCallbacks
-    def _call(self, method: str, path: str, body: dict | None = None):
+    def _operator_call(self, method: str, path: str, body: dict | None = None):
+        if self.operator_secret is None:
+            raise TslsError(Code.OPERATOR_REQUIRED, "the lab operator's credential is needed "
+                            "(tsls-admin --operator-credential FILE; default tsls-data/operator.secret)")
+        challenge = yield self._call("GET", "challenge")
+        nonce = challenge.get("nonce") if isinstance(challenge, dict) else None
+        if not isinstance(nonce, str):
+            raise TslsError(Code.CLEARINGHOUSE_ERROR, "the Clearinghouse gave no challenge")
+        proof = auth.proof(self.operator_secret, nonce, "operator", f"{method} /v1/{path}")
+        answer = yield self._call(method, path, body, {b"Authorization": [f"TSLS-Operator nonce={nonce}, "
+                                                                          f"proof={proof}".encode()]})
+        return answer
+
+    @defer.inlineCallbacks
+    def _call(self, method: str, path: str, body: dict | None = None, headers: dict | None = None):
         url = f"{self.base_url}/v1/{path}"
+        headers = dict(headers or {})
         try:
             if method == "GET":
-                response = yield self.treq.get(url, timeout=TIMEOUT)
+                response = yield self.treq.get(url, headers=headers, timeout=self.timeout)
             else:
-                response = yield self.treq.post(url, data=json.dumps(body).encode(),
-                                                headers={b"Content-Type": [b"application/json"]}, timeout=TIMEOUT)
+                headers[b"Content-Type"] = [b"application/json"]
+                response = yield self.treq.post(url, data=json.dumps(body).encode(), headers=headers,
+                                                timeout=self.timeout)
             raw = yield self.treq.content(response)
         except Exception as e:
             raise TslsError(Code.CLEARINGHOUSE_UNREACHABLE, f"cannot reach the Clearinghouse at {self.base_url}: "
@@ -46,10 +71,10 @@ class ClearinghouseClient:
 
     def sell(self, purchase) -> defer.Deferred:
         """``purchase``: a tsls.core.model.Purchase, or a dict of its JSON (a retail sale may omit the code)."""
-        return self._call("POST", "purchases", purchase if isinstance(purchase, dict) else purchase.to_json())
+        return self._operator_call("POST", "purchases", purchase if isinstance(purchase, dict) else purchase.to_json())
 
     def list_purchases(self) -> defer.Deferred:
-        return self._call("GET", "purchases")
+        return self._operator_call("GET", "purchases")
 
     def activate(self, product_id: str, contact: dict, method: str = "automatic") -> defer.Deferred:
         return self._call("POST", "activations", {"product_id": product_id, "method": method, "contact": contact})
@@ -70,8 +95,12 @@ class ClearinghouseClient:
     def recover(self, server: dict, ref, product_version=None, cal_type=None) -> defer.Deferred:
         return self._call("POST", "recoveries", {**server, "purchase": _purchase(ref, product_version, cal_type, None)})
 
+    def check_in(self, server: dict) -> defer.Deferred:
+        """The server's record, with ``retired_key_packs``: its key packs a recovery elsewhere retired."""
+        return self._call("POST", "check-ins", dict(server))
+
     def license_server(self, license_server_id: str) -> defer.Deferred:
-        return self._call("GET", f"license-servers/{license_server_id}")
+        return self._operator_call("GET", f"license-servers/{license_server_id}")
 
 
 def _purchase(ref, product_version, cal_type, quantity) -> dict:

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import string
 
@@ -17,12 +18,17 @@ from tsls.core import clearinghouse as rules
 from tsls.core.clearinghouse import Method, Reason, Sale, Server, ServerStatus
 from tsls.core.model import CalType, ProductVersion, Purchase, PurchaseRef, iso
 from tsls.errors import Code, TslsError
+from tsls.server import auth
 
 MAX_BODY = 64 * 1024
+NONCE_TTL = 60                  # seconds an operator's challenge may be answered in
+MAX_NONCES = 1000               # outstanding challenges; the oldest are forgotten past this
+AUTHORIZATION = re.compile(r"TSLS-Operator nonce=([0-9a-f]{32}), proof=([0-9a-f]{64})")
 ALPHANUMERIC = string.ascii_uppercase + string.digits
 
 STATUS = {
     Code.BAD_REQUEST: 400, Code.BAD_JSON: 400, Code.INVALID_PURCHASE: 400,
+    Code.OPERATOR_REQUIRED: 401,
     Code.UNKNOWN_LICENSE_SERVER: 403, Code.NOT_ACTIVATED: 403, Code.BAD_CREDENTIALS: 403,
     Code.UNKNOWN_PURCHASE: 404, Code.NOT_FOUND: 404,
     Code.METHOD_NOT_ALLOWED: 405,
@@ -46,12 +52,45 @@ def _text(body: dict, name: str, max_len: int = 128) -> str:
 class Clearinghouse:
     log = Logger()
 
-    def __init__(self, store, clock) -> None:
+    def __init__(self, store, clock, operator_secret: str | None = None) -> None:
+        """``operator_secret``: the lab operator's credential (tsls-data/operator.secret); the
+        operator's endpoints refuse everyone when it is None."""
         self.store = store
         self.clock = clock
+        self.operator_secret = operator_secret
+        self.nonces: dict[str, float] = {}
 
     def now(self) -> int:
         return int(self.clock.seconds())
+
+    # the lab operator proves it holds the operator's credential, as an administrator does (tsls.server.auth)
+
+    def challenge(self) -> dict:
+        now = self.clock.seconds()
+        if len(self.nonces) >= MAX_NONCES:
+            self.nonces = {n: t for n, t in self.nonces.items() if t > now}
+            while len(self.nonces) >= MAX_NONCES:
+                del self.nonces[next(iter(self.nonces))]
+        nonce = auth.new_nonce()
+        self.nonces[nonce] = now + NONCE_TTL
+        return {"nonce": nonce, "expires_in": NONCE_TTL}
+
+    def check_operator(self, method: str, path: str, authorization: str | None) -> None:
+        """``Authorization: TSLS-Operator nonce=<a challenge>, proof=<HMAC-SHA256(credential,
+        "nonce|operator|METHOD PATH") in hex>``; each challenge answers one request."""
+        if authorization is None:
+            raise TslsError(Code.OPERATOR_REQUIRED, "this is the lab operator's endpoint: prove the operator's "
+                            "credential (tsls-admin clearinghouse uses tsls-data/operator.secret)")
+        match = AUTHORIZATION.fullmatch(authorization)
+        if match is None:
+            raise TslsError(Code.BAD_CREDENTIALS, "Authorization must be: TSLS-Operator nonce=<32 hex>, proof=<64 hex>")
+        nonce, given = match.groups()
+        expires = self.nonces.pop(nonce, None)
+        if expires is None or expires <= self.clock.seconds():
+            raise TslsError(Code.BAD_CREDENTIALS, "unknown, used or expired challenge: ask GET /v1/challenge again")
+        if self.operator_secret is None:
+            raise TslsError(Code.BAD_CREDENTIALS, "this Clearinghouse has no operator credential")
+        auth.check_proof(self.operator_secret, nonce, "operator", f"{method} {path}", given)
 
     # purchases
 
@@ -70,7 +109,7 @@ class Clearinghouse:
         return _sale_json(Sale(purchase))
 
     def purchases(self) -> list:
-        return [_sale_json(sale) for _, sale in self.store.sales()]
+        return [{**_sale_json(sale), "moves": self.store.moves(key)} for key, sale in self.store.sales()]
 
     # activation
 
@@ -101,7 +140,14 @@ class Clearinghouse:
             self.store.rebind(old.license_server_id, new.license_server_id)
         self.log.info("reactivated {old} as {new} ({reason})", old=old.license_server_id,
                       new=new.license_server_id, reason=reason.value)
-        return {**_server_json(new, self.store.bindings(new.license_server_id)), "certificate": certificate}
+        return {**_server_json(new, self.store.bindings(new.license_server_id)), "certificate": certificate,
+                "retired_key_packs": self.store.retired_key_packs(new.license_server_id)}
+
+    def check_in(self, body: dict) -> dict:
+        """A license server's contact: it learns which of its key packs a recovery elsewhere retired."""
+        server = self._caller(body)
+        return {**_server_json(server, self.store.bindings(server.license_server_id)),
+                "retired_key_packs": self.store.retired_key_packs(server.license_server_id)}
 
     def deactivate(self, body: dict) -> dict:
         with self.store.transaction():
@@ -131,18 +177,28 @@ class Clearinghouse:
             sale, quantity = rules.install(self.store.sale(key), server, purchase.get("quantity"))
             self.store.put_sale(key, sale)
             pack = self._issue(key, sale, server, quantity)
-        return {"key_pack": pack}
+            retired = self.store.retired_key_packs(server.license_server_id)
+        return {"key_pack": pack, "retired_key_packs": retired}
 
     def recover(self, body: dict) -> dict:
+        """Moves the purchase here and never adds CALs (tsls.core.clearinghouse.recover); every move
+        is on record, and the server it left has its key packs retired at its next contact."""
         ref, key, _ = self._purchase(body)
         with self.store.transaction():
             server = self._caller(body)
-            sale, quantity = rules.recover(self.store.sale(key), server)
-            self.store.put_sale(key, sale)
-            pack = self._issue(key, sale, server, quantity)
-        self.log.info("recovered {reference} onto {license_server_id}", reference=ref.reference,
-                      license_server_id=server.license_server_id)
-        return {"key_packs": [pack]}
+            sale = self.store.sale(key)
+            recovery = rules.recover(sale, server, self.store.live_key_packs(key))
+            packs = [self._pack_json(p.key_pack_id, sale, p.quantity) for p in recovery.kept]
+            if recovery.issue:
+                self.store.put_sale(key, recovery.sale)
+                self.store.retire(key, recovery.retired, server.license_server_id, recovery.issue, self.now())
+                packs.append(self._issue(key, recovery.sale, server, recovery.issue))
+            retired = self.store.retired_key_packs(server.license_server_id)
+        if recovery.issue:
+            self.log.info("recovered {reference} onto {license_server_id}; {count} key packs retired",
+                          reference=ref.reference, license_server_id=server.license_server_id,
+                          count=len(recovery.retired))
+        return {"key_packs": packs, "retired_key_packs": retired}
 
     def _purchase(self, body: dict):
         purchase = body.get("purchase")
@@ -158,6 +214,9 @@ class Clearinghouse:
     def _issue(self, key: str, sale: Sale, server: Server, quantity: int) -> dict:
         key_pack_id = _random_id(35)
         self.store.add_key_pack(key_pack_id, key, server.license_server_id, quantity, self.now())
+        return self._pack_json(key_pack_id, sale, quantity)
+
+    def _pack_json(self, key_pack_id: str, sale: Sale, quantity: int) -> dict:
         p = sale.purchase
         return {"key_pack_id": key_pack_id, "reference": p.ref.reference, "purchase": p.ref.to_json(),
                 "product_version": p.product_version.value, "cal_type": p.cal_type.value, "quantity": quantity}
@@ -181,6 +240,11 @@ def _server_json(s: Server, bindings: list) -> dict:
             "method": s.method.value, "activated_at": iso(s.activated_at), "contact": s.contact, "bindings": bindings}
 
 
+# What only the lab operator may do: sell CALs (POST), see every purchase with its codes and any
+# license server (GET /v1/purchases, /v1/license-servers/ID).
+OPERATOR_POSTS = ("purchases",)
+
+
 class ApiResource(Resource):
     """/v1/... routes to Clearinghouse methods; every failure is a JSON error with a 4xx status."""
 
@@ -191,7 +255,8 @@ class ApiResource(Resource):
         super().__init__()
         ch = clearinghouse
         self.posts = {"purchases": ch.sell, "activations": ch.activate, "reactivations": ch.reactivate,
-                      "deactivations": ch.deactivate, "installations": ch.install, "recoveries": ch.recover}
+                      "deactivations": ch.deactivate, "installations": ch.install, "recoveries": ch.recover,
+                      "check-ins": ch.check_in}
         self.ch = ch
 
     def render(self, request) -> bytes:
@@ -199,7 +264,7 @@ class ApiResource(Resource):
         try:
             status, body = 200, self._route(request)
             if request.method == b"POST":
-                status = 201 if request.postpath[1:2] != [b"deactivations"] else 200
+                status = 201 if request.postpath[1:2] not in ([b"deactivations"], [b"check-ins"]) else 200
         except TslsError as e:
             status, body = STATUS.get(e.code, 500), {"error": e.to_json()}
         except Exception:
@@ -215,16 +280,27 @@ class ApiResource(Resource):
         name, rest = path[1], path[2:]
         if request.method == b"GET":
             if name == "purchases" and not rest:
+                self._operator(request, path)
                 return self.ch.purchases()
             if name == "license-servers" and len(rest) == 1:
+                self._operator(request, path)
                 return self.ch.server(rest[0])
             if name == "health" and not rest:
                 return {"ok": True}
+            if name == "challenge" and not rest:
+                return self.ch.challenge()
         elif request.method == b"POST" and name in self.posts and not rest:
+            if name in OPERATOR_POSTS:
+                self._operator(request, path)
             return self.posts[name](self._body(request))
-        if name in self.posts or name in ("license-servers", "health"):
+        if name in self.posts or name in ("license-servers", "health", "challenge"):
             raise TslsError(Code.METHOD_NOT_ALLOWED, f"{request.method.decode()} is not allowed on {request.path.decode()}")
         raise TslsError(Code.NOT_FOUND, f"no such resource: {request.path.decode('utf-8', 'replace')}")
+
+    def _operator(self, request, path: list) -> None:
+        header = request.getHeader(b"authorization")
+        self.ch.check_operator(request.method.decode("ascii"), "/" + "/".join(path),
+                               None if header is None else header.decode("latin-1"))
 
     def _body(self, request) -> dict:
         raw = request.content.read(MAX_BODY + 1)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 
-from tsls.core.clearinghouse import Method, Sale, Server, ServerStatus
+from tsls.core.clearinghouse import IssuedPack, Method, Sale, Server, ServerStatus
 from tsls.core.model import Purchase
 from tsls.sqlite import open_database
 
@@ -36,6 +36,22 @@ MIGRATIONS = {
         quantity INTEGER NOT NULL,
         issued_at INTEGER NOT NULL
     );
+    """,
+    # The operator's credential; key packs retired by a recovery, and every move of a purchase on record.
+    2: """
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    ALTER TABLE key_packs ADD COLUMN retired_at INTEGER;
+    CREATE TABLE moves (
+        id INTEGER PRIMARY KEY,
+        sale TEXT NOT NULL REFERENCES sales(key),
+        from_server TEXT,
+        to_server TEXT NOT NULL,
+        quantity INTEGER NOT NULL,
+        retired TEXT NOT NULL,
+        at INTEGER NOT NULL
+    );
+    CREATE INDEX key_packs_sale ON key_packs(sale);
+    CREATE INDEX key_packs_server ON key_packs(license_server_id);
     """,
 }
 
@@ -74,7 +90,9 @@ class ClearinghouseStore:
                                                      json.dumps(s.contact), s.activated_at, s.certificate_digest))
 
     def rebind(self, old: str, new: str) -> None:
+        """A reactivated server keeps its purchases and the key packs it holds, under its new ID."""
         self.db.execute("UPDATE sales SET bound_to = ? WHERE bound_to = ?", (new, old))
+        self.db.execute("UPDATE key_packs SET license_server_id = ? WHERE license_server_id = ?", (new, old))
 
     def bindings(self, license_server_id: str) -> list[str]:
         return [r[0] for r in self.db.execute("SELECT key FROM sales WHERE bound_to = ? ORDER BY key",
@@ -98,7 +116,69 @@ class ClearinghouseStore:
         self.db.execute("UPDATE sales SET installed = ?, bound_to = ? WHERE key = ?", (sale.installed, sale.bound_to, key))
 
     def add_key_pack(self, key_pack_id: str, key: str, license_server_id: str, quantity: int, now: int) -> None:
-        self.db.execute("INSERT INTO key_packs VALUES (?,?,?,?,?)", (key_pack_id, key, license_server_id, quantity, now))
+        self.db.execute("INSERT INTO key_packs (key_pack_id, sale, license_server_id, quantity, issued_at) "
+                        "VALUES (?,?,?,?,?)", (key_pack_id, key, license_server_id, quantity, now))
+
+    def live_key_packs(self, key: str) -> tuple[IssuedPack, ...]:
+        """The key packs issued from sale ``key`` and not retired."""
+        rows = self.db.execute("SELECT key_pack_id, license_server_id, quantity FROM key_packs "
+                               "WHERE sale = ? AND retired_at IS NULL ORDER BY issued_at, key_pack_id", (key,))
+        return tuple(IssuedPack(*r) for r in rows)
+
+    def retire(self, key: str, packs: tuple[IssuedPack, ...], to_server: str, quantity: int, now: int) -> None:
+        """Retire ``packs`` of sale ``key`` and put the move on record."""
+        for p in packs:
+            self.db.execute("UPDATE key_packs SET retired_at = ? WHERE key_pack_id = ?", (now, p.key_pack_id))
+        from_servers = sorted({p.license_server_id for p in packs})
+        self.db.execute("INSERT INTO moves (sale, from_server, to_server, quantity, retired, at) VALUES (?,?,?,?,?,?)",
+                        (key, ",".join(from_servers) or None, to_server, quantity,
+                         json.dumps([p.key_pack_id for p in packs]), now))
+
+    def retired_key_packs(self, license_server_id: str) -> list[str]:
+        """Key packs of this server that a recovery elsewhere retired: it must stop issuing from them."""
+        return [r[0] for r in self.db.execute("SELECT key_pack_id FROM key_packs WHERE license_server_id = ? AND "
+                                              "retired_at IS NOT NULL ORDER BY key_pack_id", (license_server_id,))]
+
+    def moves(self, key: str) -> list[dict]:
+        rows = self.db.execute("SELECT from_server, to_server, quantity, retired, at FROM moves WHERE sale = ? "
+                               "ORDER BY id", (key,))
+        return [{"from": r[0], "to": r[1], "quantity": r[2], "retired_key_packs": json.loads(r[3]), "at": r[4]}
+                for r in rows]
+
+    # the operator's credential
+
+    def get_meta(self, key: str) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else row[0]
+
+    def set_meta(self, key: str, value: str) -> None:
+        self.db.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET "
+                        "value = excluded.value", (key, value))
+
+
+def read_ledger(path: str) -> dict:
+    """A read-only snapshot for the lab-wide check (tsls check --clearinghouse): every sale with its
+    quantity, installed count and binding, every key pack issued (retired or not), every move."""
+    import sqlite3
+
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        sales = {r[0]: {"quantity": r[1], "installed": r[2], "bound_to": r[3]}
+                 for r in db.execute("SELECT key, quantity, installed, bound_to FROM sales")}
+        retired = "retired_at" if _has_column(db, "key_packs", "retired_at") else "NULL"
+        packs = {r[0]: {"sale": r[1], "license_server_id": r[2], "quantity": r[3], "retired_at": r[4]}
+                 for r in db.execute(f"SELECT key_pack_id, sale, license_server_id, quantity, {retired} FROM key_packs")}
+        moves = []
+        if _has_column(db, "moves", "sale"):
+            moves = [{"sale": r[0], "from": r[1], "to": r[2], "retired_key_packs": json.loads(r[3]), "at": r[4]}
+                     for r in db.execute("SELECT sale, from_server, to_server, retired, at FROM moves ORDER BY id")]
+        return {"sales": sales, "key_packs": packs, "moves": moves}
+    finally:
+        db.close()
+
+
+def _has_column(db, table: str, column: str) -> bool:
+    return any(r[1] == column for r in db.execute(f"PRAGMA table_info({table})"))
 
 
 def _server(row) -> Server:

@@ -137,13 +137,37 @@ def install(sale: Sale | None, server: Server, quantity: object) -> tuple[Sale, 
     return attrs.evolve(sale, installed=sale.installed + wanted, bound_to=server.license_server_id), wanted
 
 
-def recover(sale: Sale | None, server: Server) -> tuple[Sale, int]:
-    """A rebuilt license server gets back every CAL of the purchase that was installed; the old
-    server's binding is released [§4]."""
+@attrs.frozen
+class IssuedPack:
+    """A key pack the Clearinghouse issued from a sale and has not retired."""
+
+    key_pack_id: str
+    license_server_id: str
+    quantity: int
+
+
+@attrs.frozen
+class Recovery:
+    """What a recovery does: the sale's new binding, the key packs the caller gets back (``kept``,
+    when it already holds the purchase), how many CALs a new key pack carries (0: none issued), and
+    the key packs retired on the server the purchase moves away from."""
+
+    sale: Sale
+    kept: tuple[IssuedPack, ...] = ()
+    issue: int = 0
+    retired: tuple[IssuedPack, ...] = ()
+
+
+def recover(sale: Sale | None, server: Server, live: tuple[IssuedPack, ...]) -> Recovery:
+    """A rebuilt license server gets back every CAL of the purchase that was installed [§4]. A recovery
+    moves the purchase, it never adds CALs: the caller that already holds the purchase gets the key
+    packs it has; otherwise every key pack of the purchase still live elsewhere is retired (the old
+    server learns it at its next contact) and one key pack of the installed quantity is issued."""
     if sale is None:
         raise TslsError(Code.UNKNOWN_PURCHASE, "no purchase with that license information was sold")
     if sale.installed == 0:
         raise TslsError(Code.NOT_FOUND, "this purchase was never installed: install it instead")
-    if sale.bound_to == server.license_server_id:
-        raise TslsError(Code.ALREADY_RECOVERED, "this purchase is already bound to this license server")
-    return attrs.evolve(sale, bound_to=server.license_server_id), sale.installed
+    held = tuple(p for p in live if p.license_server_id == server.license_server_id)
+    if sale.bound_to == server.license_server_id and sum(p.quantity for p in held) == sale.installed:
+        return Recovery(sale, kept=held)
+    return Recovery(attrs.evolve(sale, bound_to=server.license_server_id), issue=sale.installed, retired=live)

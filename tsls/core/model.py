@@ -282,10 +282,13 @@ class KeyPack:
     total: int
     issued: int
     installed_at: int
+    # Set when the Clearinghouse retired the key pack because its purchase was recovered onto
+    # another license server: the CALs issued stay, no new one is issued from it.
+    retired_at: int | None = None
 
     @property
     def available(self) -> int:
-        return self.total - self.issued
+        return 0 if self.retired_at is not None else self.total - self.issued
 
 
 @attrs.frozen

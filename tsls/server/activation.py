@@ -5,16 +5,20 @@ from __future__ import annotations
 from typing import Callable
 
 from twisted.internet import defer
+from twisted.logger import Logger
 
 from tsls.core import activation
 from tsls.core.activation import Activation, ActivationMethod
 from tsls.core.events import Event, EventId
 from tsls.core.model import CalType, ProductVersion, PurchaseRef
+from tsls.errors import Code, TslsError
 from tsls.jsonshapes import iso, key_pack_json
 from tsls.server.storage import Identity
 
 
 class Activations:
+    log = Logger()
+
     def __init__(self, writer, clearinghouse, identity: Identity) -> None:
         self.writer = writer
         self.clearinghouse = clearinghouse
@@ -41,6 +45,7 @@ class Activations:
         answer = yield self.clearinghouse.reactivate(server, reason, contact or {})
         result = yield self._set_activation(EventId.REACTIVATED, lambda now: activation.activated(
             ActivationMethod.AUTOMATIC, answer["license_server_id"], answer["certificate"], now))
+        yield self._store_key_packs([], answer.get("retired_key_packs", ()))
         return result
 
     @defer.inlineCallbacks
@@ -55,9 +60,12 @@ class Activations:
         def job(store, now):
             current = store.activation()
             activation.require(current, wanted)
-            return {"license_server_id": current.license_server_id, "product_id": self.identity.product_id,
-                    "certificate": current.certificate}
+            return self._identity_for_ch(current)
         return self.writer.submit(job)
+
+    def _identity_for_ch(self, current: Activation) -> dict:
+        return {"license_server_id": current.license_server_id, "product_id": self.identity.product_id,
+                "certificate": current.certificate}
 
     def _set_activation(self, event_id: EventId, new: Callable[[int], Activation]) -> defer.Deferred:
         def job(store, now):
@@ -75,8 +83,12 @@ class Activations:
         ref = PurchaseRef.from_json(purchase)
         version, cal_type = _version_and_type(purchase)
         server = yield self._require_activation(True)
-        answer = yield self.clearinghouse.install(server, ref, version, cal_type, purchase.get("quantity"))
-        packs = yield self._store_key_packs([answer["key_pack"]])
+        try:
+            answer = yield self.clearinghouse.install(server, ref, version, cal_type, purchase.get("quantity"))
+        except TslsError as e:
+            yield self._check_in_after(e, server)
+            raise
+        packs = yield self._store_key_packs([answer["key_pack"]], answer.get("retired_key_packs", ()))
         return packs[0]
 
     @defer.inlineCallbacks
@@ -85,14 +97,48 @@ class Activations:
         ref = PurchaseRef.from_json(purchase)
         version, cal_type = _version_and_type(purchase)
         server = yield self._require_activation(True)
-        answer = yield self.clearinghouse.recover(server, ref, version, cal_type)
-        packs = yield self._store_key_packs(answer["key_packs"])
+        try:
+            answer = yield self.clearinghouse.recover(server, ref, version, cal_type)
+        except TslsError as e:
+            yield self._check_in_after(e, server)
+            raise
+        packs = yield self._store_key_packs(answer["key_packs"], answer.get("retired_key_packs", ()))
         return {"key_packs": packs}
 
-    def _store_key_packs(self, issued: list) -> defer.Deferred:
+    @defer.inlineCallbacks
+    def check_in(self):
+        """Contact the Clearinghouse (at start-up): retire the key packs a recovery elsewhere retired.
+        Fires with the key packs retired now; nothing to do when the server is not activated."""
+        def job(store, now):
+            current = store.activation()
+            return self._identity_for_ch(current) if current.activated else None
+        server = yield self.writer.submit(job)
+        if server is None:
+            return []
+        answer = yield self.clearinghouse.check_in(server)
+        retired = yield self._store_key_packs([], answer.get("retired_key_packs", ()))
+        return retired
+
+    def _check_in_after(self, refusal: TslsError, server: dict) -> defer.Deferred:
+        """A refused call is a contact too: learn the retirements (a best effort; the refusal stands)."""
+        if refusal.code in (Code.CLEARINGHOUSE_UNREACHABLE, Code.NOT_ACTIVATED, Code.BAD_CREDENTIALS,
+                            Code.UNKNOWN_LICENSE_SERVER):
+            return defer.succeed(None)
+        d = self.clearinghouse.check_in(server)
+        d.addCallback(lambda answer: self._store_key_packs([], answer.get("retired_key_packs", ())))
+        d.addErrback(lambda f: self.log.warn("check-in after a refusal failed: {error}", error=f.getErrorMessage()))
+        return d
+
+    def _store_key_packs(self, issued: list, retired_ids=()) -> defer.Deferred:
+        """Install the key packs the Clearinghouse issued (one already held is not installed twice)
+        and retire those it retired; fires with the installed packs, or the retired ones when none."""
         def job(store, now):
             out = []
             for kp in issued:
+                held = store.key_pack(kp["key_pack_id"])
+                if held is not None:
+                    out.append(key_pack_json(held))
+                    continue
                 pack = store.add_key_pack(kp["key_pack_id"], PurchaseRef.from_json(kp["purchase"]),
                                           ProductVersion(kp["product_version"]), CalType(kp["cal_type"]),
                                           kp["quantity"], now)
@@ -100,7 +146,12 @@ class Activations:
                 store.add_events([Event(now, EventId.KEY_PACK_INSTALLED,
                                         f"key pack {pack.key_pack_id} installed: {pack.total} "
                                         f"{pack.cal_type.value} CALs for Windows Server {pack.product_version.value}")])
-            return out
+            gone = store.retire_key_packs(retired_ids, now)
+            for pack in gone:
+                store.add_events([Event(now, EventId.KEY_PACK_RETIRED,
+                                        f"key pack {pack.key_pack_id} retired: its purchase was recovered onto another "
+                                        f"license server; its {pack.issued} issued CALs stay, no new one is issued")])
+            return out if issued else [key_pack_json(p) for p in gone]
 
         return self.writer.submit(job)
 

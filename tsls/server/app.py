@@ -54,6 +54,7 @@ class LicenseServer:
         self.install_key_pack = self.activation.install_key_pack
         self.recover = self.activation.recover
         self.key_packs = self.activation.key_packs
+        self.check_in = self.activation.check_in
 
         self.logon = self.ledger.logon
         self.report_logon = self.ledger.report_logon

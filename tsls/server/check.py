@@ -41,3 +41,80 @@ def _check(db) -> list[str]:
             "GROUP BY hwid, product_version, kind HAVING count(*) > 1"):
         problems.append(f"device {hwid}: {n} {kind} licenses for version {version}")
     return problems
+
+
+def check_lab(clearinghouse_path: str, server_paths: list[str]) -> list[str]:
+    """The lab-wide check: the Clearinghouse's own books, and, across it and every license server
+    database given, that no purchase has more CALs installed than were bought, unless the double
+    circulation is on record at the Clearinghouse (a recovery retired the key packs, and the old
+    server has not contacted it since). Every file is opened read-only."""
+    from tsls.clearinghouse.store import read_ledger
+
+    try:
+        ch = read_ledger(clearinghouse_path)
+    except sqlite3.DatabaseError as e:
+        return [f"{clearinghouse_path}: not a usable tsls Clearinghouse database: {e}"]
+    problems = []
+    for key, sale in ch["sales"].items():
+        live = [(kp_id, p) for kp_id, p in ch["key_packs"].items() if p["sale"] == key and p["retired_at"] is None]
+        if not 0 <= sale["installed"] <= sale["quantity"]:
+            problems.append(f"Clearinghouse: purchase {key}: installed {sale['installed']} outside 0..{sale['quantity']}")
+        if sum(p["quantity"] for _, p in live) != sale["installed"]:
+            problems.append(f"Clearinghouse: purchase {key}: installed {sale['installed']} but its live key packs "
+                            f"hold {sum(p['quantity'] for _, p in live)}")
+        elsewhere = sorted(kp_id for kp_id, p in live if p["license_server_id"] != sale["bound_to"])
+        if elsewhere:
+            problems.append(f"Clearinghouse: purchase {key}: live key packs {', '.join(elsewhere)} are not on the "
+                            f"server it is bound to")
+    circulating: dict[str, list] = {}
+    for path in server_paths:
+        try:
+            packs = _server_packs(path)
+        except sqlite3.DatabaseError as e:
+            problems.append(f"{path}: not a usable tsls license server database: {e}")
+            continue
+        for kp_id, sale_key, total, retired_at in packs:
+            issued = ch["key_packs"].get(kp_id)
+            if issued is None:
+                problems.append(f"{path}: key pack {kp_id} was not issued by this Clearinghouse")
+                continue
+            if issued["sale"] != sale_key or issued["quantity"] != total:
+                problems.append(f"{path}: key pack {kp_id} holds {total} CALs of {sale_key}; the Clearinghouse "
+                                f"issued {issued['quantity']} of {issued['sale']}")
+            if retired_at is None:
+                circulating.setdefault(issued["sale"], []).append((path, kp_id, total, issued))
+    for key, packs in sorted(circulating.items()):
+        quantity = ch["sales"].get(key, {}).get("quantity", 0)
+        total = sum(t for _, _, t, _ in packs)
+        if total <= quantity:
+            continue
+        where = ", ".join(f"{path}: {t} (key pack {kp_id})" for path, kp_id, t, _ in packs)
+        pending = [(path, kp_id) for path, kp_id, _, issued in packs if issued["retired_at"] is not None]
+        if pending:
+            record = "; on record at the Clearinghouse: " + ", ".join(
+                f"key pack {kp_id} on {path} was retired by a recovery and is retired there at its next "
+                f"Clearinghouse contact" for path, kp_id in pending)
+        else:
+            record = "; NOT on record at the Clearinghouse"
+        problems.append(f"double circulation: purchase {key} has {quantity} CALs but {total} are installed "
+                        f"across license servers ({where}){record}")
+    return problems
+
+
+def _server_packs(path: str) -> list[tuple]:
+    """(key_pack_id, purchase key at the Clearinghouse, total, retired_at) of every key pack in a
+    license server database, read-only."""
+    import json
+
+    from tsls.core.clearinghouse import purchase_key
+    from tsls.core.model import CalType, ProductVersion, PurchaseRef
+
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        columns = {r[1] for r in db.execute("PRAGMA table_info(key_packs)")}
+        retired = "retired_at" if "retired_at" in columns else "NULL"
+        rows = db.execute(f"SELECT key_pack_id, purchase, product_version, cal_type, total, {retired} FROM key_packs")
+        return [(r[0], purchase_key(PurchaseRef.from_json(json.loads(r[1])), ProductVersion(r[2]), CalType(r[3])),
+                 r[4], r[5]) for r in rows]
+    finally:
+        db.close()

@@ -180,6 +180,10 @@ MIGRATIONS = {
         PRIMARY KEY (product, hwid)
     )
     """,
+    # A key pack the Clearinghouse retired: its purchase was recovered onto another license server.
+    2: """
+    ALTER TABLE key_packs ADD COLUMN retired_at BIGINT
+    """,
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 
@@ -377,14 +381,14 @@ class PgLicenseStore:
         """The key packs (Issued changes with every grant by any daemon) and whether settings changed:
         one round trip, under the ledger lock."""
         rows = self._x("SELECT v.version, p.id, p.key_pack_id, p.purchase, p.product_version, p.cal_type, p.total, "
-                       "p.issued, p.installed_at FROM settings_version v LEFT JOIN key_packs p ON true ORDER BY p.id"
-                       ).fetchall()
+                       "p.issued, p.installed_at, p.retired_at FROM settings_version v LEFT JOIN key_packs p ON true "
+                       "ORDER BY p.id").fetchall()
         version = rows[0][0]
         if version != self._settings_version:
             self._cache = {}
             self._settings_version = version
         self._packs = tuple(KeyPack(r[1], r[2], self._purchase(r[3]), ProductVersion(r[4]), CalType(r[5]), r[6], r[7],
-                                    r[8]) for r in rows if r[1] is not None)
+                                    r[8], r[9]) for r in rows if r[1] is not None)
 
     def savepoint(self) -> "_Savepoint":
         """One request inside a shared transaction: a refusal undoes only its own writes."""
@@ -573,6 +577,20 @@ class PgLicenseStore:
     def per_user_logons(self, start: int, end: int) -> list[tuple]:
         return self._x('SELECT at, "user", hwid, machine, terminal_server FROM per_user_logons '
                        "WHERE at >= %s AND at < %s ORDER BY id", (start, end)).fetchall()
+
+    def key_pack(self, key_pack_id: str) -> KeyPack | None:
+        return next((p for p in self.key_packs() if p.key_pack_id == key_pack_id), None)
+
+    def retire_key_packs(self, key_pack_ids, now: int) -> list[KeyPack]:
+        """Mark these key packs retired (those this server holds and has not retired yet); returns them."""
+        retired = []
+        for key_pack_id in key_pack_ids:
+            row = self._x("UPDATE key_packs SET retired_at = %s WHERE key_pack_id = %s AND retired_at IS NULL "
+                          "RETURNING id", (now, key_pack_id)).fetchone()
+            if row is not None:
+                self._packs = None
+                retired.append(self.key_pack(key_pack_id))
+        return retired
 
     def add_key_pack(self, key_pack_id: str, purchase: PurchaseRef, version: ProductVersion, cal_type: CalType,
                      total: int, now: int) -> KeyPack:

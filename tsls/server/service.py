@@ -128,6 +128,14 @@ class LicenseServerService(MultiService):
         if self.server.lab_clock is not None and offset > self.server.lab_clock.offset:
             self.server.lab_clock.offset = offset
 
+    def startService(self):
+        super().startService()
+        # A contact with the Clearinghouse: key packs a recovery elsewhere retired stop issuing.
+        d = self.server.check_in()
+        d.addErrback(lambda f: log.warn("no check-in with the Clearinghouse at start-up: {error}",
+                                        error=f.getErrorMessage()))
+        self.checked_in = d         # fires when that is done (tests wait on it)
+
     def _sweep(self):
         """Expire what is due even when nobody logs on (every batch sweeps first). A failed sweep
         is logged, and the next one runs as usual. On a shared PostgreSQL database, only the daemon

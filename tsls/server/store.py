@@ -131,6 +131,10 @@ MIGRATIONS = {
         FROM meta WHERE key LIKE 'terminal~_server:%' ESCAPE '~';
     DELETE FROM meta WHERE key LIKE 'terminal~_server:%' ESCAPE '~';
     """,
+    # A key pack the Clearinghouse retired: its purchase was recovered onto another license server.
+    5: """
+    ALTER TABLE key_packs ADD COLUMN retired_at INTEGER;
+    """,
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 
@@ -325,9 +329,9 @@ class LicenseStore:
         packs = self._cache.get("key_packs")
         if packs is None:
             rows = self.db.execute("SELECT id, key_pack_id, purchase, product_version, cal_type, total, issued, "
-                                   "installed_at FROM key_packs ORDER BY id")
+                                   "installed_at, retired_at FROM key_packs ORDER BY id")
             packs = tuple(KeyPack(r[0], r[1], self._purchase(r[2]), ProductVersion(r[3]), CalType(r[4]), r[5], r[6],
-                                  r[7]) for r in rows)
+                                  r[7], r[8]) for r in rows)
             if self._cached:
                 self._cache["key_packs"] = packs
         return packs
@@ -430,8 +434,23 @@ class LicenseStore:
             f"(SELECT * FROM events WHERE {' AND '.join(where)} ORDER BY id DESC LIMIT ?) ORDER BY id", (*params, limit))
         return [(r[0], events.Event(r[1], events.EventId(r[2]), r[3], r[4], r[5], r[6], r[7])) for r in rows]
 
+    def key_pack(self, key_pack_id: str) -> KeyPack | None:
+        return next((p for p in self.key_packs() if p.key_pack_id == key_pack_id), None)
+
+    def retire_key_packs(self, key_pack_ids, now: int) -> list[KeyPack]:
+        """Mark these key packs retired (those this server holds and has not retired yet); returns them."""
+        retired = []
+        for key_pack_id in key_pack_ids:
+            cursor = self.db.execute("UPDATE key_packs SET retired_at = ? WHERE key_pack_id = ? AND retired_at IS NULL",
+                                     (now, key_pack_id))
+            if cursor.rowcount:
+                retired.append(self.key_pack(key_pack_id))
+        return retired
+
     def add_key_pack(self, key_pack_id: str, purchase: PurchaseRef, version: ProductVersion, cal_type: CalType,
                      total: int, now: int) -> KeyPack:
+        """Install a key pack the Clearinghouse issued. Callers skip one they already hold
+        (``key_pack``): the Clearinghouse may send the same key pack again (recovery, a repeated call)."""
         cursor = self.db.execute(
             "INSERT INTO key_packs (key_pack_id, purchase, reference, product_version, cal_type, total, installed_at) "
             "VALUES (?, ?, ?, ?, ?, ?, ?)",
