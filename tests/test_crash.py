@@ -196,7 +196,7 @@ def test_kill_nine_loses_no_acknowledged_clearinghouse_sale_or_install(tmp_path)
                 return          # the Clearinghouse died under us
 
         work = [load(i) for i in range(30)]
-        yield kill_at_random(daemon, rng, 0.1)
+        yield kill_at_random(daemon, rng, 0.3)      # a sale is two round trips (the operator's challenge)
         yield defer.DeferredList(work).addTimeout(TIMEOUT, reactor)
         db = sqlite3.connect(str(tmp_path / "clearinghouse.sqlite"))
         try:
