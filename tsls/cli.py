@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 
@@ -86,21 +87,49 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _url_of(endpoint: str) -> str:
-    """http(s)://host:port for a tcp: or ssl: server endpoint string, for the lab's own wiring."""
-    parts = endpoint.split(":")
-    port = parts[1]
-    host = next((p.split("=", 1)[1] for p in parts[2:] if p.startswith("interface=")), "127.0.0.1")
-    return f"{'https' if parts[0] == 'ssl' else 'http'}://{host}:{port}"
+def ready_address(port, endpoint: str) -> dict:
+    """What a client needs to reach a bound listening port: host and port (or a unix socket's path),
+    whether it speaks TLS, and the client endpoint string (tsls-admin/tsls-ts --server)."""
+    address = port.getHost()
+    tls = endpoint.split(":", 1)[0] == "ssl"
+    if not hasattr(address, "port"):                    # a unix socket
+        path = os.fsdecode(address.name)
+        return {"path": path, "tls": tls, "endpoint": f"unix:{path}"}
+    host = address.host
+    if host in ("0.0.0.0", ""):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    return {"host": host, "port": address.port, "tls": tls,
+            "endpoint": f"{'tls' if tls else 'tcp'}:{host}:{address.port}"}
+
+
+def http_address(port, endpoint: str) -> dict:
+    """ready_address for an HTTP listener: its URL instead of a client endpoint string."""
+    address = ready_address(port, endpoint)
+    address.pop("endpoint")
+    if "host" in address:
+        host = f"[{address['host']}]" if ":" in address["host"] else address["host"]
+        address["url"] = f"{'https' if address['tls'] else 'http'}://{host}:{address['port']}"
+    return address
 
 
 def _console_endpoint(value: str | None) -> str | None:
     return None if value in (None, "", "none") else value
 
 
-def build(reactor, args):
-    from twisted.application.service import MultiService
+class Daemons:
+    """The services one ``tsls`` daemon command runs, not yet started. The Clearinghouse, when there
+    is one, starts first: in the lab, the license server's client is pointed at the port it bound
+    (so ``--clearinghouse-listen tcp:0:...`` works) before the license server starts."""
 
+    def __init__(self) -> None:
+        self.clearinghouse = self.clearinghouse_listen = None
+        self.license_server = self.license_listen = self.console_listen = None
+        self.clearinghouse_client = None
+
+
+def build(reactor, args) -> Daemons:
     from tsls.clearinghouse.client import ClearinghouseClient
     from tsls.clearinghouse.service import make_service as make_clearinghouse
     from tsls.server.service import LicenseServerService
@@ -108,22 +137,53 @@ def build(reactor, args):
     from tsls.files import private_directory
 
     private_directory(args.data_dir)
-    top = MultiService()
+    daemons = Daemons()
     # In the lab, the Clearinghouse reads the license server's lab clock, so certificates age with it.
     lab_clock = _lab_clock(reactor, args)
-    if args.command in ("lab", "server"):
-        url = _url_of(args.clearinghouse_listen) if args.command == "lab" else args.clearinghouse_url
-        database = getattr(args, "database", None)
-        LicenseServerService(reactor, args.listen, database or os.path.join(args.data_dir, "license-server.sqlite"),
-                             ClearinghouseClient(url), seed=args.seed, lab_clock=lab_clock,
-                             credential_path=os.path.join(args.data_dir, "admin.secret") if database else None,
-                             database_password=_database_password(args),
-                             console_listen=_console_endpoint(args.console_listen)).setServiceParent(top)
     if args.command in ("lab", "clearinghouse"):
         listen = args.clearinghouse_listen if args.command == "lab" else args.listen
-        make_clearinghouse(reactor, listen, os.path.join(args.data_dir, "clearinghouse.sqlite"),
-                           clock=lab_clock).setServiceParent(top)
-    return top
+        daemons.clearinghouse = make_clearinghouse(reactor, listen, os.path.join(args.data_dir, "clearinghouse.sqlite"),
+                                                   clock=lab_clock)
+        daemons.clearinghouse_listen = listen
+    if args.command in ("lab", "server"):
+        # The lab's URL is set once the Clearinghouse has bound its port (start, below).
+        client = ClearinghouseClient(args.clearinghouse_url if args.command == "server" else "http://127.0.0.1:0")
+        database = getattr(args, "database", None)
+        daemons.console_listen = _console_endpoint(args.console_listen)
+        daemons.license_server = LicenseServerService(
+            reactor, args.listen, database or os.path.join(args.data_dir, "license-server.sqlite"),
+            client, seed=args.seed, lab_clock=lab_clock,
+            credential_path=os.path.join(args.data_dir, "admin.secret") if database else None,
+            database_password=_database_password(args), console_listen=daemons.console_listen)
+        daemons.license_listen = args.listen
+        daemons.clearinghouse_client = client
+    return daemons
+
+
+async def start(top, daemons: Daemons, args) -> dict:
+    """Start the services under ``top`` (a running MultiService) in order; return the ready line's
+    content once every listener is bound. Fails if one cannot listen."""
+    ready = {"event": "ready", "command": f"tsls {args.command}", "pid": os.getpid(),
+             "data_dir": os.path.abspath(args.data_dir)}
+    if daemons.clearinghouse is not None:
+        daemons.clearinghouse.setServiceParent(top)
+        port = await next(_listeners(daemons.clearinghouse)).listening
+        log.info("clearinghouse listening on {address}", address=port.getHost())
+        ready["clearinghouse"] = http_address(port, daemons.clearinghouse_listen)
+        if args.command == "lab":
+            daemons.clearinghouse_client.base_url = ready["clearinghouse"]["url"]
+    if daemons.license_server is not None:
+        service = daemons.license_server
+        service.setServiceParent(top)
+        port = await service.listener.listening
+        log.info("license server listening on {address}", address=port.getHost())
+        ready["license_server"] = {**ready_address(port, daemons.license_listen),
+                                   "clearinghouse_url": daemons.clearinghouse_client.base_url}
+        if getattr(service, "console", None) is not None:
+            port = await service.console_listener.listening
+            log.info("console listening on {address}", address=port.getHost())
+            ready["console"] = http_address(port, daemons.console_listen)
+    return ready
 
 
 def _lab_clock(reactor, args):
@@ -207,7 +267,8 @@ def main(argv=None) -> int:
         paths = make_certs(args.dir)
         print(f"server key and certificate: {paths['server']} (mode 0600)\nlab CA: {paths['ca']}")
         return 0
-    from twisted.internet import reactor
+    from twisted.application.service import MultiService
+    from twisted.internet import defer, reactor
 
     from tsls.errors import TslsError
     from tsls.files import ExposedError
@@ -216,24 +277,31 @@ def main(argv=None) -> int:
     observer = jsonFileLogObserver(sys.stdout) if args.log_json else textFileLogObserver(sys.stdout)
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
     try:
-        top = build(reactor, args)
+        daemons = build(reactor, args)
     except (StoreError, ExposedError) as e:
         print(f"tsls: error {e.code.value}: {e}", file=sys.stderr)
         return 1
     except TslsError as e:
         print(f"tsls: {e.message}", file=sys.stderr)
         return 2
+    top = MultiService()
     failed = []
 
-    def start():
-        top.startService()
-        for listener in _listeners(top):
-            listener.listening.addCallbacks(
-                lambda port, name=listener.name: log.info("{name} listening on {address}", name=name,
-                                                           address=port.getHost()),
-                lambda f: (failed.append(f.getErrorMessage()), reactor.stop()))
+    def announce(ready):
+        # The ready line: one line of JSON that starts with {"event": "ready"} (README, "Two commands").
+        sys.stdout.write(json.dumps(ready) + "\n")
+        sys.stdout.flush()
 
-    reactor.callWhenRunning(start)
+    def cannot_listen(failure):
+        failed.append(failure.getErrorMessage())
+        if reactor.running:
+            reactor.stop()
+
+    def run():
+        top.startService()
+        defer.ensureDeferred(start(top, daemons, args)).addCallbacks(announce, cannot_listen)
+
+    reactor.callWhenRunning(run)
     reactor.addSystemEventTrigger("before", "shutdown", top.stopService)
     reactor.run()
     if failed:

@@ -75,8 +75,13 @@ async def serve(reactor, terminal_server, state, state_dir: str, endpoint: str |
     factory.observers.append(report)
     port = await listen(reactor, factory, endpoint or DEFAULT_LISTEN)
     address = port.getHost()
-    print(f"terminal server {terminal_server.name} listening for RDP clients on {address.host}:{address.port}",
-          flush=True)
+    if not as_json:
+        print(f"terminal server {terminal_server.name} listening for RDP clients on {address.host}:{address.port}",
+              flush=True)
+    # The ready line (docs/rdp.md): one line of JSON once the port is bound, in text mode too.
+    print(json.dumps({"event": "ready", "command": "tsls-ts rdp", "pid": os.getpid(),
+                      "terminal_server": terminal_server.name,
+                      "rdp": {"host": address.host, "port": address.port}}), flush=True)
     try:
         await done
     finally:

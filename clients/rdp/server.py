@@ -142,9 +142,11 @@ class RdpFront(Protocol, TimeoutMixin):
     def connectionMade(self) -> None:
         self.setTimeout(IDLE_TIMEOUT)
         self.summary = {"peer": str(self.transport.getPeer()), "outcome": None}
+        self.received = 0
 
     def dataReceived(self, data: bytes) -> None:
         self.resetTimeout()
+        self.received += len(data)
         self.buffer += data
         try:
             if len(self.buffer) > MAX_BUFFERED:
@@ -169,6 +171,8 @@ class RdpFront(Protocol, TimeoutMixin):
 
     def connectionLost(self, reason=None) -> None:
         self.setTimeout(None)
+        if self.summary["outcome"] is None and not self.received:
+            return          # a probe of the port (connected, sent nothing, closed): not a client
         if self.summary["outcome"] is None:
             self.summary.update(outcome="client_closed")
         self.factory.finished(self.summary)

@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer, reactor, utils
+from twisted.internet import defer, endpoints, protocol, reactor, utils
 
 from clients.rdp.listen import listen, make_factory
 from clients.tssim import ClientKeepsLicense, TerminalServer, TerminalServerState, hardware_id
@@ -160,26 +160,34 @@ def test_a_per_user_terminal_server_logs_the_user_and_stores_nothing(rdp_per_use
 
 @pytest_twisted.inlineCallbacks
 def test_the_tsls_ts_rdp_command(rdp, capsys, tmp_path):
-    """`tsls-ts rdp --connections 1 --json`: listens, prints a JSON line for the client, and returns."""
-    import socket
+    """`tsls-ts rdp --connections 1 --json`: listens on an ephemeral port, prints the ready line with the
+    bound port, ignores a probe of the port (connect, send nothing, close), prints a JSON line for the
+    client, and returns."""
     from clients import tssim
 
     yield install(rdp, capsys, 1)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     args = tssim.parser().parse_args(["--server", rdp.lab.endpoint, "--state-dir", str(tmp_path / "cli"), "--json",
-                                      "--name", "TS02", "rdp", "--listen", f"tcp:{port}:interface=127.0.0.1",
+                                      "--name", "TS02", "rdp", "--listen", "tcp:0:interface=127.0.0.1",
                                       "--connections", "1"])
     capsys.readouterr()
     serving = defer.ensureDeferred(tssim.command(reactor, args))
-    out, err, _ = yield utils.getProcessOutputAndValue(
+    ready = json.loads(capsys.readouterr().out.splitlines()[0])    # a TCP port is bound synchronously
+    assert (ready["event"], ready["command"], ready["terminal_server"]) == ("ready", "tsls-ts rdp", "TS02")
+    port = ready["rdp"]["port"]
+    assert ready["rdp"]["host"] == "127.0.0.1" and port > 0
+    probe = yield endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", port).connect(
+        protocol.Factory.forProtocol(protocol.Protocol)).addTimeout(TIMEOUT, reactor)
+    closed = defer.Deferred()
+    probe.connectionLost = lambda reason: closed.callback(None)
+    probe.transport.loseConnection()
+    yield closed.addTimeout(TIMEOUT, reactor)
+    out, err, code = yield utils.getProcessOutputAndValue(
         "xvfb-run", ["-a", "xfreerdp", f"/v:127.0.0.1:{port}", "/sec:tls", "/cert:ignore", "/u:carol", "/p:x",
                      "/client-hostname:cli-host", "/auth-only", "/timeout:20000"],
         env={**os.environ, "XDG_CONFIG_HOME": str(tmp_path / "cli-client")}).addTimeout(TIMEOUT, reactor)
     yield serving.addTimeout(TIMEOUT, reactor)
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].startswith(f"terminal server TS02 listening for RDP clients on 127.0.0.1:{port}")
-    row = json.loads(lines[1])
+    assert len(lines) == 1, lines           # the probe was no client
+    row = json.loads(lines[0])
     assert (row["machine"], row["user"], row["outcome"], row["kind"]) == ("cli-host", "carol", "new_license", "temporary")
     assert (tmp_path / "cli" / "rdp" / "TS02" / "licensing-key.pem").stat().st_mode & 0o077 == 0
