@@ -54,13 +54,15 @@ class Daemon(protocol.ProcessProtocol):
 
 @pytest_twisted.inlineCallbacks
 def test_lab_on_ephemeral_ports_wires_the_bound_clearinghouse_port_through(tmp_path, capsys):
-    lab = Daemon.spawn("lab", "--data-dir", str(tmp_path), "--listen", ANY, "--clearinghouse-listen", ANY)
+    lab = Daemon.spawn("lab", "--data-dir", str(tmp_path), "--listen", ANY, "--clearinghouse-listen", ANY,
+                       "--console-listen", ANY)
     try:
         ready = yield lab.ready.addTimeout(TIMEOUT, reactor)
         ch, ls = ready["clearinghouse"], ready["license_server"]
         assert (ready["command"], ready["pid"], ready["data_dir"]) == ("tsls lab", lab.transport.pid, str(tmp_path))
         assert ch["port"] > 0 and ch["url"] == f"http://127.0.0.1:{ch['port']}" and not ch["tls"]
         assert ls["endpoint"] == f"tcp:127.0.0.1:{ls['port']}" and ls["clearinghouse_url"] == ch["url"]
+        assert ready["console"]["url"] == f"http://127.0.0.1:{ready['console']['port']}"
         # Activation goes license server -> Clearinghouse: it works only if the bound port was wired through.
         args = admin.parser().parse_args(["--server", ls["endpoint"], "--credential", str(tmp_path / "admin.secret"),
                                           "--json", "activate"])
@@ -70,7 +72,8 @@ def test_lab_on_ephemeral_ports_wires_the_bound_clearinghouse_port_through(tmp_p
 
         # The same ports again: one clear line, exit 1, no traceback.
         again = Daemon.spawn("lab", "--data-dir", str(tmp_path / "again"), "--listen", ls["endpoint"].replace(
-            "tcp:127.0.0.1:", "tcp:") + ":interface=127.0.0.1", "--clearinghouse-listen", ANY)
+            "tcp:127.0.0.1:", "tcp:") + ":interface=127.0.0.1", "--clearinghouse-listen", ANY,
+            "--console-listen", "none")
         code = yield again.ended.addTimeout(TIMEOUT, reactor)
         assert code == 1
         assert again.err.decode().splitlines() == [

@@ -163,6 +163,8 @@ def build(reactor, args) -> Daemons:
 async def start(top, daemons: Daemons, args) -> dict:
     """Start the services under ``top`` (a running MultiService) in order; return the ready line's
     content once every listener is bound. Fails if one cannot listen."""
+    from twisted.internet import defer
+
     ready = {"event": "ready", "command": f"tsls {args.command}", "pid": os.getpid(),
              "data_dir": os.path.abspath(args.data_dir)}
     if daemons.clearinghouse is not None:
@@ -175,14 +177,17 @@ async def start(top, daemons: Daemons, args) -> dict:
     if daemons.license_server is not None:
         service = daemons.license_server
         service.setServiceParent(top)
-        port = await service.listener.listening
-        log.info("license server listening on {address}", address=port.getHost())
-        ready["license_server"] = {**ready_address(port, daemons.license_listen),
+        listeners = [service.listener] + ([service.console_listener] if service.console is not None else [])
+        try:    # wait for all, so a second failure is not left unhandled
+            ports = await defer.gatherResults([listener.listening for listener in listeners], consumeErrors=True)
+        except defer.FirstError as e:
+            e.subFailure.raiseException()
+        log.info("license server listening on {address}", address=ports[0].getHost())
+        ready["license_server"] = {**ready_address(ports[0], daemons.license_listen),
                                    "clearinghouse_url": daemons.clearinghouse_client.base_url}
-        if getattr(service, "console", None) is not None:
-            port = await service.console_listener.listening
-            log.info("console listening on {address}", address=port.getHost())
-            ready["console"] = http_address(port, daemons.console_listen)
+        if len(ports) > 1:
+            log.info("console listening on {address}", address=ports[1].getHost())
+            ready["console"] = http_address(ports[1], daemons.console_listen)
     return ready
 
 
