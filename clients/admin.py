@@ -400,6 +400,8 @@ async def clearinghouse_command(args) -> None:
 def _print_status(s: dict) -> None:
     a = s["activation"]
     print(f"product ID:        {s['product_id']}")
+    if "server_version" in s:
+        print(f"server version:    Windows Server {s['server_version']}")
     print(f"activation:        {a['status']}" + (f" ({a['method']}, {a['activated_at']})" if a["activated_at"] else ""))
     print(f"license server ID: {a['license_server_id'] or '-'}")
     print(f"lab time:          {s['now']}")

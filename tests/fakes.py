@@ -40,12 +40,12 @@ class FakeClearinghouse:
         return {"license_server_id": server["license_server_id"], "retired_key_packs": []}
 
     @defer.inlineCallbacks
-    def install(self, server, ref, product_version=None, cal_type=None, quantity=None):
+    def install(self, server, ref, product_version=None, cal_type=None, quantity=None, server_version=None):
         yield self._call("install", server["license_server_id"], ref.reference)
         return {"key_pack": self._pack(ref, product_version, cal_type, quantity)}
 
     @defer.inlineCallbacks
-    def recover(self, server, ref, product_version=None, cal_type=None):
+    def recover(self, server, ref, product_version=None, cal_type=None, server_version=None):
         yield self._call("recover", server["license_server_id"], ref.reference)
         return {"key_packs": [self._pack(ref, None, None, None)]}
 

@@ -34,6 +34,9 @@ def _parser() -> argparse.ArgumentParser:
     def server_options(p):
         p.add_argument("--listen", default=DEFAULT_LISTEN, help="Twisted endpoint (default: %(default)s)")
         p.add_argument("--seed", help="seed for CAL lifetimes, so a run can be replayed exactly")
+        p.add_argument("--server-version", metavar="VERSION",
+                       help="the license server's own Windows version, 2003 to 2025 (kept in its database; default: "
+                            "the one kept, else 2025). It hosts CALs of its version and older (docs/versions.md)")
         p.add_argument("--lab-clock", action="store_true",
                        help="run on a lab clock that tsls-admin clock can move forward (+90d, an ISO date)")
         p.add_argument("--lab-start", metavar="DATE",
@@ -154,7 +157,8 @@ def build(reactor, args) -> Daemons:
             reactor, args.listen, database or os.path.join(args.data_dir, "license-server.sqlite"),
             client, seed=args.seed, lab_clock=lab_clock,
             credential_path=os.path.join(args.data_dir, "admin.secret") if database else None,
-            database_password=_database_password(args), console_listen=daemons.console_listen)
+            database_password=_database_password(args), console_listen=daemons.console_listen,
+            version=_server_version(args.server_version))
         daemons.license_listen = args.listen
         daemons.clearinghouse_client = client
     return daemons
@@ -213,6 +217,12 @@ def _database_password(args) -> str | None:
             return f.read().rstrip("\r\n")
     except OSError as e:
         raise StoreError(f"cannot read the database password file {path}: {e.strerror}") from None
+
+
+def _server_version(text):
+    from tsls.core.model import ProductVersion
+
+    return None if text is None else ProductVersion.parse(text)
 
 
 def check(args) -> int:

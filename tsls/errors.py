@@ -37,6 +37,7 @@ class Code(enum.Enum):
     LAB_CLOCK_DISABLED = "LAB_CLOCK_DISABLED"
     CLOCK_BACKWARDS = "CLOCK_BACKWARDS"
     UNKNOWN_LICENSE = "UNKNOWN_LICENSE"
+    LS_VERSION_TOO_LOW = "LS_VERSION_TOO_LOW"          # the license server is older than the session host
     # Per Server / Per Seat products, Small Business Server
     UNKNOWN_PRODUCT = "UNKNOWN_PRODUCT"
     PRODUCT_EXISTS = "PRODUCT_EXISTS"
@@ -52,6 +53,8 @@ class Code(enum.Enum):
     LICENSE_LIMIT_EXCEEDED = "LICENSE_LIMIT_EXCEEDED"
     # Purchases, key packs, activation
     INVALID_PURCHASE = "INVALID_PURCHASE"
+    NO_SUCH_CAL_VERSION = "NO_SUCH_CAL_VERSION"        # e.g. 2012 R2: no separate CAL exists
+    CAL_NEWER_THAN_SERVER = "CAL_NEWER_THAN_SERVER"    # installing CALs the license server cannot host
     UNKNOWN_PURCHASE = "UNKNOWN_PURCHASE"
     PURCHASE_EXISTS = "PURCHASE_EXISTS"
     PURCHASE_BOUND = "PURCHASE_BOUND"

@@ -271,3 +271,22 @@ async def test_an_unreachable_clearinghouse_is_a_clear_error():
     ch = ClearinghouseClient("http://127.0.0.1:9", operator_secret=OPERATOR)
     error = await expect(Code.CLEARINGHOUSE_UNREACHABLE, ch.list_purchases())
     assert "http://127.0.0.1:9" in error.message
+
+
+@pytest_twisted.ensureDeferred
+async def test_cals_newer_than_the_license_server_are_refused_before_the_purchase_is_bound(api):
+    ch, _, _ = api
+    await ch.sell(sale(quantity=5, version=ProductVersion.W2022))
+    server = me(await ch.activate(PRODUCT, CONTACT))
+    error = await expect(Code.CAL_NEWER_THAN_SERVER, ch.install(server, RETAIL, server_version=ProductVersion.W2019))
+    assert error.details == {"server_version": "2019", "cal_version": "2022"}
+    assert (await ch.list_purchases())[0]["bound_to"] is None
+    pack = (await ch.install(server, RETAIL, server_version=ProductVersion.W2025))["key_pack"]
+    assert pack["product_version"] == "2022"
+
+
+@pytest_twisted.ensureDeferred
+async def test_no_2012_r2_cal_can_be_sold(api):
+    ch, _, _ = api
+    body = {**RETAIL.to_json(), "product_version": "2012R2", "cal_type": "per_device", "quantity": 5}
+    await expect(Code.NO_SUCH_CAL_VERSION, ch.sell(body))

@@ -20,8 +20,9 @@ def with_timeout(d):
 
 
 class Daemon:
-    def __init__(self, tmp_path, clearinghouse=None, clock=None, lab_clock=None):
+    def __init__(self, tmp_path, clearinghouse=None, clock=None, lab_clock=None, version=None):
         self.path = str(tmp_path / "ls.sqlite")
+        self.version = version
         self.clearinghouse = clearinghouse or FakeClearinghouse()
         self.clock = clock
         self.lab_clock = lab_clock
@@ -30,7 +31,8 @@ class Daemon:
     @defer.inlineCallbacks
     def start(self):
         self.service = LicenseServerService(reactor, "tcp:0:interface=127.0.0.1", self.path, self.clearinghouse,
-                                            clock=self.clock, seed="1", lab_clock=self.lab_clock)
+                                            clock=self.clock, seed="1", lab_clock=self.lab_clock,
+                                            version=self.version)
         self.service.startService()
         port = yield self.service.listener.listening
         self.endpoint = f"tcp:127.0.0.1:{port.getHost().port}"

@@ -5,6 +5,7 @@ from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
+from tsls.core.model import ProductVersion
 from tsls.server.protocol import DRAIN_TIMEOUT, FOLLOW_BACKLOG, LINES_PER_TURN, MAX_IN_FLIGHT, LicenseFactory
 
 
@@ -13,6 +14,7 @@ class Server:
 
     class identity:
         product_id = "00000-000-0000000-00000"
+        version = ProductVersion.W2025
 
     class writer:
         class clock:

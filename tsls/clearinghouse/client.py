@@ -88,12 +88,16 @@ class ClearinghouseClient:
     def deactivate(self, server: dict) -> defer.Deferred:
         return self._call("POST", "deactivations", dict(server))
 
-    def install(self, server: dict, ref, product_version=None, cal_type=None, quantity=None) -> defer.Deferred:
+    def install(self, server: dict, ref, product_version=None, cal_type=None, quantity=None,
+                server_version=None) -> defer.Deferred:
+        """``server_version``: the license server's Windows version; CALs newer than it are refused."""
         return self._call("POST", "installations",
-                          {**server, "purchase": _purchase(ref, product_version, cal_type, quantity)})
+                          {**server, "purchase": _purchase(ref, product_version, cal_type, quantity),
+                           **_version(server_version)})
 
-    def recover(self, server: dict, ref, product_version=None, cal_type=None) -> defer.Deferred:
-        return self._call("POST", "recoveries", {**server, "purchase": _purchase(ref, product_version, cal_type, None)})
+    def recover(self, server: dict, ref, product_version=None, cal_type=None, server_version=None) -> defer.Deferred:
+        return self._call("POST", "recoveries", {**server, "purchase": _purchase(ref, product_version, cal_type, None),
+                                                 **_version(server_version)})
 
     def check_in(self, server: dict) -> defer.Deferred:
         """The server's record, with ``retired_key_packs``: its key packs a recovery elsewhere retired."""
@@ -101,6 +105,10 @@ class ClearinghouseClient:
 
     def license_server(self, license_server_id: str) -> defer.Deferred:
         return self._operator_call("GET", f"license-servers/{license_server_id}")
+
+
+def _version(server_version) -> dict:
+    return {} if server_version is None else {"server_version": server_version.value}
 
 
 def _purchase(ref, product_version, cal_type, quantity) -> dict:

@@ -27,13 +27,13 @@ AUTHORIZATION = re.compile(r"TSLS-Operator nonce=([0-9a-f]{32}), proof=([0-9a-f]
 ALPHANUMERIC = string.ascii_uppercase + string.digits
 
 STATUS = {
-    Code.BAD_REQUEST: 400, Code.BAD_JSON: 400, Code.INVALID_PURCHASE: 400,
+    Code.BAD_REQUEST: 400, Code.BAD_JSON: 400, Code.INVALID_PURCHASE: 400, Code.NO_SUCH_CAL_VERSION: 400,
     Code.OPERATOR_REQUIRED: 401,
     Code.UNKNOWN_LICENSE_SERVER: 403, Code.NOT_ACTIVATED: 403, Code.BAD_CREDENTIALS: 403,
     Code.UNKNOWN_PURCHASE: 404, Code.NOT_FOUND: 404,
     Code.METHOD_NOT_ALLOWED: 405,
     Code.PURCHASE_EXISTS: 409, Code.PURCHASE_BOUND: 409, Code.QUANTITY_EXCEEDED: 409,
-    Code.ALREADY_ACTIVATED: 409, Code.ALREADY_RECOVERED: 409,
+    Code.ALREADY_ACTIVATED: 409, Code.ALREADY_RECOVERED: 409, Code.CAL_NEWER_THAN_SERVER: 409,
     Code.TOO_LARGE: 413,
 }
 
@@ -174,7 +174,8 @@ class Clearinghouse:
         ref, key, purchase = self._purchase(body)
         with self.store.transaction():
             server = self._caller(body)
-            sale, quantity = rules.install(self.store.sale(key), server, purchase.get("quantity"))
+            sale, quantity = rules.install(self.store.sale(key), server, purchase.get("quantity"),
+                                           _server_version(body))
             self.store.put_sale(key, sale)
             pack = self._issue(key, sale, server, quantity)
             retired = self.store.retired_key_packs(server.license_server_id)
@@ -187,7 +188,7 @@ class Clearinghouse:
         with self.store.transaction():
             server = self._caller(body)
             sale = self.store.sale(key)
-            recovery = rules.recover(sale, server, self.store.live_key_packs(key))
+            recovery = rules.recover(sale, server, self.store.live_key_packs(key), _server_version(body))
             packs = [self._pack_json(p.key_pack_id, sale, p.quantity) for p in recovery.kept]
             if recovery.issue:
                 self.store.put_sale(key, recovery.sale)
@@ -220,6 +221,11 @@ class Clearinghouse:
         p = sale.purchase
         return {"key_pack_id": key_pack_id, "reference": p.ref.reference, "purchase": p.ref.to_json(),
                 "product_version": p.product_version.value, "cal_type": p.cal_type.value, "quantity": quantity}
+
+
+def _server_version(body: dict) -> ProductVersion | None:
+    value = body.get("server_version")
+    return None if value is None else ProductVersion.parse(value)
 
 
 def _enum(cls, value, what):

@@ -11,7 +11,7 @@ import re
 
 import attrs
 
-from tsls.core.model import CalType, Program, ProductVersion, Purchase, PurchaseRef, parse_quantity
+from tsls.core.model import CalType, Program, ProductVersion, Purchase, PurchaseRef, check_server_hosts, parse_quantity
 from tsls.errors import Code, TslsError
 
 PRODUCT_ID = re.compile(r"\d{5}-\d{3}-\d{7}-\d{5}")
@@ -121,11 +121,16 @@ def activate(current: Server | None) -> None:
                         f"{current.license_server_id}; reactivate or deactivate it instead")
 
 
-def install(sale: Sale | None, server: Server, quantity: object) -> tuple[Sale, int]:
+def install(sale: Sale | None, server: Server, quantity: object,
+            server_version: ProductVersion | None = None) -> tuple[Sale, int]:
     """Bind the purchase to the server that installs it first and take ``quantity`` CALs from it
-    (default: all that remain). Returns the new sale and how many CALs the key pack carries."""
+    (default: all that remain). Returns the new sale and how many CALs the key pack carries.
+    ``server_version``, when the license server gives it: CALs newer than it are refused before
+    anything is bound [§9, RDSCAL]."""
     if sale is None:
         raise TslsError(Code.UNKNOWN_PURCHASE, "no purchase with that license information was sold")
+    if server_version is not None:
+        check_server_hosts(server_version, sale.purchase.product_version)
     if sale.bound_to is not None and sale.bound_to != server.license_server_id:
         raise TslsError(Code.PURCHASE_BOUND, "this purchase is installed on another license server; "
                         "a rebuilt server gets its CALs back by recovery")
@@ -158,13 +163,17 @@ class Recovery:
     retired: tuple[IssuedPack, ...] = ()
 
 
-def recover(sale: Sale | None, server: Server, live: tuple[IssuedPack, ...]) -> Recovery:
+def recover(sale: Sale | None, server: Server, live: tuple[IssuedPack, ...],
+            server_version: ProductVersion | None = None) -> Recovery:
     """A rebuilt license server gets back every CAL of the purchase that was installed [§4]. A recovery
     moves the purchase, it never adds CALs: the caller that already holds the purchase gets the key
     packs it has; otherwise every key pack of the purchase still live elsewhere is retired (the old
-    server learns it at its next contact) and one key pack of the installed quantity is issued."""
+    server learns it at its next contact) and one key pack of the installed quantity is issued.
+    CALs newer than ``server_version`` are refused, as by ``install``."""
     if sale is None:
         raise TslsError(Code.UNKNOWN_PURCHASE, "no purchase with that license information was sold")
+    if server_version is not None:
+        check_server_hosts(server_version, sale.purchase.product_version)
     if sale.installed == 0:
         raise TslsError(Code.NOT_FOUND, "this purchase was never installed: install it instead")
     held = tuple(p for p in live if p.license_server_id == server.license_server_id)

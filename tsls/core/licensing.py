@@ -21,6 +21,7 @@ from tsls.core.model import (
     LicenseStatus,
     ProductVersion,
     iso,
+    server_serves_host,
 )
 from tsls.errors import Code, TslsError
 
@@ -39,10 +40,16 @@ class TerminalServer:
     authenticated: bool = False     # proved its identity with a registered secret
 
 
-def check_terminal_server(ts: TerminalServer) -> None:
-    """User CALs cannot be issued to Windows 2000 terminal servers [§1, KB822134]."""
+def check_terminal_server(ts: TerminalServer, server_version: ProductVersion | None = None) -> None:
+    """User CALs cannot be issued to Windows 2000 terminal servers [§1, KB822134]. A license server
+    older than the session host does not serve it [§3, cc775148; §9: LOWER_VERSION]."""
     if ts.version is ProductVersion.W2000 and ts.mode is CalType.PER_USER:
         raise TslsError(Code.MODE_UNSUPPORTED, "a Windows 2000 terminal server has no Per User licensing mode")
+    if server_version is not None and not server_serves_host(server_version, ts.version):
+        raise TslsError(Code.LS_VERSION_TOO_LOW,
+                        f"this {server_version.label} license server cannot serve a {ts.version.label} session "
+                        "host: a license server must be the same version as the session host or newer",
+                        server_version=server_version.value, host_version=ts.version.value)
 
 
 def check_security_group(enabled: bool, ts: TerminalServer, member: bool) -> None:

@@ -26,57 +26,135 @@ def iso(ts: int | None) -> str | None:
 
 
 class ProductVersion(enum.Enum):
-    """Windows Server versions a terminal server emulates and CALs are sold for [§3]."""
+    """Windows Server versions: of a terminal server (RD Session Host), of a license server, and of
+    the CALs sold for them [§3, §9]. Everything known about each is in one table, ``VERSIONS``."""
 
     W2000 = "2000"
     W2003 = "2003"
     W2008 = "2008"
     W2008R2 = "2008R2"
     W2012 = "2012"
+    W2012R2 = "2012R2"
     W2016 = "2016"
     W2019 = "2019"
     W2022 = "2022"
+    W2025 = "2025"
+
+    @property
+    def info(self) -> "VersionInfo":
+        return VERSIONS[self]
 
     @property
     def rank(self) -> int:
-        """Order for "same or newer serves" [§3 version rules]. A 2008 TS CAL is
-        functionally equal to a 2008 R2 RDS CAL [technet hh553159], so they share a rank."""
-        return _RANK[self]
+        """The CAL generation, which orders "same or newer" [§3, §9]."""
+        return VERSIONS[self].generation
+
+    @property
+    def label(self) -> str:
+        return VERSIONS[self].label
 
     @property
     def windows_version(self) -> tuple[int, int]:
         """(major, minor) of the Windows release, as an RDP ProductInfo dwVersion carries it."""
-        return _WINDOWS_VERSION[self]
+        return VERSIONS[self].windows
+
+    @property
+    def has_cal(self) -> bool:
+        """Whether CALs of this version exist: there is no separate 2012 R2 CAL [§9, NOLS]."""
+        return VERSIONS[self].cal
 
     def serves(self, terminal_server: "ProductVersion") -> bool:
         """A CAL of this version serves a terminal server of that version."""
-        return self.rank >= terminal_server.rank
+        return cal_serves_host(self, terminal_server)
 
     @classmethod
     def parse(cls, text: object) -> "ProductVersion":
+        if isinstance(text, str):
+            text = text.replace(" ", "").replace("-", "").upper()
         return _parse_enum(cls, text, "product version")
 
+    @classmethod
+    def newest(cls) -> "ProductVersion":
+        return max(cls, key=lambda v: (v.rank, v.windows_version))
 
-_RANK = {
-    ProductVersion.W2000: 0,
-    ProductVersion.W2003: 1,
-    ProductVersion.W2008: 2,
-    ProductVersion.W2008R2: 2,
-    ProductVersion.W2012: 3,
-    ProductVersion.W2016: 4,
-    ProductVersion.W2019: 5,
-    ProductVersion.W2022: 6,
+
+@attrs.frozen
+class VersionInfo:
+    """One row of the version table.
+
+    generation: the CAL generation. A 2008 TS CAL is functionally equal to a 2008 R2 RDS CAL
+      [§3, technet hh553159] and there is no separate 2012 R2 CAL, so 2012 R2 hosts and license
+      servers take the 2012 generation [§9, RDSCAL; NOLS].
+    windows: (major, minor) as the RDP ProductInfo dwVersion announces it [RDPELE 2.2.2.1.1].
+    wmi_product_version_id: Win32_TSLicenseKeyPack.ProductVersionID (2 = 2008, 3 = 2008 R2,
+      4 = 2012); None where Microsoft documents no number [§9, WMI:win32-tslicensekeypack].
+    wmi_install_version: the ProductVersion argument of InstallOpen/InstallAgreementLicenseKeyPack
+      (2 = 2008/2008 R2, 4 = 2012/2012 R2, 5 = 2016, 6 = 2019); no codes are documented for 2022
+      or 2025 [§9, WMI:installagreementlicensekeypack].
+    """
+
+    label: str
+    generation: int
+    windows: tuple[int, int]
+    cal: bool = True
+    wmi_product_version_id: int | None = None
+    wmi_install_version: int | None = None
+
+
+V = ProductVersion
+VERSIONS: dict[ProductVersion, VersionInfo] = {
+    V.W2000: VersionInfo("Windows 2000 Server", 0, (5, 0)),
+    V.W2003: VersionInfo("Windows Server 2003", 1, (5, 2)),
+    V.W2008: VersionInfo("Windows Server 2008", 2, (6, 0), wmi_product_version_id=2, wmi_install_version=2),
+    V.W2008R2: VersionInfo("Windows Server 2008 R2", 2, (6, 1), wmi_product_version_id=3, wmi_install_version=2),
+    V.W2012: VersionInfo("Windows Server 2012", 3, (6, 2), wmi_product_version_id=4, wmi_install_version=4),
+    V.W2012R2: VersionInfo("Windows Server 2012 R2", 3, (6, 3), cal=False, wmi_install_version=4),
+    V.W2016: VersionInfo("Windows Server 2016", 4, (10, 0), wmi_install_version=5),
+    V.W2019: VersionInfo("Windows Server 2019", 5, (10, 0), wmi_install_version=6),
+    V.W2022: VersionInfo("Windows Server 2022", 6, (10, 0)),
+    V.W2025: VersionInfo("Windows Server 2025", 7, (10, 0)),
 }
-_WINDOWS_VERSION = {
-    ProductVersion.W2000: (5, 0),
-    ProductVersion.W2003: (5, 2),
-    ProductVersion.W2008: (6, 0),
-    ProductVersion.W2008R2: (6, 1),
-    ProductVersion.W2012: (6, 2),
-    ProductVersion.W2016: (10, 0),
-    ProductVersion.W2019: (10, 0),
-    ProductVersion.W2022: (10, 0),
-}
+del V
+
+
+# --- The compatibility rules [§9, RDSCAL; NOLS]; docs/versions.md has them as tables -------------------
+
+def cal_serves_host(cal: ProductVersion, host: ProductVersion) -> bool:
+    """A CAL serves a session host of its version or older, never a newer one: "You can't use RDS
+    CALs for earlier versions to access later versions of Windows Server" [§9, RDSCAL]. So 2012 and
+    2012 R2 hosts need 2012 or newer CALs; 2008 and 2008 R2 hosts take 2008, 2008 R2 or newer ones."""
+    return cal.rank >= host.rank
+
+
+def server_hosts_cal(server: ProductVersion, cal: ProductVersion) -> bool:
+    """A license server hosts CALs of its version and all earlier ones, never newer: a 2008 R2
+    license server only 2008 R2 and earlier, a 2012 R2 one up to 2012 [§9, RDSCAL; NOLS]."""
+    return cal.rank <= server.rank
+
+
+def server_serves_host(server: ProductVersion, host: ProductVersion) -> bool:
+    """A license server must be the same version as the session host or newer: "A terminal server
+    running Windows Server 2008 can only communicate with a license server running Windows Server
+    2008" [§3, technet cc775148]; a 2003 terminal server does not talk to a Windows 2000 license
+    server [§3, WP2003]. GetTStoLSConnectivityStatus reports the opposite as LOWER_VERSION [§9]."""
+    return server.rank >= host.rank
+
+
+def check_cal_version(version: ProductVersion) -> ProductVersion:
+    if not version.has_cal:
+        raise TslsError(Code.NO_SUCH_CAL_VERSION, f"there is no separate {version.label} CAL: "
+                        f"{version.label} session hosts take CALs of the same generation or newer, "
+                        "e.g. 2012 [REFERENCE §9]", product_version=version.value)
+    return version
+
+
+def check_server_hosts(server: ProductVersion, cal: ProductVersion) -> None:
+    """Installing CALs newer than the license server is refused, naming both versions."""
+    if not server_hosts_cal(server, cal):
+        raise TslsError(Code.CAL_NEWER_THAN_SERVER,
+                        f"a {server.label} license server cannot host {cal.label} CALs: a license server hosts "
+                        f"CALs of its own version and earlier; upgrade the license server first",
+                        server_version=server.value, cal_version=cal.value)
 
 
 class CalType(enum.Enum):
@@ -246,6 +324,9 @@ class Purchase:
     product_version: ProductVersion
     cal_type: CalType
     quantity: int = attrs.field(validator=lambda _i, _a, v: parse_quantity(v))
+
+    def __attrs_post_init__(self) -> None:
+        check_cal_version(self.product_version)
 
     def to_json(self) -> dict:
         return {

@@ -10,7 +10,7 @@ from twisted.logger import Logger
 from tsls.core import activation
 from tsls.core.activation import Activation, ActivationMethod
 from tsls.core.events import Event, EventId
-from tsls.core.model import CalType, ProductVersion, PurchaseRef
+from tsls.core.model import CalType, ProductVersion, PurchaseRef, check_server_hosts
 from tsls.errors import Code, TslsError
 from tsls.jsonshapes import iso, key_pack_json
 from tsls.server.storage import Identity
@@ -82,9 +82,12 @@ class Activations:
         """Install CALs: the Clearinghouse binds the purchase to this server and issues the key pack."""
         ref = PurchaseRef.from_json(purchase)
         version, cal_type = _version_and_type(purchase)
+        if version is not None:        # CALs newer than this server: refused before the Clearinghouse is asked
+            check_server_hosts(self.identity.version, version)
         server = yield self._require_activation(True)
         try:
-            answer = yield self.clearinghouse.install(server, ref, version, cal_type, purchase.get("quantity"))
+            answer = yield self.clearinghouse.install(server, ref, version, cal_type, purchase.get("quantity"),
+                                                      server_version=self.identity.version)
         except TslsError as e:
             yield self._check_in_after(e, server)
             raise
@@ -96,9 +99,12 @@ class Activations:
         """A rebuilt server gets back the CALs of a purchase from the Clearinghouse [§4]."""
         ref = PurchaseRef.from_json(purchase)
         version, cal_type = _version_and_type(purchase)
+        if version is not None:
+            check_server_hosts(self.identity.version, version)
         server = yield self._require_activation(True)
         try:
-            answer = yield self.clearinghouse.recover(server, ref, version, cal_type)
+            answer = yield self.clearinghouse.recover(server, ref, version, cal_type,
+                                                      server_version=self.identity.version)
         except TslsError as e:
             yield self._check_in_after(e, server)
             raise
@@ -134,7 +140,8 @@ class Activations:
         and retire those it retired; fires with the installed packs, or the retired ones when none."""
         def job(store, now):
             out = []
-            for kp in issued:
+            for kp in issued:      # the Clearinghouse checked this too: a key pack this server cannot host never lands
+                check_server_hosts(self.identity.version, ProductVersion(kp["product_version"]))
                 held = store.key_pack(kp["key_pack_id"])
                 if held is not None:
                     out.append(key_pack_json(held))

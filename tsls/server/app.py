@@ -16,6 +16,7 @@ import secrets
 
 import attrs
 
+from tsls.core.model import ProductVersion, check_server_hosts
 from tsls.server import auth
 from tsls.server.activation import Activations
 from tsls.server.ledger import Ledger
@@ -73,14 +74,20 @@ def new_product_id() -> str:
     return f"{digits[:5]}-{digits[5:8]}-{digits[8:15]}-{digits[15:]}"
 
 
-def load_identity(store, seed: str | None) -> Identity:
+def load_identity(store, seed: str | None, version: ProductVersion | None = None) -> Identity:
     """The server's identity, made at first start; ``seed`` (when given) replaces the stored one.
-    A database from before the administrator's credential existed gets one now."""
+    A database from before the administrator's credential existed gets one now. ``version``: the
+    license server's own Windows version (kept; the newest by default); a later start may change it
+    (an in-place upgrade) but not below a CAL it hosts (docs/versions.md)."""
     with store.transaction():
         identity = store.identity() or Identity(new_product_id(), "", secrets.token_bytes(32))
         if not identity.admin_secret:
             identity = attrs.evolve(identity, admin_secret=auth.new_secret())
         if seed is not None or not identity.seed:
             identity = attrs.evolve(identity, seed=str(secrets.randbelow(2**32)) if seed is None else seed)
+        if version is not None:
+            for pack in store.key_packs():
+                check_server_hosts(version, pack.product_version)
+            identity = attrs.evolve(identity, version=version)
         store.save_identity(identity)
         return identity

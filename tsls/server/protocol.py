@@ -379,7 +379,7 @@ class LicenseProtocol(Protocol, TimeoutMixin):
         if role == "terminal_server":
             ts = TerminalServer(_field(request, "name", max_len=64), ProductVersion.parse(request.get("version")),
                                 CalType.parse(request.get("mode")))
-            check_terminal_server(ts)
+            check_terminal_server(ts, self.server.identity.version)
         elif role != "admin":
             raise TslsError(Code.BAD_REQUEST, f"unknown role {role!r}; expected terminal_server or admin")
         nonce, self._nonce = self._nonce, None          # a challenge answers one hello only
@@ -392,6 +392,7 @@ class LicenseProtocol(Protocol, TimeoutMixin):
                 self.terminal_server = attrs.evolve(ts, authenticated=authenticated)
             return {"protocol": PROTOCOL_VERSION, "server": "tsls", "role": role, "authenticated": authenticated,
                     "product_id": self.server.identity.product_id,
+                    "server_version": self.server.identity.version.value,
                     "now": iso(int(self.server.writer.clock.seconds()))}
 
         return d.addCallback(welcome)

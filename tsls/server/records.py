@@ -39,6 +39,7 @@ class Records:
         def job(store, now):
             return {
                 "product_id": self.identity.product_id,
+                "server_version": self.identity.version.value,
                 "now": iso(now),
                 "activation": activation_json(store.activation()),
                 "key_packs": [key_pack_json(p) for p in store.key_packs()],

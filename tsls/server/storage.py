@@ -30,6 +30,7 @@ class Identity:
     seed: str
     secret: bytes = attrs.field(repr=False)
     admin_secret: str = attrs.field(repr=False, default="")
+    version: ProductVersion = ProductVersion.newest()    # its own Windows version [§9], docs/versions.md
 
 
 @attrs.frozen

@@ -1,0 +1,59 @@
+"""The license server's own Windows version, end to end on loopback (docs/versions.md)."""
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+
+from tests.conftest import running
+from tests.server.test_daemon import RETAIL, Daemon, logon
+from tsls.core.model import ProductVersion
+from tsls.errors import Code, TslsError
+from tsls.server.service import LicenseServerService
+
+
+@pytest.fixture
+def ls2019(tmp_path):
+    yield from running(Daemon(tmp_path, version=ProductVersion.W2019))
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_2019_license_server_refuses_2022_cals_before_asking_the_clearinghouse(ls2019):
+    admin = await ls2019.admin()
+    await admin.request("activate", method="automatic", contact={"first_name": "A"})
+    with pytest.raises(TslsError) as e:
+        await admin.request("install_key_pack", purchase={**RETAIL, "product_version": "2022", "cal_type": "per_device"})
+    assert e.value.code is Code.CAL_NEWER_THAN_SERVER
+    assert e.value.details == {"server_version": "2019", "cal_version": "2022"}
+    assert [c[0] for c in ls2019.clearinghouse.calls] == ["activate"]
+    pack = await admin.request("install_key_pack", purchase={**RETAIL, "product_version": "2019",
+                                                             "cal_type": "per_device"})
+    assert pack["product_version"] == "2019"
+    status = await admin.request("status")
+    assert status["server_version"] == "2019"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_session_host_newer_than_the_license_server_is_refused_at_hello(ls2019):
+    with pytest.raises(TslsError) as e:
+        await ls2019.terminal_server(version="2022")
+    assert e.value.code is Code.LS_VERSION_TOO_LOW
+    ts = await ls2019.terminal_server(version="2019")
+    answer = await logon(ts, "pc1")
+    assert answer["outcome"] == "temporary_issued"
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_version_is_kept_and_cannot_go_below_the_cals_installed(tmp_path):
+    daemon = Daemon(tmp_path, version=ProductVersion.W2022)
+    await daemon.start()
+    admin = await daemon.admin()
+    await admin.request("activate", method="automatic", contact={"first_name": "A"})
+    await admin.request("install_key_pack", purchase={**RETAIL, "product_version": "2022", "cal_type": "per_device"})
+    await daemon.stop()
+    again = Daemon(tmp_path)                 # no version given: the kept one
+    await again.start()
+    assert again.service.server.identity.version is ProductVersion.W2022
+    await again.stop()
+    with pytest.raises(TslsError) as e:       # a "downgrade" below the CALs it hosts does not start
+        LicenseServerService(reactor, "tcp:0:interface=127.0.0.1", again.path, again.clearinghouse,
+                             version=ProductVersion.W2019)
+    assert e.value.code is Code.CAL_NEWER_THAN_SERVER
