@@ -425,13 +425,16 @@ class PgLicenseStore:
         product_id, seed, secret = self._get("product_id"), self._get("seed"), self._get("token_secret")
         if product_id is None or secret is None:
             return None
-        return Identity(product_id, seed or "", bytes.fromhex(secret), self._get("admin_secret") or "")
+        version = self._get("server_version")
+        return Identity(product_id, seed or "", bytes.fromhex(secret), self._get("admin_secret") or "",
+                        ProductVersion.newest() if version is None else ProductVersion(version))
 
     def save_identity(self, identity: Identity) -> None:
         self._set("product_id", identity.product_id)
         self._set("token_secret", identity.secret.hex())
         self._set("seed", identity.seed)
         self._set("admin_secret", identity.admin_secret or None)
+        self._set("server_version", identity.version.value)
 
     def activation(self) -> Activation:
         value = self._cache.get("activation")
