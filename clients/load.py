@@ -35,7 +35,7 @@ from array import array
 import attrs
 from twisted.internet import defer, task
 
-from clients.cli import run
+from clients.cli import Interrupted, run
 from clients import connection
 from clients.connection import ANSWER_TIMEOUT, CONNECT_TIMEOUT, DEFAULT_SERVER, LicenseConnection, add_timeout_options
 from tsls.core.model import ProductVersion
@@ -176,6 +176,7 @@ class Stats:
         self.started = 0.0
         self.last_answer = 0.0
         self.unanswered = 0
+        self.interrupted = 0                        # requests in flight when Ctrl-C ended the run
 
 
 class LoadConnection(LicenseConnection):
@@ -248,6 +249,7 @@ class Load:
         self.connections: list[LoadConnection] = []
         self.stalled: list[LoadConnection] = []
         self.stopping = False
+        self.interrupted = False
         self.logons = 0
         self.outstanding = 0                # devices with a request in flight or a report to send
         self.done = defer.Deferred()
@@ -368,6 +370,17 @@ class Load:
         else:
             self._drain = self.reactor.callLater(DRAIN_TIMEOUT, self._give_up)
 
+    def interrupt(self) -> None:
+        """Stop at once: requests in flight are counted as interrupted, and the run ends."""
+        self.interrupted = True
+        self.stopping = True
+        for conn in self.connections:
+            self.stats.interrupted += len(conn.inflight)
+            conn.inflight.clear()
+            conn.followups.clear()
+            conn.load = None
+        self._finish()
+
     def _give_up(self) -> None:
         """Answers that never came: counted, and the run ends."""
         self._drain = None
@@ -418,7 +431,10 @@ class Load:
             for conn in conns:
                 if conn.load is not None:
                     conn.fill()
-            await self.done
+            try:
+                await self.done
+            except defer.CancelledError:    # Ctrl-C: what was in flight is interrupted, not lost
+                self.interrupt()
             if ticker is not None:
                 ticker.stop()
                 ticker = None
@@ -473,6 +489,8 @@ def summary(load: Load) -> dict:
         "grants": sum(stats.outcomes.get(k, 0) for k in GRANTS),
         "refusals": dict(stats.refusals),
         "unanswered": stats.unanswered,
+        "interrupted": load.interrupted,
+        "interrupted_requests": stats.interrupted,
         "devices_seen": load.devices.seen,
         "elapsed_s": round(elapsed, 3),
         "throughput": round(stats.answers / elapsed, 1) if elapsed else 0.0,
@@ -527,6 +545,8 @@ def print_summary(s: dict, out=None) -> None:
     p(f"refusals      {refused:,}" + (f"  ({_counts(s['refusals'])})" if refused else ""))
     if s["unanswered"]:
         p(f"unanswered    {s['unanswered']:,}")
+    if s["interrupted"]:
+        p(f"interrupted   by Ctrl-C, {s['interrupted_requests']:,} requests in flight (not counted as answers)")
     ms = s["latency_ms"]
     p(f"latency (ms)  p50 {ms['p50']:.2f}  p90 {ms['p90']:.2f}  p99 {ms['p99']:.2f}  max {ms['max']:.2f}")
 
@@ -615,6 +635,8 @@ def main(argv=None) -> int:
             print(json.dumps(result, indent=2, sort_keys=True))
         else:
             print_summary(result)
+        if result["interrupted"]:
+            raise Interrupted(f"{result['interrupted_requests']} requests were in flight")
 
     return run(body, args.json)
 

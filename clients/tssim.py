@@ -16,7 +16,9 @@ import json
 import os
 import time
 
-from clients.cli import run
+from twisted.internet import defer
+
+from clients.cli import Interrupted, run
 from clients.connection import CONNECT_TIMEOUT, DEFAULT_SERVER, add_timeout_options, connect
 from clients.output import emit, table
 from tsls.core.labtime import parse_date
@@ -54,10 +56,21 @@ class JsonState:
         except FileNotFoundError:
             self.data = {}
 
+    SAVE_EVERY = 1.0        # seconds between saves as it goes (save_soon)
+    _saved_at = None
+
     def save(self) -> None:
-        """Mode 0600 in a directory made 0700: a device store holds license tokens."""
+        """Mode 0600 in a directory made 0700: a device store holds license tokens. Written to a
+        temporary file, flushed to disk, renamed over the old one: a crash leaves the old or the new."""
         os.makedirs(os.path.dirname(self.path) or ".", mode=0o700, exist_ok=True)
         write_private(self.path, json.dumps(self.data, indent=1, sort_keys=True))
+        self._saved_at = time.monotonic()
+
+    def save_soon(self) -> None:
+        """Save as it goes: at most once every SAVE_EVERY seconds (a long run is not rewritten at each
+        logon); ``save`` at the end or on Ctrl-C writes the rest."""
+        if self._saved_at is None or time.monotonic() - self._saved_at >= self.SAVE_EVERY:
+            self.save()
 
 
 class DeviceStore(JsonState):
@@ -293,15 +306,22 @@ async def command(reactor, args) -> None:
                                                    ("licensed_by", "LICENSED BY"), ("connection_id", "CONNECTION"),
                                                    ("reason", "REASON"), ("message", "MESSAGE")]))
         return
+    interrupted = False
     try:
         for round_ in range(1, args.times + 1):
             for machine, user in _clients(args):
                 rows.append({"round": round_, **await ts.logon(machine, user, not args.fail)})
+                devices.save_soon()
+                state.save_soon()
+    except defer.CancelledError:        # Ctrl-C: keep what was done, print it, exit 130
+        interrupted = True
     finally:
         devices.save()
         state.save()
         await ts.close()
     emit(rows, args.json, _print_rows)
+    if interrupted:
+        raise Interrupted(f"after {len(rows)} logons; the devices' licenses are saved in {devices.path}")
 
 
 def _print_rows(rows: list[dict]) -> None:
