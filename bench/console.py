@@ -2,6 +2,7 @@
 the console's licenses page refreshing every second and /metrics scraped every second.
 
     python -m bench.console [--duration 5] [--repeat 3] [--connections 100] [--pipeline 16] [--json]
+    python -m bench.console --reads N      # how long each page's reads and a scrape take with N licenses
 
 Three daemons per round, each in a fresh process on a fresh copy of an activated ledger with 1,000
 licenses (bench.dbgen), each loaded by the same load generator (clients.load, its own process) with
@@ -138,6 +139,50 @@ def run(duration: float, repeat: int, connections: int, pipeline: int, work: har
             "met": rows["console watched"]["ratio"] >= TARGET}
 
 
+def reads(licenses: int, work: harness.Workdir, repeat: int = 3) -> dict:
+    """Each console answer's reads, timed on one snapshot of a ledger of ``licenses`` (bench.dbgen), in
+    this process with nothing else running: what a reader thread spends per page load or scrape."""
+    from tsls.console import views
+    from tsls.console.metrics import Metrics
+    from tsls.server.readstore import ReadStore
+
+    db = work.file("reads.sqlite")
+    dbgen.generate(db, licenses)
+    store = ReadStore(db)
+    now = int(time.time())
+
+    class Clock:
+        def seconds(self):
+            return time.time()
+
+    metrics = Metrics(store, Clock())
+    answers = {
+        "licenses page (newest 50, with the count)": lambda s: views.licenses_page(s, {}, None, "license_id", True, 0, 50),
+        "licenses page sorted by machine": lambda s: views.licenses_page(s, {}, None, "machine", False, 0, 50),
+        "licenses page searched": lambda s: views.licenses_page(s, {}, "PC00001", "license_id", True, 0, 50),
+        "dashboard": lambda s: views.dashboard(s, now, "product", False),
+        "history": lambda s: views.history(s, now),
+        "session hosts": views.terminal_servers,
+    }
+    out = {}
+    for name, view in answers.items():
+        times = []
+        for _ in range(repeat):
+            started = time.perf_counter()
+            with store.snapshot() as snap:
+                view(snap)
+            times.append(time.perf_counter() - started)
+        out[name] = round(harness.median(times) * 1000, 1)
+    times = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        metrics.scrape()
+        times.append(time.perf_counter() - started)
+    out["/metrics"] = round(harness.median(times) * 1000, 1)
+    store.close()
+    return out
+
+
 def table(result: dict) -> str:
     out = ["| daemon | durable grants/s | ratio to no console | p50 / p99 ms | server CPU per grant |",
            "|---|---:|---:|---:|---:|"]
@@ -154,8 +199,20 @@ def main(argv=None) -> int:
     p.add_argument("--connections", type=int, default=100, help="(default: %(default)s)")
     p.add_argument("--pipeline", type=int, default=16, help="requests in flight per connection (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
+    p.add_argument("--reads", type=int, metavar="N", help="instead: time each page's reads and a scrape on a "
+                   "ledger of N licenses")
     args = p.parse_args(argv)
     started = time.perf_counter()
+    if args.reads:
+        with harness.Workdir() as work:
+            timed = reads(args.reads, work)
+        if args.json:
+            print(json.dumps({"licenses": args.reads, "ms": timed, "machine": harness.machine()}, indent=2))
+        else:
+            for name, ms in timed.items():
+                print(f"{name:<45} {ms:8.1f} ms")
+            print(f"\n{args.reads:,} licenses; {harness.machine()}")
+        return 0
     with harness.Workdir() as work:
         result = run(args.duration, args.repeat, args.connections, args.pipeline, work,
                      log=(lambda *a: print(*a, file=sys.stderr)) if args.json else print)

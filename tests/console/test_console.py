@@ -324,3 +324,15 @@ def test_the_console_over_tls_from_its_endpoint_string_sets_a_secure_cookie(tmp_
         assert response.code == 200 and "; Secure" in cookie and "HttpOnly" in cookie
     finally:
         yield service.stopService()
+
+
+@pytest_twisted.inlineCallbacks
+def test_scrapes_that_arrive_together_share_one_read(served, monkeypatch):
+    console = served.service.console
+    made = []
+    scrape = console.metrics.scrape
+    monkeypatch.setattr(console.metrics, "scrape", lambda: (made.append(1), scrape())[1])
+    answers = yield defer.gatherResults([console.scrape() for _ in range(5)])
+    assert len(made) == 1 and len(set(answers)) == 1 and b"tsls_activation_state" in answers[0]
+    yield console.scrape()
+    assert len(made) == 2

@@ -94,6 +94,7 @@ class Console:
         self._links: dict[str, tuple[str, float]] = {}
         self._sessions: dict[str, Session] = {}
         self._streams: set = set()
+        self._scrapers: list[defer.Deferred] = []
         self._pool = ThreadPool(1, READERS, name="tsls-console")
         license_server.console = self
 
@@ -166,7 +167,17 @@ class Console:
         return threads.deferToThreadPool(self.reactor, self._pool, run)
 
     def scrape(self) -> defer.Deferred:
-        return threads.deferToThreadPool(self.reactor, self._pool, self.metrics.scrape)
+        """/metrics. Scrapes that arrive while one is being made share it: on a large ledger a scrape
+        takes a while (docs/performance.md), and scrapers must not pile up in the reader threads."""
+        waiter = defer.Deferred()
+        self._scrapers.append(waiter)
+        if len(self._scrapers) == 1:
+            def fan_out(result):
+                waiters, self._scrapers = self._scrapers, []
+                for w in waiters:
+                    w.errback(result) if isinstance(result, Failure) else w.callback(result)
+            threads.deferToThreadPool(self.reactor, self._pool, self.metrics.scrape).addBoth(fan_out)
+        return waiter
 
     def now(self) -> int:
         return int(self.clock.seconds())
