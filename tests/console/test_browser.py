@@ -153,6 +153,38 @@ def test_revoke_from_the_licenses_page_and_the_protocol_agrees(served, browser):
 
 
 @pytest_twisted.inlineCallbacks
+def test_a_refused_revocation_is_shown_with_its_code_and_a_sentence(served, browser):
+    admin = yield served.admin()
+    yield activate_and_install(admin, quantity=5)       # 20% of 5: one revoked at a time
+    ts = yield served.terminal_server()
+    for device in ("pc1", "pc2"):
+        yield logon(ts, device)
+        yield logon(ts, device)
+    first = (yield admin.request("list_licenses", hwid="hw-pc1", kind="permanent"))[0]
+    second = (yield admin.request("list_licenses", hwid="hw-pc2", kind="permanent"))[0]
+    yield admin.request("revoke", license_id=first["license_id"])
+    link = yield served.link()
+
+    def refused():
+        open_page(browser, link, "dashboard", "#activation")
+        browser.get(served.url + "/#licenses")
+        row = f'tr[data-license="{second["license_id"]}"]'
+        wait(browser, lambda d: css(d, row + " button.revoke"))
+        css(browser, row + " button.revoke")[0].click()
+        wait(browser, lambda d: css(d, "#confirm[open]") and css(d, "#confirm-text")[0].text)
+        question = css(browser, "#confirm-text")[0].text
+        css(browser, "#confirm-ok")[0].click()
+        wait(browser, lambda d: "error" in (css(d, "#notice")[0].get_attribute("class") or ""))
+        return question, css(browser, "#notice")[0].text
+
+    question, notice = yield in_browser(refused)
+    assert "No more Windows Server 2003 Per Device CALs may be revoked until" in question
+    assert notice.startswith("The revocation limit is reached for this version.") and "(REVOCATION_LIMIT)" in notice
+    after = yield admin.request("list_licenses", hwid="hw-pc2", kind="permanent")
+    assert after[0]["status"] == "active"
+
+
+@pytest_twisted.inlineCallbacks
 def test_an_event_arrives_on_the_events_page_as_it_is_committed(served, browser):
     ts = yield served.terminal_server("TSLIVE")
     link = yield served.link("viewer")
