@@ -8,10 +8,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
+import sys
 
-from clients.cli import run
+from clients.cli import enum_option, flags_after_subcommands, run
 from clients.connection import DEFAULT_SERVER, add_timeout_options, connect
 from clients.output import emit, rows_out, table
+from tsls.core.clearinghouse import Reason
+from tsls.core.model import CalType, LicenseKind, LicenseStatus, ProductVersion
 from tsls.errors import Code, TslsError
 from tsls.files import write_private
 
@@ -35,8 +39,9 @@ def _purchase_options(p, sale: bool = False) -> None:
     which.add_argument("--agreement", nargs=2, metavar=("TYPE", "NUMBER"),
                        help="an agreement: select, enterprise, campus, school, service_provider or other, "
                             "and its 7-digit number")
-    p.add_argument("--version", dest="product_version", help="product version: 2000, 2003, 2008, 2008R2, 2012 ...")
-    p.add_argument("--cal-type", help="per-device or per-user")
+    p.add_argument("--version", dest="product_version", **enum_option(ProductVersion),
+                   help="the Windows Server version the CALs are for")
+    p.add_argument("--cal-type", **enum_option(CalType), help="the CAL type")
     p.add_argument("--quantity", type=int, help="number of CALs")
 
 
@@ -52,18 +57,18 @@ def _purchase(args, sale: bool = False) -> dict:
     if args.product_version:
         body["product_version"] = args.product_version
     if args.cal_type:
-        body["cal_type"] = args.cal_type.replace("-", "_")
+        body["cal_type"] = args.cal_type
     if args.quantity is not None:
         body["quantity"] = args.quantity
     return body
 
 
 def _contact_options(p) -> None:
-    p.add_argument("--first-name", default="Lab")
-    p.add_argument("--last-name", default="Operator")
-    p.add_argument("--company", default="Test Lab")
-    p.add_argument("--country", default="United States", help="country or region")
-    p.add_argument("--email")
+    p.add_argument("--first-name", default="Lab", help="the contact's first name (default: %(default)s)")
+    p.add_argument("--last-name", default="Operator", help="the contact's last name (default: %(default)s)")
+    p.add_argument("--company", default="Test Lab", help="the contact's company (default: %(default)s)")
+    p.add_argument("--country", default="United States", help="country or region (default: %(default)s)")
+    p.add_argument("--email", help="the contact's e-mail address (optional)")
 
 
 def _contact(args) -> dict:
@@ -83,7 +88,8 @@ def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tsls-admin", description="Administer a tsls license server.")
     parser.add_argument("--server", default=DEFAULT_SERVER, help="license server endpoint (default: %(default)s)")
     add_timeout_options(parser)
-    parser.add_argument("--clearinghouse", default=DEFAULT_CLEARINGHOUSE, help="(default: %(default)s)")
+    parser.add_argument("--clearinghouse", default=DEFAULT_CLEARINGHOUSE,
+                        help="the mock Clearinghouse's URL, for the clearinghouse commands (default: %(default)s)")
     parser.add_argument("--credential", default=os.path.join("tsls-data", "admin.secret"),
                         help="the administrator's credential file, made by the license server at first start "
                              "(default: %(default)s)")
@@ -109,8 +115,7 @@ def parser() -> argparse.ArgumentParser:
                      help="type in the license server ID and certificate code the Clearinghouse gave on the telephone")
     _contact_options(act)
     react = sub.add_parser("reactivate", help="get a new license server ID")
-    react.add_argument("--reason", required=True, choices=["redeployed", "certificate_corrupt", "private_key_compromised",
-                                                            "certificate_expired", "server_upgraded"])
+    react.add_argument("--reason", required=True, **enum_option(Reason), help="why a new license server ID is needed")
     _contact_options(react)
     sub.add_parser("deactivate", help="deactivate the license server")
     inst = sub.add_parser("install", help="install CALs bought at the Clearinghouse")
@@ -119,28 +124,31 @@ def parser() -> argparse.ArgumentParser:
     _purchase_options(rec)
     sub.add_parser("keypacks", help="list key packs: Total / Issued / Available")
     lic = sub.add_parser("licenses", help="issued licenses, per device, with filters")
-    lic.add_argument("--hwid")
-    lic.add_argument("--machine")
-    lic.add_argument("--user")
-    lic.add_argument("--terminal-server")
-    lic.add_argument("--key-pack", dest="key_pack_id")
-    lic.add_argument("--version", dest="product_version")
-    lic.add_argument("--kind", choices=["temporary", "permanent"])
-    lic.add_argument("--status", choices=["active", "upgraded", "expired", "revoked"])
-    lic.add_argument("--limit", type=int, default=1000)
+    lic.add_argument("--hwid", help="only the licenses of this hardware ID (40 hex digits)")
+    lic.add_argument("--machine", help="only the licenses of this client machine name")
+    lic.add_argument("--user", help="only the licenses issued at this user's logons")
+    lic.add_argument("--terminal-server", help="only the licenses issued through this terminal server")
+    lic.add_argument("--key-pack", dest="key_pack_id", help="only the CALs from this key pack")
+    lic.add_argument("--version", dest="product_version", **enum_option(ProductVersion),
+                     help="only the licenses for this Windows Server version")
+    lic.add_argument("--kind", **enum_option(LicenseKind), help="only temporary licenses or permanent CALs")
+    lic.add_argument("--status", **enum_option(LicenseStatus), help="only the licenses in this state")
+    lic.add_argument("--limit", type=int, default=1000,
+                     help="at most this many, the oldest first (default: %(default)s; the server allows 100000)")
     rev = sub.add_parser("revoke", help="revoke a Per Device CAL (at most 20%% of a version's CALs at once)")
     rev.add_argument("license_id", nargs="?", type=int)
     rev.add_argument("--user", help="(Per User CALs cannot be revoked: this shows the refusal)")
     clock = sub.add_parser("clock", help="move the lab clock forward: +90d, +6h, +30m, +1w or an ISO date")
-    clock.add_argument("to", nargs="?", help="omit to print the lab time")
+    clock.add_argument("to", nargs="?", help="omit to print the lab time (a date in the past is refused: CLOCK_BACKWARDS)")
     ev = sub.add_parser("events", help="the event log, newest last")
-    ev.add_argument("--event-id", type=int)
-    ev.add_argument("--terminal-server")
-    ev.add_argument("--hwid")
-    ev.add_argument("--user")
-    ev.add_argument("--license-id", type=int)
+    ev.add_argument("--event-id", type=int, help="only events with this ID (1101 a temporary license issued, ...)")
+    ev.add_argument("--terminal-server", help="only the events of this terminal server")
+    ev.add_argument("--hwid", help="only the events of this hardware ID")
+    ev.add_argument("--user", help="only the events of this user")
+    ev.add_argument("--license-id", type=int, help="only the events of this license")
     ev.add_argument("--since", help="ISO date")
-    ev.add_argument("--limit", type=int, default=1000)
+    ev.add_argument("--limit", type=int, default=1000,
+                    help="at most this many, the oldest first (default: %(default)s; the server allows 100000)")
     ev.add_argument("--follow", action="store_true", help="then keep printing events as they happen")
     con = sub.add_parser("console", help="print a one-time link that logs a browser in to the web console "
                                          "(docs/console.md)")
@@ -170,9 +178,25 @@ def parser() -> argparse.ArgumentParser:
     _purchase_options(sell, sale=True)
     chsub.add_parser("purchases", help="list purchases and where they are installed")
     phone = chsub.add_parser("activate", help="the telephone call: get a license server ID for a product ID")
-    phone.add_argument("--product-id", required=True)
+    phone.add_argument("--product-id", required=True, help="the product ID the license server's status shows")
     _contact_options(phone)
+    flags_after_subcommands(parser, "--json", "--csv")
     return parser
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    """As parser().parse_args, except that ``clock -1d`` reaches the server (which refuses it:
+    CLOCK_BACKWARDS) instead of reading as an unknown option."""
+    p = parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    takes_value = {flag for a in p._actions if a.option_strings and a.nargs is None and a.const is None
+                   for flag in a.option_strings}
+    i = 0
+    while i < len(argv) and argv[i].startswith("-"):       # the top-level options, up to the subcommand
+        i += 2 if argv[i] in takes_value else 1
+    if argv[i:i + 1] == ["clock"] and i + 1 < len(argv) and re.fullmatch(r"-\d.*", argv[i + 1]):
+        argv.insert(i + 1, "--")
+    return p.parse_args(argv)
 
 
 async def _license_server(reactor, args):
@@ -455,7 +479,7 @@ def _print_usage(r: dict) -> None:
 
 
 def main(argv=None) -> int:
-    args = parser().parse_args(argv)
+    args = parse_args(argv)
     return run(lambda reactor: command(reactor, args), args.json)
 
 

@@ -10,6 +10,36 @@ from tsls.errors import TslsError
 INTERRUPTED = 130       # exit status after Ctrl-C (128 + SIGINT), as a shell reports it
 
 
+def enum_option(cls) -> dict:
+    """add_argument keywords for an option whose values are a tsls.core enum's: the choices are the
+    enum's values, the protocol's spelling, shown as such in help and errors; '-' for '_' and any
+    case are accepted (per-device is per_device)."""
+    values = [m.value for m in cls]
+
+    def parse(text: str) -> str:
+        key = text.strip().replace("-", "_").lower()
+        return next((v for v in values if v.lower() == key), text)
+
+    return {"type": parse, "choices": values}
+
+
+def flags_after_subcommands(parser, *flags: str, _top: dict | None = None) -> None:
+    """Accept the top-level store_true ``flags`` (such as --json) after any subcommand too:
+    ``tsls-admin licenses --csv`` as well as ``tsls-admin --csv licenses``."""
+    import argparse
+
+    top = _top if _top is not None else {a.option_strings[0]: a for a in parser._actions
+                                         if a.option_strings and a.option_strings[0] in flags}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                for flag, original in top.items():
+                    # SUPPRESS: absent after the subcommand leaves the top-level value alone
+                    sub.add_argument(flag, dest=original.dest, action="store_true", default=argparse.SUPPRESS,
+                                     help=original.help)
+                flags_after_subcommands(sub, _top=top)
+
+
 class Interrupted(Exception):
     """Raised by a command that was interrupted (Ctrl-C) after printing what it had done so far."""
 

@@ -4,8 +4,8 @@ Each simulated client device keeps the license it was given (like a Windows clie
 MSLicensing registry key) and presents it at its next logon. The terminal server keeps its own
 state: its grace period, and the lab time it last heard from a license server.
 
-    tsls-ts --name TS01 --version 2003 --mode per-device logon pc1 pc2 pc3
-    tsls-ts --name TSU --version 2003 --mode per-user logon --count 10
+    tsls-ts --name TS01 --version 2003 --mode per_device logon pc1 pc2 pc3
+    tsls-ts --name TSU --version 2003 --mode per_user logon --count 10
     tsls-ts --server tcp:127.0.0.1:4870 --server tcp:127.0.0.1:4871 logon pc1   # discovery order
 """
 from __future__ import annotations
@@ -18,11 +18,11 @@ import time
 
 from twisted.internet import defer
 
-from clients.cli import Interrupted, run
+from clients.cli import Interrupted, enum_option, flags_after_subcommands, run
 from clients.connection import CONNECT_TIMEOUT, DEFAULT_SERVER, add_timeout_options, connect
 from clients.output import emit, table
 from tsls.core.labtime import parse_date
-from tsls.core.model import ProductVersion
+from tsls.core.model import CalType, ProductVersion
 from tsls.core.terminal import Grace, without_license_server
 from tsls.errors import Code, TslsError
 from tsls.files import write_private
@@ -199,8 +199,10 @@ def parser() -> argparse.ArgumentParser:
     add_timeout_options(parser, ANSWER_TIMEOUT)
     parser.add_argument("--name", default="TS01", help="the terminal server's name (default: %(default)s)")
     parser.add_argument("--secret-file", help="the secret tsls-admin terminal-servers register gave this name")
-    parser.add_argument("--version", default="2003", help="Windows version it emulates (default: %(default)s)")
-    parser.add_argument("--mode", default="per-device", choices=["per-device", "per-user"])
+    parser.add_argument("--version", default="2003", **enum_option(ProductVersion),
+                        help="Windows Server version it emulates (default: %(default)s)")
+    parser.add_argument("--mode", default="per_device", **enum_option(CalType),
+                        help="its licensing mode: the CAL type it asks for (default: %(default)s)")
     parser.add_argument("--state-dir", default="tsls-data",
                         help="where devices keep their licenses and terminal servers their state (default: %(default)s)")
     parser.add_argument("--json", action="store_true", help="print JSON for scripts")
@@ -229,7 +231,8 @@ def parser() -> argparse.ArgumentParser:
                       help="then close the Nth connection and retry the refused ones")
     prod.add_argument("--switch", action="store_true",
                       help="instead, ask to switch the product to Per Seat (--yes to confirm), as this server")
-    prod.add_argument("--yes", action="store_true")
+    prod.add_argument("--yes", action="store_true", help="confirm --switch: it cannot be undone")
+    flags_after_subcommands(parser, "--json")
     return parser
 
 

@@ -32,7 +32,9 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--log-json", action="store_true", help="log JSON events, one per line, instead of text")
 
     def server_options(p):
-        p.add_argument("--listen", default=DEFAULT_LISTEN, help="Twisted endpoint (default: %(default)s)")
+        p.add_argument("--listen", default=DEFAULT_LISTEN, metavar="ENDPOINT",
+                       help="the license server's Twisted endpoint; tcp:0:... takes a free port, which the ready "
+                            "line shows (default: %(default)s)")
         p.add_argument("--seed", help="seed for CAL lifetimes, so a run can be replayed exactly")
         p.add_argument("--server-version", metavar="VERSION",
                        help="the license server's own Windows version, 2003 to 2025 (kept in its database; default: "
@@ -54,7 +56,9 @@ def _parser() -> argparse.ArgumentParser:
                          "tsls lab run FILE / tsls lab check FILE play or validate a lab file (docs/labfile.md)")
     common(lab)
     server_options(lab)
-    lab.add_argument("--clearinghouse-listen", default=DEFAULT_CH_LISTEN, help="(default: %(default)s)")
+    lab.add_argument("--clearinghouse-listen", default=DEFAULT_CH_LISTEN, metavar="ENDPOINT",
+                     help="the mock Clearinghouse's Twisted endpoint; tcp:0:... takes a free port, which the lab's "
+                          "license server is given and the ready line shows (default: %(default)s)")
     lab.add_argument("--console-listen", default=DEFAULT_CONSOLE_LISTEN,
                      help="the web console and /metrics (docs/console.md); 'none' for no console "
                           "(default: %(default)s)")
@@ -62,7 +66,8 @@ def _parser() -> argparse.ArgumentParser:
     server = sub.add_parser("server", help="run the license server")
     common(server)
     server_options(server)
-    server.add_argument("--clearinghouse-url", default=DEFAULT_CH_URL, help="(default: %(default)s)")
+    server.add_argument("--clearinghouse-url", default=DEFAULT_CH_URL, metavar="URL",
+                        help="where the license server reaches the Clearinghouse (default: %(default)s)")
     server.add_argument("--console-listen", metavar="ENDPOINT",
                         help=f"serve the web console and /metrics on this endpoint, e.g. {DEFAULT_CONSOLE_LISTEN} "
                              "or an ssl: endpoint (docs/console.md; default: no console)")
@@ -70,7 +75,8 @@ def _parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check", help="check the license server database's invariants (safe while it runs); "
                                          "with --clearinghouse, the whole lab's")
-    check.add_argument("--data-dir", default=DEFAULT_DATA, help="(default: %(default)s)")
+    check.add_argument("--data-dir", default=DEFAULT_DATA,
+                       help="the data directory whose license-server.sqlite is checked (default: %(default)s)")
     check.add_argument("--db", help="the database file (default: DATA_DIR/license-server.sqlite)")
     database_options(check)
     check.add_argument("--clearinghouse", metavar="DB",
@@ -80,11 +86,14 @@ def _parser() -> argparse.ArgumentParser:
                        help="a license server database of the lab (repeat for each; default: --db)")
 
     certs = sub.add_parser("make-certs", help="make a lab CA and a TLS certificate for 127.0.0.1 (docs/tls.md)")
-    certs.add_argument("--dir", default=os.path.join(DEFAULT_DATA, "tls"), help="(default: %(default)s)")
+    certs.add_argument("--dir", default=os.path.join(DEFAULT_DATA, "tls"),
+                       help="where to write server.pem and ca/ca.pem (default: %(default)s)")
 
     ch = sub.add_parser("clearinghouse", help="run the mock Clearinghouse")
     common(ch)
-    ch.add_argument("--listen", default=DEFAULT_CH_LISTEN, help="(default: %(default)s)")
+    ch.add_argument("--listen", default=DEFAULT_CH_LISTEN, metavar="ENDPOINT",
+                    help="the Clearinghouse's Twisted endpoint; tcp:0:... takes a free port, which the ready line "
+                         "shows (default: %(default)s)")
     ch.add_argument("--lab-clock-file", metavar="PATH",
                     help="read the lab time from PATH, an ISO date another process writes (tsls lab run does)")
     return parser

@@ -150,6 +150,26 @@ def test_per_user_logons_are_logged_and_never_counted(daemon):
 
 
 @pytest_twisted.inlineCallbacks
+def test_the_usage_report_starts_on_its_first_logon_and_takes_iso_dates(daemon):
+    admin = yield daemon.admin()
+    yield activate_and_install(admin, quantity=1, cal_type="per_user")
+    empty = yield admin.request("usage_report")
+    assert empty["start"] == empty["end"] and empty["users_seen"] == 0      # not 1970
+    ts = yield daemon.terminal_server("TSU", mode="per_user")
+    yield logon(ts, "pc1")
+    report = yield admin.request("usage_report")
+    assert report["start"] == report["per_day"][0]["day"] + "T00:00:00Z" and report["users_seen"] == 1
+    day = report["per_day"][0]["day"]
+    same = yield admin.request("usage_report", start=f"{day}T00:00:00Z", end=report["end"])
+    assert same["users_seen"] == 1 and same["start"] == f"{day}T00:00:00Z"
+    later = yield admin.request("usage_report", start="9999-01-01", end="9999-12-31T23:59:59Z")
+    assert later["users_seen"] == 0 and later["start"] == "9999-01-01T00:00:00Z"
+    with pytest.raises(TslsError) as e:
+        yield admin.request("usage_report", start="yesterday")
+    assert e.value.code is Code.BAD_REQUEST
+
+
+@pytest_twisted.inlineCallbacks
 def test_a_forged_license_is_refused_with_a_code(daemon):
     ts = yield daemon.terminal_server()
     answer = yield logon(ts, "pc1")

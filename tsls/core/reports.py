@@ -24,8 +24,9 @@ class UsageReport:
         return max(0, len(self.users) - self.installed)
 
 
-def per_user_usage(logons, packs: tuple[KeyPack, ...], start: int, end: int) -> UsageReport:
-    """``logons`` are (at, user, ...) rows with start <= at < end."""
+def per_user_usage(logons, packs: tuple[KeyPack, ...], start: int | None, end: int) -> UsageReport:
+    """``logons`` are (at, user, ...) rows with start <= at < end. With no ``start`` (the whole log),
+    the report starts on the day of its first logon, or at ``end`` when there is none: never at 1970."""
     seen: dict[str, list[int]] = {}
     days: dict[int, set[str]] = {}
     for at, user, *_ in logons:
@@ -34,6 +35,8 @@ def per_user_usage(logons, packs: tuple[KeyPack, ...], start: int, end: int) -> 
         count_last[1] = max(count_last[1], at)
         days.setdefault(at - at % DAY, set()).add(user)
     installed = sum(p.total for p in packs if p.cal_type is CalType.PER_USER)
+    if start is None:
+        start = min(days, default=end)
     return UsageReport(
         start=start, end=end, installed=installed,
         users=tuple((u, c, last) for u, (c, last) in sorted(seen.items())),

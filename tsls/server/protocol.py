@@ -74,6 +74,13 @@ def _whole(request: dict, name: str, low: int, high: int, what: str):
 MAX_TIME = 253402300799      # 9999-12-31T23:59:59Z, the last second an ISO date can name
 
 
+def _time(request: dict, name: str):
+    """A moment: an ISO 8601 date (as every time in an answer is), or seconds since the epoch."""
+    if isinstance(request.get(name), str):
+        return parse_date(_field(request, name, max_len=64))
+    return _whole(request, name, 0, MAX_TIME, "an ISO 8601 date, or seconds since the epoch up to 9999")
+
+
 def _unfit(value) -> str | None:
     """Why a parsed request cannot be taken as it is, or None. Checked once per request, before
     dispatch, so no handler, no SQLite bind and no HMAC ever sees: nesting deeper than MAX_DEPTH,
@@ -584,8 +591,7 @@ class LicenseProtocol(Protocol, TimeoutMixin):
         return console.mint_link(role)
 
     def op_usage_report(self, request):
-        return self.server.usage_report(_whole(request, "start", 0, MAX_TIME, "seconds since the epoch up to 9999"),
-                                        _whole(request, "end", 0, MAX_TIME, "seconds since the epoch up to 9999"))
+        return self.server.usage_report(_time(request, "start"), _time(request, "end"))
 
 
 _OPS = {

@@ -79,7 +79,7 @@ class Records:
             hi = now + 1 if end is None else end
             if hi < lo:
                 raise TslsError(Code.BAD_REQUEST, "the report's end is before its start")
-            report = per_user_usage(store.per_user_logons(lo, hi), store.key_packs(), lo, hi)
+            report = per_user_usage(store.per_user_logons(lo, hi), store.key_packs(), start, hi)
             return {
                 "start": iso(report.start), "end": iso(report.end),
                 "per_user_cals_installed": report.installed,
