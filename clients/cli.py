@@ -40,8 +40,19 @@ def flags_after_subcommands(parser, *flags: str, _top: dict | None = None) -> No
                 flags_after_subcommands(sub, _top=top)
 
 
-class Interrupted(Exception):
+class Failed(Exception):
+    """Raised by a command that printed its results but must exit with ``status`` (documented in its help)."""
+
+    def __init__(self, status: int, message: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class Interrupted(Failed):
     """Raised by a command that was interrupted (Ctrl-C) after printing what it had done so far."""
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(INTERRUPTED, message)
 
 
 def run(coroutine_factory, as_json: bool) -> int:
@@ -63,9 +74,16 @@ def run(coroutine_factory, as_json: bool) -> int:
             status.append(0)
         except BrokenPipeError:         # the output was piped to head, say: not an error
             status.append(0)
-        except (Interrupted, defer.CancelledError) as e:
-            print(f"interrupted{': ' + str(e) if str(e) else ''}", file=sys.stderr)
+        except defer.CancelledError:
+            print("interrupted", file=sys.stderr)
             status.append(INTERRUPTED)
+        except Interrupted as e:
+            print(f"interrupted{': ' + str(e) if str(e) else ''}", file=sys.stderr)
+            status.append(e.status)
+        except Failed as e:
+            if str(e):
+                print(str(e), file=sys.stderr)
+            status.append(e.status)
         except TslsError as e:
             if as_json:
                 print(json.dumps({"error": e.to_json()}, indent=2))

@@ -18,7 +18,7 @@ import time
 
 from twisted.internet import defer
 
-from clients.cli import Interrupted, enum_option, flags_after_subcommands, run
+from clients.cli import Failed, Interrupted, enum_option, flags_after_subcommands, run
 from clients.connection import CONNECT_TIMEOUT, DEFAULT_SERVER, add_timeout_options, connect
 from clients.output import emit, table
 from tsls.core.labtime import parse_date
@@ -28,6 +28,7 @@ from tsls.errors import Code, TslsError
 from tsls.files import write_private
 from tsls.server.auth import read_secret
 
+REFUSED = 3            # exit status when a logon was refused (the rows are printed all the same)
 PLATFORM_ID = 0x04010000   # WINNT_POST_52 + Microsoft, what FreeRDP sends [REFERENCE §6]
 
 # A license server that answers with one of these could not license the device; the next one is
@@ -183,7 +184,10 @@ class TerminalServer:
             admitted = without_license_server(grace, expires, now)
         except TslsError as e:
             return {**row, "outcome": "refused", "reason": e.code.value, "message": e.message}
-        return {**row, "outcome": f"admitted_{admitted.how.value}", "message": admitted.message, "license": held}
+        # No license server answered (reason: how the last one failed); how many grace days are left.
+        return {**row, "outcome": f"admitted_{admitted.how.value}", "message": admitted.message, "license": held,
+                "reason": refusal.code.value if refusal is not None else Code.NO_LICENSE_SERVER.value,
+                "grace_days_left": admitted.grace_days_left}
 
     async def close(self) -> None:
         for conn in self.connections.values():
@@ -192,7 +196,11 @@ class TerminalServer:
 
 
 def parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tsls-ts", description="Simulate a terminal server.")
+    parser = argparse.ArgumentParser(
+        prog="tsls-ts", description="Simulate a terminal server.",
+        epilog=f"Exit status: 0 every logon admitted (with a license, or without one in the grace period); "
+               f"{REFUSED} some logon refused (the rows are printed all the same); 1 an error before any logon "
+               f"(error CODE: message); 130 interrupted by Ctrl-C (the logons so far are printed and saved).")
     parser.add_argument("--server", action="append", metavar="ENDPOINT",
                         help=f"a license server endpoint; repeat it for a discovery list tried in order "
                              f"(default: {DEFAULT_SERVER})")
@@ -325,6 +333,9 @@ async def command(reactor, args) -> None:
     emit(rows, args.json, _print_rows)
     if interrupted:
         raise Interrupted(f"after {len(rows)} logons; the devices' licenses are saved in {devices.path}")
+    refused = sum(1 for r in rows if r["outcome"] == "refused")
+    if refused:
+        raise Failed(REFUSED, f"{refused} of {len(rows)} logons refused")
 
 
 def _print_rows(rows: list[dict]) -> None:
@@ -336,6 +347,14 @@ def _print_rows(rows: list[dict]) -> None:
     table(flat, [("round", "ROUND"), ("machine", "MACHINE"), ("user", "USER"), ("outcome", "OUTCOME"),
                  ("kind", "LICENSE"), ("license_id", "ID"), ("expires_at", "EXPIRES"), ("served_by", "SERVED BY"),
                  ("reason", "REASON")])
+    # What the table cannot say: why no license server served a logon, and what followed (grace days left).
+    notes: dict[str, list[str]] = {}
+    for r in rows:
+        if r.get("served_by") is None and r.get("message"):
+            notes.setdefault(r["message"], []).append(r["machine"])
+    for message, machines in notes.items():
+        more = f" (and {len(machines) - 1} more)" if len(machines) > 1 else ""
+        print(f"{machines[0]}{more}: {message}")
 
 
 def main(argv=None) -> int:

@@ -7,6 +7,7 @@ import pytest_twisted
 from twisted.internet import defer, reactor
 
 from clients import admin, tssim
+from clients.cli import Failed
 from tests.conftest import running
 from tsls.clearinghouse.client import ClearinghouseClient
 from tsls.clearinghouse.service import make_service as make_clearinghouse
@@ -64,6 +65,8 @@ class Lab:
             yield defer.ensureDeferred(tssim.command(reactor, args)).addTimeout(TIMEOUT, reactor)
         except TslsError as e:
             return [{"error": e.to_json()}]
+        except Failed as e:             # some logon was refused: printed, then exit 3
+            assert e.status == tssim.REFUSED
         return json.loads(capsys.readouterr().out)
 
 

@@ -52,7 +52,9 @@ def test_a_refusing_license_server_is_skipped_for_one_that_has_cals(tmp_path, da
 def test_with_no_license_server_grace_admits_then_refuses(tmp_path):
     ts = simulator(tmp_path, [DOWN])
     row = yield defer.ensureDeferred(ts.logon("pc1", "alice"))
-    assert row["outcome"] == "admitted_grace"
+    assert row["outcome"] == "admitted_grace" and row["served_by"] is None and row["grace_days_left"] == 120
+    assert row["reason"] == "SERVER_UNREACHABLE"
+    assert row["message"].startswith("no license server answered; admitted in the grace period: 120 days left")
     state = ts.state.data["TS01"]
     state["clock_offset"] = 121 * DAY          # as if the lab clock had moved 121 days
     row = yield defer.ensureDeferred(ts.logon("pc1", "alice"))
@@ -77,3 +79,24 @@ def test_a_cal_due_for_renewal_is_refused_when_no_license_server_answers(tmp_pat
     ts.state.data["TS01"]["clock_offset"] = expires - DAY - time.time()     # a day before it runs out
     row = yield defer.ensureDeferred(offline.logon("pc1", "alice"))
     assert row["outcome"] == "refused" and row["reason"] == "RENEWAL_FAILED"
+
+
+def test_the_command_says_no_license_server_answered_and_exits_3_when_refused(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    def tsls_ts(*argv):
+        return subprocess.run([sys.executable, "-m", "clients.tssim", "--server", DOWN, "--state-dir", str(tmp_path),
+                               "--connect-timeout", "5", *argv], capture_output=True, text=True, timeout=60)
+
+    done = tsls_ts("logon", "pc1", "pc2")
+    assert done.returncode == 0, done.stderr
+    assert "SERVER_UNREACHABLE" in done.stdout
+    assert "pc1 (and 1 more): no license server answered; admitted in the grace period: 120 days left" in done.stdout
+    state = json.loads((tmp_path / "terminal-servers.json").read_text())
+    state["TS01"]["clock_offset"] = 121 * DAY
+    (tmp_path / "terminal-servers.json").write_text(json.dumps(state))
+    done = tsls_ts("logon", "pc1")
+    assert done.returncode == 3 and done.stderr == "1 of 1 logons refused\n"
+    assert "NO_LICENSE_SERVER" in done.stdout and "the grace period ended" in done.stdout

@@ -51,6 +51,7 @@ class AdmittedBy(enum.Enum):
 class Admission:
     how: AdmittedBy
     message: str
+    grace_days_left: int | None = None      # admitted in the grace period: whole days left, counting today
 
 
 def without_license_server(grace: Grace, held_expires_at: int | None, now: int) -> Admission:
@@ -59,11 +60,14 @@ def without_license_server(grace: Grace, held_expires_at: int | None, now: int) 
     [§1, MSQA]; others get in only inside the grace period [§2]."""
     if held_expires_at is not None and now < held_expires_at:
         if held_expires_at - now > RENEWAL_WINDOW:
-            return Admission(AdmittedBy.LICENSE, "no license server reachable; the device's license is still valid")
+            return Admission(AdmittedBy.LICENSE, "no license server answered; the device's license is still valid "
+                                                 f"(until {iso(held_expires_at)})")
         raise TslsError(Code.RENEWAL_FAILED, "the device's license expires on "
-                        f"{iso(held_expires_at)} and could not be renewed: no license server reachable")
+                        f"{iso(held_expires_at)} and could not be renewed: no license server answered")
     if grace.active(now):
-        return Admission(AdmittedBy.GRACE, f"no license server reachable; admitted in the grace period, which ends "
-                                  f"{iso(grace.expires_at())}")
-    raise TslsError(Code.NO_LICENSE_SERVER, "no license server reachable and the grace period "
+        ends = grace.expires_at()
+        left = -(-(ends - now) // DAY) if ends is not None else grace_days(grace.version)
+        return Admission(AdmittedBy.GRACE, f"no license server answered; admitted in the grace period: {left} "
+                                           f"day{'s' if left != 1 else ''} left (it ends {iso(ends or now)})", left)
+    raise TslsError(Code.NO_LICENSE_SERVER, "no license server answered and the grace period "
                     f"ended {iso(grace.expires_at())}: the connection is refused")
