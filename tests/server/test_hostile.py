@@ -10,6 +10,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
 from tests.fakes import FakeClearinghouse
+from tests.server.test_limits import turns
 from tsls.server.app import LicenseServer, load_identity
 from tsls.server.check import check_ledger
 from tsls.server.protocol import LicenseFactory
@@ -82,6 +83,7 @@ def test_garbage_never_hurts_the_protocol_or_the_ledger(ledger, batch, hello_fir
         if transport.disconnecting:
             break
         protocol.dataReceived(line + b"\n")
+        turns(factory.clock)
     for reply in transport.value().splitlines():
         assert isinstance(json.loads(reply), dict)
         assert json.loads(reply).get("error", {}).get("code") != "INTERNAL_ERROR"
@@ -90,6 +92,7 @@ def test_garbage_never_hurts_the_protocol_or_the_ledger(ledger, batch, hello_fir
     canary, out = connection(factory)
     canary.dataReceived(encode({"id": "h", **HELLO}) + b"\n" +
                         encode({"id": 1, "op": "logon", "hwid": "canary", "machine": "m", "user": "u"}) + b"\n")
+    turns(factory.clock)
     answers = [json.loads(r) for r in out.value().splitlines()]
     assert [a["ok"] for a in answers] == [True, True] and answers[1]["result"]["license"]["hwid"] == "canary"
     canary.connectionLost(None)

@@ -6,7 +6,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
 from tsls.core.model import ProductVersion
-from tsls.server.protocol import DRAIN_TIMEOUT, FOLLOW_BACKLOG, LINES_PER_TURN, MAX_IN_FLIGHT, LicenseFactory
+from tsls.server.protocol import DRAIN_TIMEOUT, FOLLOW_BACKLOG, LINES_PER_ROUND, MAX_IN_FLIGHT, LicenseFactory
 
 
 class Server:
@@ -133,7 +133,7 @@ def test_a_flood_of_tiny_bad_lines_is_taken_a_few_lines_a_turn_and_stops_while_t
     clock = Clock()
     protocol, transport = connect(LicenseFactory(Server(), clock=clock), BufferedTransport())
     protocol.dataReceived(b"1\n" * 32 * 1024)          # one read's worth: 32,768 requests of 2 bytes
-    assert len(replies(transport)) == LINES_PER_TURN    # the rest waits for later turns of the reactor
+    assert len(replies(transport)) == LINES_PER_ROUND    # the rest waits for later turns of the reactor
     assert transport.producerState == "paused"          # and nothing more is read meanwhile
     turns(clock)
     unsent = len(transport.value())
@@ -144,6 +144,18 @@ def test_a_flood_of_tiny_bad_lines_is_taken_a_few_lines_a_turn_and_stops_while_t
     turns(clock)
     assert read and len(transport.value()) > 64 * 1024
     assert all(r["error"]["code"] == "BAD_REQUEST" for r in replies(transport)) and answered > 500
+
+
+def test_a_connection_flooding_does_not_keep_another_from_being_answered_at_once():
+    clock = Clock()
+    factory = LicenseFactory(Server(), clock=clock)
+    flood, flooded = connect(factory)
+    polite, answers = connect(factory)
+    flood.dataReceived(b"1\n" * 32 * 1024)
+    polite.dataReceived(HELLO)
+    assert [r["id"] for r in replies(answers)] == [0] and len(replies(flooded)) == LINES_PER_ROUND
+    turns(clock)                                        # the flood is taken at later turns, TURN_BUDGET at a time
+    assert len(replies(flooded)) == 32 * 1024 and not factory._waiting
 
 
 def test_lines_waiting_in_the_buffer_are_taken_after_a_half_close_and_then_the_connection_closes():
@@ -170,6 +182,7 @@ def follower(clock):
     server = Server()
     protocol, transport = connect(LicenseFactory(server, clock=clock), BufferedTransport())
     protocol.dataReceived(b'{"id":0,"op":"hello","protocol":1,"role":"admin"}\n{"id":"f","op":"follow_events"}\n')
+    turns(clock)
     assert [r["ok"] for r in replies(transport)] == [True, True]
     transport.clear()
     (push,) = server.followers

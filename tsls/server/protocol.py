@@ -28,7 +28,9 @@ PROTOCOL_VERSION = 1
 MAX_LINE = 64 * 1024          # longer lines: LINE_TOO_LONG, in order, then the connection is closed
 MAX_IN_FLIGHT = 256           # answers not yet written on one connection; past it, we stop reading
 MAX_DEPTH = 16                # JSON nesting in a request; deeper: BAD_JSON / BAD_REQUEST, the connection lives on
-LINES_PER_TURN = 8            # lines of one connection handled per reactor turn, so no connection starves others
+LINES_PER_ROUND = 1           # lines a connection has taken before the others with lines waiting get theirs
+TURN_BUDGET = 0.002           # seconds of waiting lines taken per turn of the reactor, round robin, before it
+                              # goes back to reading, writing and committing: a flood cannot starve the others
 FOLLOW_BACKLOG = 1024 * 1024  # event bytes a paused follower may fall behind before it is dropped (TOO_SLOW)
 DRAIN_TIMEOUT = 30.0          # seconds a closing connection's last answers may take to be read before it is cut
 IDLE_TIMEOUT = 300.0          # seconds without a complete request before an idle connection is closed
@@ -154,10 +156,11 @@ class LicenseProtocol(Protocol, TimeoutMixin):
     """One connection. Memory per connection is bounded: at most one read chunk and MAX_LINE of
     unread input, at most MAX_IN_FLIGHT answers waiting, and no new line is taken while the peer
     is not reading (the transport's buffer is full) or the answers are at their bound: the rest of
-    a chunk waits. Each connection handles at most LINES_PER_TURN lines per reactor turn, so a flood
-    on one connection delays the others by little. Answers leave in the order their requests came;
-    a connection that must close (half-close, LINE_TOO_LONG, idle) closes once its last answer has
-    been flushed, and is cut if the peer does not read them within DRAIN_TIMEOUT."""
+    a chunk waits. Connections with lines waiting take them in round robin (LINES_PER_ROUND each),
+    at most TURN_BUDGET seconds per reactor turn, so a flood on some delays the others by little.
+    Answers leave in the order their requests came; a connection that must close (half-close,
+    LINE_TOO_LONG, idle, TOO_SLOW) closes once its last answer has been flushed, and is cut if the
+    peer does not read them within DRAIN_TIMEOUT."""
 
     log = Logger()
 
@@ -236,19 +239,18 @@ class LicenseProtocol(Protocol, TimeoutMixin):
         self._process()
 
     def _process(self) -> None:
-        """Take the complete lines waiting, as far as the bounds allow and LINES_PER_TURN at a time."""
+        """Take the complete lines waiting, as far as the bounds allow and LINES_PER_ROUND at a time."""
         if self._processing or self._closed:
             return
         self._processing = True
         try:
-            budget, buf = LINES_PER_TURN, self._buffer
+            budget, buf = LINES_PER_ROUND, self._buffer
             while self._may_take():
                 end = buf.find(b"\n", self._pos)
                 if end < 0:
                     break
                 if budget == 0:
-                    if self._turn is None:
-                        self._turn = self.callLater(0, self._next_turn)
+                    self._later()
                     break
                 if end - self._pos > MAX_LINE:
                     self._too_long()
@@ -272,6 +274,16 @@ class LicenseProtocol(Protocol, TimeoutMixin):
             self._processing = False
         self._update_reading()
         self._maybe_close()
+
+    def _later(self) -> None:
+        """Come back to the lines waiting at the next turn, after every other connection had its own."""
+        if self._turn is not None:
+            return
+        if isinstance(self.factory, LicenseFactory):
+            self._turn = True
+            self.factory.later(self)
+        else:
+            self._turn = self.callLater(0, self._next_turn)
 
     def _next_turn(self) -> None:
         self._turn = None
@@ -572,7 +584,7 @@ class LicenseProtocol(Protocol, TimeoutMixin):
         self._closed = True
         self.setTimeout(None)
         for call in (self._turn, self._drain):
-            if call is not None and call.active():
+            if call is not None and call is not True and call.active():
                 call.cancel()
         if self.role is not None:
             self.server.products.release(self)
@@ -639,6 +651,11 @@ def _observed(result, observe, op, started):
     return result
 
 
+def _reactor():
+    from twisted.internet import reactor
+    return reactor
+
+
 class LicenseFactory(Factory):
     observe = None      # if set, called with (op, result or Failure, perf_counter at arrival) per answer
 
@@ -649,6 +666,28 @@ class LicenseFactory(Factory):
         self.max_connections = max_connections
         self.idle_timeout = idle_timeout
         self.connections = 0
+        self._waiting: deque = deque()       # connections with lines left for the next turn, in turn order
+        self._turn = None
+
+    def later(self, protocol: LicenseProtocol) -> None:
+        """One reactor turn serves, in order, every connection that still had lines waiting: a single
+        timed call per turn, however many connections flood."""
+        self._waiting.append(protocol)
+        if self._turn is None:
+            self._turn = (self.clock or _reactor()).callLater(0, self._next_turn)
+
+    def _next_turn(self) -> None:
+        """Round robin: one line from each waiting connection in turn, for at most TURN_BUDGET seconds,
+        then back to the reactor (reads, writes, commits) before the next turn goes on where this one stopped."""
+        self._turn = None
+        waiting = self._waiting
+        deadline = time.perf_counter() + TURN_BUDGET
+        while waiting:
+            waiting.popleft()._next_turn()
+            if time.perf_counter() > deadline:
+                break
+        if waiting and self._turn is None:
+            self._turn = (self.clock or _reactor()).callLater(0, self._next_turn)
 
     def buildProtocol(self, addr):
         if self.connections >= self.max_connections:
