@@ -3,8 +3,8 @@
     python -m bench.dbgen PATH [--licenses N] [--packs P]
 
 The schema comes from ``LicenseStore.open`` (every migration), the identity from
-``Identity.load_or_create``, activation is set as ``LicenseServer._set_activation`` sets it
-(telephone, with its event), and each key pack is added with ``LicenseStore.add_key_pack``.
+``tsls.server.app.load_identity``, activation is saved with ``LicenseStore.save_activation`` as
+``Activations._set_activation`` saves it (telephone, with its event), and each key pack is added with ``LicenseStore.add_key_pack``.
 The N licenses are written with direct SQL ``executemany`` in one transaction, as N/2 devices
 that each hold an upgraded temporary license and the live permanent Per Device CAL that replaced
 it (Windows Server 2003, from the key packs, whose Issued counts match), with one event each, as
@@ -14,7 +14,6 @@ runs during a benchmark. 1,000,000 licenses take about 30 s (400 MB).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import random
 import sys
@@ -23,16 +22,12 @@ import time
 from tsls.core.events import Event, EventId
 from tsls.core.model import DAY, CalType, ProductVersion, PurchaseRef
 from tsls.core.activation import Activation, ActivationMethod, ActivationStatus
+from tsls.public import hardware_id
 from tsls.server.app import load_identity
 from tsls.server.store import LicenseStore
 
 PACK_SIZE = 1_000_000            # the most one purchase may hold (tsls.core.model.parse_quantity)
-PLATFORM_ID = 0x04010000
 LICENSE_SERVER_ID = "BENCH" + "0" * 30
-
-
-def hwid(machine: str) -> str:
-    return (PLATFORM_ID.to_bytes(4, "little") + hashlib.md5(machine.encode()).digest()).hex()
 
 
 def generate(path: str, licenses: int = 1000, packs: int = 4, seed: str = "1") -> None:
@@ -58,7 +53,7 @@ def generate(path: str, licenses: int = 1000, packs: int = 4, seed: str = "1") -
             next_id = 1
             for d in range(licenses - devices):        # each device: a temporary license, then its CAL
                 machine = f"DB{d:08d}"
-                h, user = hwid(machine), f"dbuser{d}"
+                h, user = hardware_id(machine), f"dbuser{d}"
                 issued = now - rng.randrange(1, 60) * DAY
                 yield (next_id, "temporary", "upgraded" if d < devices else "active", h, machine, user, "DBTS", "2003",
                        None, 1, issued, issued + 90 * DAY, 0)
