@@ -18,6 +18,7 @@ from tsls.core.clearinghouse import Reason
 from tsls.core.model import CalType, LicenseKind, LicenseStatus, ProductVersion
 from tsls.errors import Code, TslsError
 from tsls.files import write_private
+from tsls.public import read_secret, write_secret
 
 DEFAULT_CLEARINGHOUSE = "http://127.0.0.1:4880"
 
@@ -200,8 +201,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 async def _license_server(reactor, args):
-    from tsls.server.auth import read_secret
-
     secret = read_secret(args.credential)
     conn = await connect(reactor, args.server, args.connect_timeout, args.timeout)
     await conn.hello_admin(secret)
@@ -235,8 +234,7 @@ async def _admin_command(conn, args) -> None:
             op = {"register": "register_terminal_server", "group-add": "group_add", "group-remove": "group_remove"}
             result = await conn.request(op[args.action], name=args.name)
             if args.action == "register" and args.secret_file:
-                from tsls.server.auth import write_private
-                write_private(args.secret_file, result.pop("secret"))
+                write_secret(args.secret_file, result.pop("secret"))
                 result["secret_file"] = args.secret_file
         emit(result, args.json, _print_terminal_servers)
     elif c == "products":

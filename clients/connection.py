@@ -23,7 +23,7 @@ from twisted.internet.protocol import Factory
 from twisted.protocols.basic import LineOnlyReceiver
 
 from tsls.errors import Code, TslsError
-from tsls.server.auth import proof
+from tsls.public import PROTOCOL_VERSION, proof
 
 DEFAULT_SERVER = "tcp:127.0.0.1:4870"
 CONNECT_TIMEOUT = 5.0       # seconds to connect (TCP, and TLS for ssl: endpoints)
@@ -75,7 +75,7 @@ class LicenseConnection(LineOnlyReceiver):
     @defer.inlineCallbacks
     def hello_terminal_server(self, name: str, version: str, mode: str, secret: str | None = None):
         """Introduce a terminal server; with its registered ``secret``, prove who it is."""
-        fields = dict(protocol=1, role="terminal_server", name=name, version=version, mode=mode)
+        fields = dict(protocol=PROTOCOL_VERSION, role="terminal_server", name=name, version=version, mode=mode)
         if secret is not None:
             challenge = yield self.request("challenge")
             fields["proof"] = proof(secret, challenge["nonce"], "terminal_server", name)
@@ -86,7 +86,7 @@ class LicenseConnection(LineOnlyReceiver):
     def hello_admin(self, secret: str):
         """Introduce an administrator, proving it holds the credential (the secret never crosses the wire)."""
         challenge = yield self.request("challenge")
-        self.hello = yield self.request("hello", protocol=1, role="admin",
+        self.hello = yield self.request("hello", protocol=PROTOCOL_VERSION, role="admin",
                                         proof=proof(secret, challenge["nonce"], "admin"))
         return self.hello
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import hashlib
 import json
 import math
 import os
@@ -40,12 +39,12 @@ from clients import connection
 from clients.connection import ANSWER_TIMEOUT, CONNECT_TIMEOUT, DEFAULT_SERVER, LicenseConnection, add_timeout_options
 from tsls.core.model import ProductVersion
 from tsls.errors import Code, TslsError
+from tsls.public import hardware_id
 
 KINDS = ("first", "repeat", "renewal", "per_user")
 REPORT = "report"                 # the logon_succeeded that follows a logon with a temporary license
 DEFAULT_MIX = "first=3,repeat=6,renewal=1"
 DRAIN_TIMEOUT = 60.0              # after the end, how long answers still in flight are waited for
-PLATFORM_ID = 0x04010000          # as clients.tssim.hardware_id: the same device is the same HWID
 
 # What a device holds, as far as the load generator knows.
 NONE, TEMPORARY, VALIDATED, PERMANENT = 0, 1, 2, 3
@@ -123,8 +122,7 @@ class Devices:
         f = self._fields.get(i)
         if f is None:
             machine = f"{self.prefix}PC{i:07d}"
-            hwid = (PLATFORM_ID.to_bytes(4, "little") + hashlib.md5(machine.encode()).digest()).hex()
-            f = json.dumps({"hwid": hwid, "machine": machine}, separators=(",", ":"))[1:-1].encode()
+            f = json.dumps({"hwid": hardware_id(machine), "machine": machine}, separators=(",", ":"))[1:-1].encode()
             self._fields[i] = f
         return f
 

@@ -11,7 +11,6 @@ state: its grace period, and the lab time it last heard from a license server.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import time
@@ -26,10 +25,9 @@ from tsls.core.model import CalType, ProductVersion
 from tsls.core.terminal import Grace, without_license_server
 from tsls.errors import Code, TslsError
 from tsls.files import write_private
-from tsls.server.auth import read_secret
+from tsls.public import hardware_id, read_secret
 
 REFUSED = 3            # exit status when a logon was refused (the rows are printed all the same)
-PLATFORM_ID = 0x04010000   # WINNT_POST_52 + Microsoft, what FreeRDP sends [REFERENCE §6]
 
 # A license server that answers with one of these could not license the device; the next one is
 # asked, as a terminal server goes down its discovered list [§5, KB301932]. One that cannot be reached,
@@ -38,12 +36,6 @@ TRY_NEXT = {Code.NO_LICENSE_AVAILABLE, Code.NOT_ACTIVATED, Code.MODE_MISMATCH, C
             Code.SERVER_TIMEOUT, Code.SHUTTING_DOWN, Code.STORAGE_ERROR}
 UNAVAILABLE = {Code.SERVER_UNREACHABLE, Code.SERVER_TIMEOUT, Code.SHUTTING_DOWN}   # no answer: grace rules apply
 ANSWER_TIMEOUT = 10.0    # a terminal server waits this long for a license server before trying the next
-
-
-def hardware_id(machine: str) -> str:
-    """The 20-byte HWID an RDP client derives from its host name: LE32(PlatformId) + MD5(name), in hex.
-    The RDP front computes the same value, so a device is the same device on either path."""
-    return (PLATFORM_ID.to_bytes(4, "little") + hashlib.md5(machine.encode()).digest()).hex()
 
 
 class JsonState:

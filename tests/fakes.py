@@ -4,6 +4,8 @@ import itertools
 
 from twisted.internet import defer
 
+from tsls.core.clearinghouse import IssuedKeyPack
+from tsls.core.model import CalType, ProductVersion
 from tsls.errors import Code, TslsError
 
 
@@ -50,11 +52,5 @@ class FakeClearinghouse:
         return {"key_packs": [self._pack(ref, None, None, None)]}
 
     def _pack(self, ref, product_version, cal_type, quantity):
-        return {
-            "key_pack_id": f"KP{next(self._ids)}".ljust(35, "0"),
-            "reference": ref.reference,
-            "purchase": ref.to_json(),
-            "product_version": (product_version.value if product_version else "2003"),
-            "cal_type": (cal_type.value if cal_type else "per_device"),
-            "quantity": quantity or 5,
-        }
+        return IssuedKeyPack(f"KP{next(self._ids)}".ljust(35, "0"), ref, product_version or ProductVersion.W2003,
+                             cal_type or CalType.PER_DEVICE, quantity or 5).to_json()

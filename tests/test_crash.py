@@ -12,10 +12,10 @@ import pytest_twisted
 from twisted.internet import defer, error, protocol, reactor
 
 from clients.connection import connect
-from clients.tssim import hardware_id
 from tsls.core.activation import Activation, ActivationStatus
 from tsls.core.model import CalType, Program, ProductVersion, PurchaseRef
 from tsls.errors import TslsError
+from tsls.public import hardware_id
 from tsls.server.app import load_identity
 from tsls.server.check import check_ledger
 from tsls.server.store import LicenseStore

@@ -16,14 +16,14 @@ from clients.rdp import crypto
 from clients.rdp.server import LicenseServerLicensing, RdpFrontFactory
 from tsls.certs import new_key, private_pem, self_signed_pem
 from tsls.core.model import ProductVersion
-from tsls.server.auth import write_private
+from tsls.files import write_private
 
 DEFAULT_LISTEN = "tcp:3389:interface=127.0.0.1"
 
 
 def _load_or_make(path: str, make) -> bytes:
     if not os.path.exists(path):
-        write_private(path, make().strip())
+        write_private(path, make().strip(), newline=True)
     with open(path, "rb") as f:
         return f.read()
 

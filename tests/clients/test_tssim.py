@@ -4,10 +4,11 @@ import time
 import pytest_twisted
 from twisted.internet import defer, reactor
 
-from clients.tssim import DeviceStore, TerminalServer, TerminalServerState, hardware_id
+from clients.tssim import DeviceStore, TerminalServer, TerminalServerState
 from tests.server.test_daemon import Daemon, activate_and_install
 from tsls.core.labtime import parse_date
 from tsls.core.model import DAY
+from tsls.public import hardware_id
 
 DOWN = "tcp:127.0.0.1:1"     # nothing listens on port 1
 

@@ -9,7 +9,7 @@ from twisted.logger import globalLogPublisher
 
 from tests.server.test_daemon import activate_and_install, logon
 from tsls.errors import Code, TslsError
-from tsls.server.auth import proof
+from tsls.public import proof
 
 
 @pytest_twisted.inlineCallbacks

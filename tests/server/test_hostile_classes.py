@@ -13,7 +13,7 @@ from twisted.internet import defer, reactor, threads
 
 from tests.server.test_daemon import activate_and_install, logon, with_timeout
 from tsls.errors import Code, TslsError
-from tsls.server.auth import proof
+from tsls.public import proof
 
 WAIT = 20       # seconds a raw socket waits for data; the old half-close hang was 300 s
 HELLO = {"op": "hello", "protocol": 1, "role": "terminal_server", "name": "TS01", "version": "2003",

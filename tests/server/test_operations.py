@@ -4,6 +4,7 @@ import sqlite3
 
 import pytest
 import pytest_twisted
+from twisted.internet import defer
 from twisted.internet.task import Clock
 
 from tests.fakes import FakeClearinghouse
@@ -122,3 +123,14 @@ async def test_licenses_added_to_a_named_product_follow_its_mode(server):
     [sql] = (await server.products.add_licenses("SQL", 0, 2))["products"]
     assert (sql["mode"], sql["per_server_licenses"], sql["seat_licenses"]) == ("per_seat", 0, 6)
     assert (await refused(server.products.add_licenses("Exchange", 0, 1))).code is Code.UNKNOWN_PRODUCT
+
+
+@pytest.mark.parametrize("answer", [{}, {"key_pack": "KP"}, {"key_pack": {"key_pack_id": "short"}},
+                                    {"key_pack": {"key_pack_id": "K" * 35, "purchase": {"program": "retail"}}}])
+@pytest_twisted.ensureDeferred
+async def test_a_malformed_key_pack_from_the_clearinghouse_is_clearinghouse_error(server, answer):
+    await server.activate("automatic", {}, None, None)
+    server.activation.clearinghouse.install = lambda *args, **kwargs: defer.succeed(answer)
+    purchase = {"program": "retail", "retail_code": "R" * 25}
+    assert (await refused(server.install_key_pack(purchase))).code is Code.CLEARINGHOUSE_ERROR
+    assert await server.key_packs() == []

@@ -15,8 +15,9 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource
 
 from tsls.core import clearinghouse as rules
-from tsls.core.clearinghouse import Method, Reason, Sale, Server, ServerStatus
-from tsls.core.model import CalType, ProductVersion, Purchase, PurchaseRef, iso
+from tsls.core.activation import ActivationMethod
+from tsls.core.clearinghouse import IssuedKeyPack, Reason, Sale, Server, ServerStatus
+from tsls.core.model import CalType, ProductVersion, Purchase, PurchaseRef, iso, parse_enum
 from tsls.errors import Code, TslsError
 from tsls.server import auth
 
@@ -115,7 +116,7 @@ class Clearinghouse:
 
     def activate(self, body: dict) -> dict:
         product_id = rules.check_product_id(body.get("product_id"))
-        method = _enum(Method, body.get("method", "automatic"), "method")
+        method = parse_enum(ActivationMethod, body.get("method", "automatic"), "method")
         contact = rules.check_contact(body.get("contact"))
         with self.store.transaction():
             rules.activate(self.store.active_server_for(product_id))
@@ -128,12 +129,12 @@ class Clearinghouse:
         return {**_server_json(server, []), "certificate": certificate}
 
     def reactivate(self, body: dict) -> dict:
-        reason = _enum(Reason, body.get("reason"), "reason")
+        reason = parse_enum(Reason, body.get("reason"), "reason")
         rules.check_contact(body.get("contact"), required=("first_name", "last_name"))
         with self.store.transaction():
             old = self._caller(body)
             certificate = _random_id(35)
-            new = Server(_random_id(35), old.product_id, ServerStatus.ACTIVATED, Method.AUTOMATIC, old.contact,
+            new = Server(_random_id(35), old.product_id, ServerStatus.ACTIVATED, ActivationMethod.AUTOMATIC, old.contact,
                          self.now(), rules.certificate_digest(certificate))
             self.store.put_server(attrs.evolve(old, status=ServerStatus.RETIRED))
             self.store.put_server(new)
@@ -219,21 +220,12 @@ class Clearinghouse:
 
     def _pack_json(self, key_pack_id: str, sale: Sale, quantity: int) -> dict:
         p = sale.purchase
-        return {"key_pack_id": key_pack_id, "reference": p.ref.reference, "purchase": p.ref.to_json(),
-                "product_version": p.product_version.value, "cal_type": p.cal_type.value, "quantity": quantity}
+        return IssuedKeyPack(key_pack_id, p.ref, p.product_version, p.cal_type, quantity).to_json()
 
 
 def _server_version(body: dict) -> ProductVersion | None:
     value = body.get("server_version")
     return None if value is None else ProductVersion.parse(value)
-
-
-def _enum(cls, value, what):
-    try:
-        return cls(value)
-    except ValueError:
-        raise TslsError(Code.BAD_REQUEST, f"unknown {what} {value!r}; expected one of: "
-                        + ", ".join(m.value for m in cls)) from None
 
 
 def _sale_json(sale: Sale) -> dict:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import contextlib
 import json
 
-from tsls.core.clearinghouse import IssuedPack, Method, Sale, Server, ServerStatus
+from tsls.core.activation import ActivationMethod
+from tsls.core.clearinghouse import IssuedPack, Sale, Server, ServerStatus
 from tsls.core.model import Purchase
 from tsls.sqlite import open_database
 
@@ -182,4 +183,4 @@ def _has_column(db, table: str, column: str) -> bool:
 
 
 def _server(row) -> Server:
-    return Server(row[0], row[1], ServerStatus(row[2]), Method(row[3]), json.loads(row[4]), row[5], row[6])
+    return Server(row[0], row[1], ServerStatus(row[2]), ActivationMethod(row[3]), json.loads(row[4]), row[5], row[6])

@@ -10,6 +10,7 @@ import re
 
 import attrs
 
+from tsls.core.model import parse_enum
 from tsls.errors import Code, TslsError
 
 LICENSE_SERVER_ID = re.compile(r"[A-Z0-9]{35}")     # also the form of a certificate code read out by phone
@@ -42,10 +43,7 @@ class Activation:
 
 
 def parse_method(text: object) -> ActivationMethod:
-    try:
-        return ActivationMethod(text)
-    except ValueError:
-        raise TslsError(Code.BAD_REQUEST, f"unknown activation method {text!r}; expected automatic or telephone") from None
+    return parse_enum(ActivationMethod, text, "activation method")
 
 
 def check_telephone_codes(license_server_id: object, certificate: object) -> tuple[str, str]:

@@ -11,17 +11,13 @@ import re
 
 import attrs
 
+from tsls.core.activation import ActivationMethod
 from tsls.core.model import CalType, Program, ProductVersion, Purchase, PurchaseRef, check_server_hosts, parse_quantity
 from tsls.errors import Code, TslsError
 
 PRODUCT_ID = re.compile(r"\d{5}-\d{3}-\d{7}-\d{5}")
 REQUIRED_CONTACT = ("first_name", "last_name", "company", "country_region")     # ActivateServerAutomatic [§4]
 OPTIONAL_CONTACT = ("email", "org_unit", "address", "city", "state", "postal_code")
-
-
-class Method(enum.Enum):
-    AUTOMATIC = "automatic"
-    TELEPHONE = "telephone"
 
 
 class Reason(enum.Enum):
@@ -73,7 +69,7 @@ class Server:
     license_server_id: str
     product_id: str
     status: ServerStatus
-    method: Method
+    method: ActivationMethod
     contact: dict = attrs.field(repr=False)
     activated_at: int
     certificate_digest: str = attrs.field(repr=False, default="")
@@ -180,3 +176,39 @@ def recover(sale: Sale | None, server: Server, live: tuple[IssuedPack, ...],
     if sale.bound_to == server.license_server_id and sum(p.quantity for p in held) == sale.installed:
         return Recovery(sale, kept=held)
     return Recovery(attrs.evolve(sale, bound_to=server.license_server_id), issue=sale.installed, retired=live)
+
+
+KEY_PACK_ID = re.compile(r"[A-Z0-9]{35}")
+
+
+@attrs.frozen
+class IssuedKeyPack:
+    """A key pack as the Clearinghouse issues it to a license server: the one wire shape both sides
+    use (docs/clearinghouse.md)."""
+
+    key_pack_id: str
+    purchase: PurchaseRef
+    product_version: ProductVersion
+    cal_type: CalType
+    quantity: int
+
+    def to_json(self) -> dict:
+        return {"key_pack_id": self.key_pack_id, "reference": self.purchase.reference,
+                "purchase": self.purchase.to_json(), "product_version": self.product_version.value,
+                "cal_type": self.cal_type.value, "quantity": self.quantity}
+
+    @classmethod
+    def from_json(cls, body: object) -> "IssuedKeyPack":
+        """Read a key pack the Clearinghouse answered with; a malformed one is CLEARINGHOUSE_ERROR."""
+        try:
+            if not isinstance(body, dict):
+                raise TslsError(Code.BAD_REQUEST, "a key pack is an object")
+            key_pack_id = body.get("key_pack_id")
+            if not isinstance(key_pack_id, str) or not KEY_PACK_ID.fullmatch(key_pack_id):
+                raise TslsError(Code.BAD_REQUEST, "a key pack ID is 35 upper-case letters and digits")
+            return cls(key_pack_id, PurchaseRef.from_json(body.get("purchase")),
+                       ProductVersion.parse(body.get("product_version")), CalType.parse(body.get("cal_type")),
+                       parse_quantity(body.get("quantity")))
+        except TslsError as e:
+            raise TslsError(Code.CLEARINGHOUSE_ERROR, f"the Clearinghouse answered with a malformed key pack: "
+                            f"{e.message}") from None

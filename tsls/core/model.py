@@ -71,7 +71,7 @@ class ProductVersion(enum.Enum):
     def parse(cls, text: object) -> "ProductVersion":
         if isinstance(text, str):
             text = text.replace(" ", "").replace("-", "").upper()
-        return _parse_enum(cls, text, "product version")
+        return parse_enum(cls, text, "product version")
 
     @classmethod
     def newest(cls) -> "ProductVersion":
@@ -167,7 +167,7 @@ class CalType(enum.Enum):
     def parse(cls, text: object) -> "CalType":
         if isinstance(text, str):
             text = text.replace("-", "_").lower()
-        return _parse_enum(cls, text, "CAL type")
+        return parse_enum(cls, text, "CAL type")
 
 
 class Program(enum.Enum):
@@ -179,7 +179,7 @@ class Program(enum.Enum):
 
     @classmethod
     def parse(cls, text: object) -> "Program":
-        return _parse_enum(cls, text, "licensing program")
+        return parse_enum(cls, text, "licensing program")
 
 
 class AgreementType(enum.Enum):
@@ -196,7 +196,7 @@ class AgreementType(enum.Enum):
     def parse(cls, text: object) -> "AgreementType":
         if isinstance(text, str):
             text = text.replace("-", "_").lower()
-        return _parse_enum(cls, text, "agreement type")
+        return parse_enum(cls, text, "agreement type")
 
 
 class LicenseKind(enum.Enum):
@@ -213,7 +213,8 @@ class LicenseStatus(enum.Enum):
     REVOKED = "revoked"      # revoked by an administrator; its seat went back at once
 
 
-def _parse_enum(cls, text, what):
+def parse_enum(cls, text, what):
+    """The member of enumeration ``cls`` whose value is ``text``, or BAD_REQUEST listing the choices."""
     try:
         return cls(text)
     except ValueError:
@@ -310,10 +311,18 @@ class PurchaseRef:
         )
 
 
-def parse_quantity(value: object, what: str = "quantity") -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1 or value > 1_000_000:
-        raise TslsError(Code.BAD_REQUEST, f"{what} must be a whole number from 1 to 1000000, not {value!r}")
+def whole_number(value: object, what: str, low: int | None = None, high: int | None = None) -> int:
+    """``value`` if it is a whole number (true and false are not) from ``low`` to ``high``; otherwise
+    BAD_REQUEST. The one check every count, quantity and numeric field goes through."""
+    if (isinstance(value, bool) or not isinstance(value, int) or (low is not None and value < low)
+            or (high is not None and value > high)):
+        span = "" if low is None else f" from {low} to {high}"
+        raise TslsError(Code.BAD_REQUEST, f"{what} must be a whole number{span}")
     return value
+
+
+def parse_quantity(value: object, what: str = "quantity") -> int:
+    return whole_number(value, what, 1, 1_000_000)
 
 
 @attrs.frozen

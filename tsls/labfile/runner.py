@@ -27,7 +27,7 @@ from tsls.labfile.links import Link
 from tsls.labfile.plan import Planned
 from tsls.labfile.processes import Daemon
 from tsls.labfile.schema import Lab
-from tsls.server.auth import read_secret
+from tsls.public import read_secret
 
 REQUEST_TIMEOUT = 10.0       # an administrator's request; a logon's is LOGON_TIMEOUT
 LOGON_TIMEOUT = 2.0          # a license server that has not answered a session host in this long is down for the wave

@@ -9,6 +9,7 @@ from twisted.logger import Logger
 
 from tsls.core import activation
 from tsls.core.activation import Activation, ActivationMethod
+from tsls.core.clearinghouse import IssuedKeyPack
 from tsls.core.events import Event, EventId
 from tsls.core.model import CalType, ProductVersion, PurchaseRef, check_server_hosts
 from tsls.errors import Code, TslsError
@@ -32,7 +33,7 @@ class Activations:
         how = activation.parse_method(method)
         if how is ActivationMethod.AUTOMATIC:
             answer = yield self.clearinghouse.activate(self.identity.product_id, contact or {}, how.value)
-            license_server_id, certificate = answer["license_server_id"], answer["certificate"]
+            license_server_id, certificate = _answered(answer, "license_server_id"), _answered(answer, "certificate")
         else:
             license_server_id, certificate = activation.check_telephone_codes(license_server_id, certificate)
         result = yield self._set_activation(EventId.ACTIVATED, lambda now: activation.activated(
@@ -43,8 +44,9 @@ class Activations:
     def reactivate(self, reason: str, contact: dict | None):
         server = yield self._require_activation(True)
         answer = yield self.clearinghouse.reactivate(server, reason, contact or {})
+        license_server_id, certificate = _answered(answer, "license_server_id"), _answered(answer, "certificate")
         result = yield self._set_activation(EventId.REACTIVATED, lambda now: activation.activated(
-            ActivationMethod.AUTOMATIC, answer["license_server_id"], answer["certificate"], now))
+            ActivationMethod.AUTOMATIC, license_server_id, certificate, now))
         yield self._store_key_packs([], answer.get("retired_key_packs", ()))
         return result
 
@@ -91,7 +93,8 @@ class Activations:
         except TslsError as e:
             yield self._check_in_after(e, server)
             raise
-        packs = yield self._store_key_packs([answer["key_pack"]], answer.get("retired_key_packs", ()))
+        issued = IssuedKeyPack.from_json(_answered(answer, "key_pack", dict))
+        packs = yield self._store_key_packs([issued], answer.get("retired_key_packs", ()))
         return packs[0]
 
     @defer.inlineCallbacks
@@ -108,7 +111,8 @@ class Activations:
         except TslsError as e:
             yield self._check_in_after(e, server)
             raise
-        packs = yield self._store_key_packs(answer["key_packs"], answer.get("retired_key_packs", ()))
+        issued = [IssuedKeyPack.from_json(kp) for kp in _answered(answer, "key_packs", list)]
+        packs = yield self._store_key_packs(issued, answer.get("retired_key_packs", ()))
         return {"key_packs": packs}
 
     @defer.inlineCallbacks
@@ -135,20 +139,18 @@ class Activations:
         d.addErrback(lambda f: self.log.warn("check-in after a refusal failed: {error}", error=f.getErrorMessage()))
         return d
 
-    def _store_key_packs(self, issued: list, retired_ids=()) -> defer.Deferred:
+    def _store_key_packs(self, issued: list[IssuedKeyPack], retired_ids=()) -> defer.Deferred:
         """Install the key packs the Clearinghouse issued (one already held is not installed twice)
         and retire those it retired; fires with the installed packs, or the retired ones when none."""
         def job(store, now):
             out = []
             for kp in issued:      # the Clearinghouse checked this too: a key pack this server cannot host never lands
-                check_server_hosts(self.identity.version, ProductVersion(kp["product_version"]))
-                held = store.key_pack(kp["key_pack_id"])
+                check_server_hosts(self.identity.version, kp.product_version)
+                held = store.key_pack(kp.key_pack_id)
                 if held is not None:
                     out.append(key_pack_json(held))
                     continue
-                pack = store.add_key_pack(kp["key_pack_id"], PurchaseRef.from_json(kp["purchase"]),
-                                          ProductVersion(kp["product_version"]), CalType(kp["cal_type"]),
-                                          kp["quantity"], now)
+                pack = store.add_key_pack(kp.key_pack_id, kp.purchase, kp.product_version, kp.cal_type, kp.quantity, now)
                 out.append(key_pack_json(pack))
                 store.add_events([Event(now, EventId.KEY_PACK_INSTALLED,
                                         f"key pack {pack.key_pack_id} installed: {pack.total} "
@@ -173,6 +175,14 @@ def activation_json(a: Activation) -> dict:
         "method": None if a.method is None else a.method.value,
         "activated_at": iso(a.activated_at),
     }
+
+
+def _answered(answer: object, name: str, kind: type = str):
+    """A field of the Clearinghouse's answer; a missing or mistyped one is CLEARINGHOUSE_ERROR."""
+    value = answer.get(name) if isinstance(answer, dict) else None
+    if not isinstance(value, kind):
+        raise TslsError(Code.CLEARINGHOUSE_ERROR, f"the Clearinghouse's answer has no {name!r}")
+    return value
 
 
 def _version_and_type(purchase: dict):

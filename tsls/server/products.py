@@ -15,7 +15,7 @@ import attrs
 
 from tsls.core import perseat
 from tsls.core.events import Event, EventId
-from tsls.core.model import iso
+from tsls.core.model import iso, whole_number
 from tsls.core.perseat import SBS_START, SUITE, AddPackUse, LicensedBy, Product, ProductMode, Requester
 from tsls.errors import Code, TslsError
 from tsls.server.storage import EventFilter, SeatAssignment
@@ -25,9 +25,7 @@ HISTORY = (EventId.PRODUCT_ADDED, EventId.PRODUCT_LICENSES_ADDED, EventId.SWITCH
 
 
 def _count(value, what) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 1_000_000:
-        raise TslsError(Code.BAD_REQUEST, f"{what} must be a whole number from 0 to 1000000")
-    return value
+    return whole_number(value, what, 0, 1_000_000)
 
 
 class ProductLicensing:

@@ -19,12 +19,12 @@ from twisted.logger import Logger
 
 from tsls.core.labtime import parse_date
 from tsls.core.licensing import TerminalServer, check_terminal_server
-from tsls.core.model import CalType, ProductVersion, iso
+from tsls.core.model import CalType, ProductVersion, iso, whole_number
 from tsls.core.perseat import ADMINISTRATOR, AddPackUse, Requester
 from tsls.errors import Code, TslsError
+from tsls.public import PROTOCOL_VERSION
 from tsls.server import auth
 
-PROTOCOL_VERSION = 1
 MAX_LINE = 64 * 1024          # longer lines: LINE_TOO_LONG, in order, then the connection is closed
 MAX_IN_FLIGHT = 256           # answers not yet written on one connection; past it, we stop reading
 MAX_DEPTH = 16                # JSON nesting in a request; deeper: BAD_JSON / BAD_REQUEST, the connection lives on
@@ -57,8 +57,8 @@ def _field(request: dict, name: str, kind=str, required=True, max_len=256):
         if required:
             raise TslsError(Code.BAD_REQUEST, f"missing field {name!r}")
         return None
-    if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
-        raise TslsError(Code.BAD_REQUEST, f"field {name!r} must be a whole number")
+    if kind is int:
+        return whole_number(value, f"field {name!r}")
     if kind is not int and not isinstance(value, kind):
         raise TslsError(Code.BAD_REQUEST, f"field {name!r} must be a {kind.__name__}")
     if kind is str and not 0 < len(value) <= max_len:

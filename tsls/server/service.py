@@ -9,7 +9,7 @@ from twisted.logger import Logger
 from twisted.internet.endpoints import serverFromString
 
 from tsls.labclock import LabClock
-from tsls.server.auth import write_private
+from tsls.public import write_secret
 from tsls.listener import Listener
 from tsls.server.app import LicenseServer, load_identity
 from tsls.server.records import event_json
@@ -81,7 +81,7 @@ class LicenseServerService(MultiService):
         identity = load_identity(store, seed, version)
         # The administrator's credential, readable by its owner only, beside the database by default.
         self.credential_path = credential_path or os.path.join(os.path.dirname(os.path.abspath(db_path)), "admin.secret")
-        write_private(self.credential_path, identity.admin_secret)
+        write_secret(self.credential_path, identity.admin_secret)
         if lab_clock is not None:
             lab_clock.offset = store.lab_clock_offset()
         clock = lab_clock or clock or reactor

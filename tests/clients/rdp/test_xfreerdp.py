@@ -12,9 +12,10 @@ import pytest_twisted
 from twisted.internet import defer, endpoints, protocol, reactor, utils
 
 from clients.rdp.listen import listen, make_factory
-from clients.tssim import ClientKeepsLicense, TerminalServer, TerminalServerState, hardware_id
+from clients.tssim import ClientKeepsLicense, TerminalServer, TerminalServerState
 from tests.conftest import running
 from tests.test_lab import Lab
+from tsls.public import hardware_id
 
 pytestmark = pytest.mark.skipif(not (shutil.which("xfreerdp") and shutil.which("xvfb-run")),
                                 reason="xfreerdp and xvfb-run are not installed (.ci/run installs freerdp2-x11 xvfb xauth)")
