@@ -397,8 +397,6 @@ async def clearinghouse_command(args) -> None:
     from tsls.clearinghouse.client import ClearinghouseClient
     from tsls.core.model import Purchase
 
-    from tsls.server.auth import read_secret
-
     c = args.ch_command
     operator = read_secret(args.operator_credential) if c in ("sell", "purchases") else None
     ch = ClearinghouseClient(args.clearinghouse, operator_secret=operator)

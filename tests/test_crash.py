@@ -164,7 +164,7 @@ def test_sigterm_answers_or_cleanly_refuses_what_is_in_flight_then_exits(tmp_pat
 def test_kill_nine_loses_no_acknowledged_clearinghouse_sale_or_install(tmp_path):
     from tsls.clearinghouse.client import ClearinghouseClient
     from tsls.core.model import Purchase
-    from tsls.server.auth import read_secret
+    from tsls.public import read_secret
 
     rng = random.Random(7)
     acknowledged_sales, acknowledged_packs = set(), {}

@@ -107,14 +107,15 @@ def test_double_circulation_not_on_record_is_reported(tmp_path):
     import sqlite3
 
     from tsls.clearinghouse.store import ClearinghouseStore
-    from tsls.core.clearinghouse import Method, Sale, Server, ServerStatus
+    from tsls.core.activation import ActivationMethod
+    from tsls.core.clearinghouse import Sale, Server, ServerStatus
     from tsls.core.model import CalType, Program, ProductVersion, Purchase, PurchaseRef
     from tsls.server.store import LicenseStore
 
     ref = PurchaseRef(Program.RETAIL, retail_code="Q" * 25)
     ch = ClearinghouseStore(str(tmp_path / "ch.sqlite"))
     with ch.transaction():
-        ch.put_server(Server("S" * 35, "12345-123-1234567-12345", ServerStatus.ACTIVATED, Method.AUTOMATIC, {}, 0, ""))
+        ch.put_server(Server("S" * 35, "12345-123-1234567-12345", ServerStatus.ACTIVATED, ActivationMethod.AUTOMATIC, {}, 0, ""))
         ch.add_sale(ref.reference, Sale(Purchase(ref, ProductVersion.W2003, CalType.PER_DEVICE, 5)), 0)
         ch.put_sale(ref.reference, Sale(Purchase(ref, ProductVersion.W2003, CalType.PER_DEVICE, 5), 5, "S" * 35))
         ch.add_key_pack("K" * 35, ref.reference, "S" * 35, 5, 0)

@@ -198,10 +198,10 @@ async def answer(stub, method, path, body=b"", headers=None):
 
 
 async def operator_headers(stub, method, path, secret=OPERATOR):
-    from tsls.server import auth
+    from tsls.public import proof as make_proof
     _, challenge = await answer(stub, "GET", "/v1/challenge")
     nonce = challenge["nonce"]
-    proof = auth.proof(secret, nonce, "operator", f"{method} {path}")
+    proof = make_proof(secret, nonce, "operator", f"{method} {path}")
     return {"Authorization": f"TSLS-Operator nonce={nonce}, proof={proof}"}
 
 

@@ -9,7 +9,7 @@ import json
 from twisted.internet import defer
 
 from tsls.errors import Code, TslsError
-from tsls.server import auth
+from tsls.public import proof as make_proof
 
 TIMEOUT = 30
 
@@ -41,7 +41,7 @@ class ClearinghouseClient:
         nonce = challenge.get("nonce") if isinstance(challenge, dict) else None
         if not isinstance(nonce, str):
             raise TslsError(Code.CLEARINGHOUSE_ERROR, "the Clearinghouse gave no challenge")
-        proof = auth.proof(self.operator_secret, nonce, "operator", f"{method} /v1/{path}")
+        proof = make_proof(self.operator_secret, nonce, "operator", f"{method} /v1/{path}")
         answer = yield self._call(method, path, body, {b"Authorization": [f"TSLS-Operator nonce={nonce}, "
                                                                           f"proof={proof}".encode()]})
         return answer

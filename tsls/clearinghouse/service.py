@@ -10,6 +10,7 @@ from twisted.web.server import Site
 from tsls.clearinghouse.http import ApiResource, Clearinghouse
 from tsls.clearinghouse.store import ClearinghouseStore
 from tsls.listener import Listener
+from tsls.public import write_secret
 from tsls.server import auth
 
 
@@ -34,7 +35,7 @@ def load_operator_secret(store, credential_path: str) -> str:
         if secret is None:
             secret = auth.new_secret()
             store.set_meta("operator_secret", secret)
-    auth.write_private(credential_path, secret)
+    write_secret(credential_path, secret)
     return secret
 
 

@@ -315,7 +315,7 @@ class LabRun:
             body.update(license_number=str(int(digest[:12], 16))[:8].rjust(8, "1"), authorization_number=digest[12:27])
         else:
             body.update(agreement_type="select", agreement_number=str(int(digest[:12], 16))[:7].rjust(7, "1"))
-        from tsls.server.auth import read_secret
+        from tsls.public import read_secret
         operator = read_secret(os.path.join(self.workdir, "clearinghouse", "operator.secret"))
         sale = await ClearinghouseClient(self.ch_url, operator_secret=operator).sell(body)
         self.codes[purchase.name] = {k: v for k, v in body.items() if k not in ("quantity",)}
