@@ -16,7 +16,7 @@ import attrs
 from twisted.internet import defer
 
 from clients.connection import LicenseConnection, connect
-from clients.tssim import DeviceStore, TerminalServer, TerminalServerState, hardware_id
+from clients.tssim import DeviceStore, TerminalServer, TerminalServerState
 from tsls.clearinghouse.client import ClearinghouseClient
 from tsls.core.events import EventId
 from tsls.core.model import Program, iso
@@ -27,6 +27,7 @@ from tsls.labfile.links import Link
 from tsls.labfile.plan import Planned
 from tsls.labfile.processes import Daemon
 from tsls.labfile.schema import Lab
+from tsls.public import hardware_id
 from tsls.public import read_secret
 
 REQUEST_TIMEOUT = 10.0       # an administrator's request; a logon's is LOGON_TIMEOUT
