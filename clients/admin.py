@@ -135,7 +135,7 @@ def parser() -> argparse.ArgumentParser:
     lic.add_argument("--kind", **enum_option(LicenseKind), help="only temporary licenses or permanent CALs")
     lic.add_argument("--status", **enum_option(LicenseStatus), help="only the licenses in this state")
     lic.add_argument("--limit", type=int, default=1000,
-                     help="at most this many, the oldest first (default: %(default)s; the server allows 100000)")
+                     help="the first this many by license ID (default: %(default)s; at most 100000)")
     rev = sub.add_parser("revoke", help="revoke a Per Device CAL (at most 20%% of a version's CALs at once)")
     rev.add_argument("license_id", nargs="?", type=int)
     rev.add_argument("--user", help="(Per User CALs cannot be revoked: this shows the refusal)")
@@ -149,7 +149,7 @@ def parser() -> argparse.ArgumentParser:
     ev.add_argument("--license-id", type=int, help="only the events of this license")
     ev.add_argument("--since", help="ISO date")
     ev.add_argument("--limit", type=int, default=1000,
-                    help="at most this many, the oldest first (default: %(default)s; the server allows 100000)")
+                    help="the newest this many, listed oldest first (default: %(default)s; at most 100000)")
     ev.add_argument("--follow", action="store_true", help="then keep printing events as they happen")
     con = sub.add_parser("console", help="print a one-time link that logs a browser in to the web console "
                                          "(docs/console.md)")
