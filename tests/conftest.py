@@ -1,7 +1,6 @@
 import os
 
 import pytest
-import pytest_twisted
 
 from tests.pg import pg, pg_cluster, pg_own_cluster  # noqa: F401  (PostgreSQL fixtures, tests/pg.py)
 
@@ -11,16 +10,9 @@ from tests.pg import pg, pg_cluster, pg_own_cluster  # noqa: F401  (PostgreSQL f
 os.umask(0o077)
 
 
-def running(harness):
-    """A fixture's body for a test harness with start() and stop() Deferreds: started, yielded, stopped."""
-    pytest_twisted.blockon(harness.start())
-    yield harness
-    pytest_twisted.blockon(harness.stop())
-
-
 @pytest.fixture
 def daemon(tmp_path):
     """A license server on an ephemeral loopback port, real SQLite, a fake Clearinghouse."""
-    from tests.server.test_daemon import Daemon
+    from tests.harness import Daemon, running
 
     yield from running(Daemon(tmp_path))

@@ -9,9 +9,10 @@ import sqlite3
 import sys
 
 import pytest_twisted
-from twisted.internet import defer, error, protocol, reactor
+from twisted.internet import defer, error, reactor
 
 from clients.connection import connect
+from tests.harness import DaemonProcess, start_server_process
 from tsls.core.activation import Activation, ActivationStatus
 from tsls.core.model import CalType, Program, ProductVersion, PurchaseRef
 from tsls.errors import TslsError
@@ -24,35 +25,6 @@ KILLS = int(os.environ.get("TSLS_CRASH_KILLS", "50"))
 TIMEOUT = 20
 DEVICES = 3000
 TERMINAL_SERVERS = 3
-
-
-class Daemon(protocol.ProcessProtocol):
-    """A `tsls server` process; ``listening`` fires when it says so on stdout, ``ended`` when it exits."""
-
-    def __init__(self):
-        self.listening = defer.Deferred()
-        self.ended = defer.Deferred()
-        self.output = b""
-
-    def outReceived(self, data):
-        self.output += data
-        if b"listening on" in self.output and not self.listening.called:
-            self.listening.callback(None)
-
-    errReceived = outReceived
-
-    def processEnded(self, reason):
-        if not self.listening.called:
-            self.listening.errback(RuntimeError(f"the server exited before listening:\n{self.output.decode()}"))
-        self.ended.callback(reason.value)
-
-
-def start(data_dir, socket_path):
-    daemon = Daemon()
-    args = [sys.executable, "-m", "tsls.cli", "server", "--data-dir", data_dir, "--listen", f"unix:{socket_path}",
-            "--clearinghouse-url", "http://127.0.0.1:9"]
-    daemon.transport = reactor.spawnProcess(daemon, sys.executable, args, env=os.environ.copy())
-    return daemon
 
 
 @defer.inlineCallbacks
@@ -114,7 +86,7 @@ def test_kill_nine_under_load_loses_nothing_and_over_issues_nothing(tmp_path):
     rng = random.Random(2026)
     acknowledged = {}
     for kill in range(KILLS):
-        daemon = start(data_dir, socket_path)
+        daemon = start_server_process(data_dir, socket_path)
         yield daemon.listening.addTimeout(TIMEOUT, reactor)
         load = [terminal_server(f"TS{i}", f"unix:{socket_path}", rng, acknowledged) for i in range(TERMINAL_SERVERS)]
         yield kill_at_random(daemon, rng, 0.15)
@@ -130,7 +102,7 @@ def test_sigterm_answers_or_cleanly_refuses_what_is_in_flight_then_exits(tmp_pat
     data_dir = str(tmp_path)
     socket_path = str(tmp_path / "ls.sock")
     prepare(data_dir, cals=50)
-    daemon = start(data_dir, socket_path)
+    daemon = start_server_process(data_dir, socket_path)
     yield daemon.listening.addTimeout(TIMEOUT, reactor)
     conn = yield connect(reactor, f"unix:{socket_path}")
     yield conn.hello_terminal_server("TS1", "2003", "per_device")
@@ -170,7 +142,7 @@ def test_kill_nine_loses_no_acknowledged_clearinghouse_sale_or_install(tmp_path)
     acknowledged_sales, acknowledged_packs = set(), {}
     server = None
     for kill in range(max(KILLS // 2, 10)):
-        daemon = Daemon()
+        daemon = DaemonProcess()
         args = [sys.executable, "-m", "tsls.cli", "clearinghouse", "--data-dir", str(tmp_path),
                 "--listen", "tcp:0:interface=127.0.0.1"]
         daemon.transport = reactor.spawnProcess(daemon, sys.executable, args, env=os.environ.copy())

@@ -12,7 +12,7 @@ import tempfile
 import pytest
 import pytest_twisted
 
-from tests.test_lab import Lab
+from tests.harness import Lab
 from tsls.files import check_private, ExposedError, private_directory
 
 NOBODY = 65534

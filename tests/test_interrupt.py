@@ -10,8 +10,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer, protocol, reactor
 
-from tests.conftest import running
-from tests.test_lab import Lab
+from tests.harness import Lab, running
 
 TIMEOUT = 60
 

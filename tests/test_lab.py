@@ -1,81 +1,14 @@
 """The README's walk-through, end to end: both daemons on loopback (ephemeral ports, real SQLite),
 driven by the real command-line clients, in-process."""
-import json
-
 import pytest
 import pytest_twisted
-from twisted.internet import defer, reactor
+from twisted.internet import reactor
 
-from clients import admin, tssim
-from clients.cli import Failed
-from tests.conftest import running
+from tests.harness import Lab, running
 from tsls.clearinghouse.client import ClearinghouseClient
-from tsls.clearinghouse.service import make_service as make_clearinghouse
-from tsls.labclock import LabClock
-from tsls.errors import TslsError
 from tsls.server.service import LicenseServerService
 
 TIMEOUT = 10
-
-
-class Lab:
-    def __init__(self, data, lab_clock=False):
-        self.data = data
-        self.lab_clock = LabClock(reactor) if lab_clock else None
-
-    @defer.inlineCallbacks
-    def start(self):
-        self.ch = make_clearinghouse(reactor, "tcp:0:interface=127.0.0.1", str(self.data / "clearinghouse.sqlite"),
-                                     clock=self.lab_clock)
-        self.ch.startService()
-        port = yield clearinghouse_port(self.ch)
-        self.ch_url = f"http://127.0.0.1:{port}"
-        self.operator_credential = self.ch.credential_path
-        self.ls = LicenseServerService(reactor, "tcp:0:interface=127.0.0.1", str(self.data / "license-server.sqlite"),
-                                       ClearinghouseClient(self.ch_url), seed="42", lab_clock=self.lab_clock)
-        self.ls.startService()
-        port = yield self.ls.listener.listening
-        self.endpoint = f"tcp:127.0.0.1:{port.getHost().port}"
-        self.credential = self.ls.credential_path
-
-    @defer.inlineCallbacks
-    def stop(self):
-        yield self.ls.stopService()
-        yield self.ch.stopService()
-
-    @defer.inlineCallbacks
-    def admin(self, capsys, *argv):
-        """Run one tsls-admin command; return its --json output."""
-        capsys.readouterr()
-        args = admin.parser().parse_args(["--server", self.endpoint, "--clearinghouse", self.ch_url, "--json",
-                                          "--credential", self.credential,
-                                          "--operator-credential", self.operator_credential, *argv])
-        try:
-            yield defer.ensureDeferred(admin.command(reactor, args)).addTimeout(TIMEOUT, reactor)
-        except TslsError as e:      # what the command prints with --json, before exiting 1
-            return {"error": e.to_json()}
-        return json.loads(capsys.readouterr().out)
-
-    @defer.inlineCallbacks
-    def ts(self, capsys, *argv, name="TS01", version="2003", mode="per-device"):
-        capsys.readouterr()
-        args = tssim.parser().parse_args(["--server", self.endpoint, "--state-dir", str(self.data), "--json",
-                                          "--name", name, "--version", version, "--mode", mode, *argv])
-        try:
-            yield defer.ensureDeferred(tssim.command(reactor, args)).addTimeout(TIMEOUT, reactor)
-        except TslsError as e:
-            return [{"error": e.to_json()}]
-        except Failed as e:             # some logon was refused: printed, then exit 3
-            assert e.status == tssim.REFUSED
-        return json.loads(capsys.readouterr().out)
-
-
-def clearinghouse_port(service):
-    from tsls.listener import Listener
-    for child in getattr(service, "services", [service]):
-        if isinstance(child, Listener):
-            return child.listening.addCallback(lambda p: p.getHost().port)
-    raise AssertionError("the Clearinghouse service has no Listener")
 
 
 @pytest.fixture

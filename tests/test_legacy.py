@@ -4,7 +4,8 @@ import os
 
 import pytest_twisted
 
-from tests.test_lab import Lab, lab  # noqa: F401 (fixture)
+from tests.harness import Lab
+from tests.test_lab import lab  # noqa: F401 (fixture)
 from tsls.core.perseat import add_pack_id
 
 SQL = "SQL Server 7.0"

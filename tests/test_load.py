@@ -4,7 +4,7 @@ import pytest_twisted
 from twisted.internet import defer, reactor
 
 from clients.load import LoadConfig, parse_mix, run_load
-from tests.server.test_daemon import activate_and_install
+from tests.harness import activate_and_install
 from tsls.errors import Code, TslsError
 
 TIMEOUT = 10

@@ -8,7 +8,7 @@ import sys
 import pytest_twisted
 from twisted.internet import reactor
 
-from tests.test_lab import Lab
+from tests.harness import Lab
 from tsls.clearinghouse.client import ClearinghouseClient
 from tsls.server.check import check_lab
 from tsls.server.service import LicenseServerService

@@ -7,7 +7,7 @@ import sys
 import pytest_twisted
 from twisted.internet import reactor, utils
 
-from tests.test_crash import Daemon
+from tests.harness import DaemonProcess
 
 SPEC = os.path.join(os.path.dirname(__file__), "..", "..", "docs", "clearinghouse.openapi.json")
 EXAMPLES = os.environ.get("TSLS_FUZZ_EXAMPLES", "25")
@@ -17,7 +17,7 @@ EXAMPLES = os.environ.get("TSLS_FUZZ_EXAMPLES", "25")
 def test_fuzzed_requests_never_get_a_server_error(tmp_path):
     schemathesis = shutil.which("schemathesis", path=os.path.dirname(sys.executable))
     assert schemathesis, "schemathesis is a test dependency: pip install -e '.[test]'"
-    daemon = Daemon()
+    daemon = DaemonProcess()
     args = [sys.executable, "-m", "tsls.cli", "clearinghouse", "--data-dir", str(tmp_path),
             "--listen", "tcp:0:interface=127.0.0.1"]
     daemon.transport = reactor.spawnProcess(daemon, sys.executable, args, env=os.environ.copy())

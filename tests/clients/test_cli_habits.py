@@ -76,7 +76,7 @@ def test_one_spelling_per_enum_value(capsys):
 
 @pytest_twisted.inlineCallbacks
 def test_clock_backwards_end_to_end(tmp_path):
-    from tests.test_lab import Lab
+    from tests.harness import Lab
 
     lab = Lab(tmp_path, lab_clock=True)
     yield lab.start()

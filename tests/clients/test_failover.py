@@ -15,7 +15,7 @@ from twisted.internet.endpoints import serverFromString
 
 from clients.connection import connect
 from clients.tssim import DeviceStore, TerminalServer, TerminalServerState
-from tests.test_crash import start
+from tests.harness import start_server_process
 from tsls.errors import Code, TslsError
 
 TIMEOUT = 30
@@ -96,7 +96,7 @@ def test_with_no_server_answering_the_grace_period_admits_the_client(tmp_path, s
 @pytest_twisted.inlineCallbacks
 def test_tsls_ts_passes_over_a_sigstopped_license_server_at_the_head_of_its_list(tmp_path, daemon):
     frozen_dir, sock = tmp_path / "frozen", tmp_path / "frozen.sock"
-    frozen = start(str(frozen_dir), str(sock))
+    frozen = start_server_process(str(frozen_dir), str(sock))
     yield frozen.listening.addTimeout(TIMEOUT, reactor)
     pid = frozen.transport.pid
     os.kill(pid, signal.SIGSTOP)

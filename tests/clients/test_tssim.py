@@ -5,7 +5,7 @@ import pytest_twisted
 from twisted.internet import defer, reactor
 
 from clients.tssim import DeviceStore, TerminalServer, TerminalServerState
-from tests.server.test_daemon import Daemon, activate_and_install
+from tests.harness import Daemon, activate_and_install
 from tsls.core.labtime import parse_date
 from tsls.core.model import DAY
 from tsls.public import hardware_id

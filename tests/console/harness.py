@@ -6,7 +6,7 @@ import json
 import treq
 from twisted.internet import defer, reactor
 
-from tests.server.test_daemon import Daemon, with_timeout
+from tests.harness import Daemon, with_timeout
 from tsls.server.service import LicenseServerService
 
 

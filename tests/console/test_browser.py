@@ -15,8 +15,7 @@ import pytest_twisted
 from twisted.internet import reactor, threads
 
 from tests.console.harness import ConsoleDaemon
-from tests.conftest import running
-from tests.server.test_daemon import activate_and_install, logon
+from tests.harness import activate_and_install, logon, running
 from tsls.errors import TslsError
 
 CHROMIUM = next(filter(None, map(shutil.which, ("chromium", "chromium-browser"))), None)

@@ -6,8 +6,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import defer
 
 from tests.console.harness import ConsoleDaemon, Http
-from tests.conftest import running
-from tests.server.test_daemon import activate_and_install, logon, with_timeout
+from tests.harness import activate_and_install, logon, running, with_timeout
 
 
 @pytest.fixture

@@ -6,8 +6,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor
 
-from tests.conftest import running
-from tests.server import test_daemon
+from tests.harness import Daemon, activate_and_install, logon, running
 from tests.server.test_auth import (  # noqa: F401  (collected here again, with the daemon below)
     test_a_challenge_answers_one_hello_only, test_a_registered_terminal_server_must_prove_its_name,
     test_an_admin_without_the_credential_changes_nothing, test_secrets_never_reach_the_log,
@@ -25,8 +24,8 @@ from tests.server.test_daemon import (  # noqa: F401
 from tsls.server.service import LicenseServerService
 
 
-class PgDaemon(test_daemon.Daemon):
-    """test_daemon.Daemon with its ledger in a PostgreSQL database."""
+class PgDaemon(Daemon):
+    """tests.harness.Daemon with its ledger in a PostgreSQL database."""
 
     def __init__(self, dsn, tmp_path, clearinghouse=None, **kwargs):
         super().__init__(tmp_path, clearinghouse, **kwargs)
@@ -54,16 +53,16 @@ def test_everything_survives_a_restart_on_postgresql(pg, tmp_path):
     first = PgDaemon(pg, tmp_path)
     yield first.start()
     admin = yield first.admin()
-    yield test_daemon.activate_and_install(admin, quantity=2)
+    yield activate_and_install(admin, quantity=2)
     ts = yield first.terminal_server()
-    yield test_daemon.logon(ts, "pc1")
-    issued = yield test_daemon.logon(ts, "pc1")
+    yield logon(ts, "pc1")
+    issued = yield logon(ts, "pc1")
     yield first.stop()
     second = PgDaemon(pg, tmp_path, first.clearinghouse)
     yield second.start()
     try:
         ts = yield second.terminal_server()
-        again = yield test_daemon.logon(ts, "pc1", license=issued["license"]["token"])
+        again = yield logon(ts, "pc1", license=issued["license"]["token"])
         assert again["outcome"] == "existing" and again["license"]["license_id"] == issued["license"]["license_id"]
         assert second.service.server.identity == first.service.server.identity
         admin = yield second.admin()

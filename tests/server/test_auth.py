@@ -7,7 +7,7 @@ import pytest
 import pytest_twisted
 from twisted.logger import globalLogPublisher
 
-from tests.server.test_daemon import activate_and_install, logon
+from tests.harness import activate_and_install, logon
 from tsls.errors import Code, TslsError
 from tsls.public import proof
 

@@ -6,77 +6,8 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor
 
-from clients.connection import connect
-from tests.fakes import FakeClearinghouse
+from tests.harness import RETAIL, Daemon, activate_and_install, logon, with_timeout
 from tsls.errors import Code, TslsError
-from tsls.server.service import LicenseServerService
-
-RETAIL = {"program": "retail", "retail_code": "R" * 25}
-TIMEOUT = 10
-
-
-def with_timeout(d):
-    return d.addTimeout(TIMEOUT, reactor)
-
-
-class Daemon:
-    def __init__(self, tmp_path, clearinghouse=None, clock=None, lab_clock=None, version=None):
-        self.path = str(tmp_path / "ls.sqlite")
-        self.version = version
-        self.clearinghouse = clearinghouse or FakeClearinghouse()
-        self.clock = clock
-        self.lab_clock = lab_clock
-        self.service = None
-
-    @defer.inlineCallbacks
-    def start(self):
-        self.service = LicenseServerService(reactor, "tcp:0:interface=127.0.0.1", self.path, self.clearinghouse,
-                                            clock=self.clock, seed="1", lab_clock=self.lab_clock,
-                                            version=self.version)
-        self.service.startService()
-        port = yield self.service.listener.listening
-        self.endpoint = f"tcp:127.0.0.1:{port.getHost().port}"
-        self.connections = []
-
-    @defer.inlineCallbacks
-    def connect(self):
-        conn = yield with_timeout(connect(reactor, self.endpoint))
-        self.connections.append(conn)
-        return conn
-
-    @defer.inlineCallbacks
-    def admin(self):
-        conn = yield self.connect()
-        yield conn.hello_admin(self.service.server.identity.admin_secret)
-        return conn
-
-    @defer.inlineCallbacks
-    def terminal_server(self, name="TS01", version="2003", mode="per_device", secret=None):
-        conn = yield self.connect()
-        yield conn.hello_terminal_server(name, version, mode, secret)
-        return conn
-
-    @defer.inlineCallbacks
-    def stop(self):
-        for conn in self.connections:
-            if conn.transport.connected:
-                yield conn.close()
-        yield self.service.stopService()
-
-
-@defer.inlineCallbacks
-def logon(ts, device, license=None, report=True):
-    answer = yield ts.request("logon", hwid=f"hw-{device}", machine=device, user=f"user-{device}", license=license)
-    if report and answer["license"]:
-        yield ts.request("logon_succeeded", hwid=f"hw-{device}", license=answer["license"]["token"])
-    return answer
-
-
-@defer.inlineCallbacks
-def activate_and_install(admin, quantity=5, cal_type="per_device"):
-    yield admin.request("activate", method="automatic", contact={"first_name": "A"})
-    pack = yield admin.request("install_key_pack", purchase={**RETAIL, "cal_type": cal_type, "quantity": quantity})
-    return pack
 
 
 @pytest_twisted.inlineCallbacks

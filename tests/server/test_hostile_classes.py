@@ -11,7 +11,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor, threads
 
-from tests.server.test_daemon import activate_and_install, logon, with_timeout
+from tests.harness import activate_and_install, logon, with_timeout
 from tsls.errors import Code, TslsError
 from tsls.public import proof
 
@@ -178,7 +178,7 @@ def test_an_id_that_cannot_be_echoed_is_answered_with_a_null_id_in_order(daemon)
 
 @pytest_twisted.inlineCallbacks
 def test_dates_and_clock_moves_past_what_a_date_can_say_are_bad_requests(tmp_path):
-    from tests.server.test_daemon import Daemon
+    from tests.harness import Daemon
     from tsls.labclock import LabClock
 
     daemon = Daemon(tmp_path, lab_clock=LabClock(reactor))

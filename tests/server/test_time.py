@@ -3,8 +3,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor
 
-from tests.conftest import running
-from tests.server.test_daemon import Daemon, activate_and_install, logon, with_timeout
+from tests.harness import Daemon, activate_and_install, logon, running, with_timeout
 from tsls.errors import Code, TslsError
 from tsls.labclock import LabClock
 

@@ -3,8 +3,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor
 
-from tests.conftest import running
-from tests.server.test_daemon import RETAIL, Daemon, logon
+from tests.harness import Daemon, RETAIL, logon, running
 from tsls.core.model import ProductVersion
 from tsls.errors import Code, TslsError
 from tsls.server.service import LicenseServerService

@@ -13,8 +13,7 @@ from twisted.internet import defer, endpoints, protocol, reactor, utils
 
 from clients.rdp.listen import listen, make_factory
 from clients.tssim import ClientKeepsLicense, TerminalServer, TerminalServerState
-from tests.conftest import running
-from tests.test_lab import Lab
+from tests.harness import Lab, running
 from tsls.public import hardware_id
 
 pytestmark = pytest.mark.skipif(not (shutil.which("xfreerdp") and shutil.which("xvfb-run")),
