@@ -15,7 +15,7 @@ import pytest_twisted
 from twisted.internet import defer, endpoints, protocol, reactor
 
 from clients.tssim import hardware_id
-from tests.server.test_daemon import Daemon
+from tests.harness import Daemon
 from tsls.server import auth
 
 HERE = os.path.dirname(__file__)
@@ -85,7 +85,7 @@ def same_shape(got, shown, where="answer"):
 
 @pytest.fixture
 def daemon(tmp_path):
-    from tests.conftest import running
+    from tests.harness import running
     yield from running(Daemon(tmp_path))
 
 

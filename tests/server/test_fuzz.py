@@ -20,7 +20,7 @@ import pytest_twisted
 from twisted.internet import defer, reactor, threads
 from twisted.logger import globalLogPublisher
 
-from tests.server.test_daemon import Daemon, activate_and_install, logon, with_timeout
+from tests.harness import Daemon, activate_and_install, logon, with_timeout
 from tests.server.test_hostile_classes import HELLO, port_of, talk
 from tsls.errors import Code, TslsError
 from tsls.labclock import LabClock
