@@ -335,3 +335,18 @@ def test_scrapes_that_arrive_together_share_one_read(served, monkeypatch):
     assert len(made) == 1 and len(set(answers)) == 1 and b"tsls_activation_state" in answers[0]
     yield console.scrape()
     assert len(made) == 2
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_hostile_operation_name_is_answered_as_without_metrics_and_counted_as_other(served):
+    from tsls.errors import TslsError
+
+    admin = yield served.admin()
+    for op in (["x"], {"a": 1}, 7, "no-such-op"):
+        with pytest.raises(TslsError) as caught:
+            yield admin.request(op)
+        assert caught.value.code.value in ("BAD_REQUEST", "UNKNOWN_OPERATION"), caught.value
+    response, body = yield Http(served.url).get("/metrics")
+    families = {f.name: f for f in text_string_to_metric_families(body.decode())}
+    operations = {s.labels["operation"] for s in families["tsls_requests"].samples}
+    assert "other" in operations and operations <= served.service.console.metrics.operations | {"other"}
