@@ -57,13 +57,33 @@ def in_browser(f, *args):
 
 
 def wait(driver, condition):
+    """Until ``condition(driver)`` is true. The pages redraw themselves every few seconds, so an
+    element found a moment ago may be gone: that try is retried."""
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
-    return WebDriverWait(driver, WAIT).until(condition)
+    return WebDriverWait(driver, WAIT, ignored_exceptions=(StaleElementReferenceException,)).until(condition)
 
 
-def css(driver, selector):
-    from selenium.webdriver.common.by import By
-    return driver.find_elements(By.CSS_SELECTOR, selector)
+def js(driver, script, *args):
+    """Run ``script`` in the page: one step of its event loop, so no redraw happens halfway through."""
+    return driver.execute_script(script, *args)
+
+
+def text(driver, selector):
+    """The shown text of the first element ``selector`` matches, or None."""
+    return js(driver, "const e = document.querySelector(arguments[0]); return e ? e.innerText : null;", selector)
+
+
+def texts(driver, selector):
+    return js(driver, "return [...document.querySelectorAll(arguments[0])].map((e) => e.innerText);", selector)
+
+
+def exists(driver, selector):
+    return js(driver, "return document.querySelector(arguments[0]) !== null;", selector)
+
+
+def click(driver, selector):
+    js(driver, "document.querySelector(arguments[0]).click();", selector)
 
 
 def shot(driver, name):
@@ -72,10 +92,10 @@ def shot(driver, name):
         driver.save_screenshot(os.path.join(SHOTS, f"console-{name}.png"))
 
 
-def open_page(driver, url, page, ready):
-    """Go to a page of the console and wait until ``ready`` (a CSS selector) shows."""
+def open_page(driver, url, ready):
+    """Go to ``url`` and wait until ``ready`` (a CSS selector) shows."""
     driver.get(url)
-    wait(driver, lambda d: css(d, ready))
+    wait(driver, lambda d: exists(d, ready))
 
 
 @pytest_twisted.inlineCallbacks
@@ -90,16 +110,21 @@ def test_log_in_with_the_link_and_the_dashboard_shows_what_the_protocol_says(ser
     link = yield served.link()
 
     def look():
-        open_page(browser, link, "dashboard", "#license-counts tr[data-count]")
-        wait(browser, lambda d: css(d, "#cals [data-bar]"))
-        counts = {row.get_attribute("data-count"): int(row.find_elements("css selector", "td")[1].text)
-                  for row in css(browser, "#license-counts tr[data-count]")}
-        bar = css(browser, "#cals [data-bar]")[0]
-        figures = {f: int(bar.find_element("css selector", f"[data-field={f}]").text)
-                   for f in ("total", "issued", "available")}
+        open_page(browser, link, "#license-counts tr[data-count]")
+        wait(browser, lambda d: exists(d, "#cals [data-bar]"))
+        shown = js(browser, """
+            const bar = document.querySelector("#cals [data-bar]");
+            const figure = (f) => Number(bar.querySelector(`[data-field=${f}]`).innerText);
+            return {
+              counts: Object.fromEntries([...document.querySelectorAll("#license-counts tr[data-count]")]
+                .map((row) => [row.dataset.count, Number(row.cells[1].innerText)])),
+              figures: {total: figure("total"), issued: figure("issued"), available: figure("available")},
+              activation: document.querySelector("#activation").innerText,
+              role: document.querySelector("#role").innerText,
+              alerts: [...document.querySelectorAll("#alerts li")].map((li) => li.innerText),
+            };""")
         shot(browser, "dashboard")
-        return (counts, figures, css(browser, "#activation")[0].text, css(browser, "#role")[0].text,
-                [li.text for li in css(browser, "#alerts li")])
+        return shown["counts"], shown["figures"], shown["activation"], shown["role"], shown["alerts"]
 
     counts, figures, activation, role, alerts = yield in_browser(look)
     assert counts == status["licenses"]
@@ -124,21 +149,21 @@ def test_revoke_from_the_licenses_page_and_the_protocol_agrees(served, browser):
 
     def revoke():
         from selenium.webdriver.support.ui import Select
-        open_page(browser, link, "dashboard", "#activation")
+        open_page(browser, link, "#activation")
         browser.get(served.url + "/#licenses")
-        wait(browser, lambda d: css(d, "#total"))
-        total = int(css(browser, "#total")[0].text)
-        Select(css(browser, "select[name=kind]")[0]).select_by_value("permanent")
+        wait(browser, lambda d: text(d, "#total"))
+        total = int(text(browser, "#total"))
+        Select(browser.find_element("css selector", "select[name=kind]")).select_by_value("permanent")
         row = f'tr[data-license="{target["license_id"]}"]'
-        wait(browser, lambda d: css(d, row + " button.revoke") and int(css(d, "#total")[0].text) == 4)
-        css(browser, row + " button.revoke")[0].click()
-        wait(browser, lambda d: css(d, "#confirm[open]") and css(d, "#confirm-text")[0].text)
-        question = css(browser, "#confirm-text")[0].text
+        wait(browser, lambda d: exists(d, row + " button.revoke") and text(d, "#total") == "4")
+        click(browser, row + " button.revoke")
+        wait(browser, lambda d: exists(d, "#confirm[open]") and text(d, "#confirm-text"))
+        question = text(browser, "#confirm-text")
         shot(browser, "revoke")
-        css(browser, "#confirm-ok")[0].click()
-        wait(browser, lambda d: not css(d, "#notice")[0].get_attribute("hidden") and css(d, "#notice")[0].text)
-        notice = css(browser, "#notice")[0].text
-        wait(browser, lambda d: not css(d, row + " button.revoke"))
+        click(browser, "#confirm-ok")
+        wait(browser, lambda d: exists(d, "#notice:not([hidden])") and text(d, "#notice"))
+        notice = text(browser, "#notice")
+        wait(browser, lambda d: not exists(d, row + " button.revoke"))
         return total, question, notice
 
     total, question, notice = yield in_browser(revoke)
@@ -165,16 +190,16 @@ def test_a_refused_revocation_is_shown_with_its_code_and_a_sentence(served, brow
     link = yield served.link()
 
     def refused():
-        open_page(browser, link, "dashboard", "#activation")
+        open_page(browser, link, "#activation")
         browser.get(served.url + "/#licenses")
         row = f'tr[data-license="{second["license_id"]}"]'
-        wait(browser, lambda d: css(d, row + " button.revoke"))
-        css(browser, row + " button.revoke")[0].click()
-        wait(browser, lambda d: css(d, "#confirm[open]") and css(d, "#confirm-text")[0].text)
-        question = css(browser, "#confirm-text")[0].text
-        css(browser, "#confirm-ok")[0].click()
-        wait(browser, lambda d: "error" in (css(d, "#notice")[0].get_attribute("class") or ""))
-        return question, css(browser, "#notice")[0].text
+        wait(browser, lambda d: exists(d, row + " button.revoke"))
+        click(browser, row + " button.revoke")
+        wait(browser, lambda d: exists(d, "#confirm[open]") and text(d, "#confirm-text"))
+        question = text(browser, "#confirm-text")
+        click(browser, "#confirm-ok")
+        wait(browser, lambda d: exists(d, "#notice.error:not([hidden])"))
+        return question, text(browser, "#notice")
 
     question, notice = yield in_browser(refused)
     assert "No more Windows Server 2003 Per Device CALs may be revoked until" in question
@@ -189,18 +214,17 @@ def test_an_event_arrives_on_the_events_page_as_it_is_committed(served, browser)
     link = yield served.link("viewer")
 
     def watch():
-        open_page(browser, link, "dashboard", "#activation")
+        open_page(browser, link, "#activation")
         browser.get(served.url + "/#events")
-        wait(browser, lambda d: css(d, "#live") and css(d, "#live")[0].text == "live")
+        wait(browser, lambda d: text(d, "#live") == "live")
 
     yield in_browser(watch)
     answer = yield logon(ts, "arriving")
 
     def arrived():
-        rows = f'#events tr[data-event]'
-        wait(browser, lambda d: any("hw-arriving" in r.text for r in css(d, rows)))
+        wait(browser, lambda d: any("hw-arriving" in r for r in texts(d, "#events tr[data-event]")))
         shot(browser, "events")
-        return [r.text for r in css(browser, rows) if "hw-arriving" in r.text]
+        return [r for r in texts(browser, "#events tr[data-event]") if "hw-arriving" in r]
 
     rows = yield in_browser(arrived)
     assert any("TEMPORARY_ISSUED" in r and "TSLIVE" in r for r in rows)
@@ -214,15 +238,15 @@ def test_refused_without_the_credential(served, browser):
 
     def refused():
         browser.get(served.url + "/")
-        first = browser.find_element("tag name", "h1").text
+        first = text(browser, "h1")
         browser.get(served.url + "/#licenses")
-        still = browser.find_element("tag name", "h1").text
-        no_page_data = not css(browser, "#licenses")
+        still = text(browser, "h1")
+        no_page_data = not exists(browser, "#licenses")
         browser.get(link)                      # a good link logs in ...
-        wait(browser, lambda d: css(d, "#activation"))
+        wait(browser, lambda d: exists(d, "#activation"))
         browser.delete_all_cookies()           # ... and without the cookie nothing shows
         browser.get(link)                      # a used link does not log in again
-        reused = browser.find_element("tag name", "h1").text
+        reused = text(browser, "h1")
         return first, still, no_page_data, reused
 
     first, still, no_page_data, reused = yield in_browser(refused)
@@ -254,19 +278,19 @@ def test_reports_session_hosts_and_history_pages_draw(served, browser):
     link = yield served.link("viewer")
 
     def pages():
-        open_page(browser, link, "dashboard", "#activation")
+        open_page(browser, link, "#activation")
         browser.get(served.url + "/#hosts")
-        wait(browser, lambda d: css(d, 'tr[data-host="TS01"]'))
-        hosts = {r.get_attribute("data-host"): r.text for r in css(browser, "tr[data-host]")}
-        policy = css(browser, "#policy")[0].is_selected()
+        wait(browser, lambda d: exists(d, 'tr[data-host="TS01"]'))
+        hosts, policy = js(browser, """return [Object.fromEntries([...document.querySelectorAll("tr[data-host]")]
+            .map((r) => [r.dataset.host, r.innerText])), document.querySelector("#policy").checked];""")
         shot(browser, "hosts")
         browser.get(served.url + "/#history")
-        wait(browser, lambda d: len(css(d, "#history svg polyline")) >= 3)
+        wait(browser, lambda d: js(d, 'return document.querySelectorAll("#history svg polyline").length;') >= 3)
         shot(browser, "history")
         browser.get(served.url + "/#reports")
-        wait(browser, lambda d: css(d, "#issued-cals table tr td"))
+        wait(browser, lambda d: exists(d, "#issued-cals table tr td"))
         shot(browser, "reports")
-        return hosts, policy, len(css(browser, "#issued-cals table tr")) - 1
+        return hosts, policy, js(browser, 'return document.querySelectorAll("#issued-cals table tr").length;') - 1
 
     hosts, policy, cals = yield in_browser(pages)
     assert policy is True
