@@ -290,3 +290,34 @@ async def test_no_2012_r2_cal_can_be_sold(api):
     ch, _, _ = api
     body = {**RETAIL.to_json(), "product_version": "2012R2", "cal_type": "per_device", "quantity": 5}
     await expect(Code.NO_SUCH_CAL_VERSION, ch.sell(body))
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_repeated_idempotency_key_gets_the_original_answer_and_changes_nothing(api):
+    """Issue 11 item 3: a call the license server never heard the answer to is asked again with its key."""
+    ch, _, path = api
+    await ch.sell(sale(quantity=6))
+    first = await ch.activate(PRODUCT, CONTACT, idempotency_key="activation-key-0001")
+    again = await ch.activate(PRODUCT, CONTACT, idempotency_key="activation-key-0001")
+    assert again == first and len(again["certificate"]) == 35          # the same certificate, not kept in clear
+    await expect(Code.ALREADY_ACTIVATED, ch.activate(PRODUCT, CONTACT, idempotency_key="activation-key-0002"))
+    server = me(again)
+    await expect(Code.UNKNOWN_PURCHASE, ch.install(server, OPEN, ProductVersion.W2003, CalType.PER_USER, 1,
+                                                   idempotency_key="install-key-00001"))
+    packs = [await ch.install(server, RETAIL, quantity=3, idempotency_key="install-key-00002") for _ in range(3)]
+    assert packs[0] == packs[1] == packs[2]
+    [purchase] = await ch.list_purchases()
+    assert purchase["installed"] == 3
+    await expect(Code.IDEMPOTENCY_KEY_REUSED, ch.install(server, RETAIL, quantity=2, idempotency_key="install-key-00002"))
+    await expect(Code.BAD_REQUEST, ch.install(server, RETAIL, quantity=1, idempotency_key="short"))
+    await expect(Code.BAD_REQUEST, ch.install(server, RETAIL, quantity=1, idempotency_key="\u00b2" * 20))
+    recovered = [await ch.recover(server, RETAIL, idempotency_key="recover-key-00001") for _ in range(2)]
+    assert recovered[0] == recovered[1] == {"key_packs": [packs[0]["key_pack"]], "retired_key_packs": []}
+    import sqlite3
+    db = sqlite3.connect(path)
+    try:
+        stored = " ".join(r[0] for r in db.execute("SELECT answer FROM idempotency"))
+        keys = [r[0] for r in db.execute("SELECT key_digest FROM idempotency")]
+    finally:
+        db.close()
+    assert first["certificate"] not in stored and "activation-key-0001" not in keys

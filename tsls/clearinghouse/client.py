@@ -47,9 +47,12 @@ class ClearinghouseClient:
         return answer
 
     @defer.inlineCallbacks
-    def _call(self, method: str, path: str, body: dict | None = None, headers: dict | None = None):
+    def _call(self, method: str, path: str, body: dict | None = None, headers: dict | None = None,
+              idempotency_key: str | None = None):
         url = f"{self.base_url}/v1/{path}"
         headers = dict(headers or {})
+        if idempotency_key is not None:
+            headers[b"Idempotency-Key"] = [idempotency_key.encode()]
         try:
             if method == "GET":
                 response = yield self.treq.get(url, headers=headers, timeout=self.timeout)
@@ -76,28 +79,35 @@ class ClearinghouseClient:
     def list_purchases(self) -> defer.Deferred:
         return self._operator_call("GET", "purchases")
 
-    def activate(self, product_id: str, contact: dict, method: str = "automatic") -> defer.Deferred:
-        return self._call("POST", "activations", {"product_id": product_id, "method": method, "contact": contact})
+    # A license server's calls that change anything take ``idempotency_key``: the Clearinghouse carries
+    # out a key's call once and answers a repeated key with the original answer (docs/clearinghouse.md).
+
+    def activate(self, product_id: str, contact: dict, method: str = "automatic",
+                 idempotency_key: str | None = None) -> defer.Deferred:
+        return self._call("POST", "activations", {"product_id": product_id, "method": method, "contact": contact},
+                          idempotency_key=idempotency_key)
 
     # A license server names itself with ``server``: {"license_server_id", "product_id", "certificate"},
     # the certificate being what its activation returned.
 
-    def reactivate(self, server: dict, reason: str, contact: dict) -> defer.Deferred:
-        return self._call("POST", "reactivations", {**server, "reason": reason, "contact": contact})
+    def reactivate(self, server: dict, reason: str, contact: dict, idempotency_key: str | None = None) -> defer.Deferred:
+        return self._call("POST", "reactivations", {**server, "reason": reason, "contact": contact},
+                          idempotency_key=idempotency_key)
 
-    def deactivate(self, server: dict) -> defer.Deferred:
-        return self._call("POST", "deactivations", dict(server))
+    def deactivate(self, server: dict, idempotency_key: str | None = None) -> defer.Deferred:
+        return self._call("POST", "deactivations", dict(server), idempotency_key=idempotency_key)
 
     def install(self, server: dict, ref, product_version=None, cal_type=None, quantity=None,
-                server_version=None) -> defer.Deferred:
+                server_version=None, idempotency_key: str | None = None) -> defer.Deferred:
         """``server_version``: the license server's Windows version; CALs newer than it are refused."""
         return self._call("POST", "installations",
                           {**server, "purchase": _purchase(ref, product_version, cal_type, quantity),
-                           **_version(server_version)})
+                           **_version(server_version)}, idempotency_key=idempotency_key)
 
-    def recover(self, server: dict, ref, product_version=None, cal_type=None, server_version=None) -> defer.Deferred:
+    def recover(self, server: dict, ref, product_version=None, cal_type=None, server_version=None,
+                idempotency_key: str | None = None) -> defer.Deferred:
         return self._call("POST", "recoveries", {**server, "purchase": _purchase(ref, product_version, cal_type, None),
-                                                 **_version(server_version)})
+                                                 **_version(server_version)}, idempotency_key=idempotency_key)
 
     def check_in(self, server: dict) -> defer.Deferred:
         """The server's record, with ``retired_key_packs``: its key packs a recovery elsewhere retired."""

@@ -5,6 +5,8 @@
 """
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import re
 import secrets
@@ -24,6 +26,7 @@ from tsls.server import auth
 MAX_BODY = 64 * 1024
 NONCE_TTL = 60                  # seconds an operator's challenge may be answered in
 MAX_NONCES = 1000               # outstanding challenges; the oldest are forgotten past this
+IDEMPOTENCY_KEY = re.compile(r"[A-Za-z0-9_-]{16,128}")
 AUTHORIZATION = re.compile(r"TSLS-Operator nonce=([0-9a-f]{32}), proof=([0-9a-f]{64})")
 ALPHANUMERIC = string.ascii_uppercase + string.digits
 
@@ -35,12 +38,30 @@ STATUS = {
     Code.METHOD_NOT_ALLOWED: 405,
     Code.PURCHASE_EXISTS: 409, Code.PURCHASE_BOUND: 409, Code.QUANTITY_EXCEEDED: 409,
     Code.ALREADY_ACTIVATED: 409, Code.ALREADY_RECOVERED: 409, Code.CAL_NEWER_THAN_SERVER: 409,
+    Code.IDEMPOTENCY_KEY_REUSED: 409,
     Code.TOO_LARGE: 413,
 }
 
 
 def _random_id(length: int) -> str:
     return "".join(secrets.choice(ALPHANUMERIC) for _ in range(length))
+
+
+def _certificate(idempotency_key: str | None) -> str:
+    """A new certificate: random, or, for a call with an idempotency key, derived from that key (the
+    caller's secret), so a repeated call gets the same certificate though only its digest is kept."""
+    if idempotency_key is None:
+        return _random_id(35)
+    n = int.from_bytes(hmac.new(idempotency_key.encode(), b"tsls certificate", hashlib.sha256).digest(), "big")
+    out = []
+    for _ in range(35):
+        n, digit = divmod(n, len(ALPHANUMERIC))
+        out.append(ALPHANUMERIC[digit])
+    return "".join(out)
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _text(body: dict, name: str, max_len: int = 128) -> str:
@@ -60,9 +81,41 @@ class Clearinghouse:
         self.clock = clock
         self.operator_secret = operator_secret
         self.nonces: dict[str, float] = {}
+        self.operations = {"purchases": self.sell, "activations": self.activate, "reactivations": self.reactivate,
+                           "deactivations": self.deactivate, "installations": self.install, "recoveries": self.recover,
+                           "check-ins": self.check_in}
 
     def now(self) -> int:
         return int(self.clock.seconds())
+
+    # idempotent calls
+
+    def once(self, name: str, body: dict, idempotency_key: str | None) -> dict:
+        """Carry out POST /v1/``name`` once per idempotency key: the effect and the answer commit
+        together, and a repeated key gets the original answer (whatever happened since). A key
+        reused for another request is refused (IDEMPOTENCY_KEY_REUSED)."""
+        operation = self.operations[name]
+        if idempotency_key is None:
+            return operation(body)
+        if not IDEMPOTENCY_KEY.fullmatch(idempotency_key):
+            raise TslsError(Code.BAD_REQUEST, "Idempotency-Key must be 16 to 128 letters, digits, '-' or '_'")
+        key_digest = _digest(idempotency_key)
+        request_digest = _digest(name + " " + json.dumps(body, sort_keys=True))
+        with self.store.transaction():
+            prior = self.store.answer(key_digest)
+            if prior is not None:
+                if prior[0] != request_digest:
+                    raise TslsError(Code.IDEMPOTENCY_KEY_REUSED, "this Idempotency-Key was used for another request")
+                answer = dict(prior[1])
+                if answer.pop("_certificate", False):
+                    answer["certificate"] = _certificate(idempotency_key)
+                return answer
+            answer = operation(body, idempotency_key)
+            kept = {k: v for k, v in answer.items() if k != "certificate"}
+            if "certificate" in answer:
+                kept["_certificate"] = True         # derived again from the key; never stored
+            self.store.put_answer(key_digest, request_digest, kept, self.now())
+        return answer
 
     # the lab operator proves it holds the operator's credential, as an administrator does (tsls.server.auth)
 
@@ -95,7 +148,7 @@ class Clearinghouse:
 
     # purchases
 
-    def sell(self, body: dict) -> dict:
+    def sell(self, body: dict, idempotency_key: str | None = None) -> dict:
         if body.get("program") == "retail" and body.get("retail_code") is None:
             body = {**body, "retail_code": _random_id(25)}
         purchase = Purchase.from_json(body)
@@ -114,13 +167,13 @@ class Clearinghouse:
 
     # activation
 
-    def activate(self, body: dict) -> dict:
+    def activate(self, body: dict, idempotency_key: str | None = None) -> dict:
         product_id = rules.check_product_id(body.get("product_id"))
         method = parse_enum(ActivationMethod, body.get("method", "automatic"), "method")
         contact = rules.check_contact(body.get("contact"))
         with self.store.transaction():
             rules.activate(self.store.active_server_for(product_id))
-            certificate = _random_id(35)
+            certificate = _certificate(idempotency_key)
             server = Server(_random_id(35), product_id, ServerStatus.ACTIVATED, method, contact, self.now(),
                             rules.certificate_digest(certificate))
             self.store.put_server(server)
@@ -128,12 +181,12 @@ class Clearinghouse:
                       license_server_id=server.license_server_id, method=method.value)
         return {**_server_json(server, []), "certificate": certificate}
 
-    def reactivate(self, body: dict) -> dict:
+    def reactivate(self, body: dict, idempotency_key: str | None = None) -> dict:
         reason = parse_enum(Reason, body.get("reason"), "reason")
         rules.check_contact(body.get("contact"), required=("first_name", "last_name"))
         with self.store.transaction():
             old = self._caller(body)
-            certificate = _random_id(35)
+            certificate = _certificate(idempotency_key)
             new = Server(_random_id(35), old.product_id, ServerStatus.ACTIVATED, ActivationMethod.AUTOMATIC, old.contact,
                          self.now(), rules.certificate_digest(certificate))
             self.store.put_server(attrs.evolve(old, status=ServerStatus.RETIRED))
@@ -144,13 +197,13 @@ class Clearinghouse:
         return {**_server_json(new, self.store.bindings(new.license_server_id)), "certificate": certificate,
                 "retired_key_packs": self.store.retired_key_packs(new.license_server_id)}
 
-    def check_in(self, body: dict) -> dict:
+    def check_in(self, body: dict, idempotency_key: str | None = None) -> dict:
         """A license server's contact: it learns which of its key packs a recovery elsewhere retired."""
         server = self._caller(body)
         return {**_server_json(server, self.store.bindings(server.license_server_id)),
                 "retired_key_packs": self.store.retired_key_packs(server.license_server_id)}
 
-    def deactivate(self, body: dict) -> dict:
+    def deactivate(self, body: dict, idempotency_key: str | None = None) -> dict:
         with self.store.transaction():
             server = self._caller(body)
             gone = attrs.evolve(server, status=ServerStatus.DEACTIVATED)
@@ -171,7 +224,7 @@ class Clearinghouse:
 
     # installing and recovering CALs
 
-    def install(self, body: dict) -> dict:
+    def install(self, body: dict, idempotency_key: str | None = None) -> dict:
         ref, key, purchase = self._purchase(body)
         with self.store.transaction():
             server = self._caller(body)
@@ -180,9 +233,11 @@ class Clearinghouse:
             self.store.put_sale(key, sale)
             pack = self._issue(key, sale, server, quantity)
             retired = self.store.retired_key_packs(server.license_server_id)
+        self.log.info("installed {quantity} CALs of {reference} onto {license_server_id}", quantity=quantity,
+                      reference=ref.reference, license_server_id=server.license_server_id)
         return {"key_pack": pack, "retired_key_packs": retired}
 
-    def recover(self, body: dict) -> dict:
+    def recover(self, body: dict, idempotency_key: str | None = None) -> dict:
         """Moves the purchase here and never adds CALs (tsls.core.clearinghouse.recover); every move
         is on record, and the server it left has its key packs retired at its next contact."""
         ref, key, _ = self._purchase(body)
@@ -251,11 +306,8 @@ class ApiResource(Resource):
 
     def __init__(self, clearinghouse: Clearinghouse) -> None:
         super().__init__()
-        ch = clearinghouse
-        self.posts = {"purchases": ch.sell, "activations": ch.activate, "reactivations": ch.reactivate,
-                      "deactivations": ch.deactivate, "installations": ch.install, "recoveries": ch.recover,
-                      "check-ins": ch.check_in}
-        self.ch = ch
+        self.posts = clearinghouse.operations
+        self.ch = clearinghouse
 
     def render(self, request) -> bytes:
         request.setHeader(b"content-type", b"application/json")
@@ -290,7 +342,8 @@ class ApiResource(Resource):
         elif request.method == b"POST" and name in self.posts and not rest:
             if name in OPERATOR_POSTS:
                 self._operator(request, path)
-            return self.posts[name](self._body(request))
+            key = request.getHeader(b"idempotency-key")
+            return self.ch.once(name, self._body(request), None if key is None else key.decode("latin-1"))
         if name in self.posts or name in ("license-servers", "health", "challenge"):
             raise TslsError(Code.METHOD_NOT_ALLOWED, f"{request.method.decode()} is not allowed on {request.path.decode()}")
         raise TslsError(Code.NOT_FOUND, f"no such resource: {request.path.decode('utf-8', 'replace')}")

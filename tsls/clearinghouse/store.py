@@ -54,25 +54,60 @@ MIGRATIONS = {
     CREATE INDEX key_packs_sale ON key_packs(sale);
     CREATE INDEX key_packs_server ON key_packs(license_server_id);
     """,
+    # The answer to every call that carried an idempotency key, to give again to a repeated call.
+    # The key itself is not kept, only its SHA-256: it is the caller's secret.
+    3: """
+    CREATE TABLE idempotency (
+        key_digest TEXT PRIMARY KEY,
+        request_digest TEXT NOT NULL,
+        answer TEXT NOT NULL,
+        at INTEGER NOT NULL
+    );
+    """,
 }
 
 
 class ClearinghouseStore:
     def __init__(self, path: str) -> None:
         self.db = open_database(path, MIGRATIONS, "Clearinghouse")
+        self._depth = 0
 
     def close(self) -> None:
         self.db.close()
 
     @contextlib.contextmanager
     def transaction(self):
+        """One transaction; a transaction opened inside another is part of it (an idempotent call
+        commits its effect and its answer together)."""
+        if self._depth:
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+            return
         self.db.execute("BEGIN IMMEDIATE")
+        self._depth = 1
         try:
             yield
         except BaseException:
+            self._depth = 0
             self.db.execute("ROLLBACK")
             raise
+        self._depth = 0
         self.db.execute("COMMIT")
+
+    # answers to idempotent calls
+
+    def answer(self, key_digest: str) -> tuple[str, dict] | None:
+        """(request digest, answer) of the call made with this key, if any."""
+        row = self.db.execute("SELECT request_digest, answer FROM idempotency WHERE key_digest = ?",
+                              (key_digest,)).fetchone()
+        return None if row is None else (row[0], json.loads(row[1]))
+
+    def put_answer(self, key_digest: str, request_digest: str, answer: dict, now: int) -> None:
+        self.db.execute("INSERT INTO idempotency (key_digest, request_digest, answer, at) VALUES (?,?,?,?)",
+                        (key_digest, request_digest, json.dumps(answer), now))
 
     # servers
 
