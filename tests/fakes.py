@@ -21,18 +21,18 @@ class FakeClearinghouse:
             raise TslsError(Code.CLEARINGHOUSE_UNREACHABLE, "cannot reach the Clearinghouse at http://fake")
 
     @defer.inlineCallbacks
-    def activate(self, product_id, contact, method):
+    def activate(self, product_id, contact, method, idempotency_key=None):
         yield self._call("activate", product_id, method)
         return {"license_server_id": f"LS{next(self._ids)}".ljust(35, "X"), "product_id": product_id,
                 "certificate": "C" * 35}
 
     @defer.inlineCallbacks
-    def reactivate(self, server, reason, contact):
+    def reactivate(self, server, reason, contact, idempotency_key=None):
         yield self._call("reactivate", server["license_server_id"], reason)
         return {"license_server_id": f"LS{next(self._ids)}".ljust(35, "Y"), "certificate": "D" * 35}
 
     @defer.inlineCallbacks
-    def deactivate(self, server):
+    def deactivate(self, server, idempotency_key=None):
         yield self._call("deactivate", server["license_server_id"])
         return {}
 
@@ -42,12 +42,14 @@ class FakeClearinghouse:
         return {"license_server_id": server["license_server_id"], "retired_key_packs": []}
 
     @defer.inlineCallbacks
-    def install(self, server, ref, product_version=None, cal_type=None, quantity=None, server_version=None):
+    def install(self, server, ref, product_version=None, cal_type=None, quantity=None, server_version=None,
+                idempotency_key=None):
         yield self._call("install", server["license_server_id"], ref.reference)
         return {"key_pack": self._pack(ref, product_version, cal_type, quantity)}
 
     @defer.inlineCallbacks
-    def recover(self, server, ref, product_version=None, cal_type=None, server_version=None):
+    def recover(self, server, ref, product_version=None, cal_type=None, server_version=None,
+                idempotency_key=None):
         yield self._call("recover", server["license_server_id"], ref.reference)
         return {"key_packs": [self._pack(ref, None, None, None)]}
 

@@ -39,6 +39,9 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--server-version", metavar="VERSION",
                        help="the license server's own Windows version, 2003 to 2025 (kept in its database; default: "
                             "the one kept, else 2025). It hosts CALs of its version and older (docs/versions.md)")
+        p.add_argument("--clearinghouse-timeout", type=float, default=30.0, metavar="SECONDS",
+                       help="how long the license server waits for an answer from the Clearinghouse; a call that "
+                            "gets none stays pending and completes when asked again (default: %(default)s)")
         p.add_argument("--lab-clock", action="store_true",
                        help="run on a lab clock that tsls-admin clock can move forward (+90d, an ISO date)")
         p.add_argument("--lab-start", metavar="DATE",
@@ -159,7 +162,8 @@ def build(reactor, args) -> Daemons:
         daemons.clearinghouse_listen = listen
     if args.command in ("lab", "server"):
         # The lab's URL is set once the Clearinghouse has bound its port (start, below).
-        client = ClearinghouseClient(args.clearinghouse_url if args.command == "server" else "http://127.0.0.1:0")
+        client = ClearinghouseClient(args.clearinghouse_url if args.command == "server" else "http://127.0.0.1:0",
+                                     timeout=args.clearinghouse_timeout)
         database = getattr(args, "database", None)
         daemons.console_listen = _console_endpoint(args.console_listen)
         daemons.license_server = LicenseServerService(

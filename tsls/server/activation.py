@@ -2,10 +2,13 @@
 keeps of the answers (docs/clearinghouse.md)."""
 from __future__ import annotations
 
-from typing import Callable
+import os
+import secrets
+import signal
 
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from tsls.core import activation
 from tsls.core.activation import Activation, ActivationMethod
@@ -14,16 +17,35 @@ from tsls.core.events import Event, EventId
 from tsls.core.model import CalType, ProductVersion, PurchaseRef, check_server_hosts
 from tsls.errors import Code, TslsError
 from tsls.jsonshapes import iso, key_pack_json
-from tsls.server.storage import Identity
+from tsls.server.storage import ClearinghouseCall, Identity
+
+
+# The Clearinghouse gave no usable answer: it may or may not have carried the call out, so the call
+# stays pending and is asked again, with the same idempotency key, until it has an answer.
+OUTCOME_UNKNOWN = (Code.CLEARINGHOUSE_UNREACHABLE, Code.CLEARINGHOUSE_ERROR, Code.INTERNAL_ERROR)
+FAILPOINTS = "TSLS_FAILPOINTS"      # tests only: kill -9 the daemon at a named step (docs/reliability.md)
+
+
+def _failpoint(name: str) -> None:
+    if name in os.environ.get(FAILPOINTS, "").split(","):
+        Activations.log.warn("failpoint {name}: killing the license server", name=name)
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 class Activations:
+    """Every call that changes anything at the Clearinghouse (activate, reactivate, deactivate,
+    install, recover) is first recorded with a new idempotency key (one commit), then made, and its
+    answer applied in a second commit. A call whose answer never came stays pending: the
+    administrator's retry of the same command, or the next start, asks again with the same key and
+    the Clearinghouse answers what it answered the first time. Nothing is lost, nothing done twice."""
+
     log = Logger()
 
     def __init__(self, writer, clearinghouse, identity: Identity) -> None:
         self.writer = writer
         self.clearinghouse = clearinghouse
         self.identity = identity
+        self._in_flight: dict[str, list] = {}       # idempotency key -> Deferreds waiting for its outcome
 
     @defer.inlineCallbacks
     def activate(self, method: str, contact: dict | None, license_server_id: str | None, certificate: str | None):
@@ -32,29 +54,23 @@ class Activations:
         yield self._require_activation(False)
         how = activation.parse_method(method)
         if how is ActivationMethod.AUTOMATIC:
-            answer = yield self.clearinghouse.activate(self.identity.product_id, contact or {}, how.value)
-            license_server_id, certificate = _answered(answer, "license_server_id"), _answered(answer, "certificate")
-        else:
-            license_server_id, certificate = activation.check_telephone_codes(license_server_id, certificate)
-        result = yield self._set_activation(EventId.ACTIVATED, lambda now: activation.activated(
-            how, license_server_id, certificate, now))
+            result = yield self._call("activate", {"product_id": self.identity.product_id, "contact": contact or {}})
+            return result
+        license_server_id, certificate = activation.check_telephone_codes(license_server_id, certificate)
+        result = yield self.writer.submit(lambda store, now: _save_activation(
+            store, now, EventId.ACTIVATED, activation.activated(how, license_server_id, certificate, now)))
         return result
 
     @defer.inlineCallbacks
     def reactivate(self, reason: str, contact: dict | None):
         server = yield self._require_activation(True)
-        answer = yield self.clearinghouse.reactivate(server, reason, contact or {})
-        license_server_id, certificate = _answered(answer, "license_server_id"), _answered(answer, "certificate")
-        result = yield self._set_activation(EventId.REACTIVATED, lambda now: activation.activated(
-            ActivationMethod.AUTOMATIC, license_server_id, certificate, now))
-        yield self._store_key_packs([], answer.get("retired_key_packs", ()))
+        result = yield self._call("reactivate", {"server": server, "reason": reason, "contact": contact or {}})
         return result
 
     @defer.inlineCallbacks
     def deactivate(self):
         server = yield self._require_activation(True)
-        yield self.clearinghouse.deactivate(server)
-        result = yield self._set_activation(EventId.DEACTIVATED, lambda now: activation.deactivated())
+        result = yield self._call("deactivate", {"server": server})
         return result
 
     def _require_activation(self, wanted: bool) -> defer.Deferred:
@@ -69,16 +85,6 @@ class Activations:
         return {"license_server_id": current.license_server_id, "product_id": self.identity.product_id,
                 "certificate": current.certificate}
 
-    def _set_activation(self, event_id: EventId, new: Callable[[int], Activation]) -> defer.Deferred:
-        def job(store, now):
-            after = new(now)
-            store.add_events([Event(now, event_id, f"license server {after.status.value} "
-                                                   f"({after.method.value if after.method else 'no method'}) as "
-                                                   f"{after.license_server_id or '-'}")])
-            store.save_activation(after)
-            return activation_json(after)
-        return self.writer.submit(job)
-
     @defer.inlineCallbacks
     def install_key_pack(self, purchase: dict):
         """Install CALs: the Clearinghouse binds the purchase to this server and issues the key pack."""
@@ -87,15 +93,9 @@ class Activations:
         if version is not None:        # CALs newer than this server: refused before the Clearinghouse is asked
             check_server_hosts(self.identity.version, version)
         server = yield self._require_activation(True)
-        try:
-            answer = yield self.clearinghouse.install(server, ref, version, cal_type, purchase.get("quantity"),
-                                                      server_version=self.identity.version)
-        except TslsError as e:
-            yield self._check_in_after(e, server)
-            raise
-        issued = IssuedKeyPack.from_json(_answered(answer, "key_pack", dict))
-        packs = yield self._store_key_packs([issued], answer.get("retired_key_packs", ()))
-        return packs[0]
+        result = yield self._call("install", {"server": server, "purchase": _purchase_json(
+            ref, version, cal_type, purchase.get("quantity"))})
+        return result
 
     @defer.inlineCallbacks
     def recover(self, purchase: dict):
@@ -105,15 +105,113 @@ class Activations:
         if version is not None:
             check_server_hosts(self.identity.version, version)
         server = yield self._require_activation(True)
+        result = yield self._call("recover", {"server": server, "purchase": _purchase_json(ref, version, cal_type, None)})
+        return result
+
+    # --- calls to the Clearinghouse, each once ---------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def _call(self, operation: str, request: dict):
+        """Make a call: the one of this kind still pending if there is one (the administrator is asking
+        again: it completes as first asked), else a new one. Other pending calls are finished first."""
+        def job(store, now):
+            pending = store.pending_clearinghouse_calls()
+            same = next((c for c in pending if c.operation == operation and _same(c.request, request)), None)
+            if same is None:
+                same = store.add_clearinghouse_call(secrets.token_urlsafe(24), operation, request, now)
+            return same, [c for c in pending if c.id != same.id]
+        call, others = yield self.writer.submit(job)
+        self.log.info("Clearinghouse call {call_id} ({operation}) recorded", call_id=call.id, operation=operation)
+        yield self._finish_all(others)
+        result = yield self._finish(call)
+        return result
+
+    @defer.inlineCallbacks
+    def finish_pending(self):
+        """Ask again every call still pending (at start-up); fires with how many were finished."""
+        calls = yield self.writer.submit(lambda store, now: store.pending_clearinghouse_calls())
+        finished = yield self._finish_all(calls)
+        return finished
+
+    @defer.inlineCallbacks
+    def _finish_all(self, calls):
+        finished = 0
+        for call in calls:
+            try:
+                yield self._finish(call)
+                finished += 1
+            except TslsError as e:
+                if e.code in OUTCOME_UNKNOWN:
+                    break           # the Clearinghouse is not answering: the rest waits too
+        return finished
+
+    def _finish(self, call: ClearinghouseCall) -> defer.Deferred:
+        """Ask the Clearinghouse for ``call`` and apply its answer; one request at a time per call."""
+        waiter = defer.Deferred()
+        if call.key in self._in_flight:
+            self._in_flight[call.key].append(waiter)
+            return waiter
+        waiters = self._in_flight[call.key] = [waiter]
+
+        def settle(result):
+            del self._in_flight[call.key]
+            for w in waiters:
+                if isinstance(result, Failure):
+                    w.errback(result)
+                else:
+                    w.callback(result)
+        self._ask(call).addBoth(settle)
+        return waiter
+
+    @defer.inlineCallbacks
+    def _ask(self, call: ClearinghouseCall):
+        _failpoint("clearinghouse_before_call")
         try:
-            answer = yield self.clearinghouse.recover(server, ref, version, cal_type,
-                                                      server_version=self.identity.version)
+            answer = yield self._send(call)
         except TslsError as e:
-            yield self._check_in_after(e, server)
+            if e.code in OUTCOME_UNKNOWN:
+                self.log.warn("Clearinghouse call {call_id} ({operation}) pending: {error}", call_id=call.id,
+                              operation=call.operation, error=e.message)
+                raise TslsError(Code.CLEARINGHOUSE_UNREACHABLE, f"{e.message}. The {call.operation} is recorded and "
+                                "pending: run the same command again, or restart the license server, to complete it "
+                                "(nothing is lost, nothing is done twice)", pending_call=call.id) from None
+            yield self.writer.submit(lambda store, now: _finished(store, now, call, "failed", {"error": e.to_json()}))
+            self.log.info("Clearinghouse call {call_id} ({operation}) refused: {code}", call_id=call.id,
+                          operation=call.operation, code=e.code.value)
+            if "server" in call.request:
+                yield self._check_in_after(e, call.request["server"])
             raise
-        issued = [IssuedKeyPack.from_json(kp) for kp in _answered(answer, "key_packs", list)]
-        packs = yield self._store_key_packs(issued, answer.get("retired_key_packs", ()))
-        return {"key_packs": packs}
+        _failpoint("clearinghouse_after_answer")
+
+        def job(store, now):
+            current = store.clearinghouse_call(call.key)
+            if current is not None and current.state == "done":
+                return current.result           # finished meanwhile (another request asked too)
+            result = APPLY[call.operation](store, now, answer, self.identity.version)
+            _finished(store, now, call, "done", result)
+            return result
+        result = yield self.writer.submit(job)
+        self.log.info("Clearinghouse call {call_id} ({operation}) done", call_id=call.id, operation=call.operation)
+        return result
+
+    def _send(self, call: ClearinghouseCall) -> defer.Deferred:
+        r, key, ch = call.request, call.key, self.clearinghouse
+        if call.operation == "activate":
+            return ch.activate(r["product_id"], r["contact"], "automatic", idempotency_key=key)
+        if call.operation == "reactivate":
+            return ch.reactivate(r["server"], r["reason"], r["contact"], idempotency_key=key)
+        if call.operation == "deactivate":
+            return ch.deactivate(r["server"], idempotency_key=key)
+        purchase = r["purchase"]
+        ref = PurchaseRef.from_json(purchase)
+        version, cal_type = _version_and_type(purchase)
+        if call.operation == "install":
+            return ch.install(r["server"], ref, version, cal_type, purchase.get("quantity"),
+                              server_version=self.identity.version, idempotency_key=key)
+        return ch.recover(r["server"], ref, version, cal_type, server_version=self.identity.version,
+                          idempotency_key=key)
+
+    # --- retired key packs ---------------------------------------------------------------------------
 
     @defer.inlineCallbacks
     def check_in(self):
@@ -126,46 +224,111 @@ class Activations:
         if server is None:
             return []
         answer = yield self.clearinghouse.check_in(server)
-        retired = yield self._store_key_packs([], answer.get("retired_key_packs", ()))
+        retired = yield self.writer.submit(lambda store, now: _store_key_packs(
+            store, now, self.identity.version, [], _retired(answer)))
         return retired
 
     def _check_in_after(self, refusal: TslsError, server: dict) -> defer.Deferred:
         """A refused call is a contact too: learn the retirements (a best effort; the refusal stands)."""
         if refusal.code in (Code.CLEARINGHOUSE_UNREACHABLE, Code.NOT_ACTIVATED, Code.BAD_CREDENTIALS,
-                            Code.UNKNOWN_LICENSE_SERVER):
+                            Code.UNKNOWN_LICENSE_SERVER, Code.BAD_REQUEST, Code.IDEMPOTENCY_KEY_REUSED):
             return defer.succeed(None)
         d = self.clearinghouse.check_in(server)
-        d.addCallback(lambda answer: self._store_key_packs([], answer.get("retired_key_packs", ())))
+        d.addCallback(lambda answer: self.writer.submit(lambda store, now: _store_key_packs(
+            store, now, self.identity.version, [], _retired(answer))))
         d.addErrback(lambda f: self.log.warn("check-in after a refusal failed: {error}", error=f.getErrorMessage()))
         return d
 
-    def _store_key_packs(self, issued: list[IssuedKeyPack], retired_ids=()) -> defer.Deferred:
-        """Install the key packs the Clearinghouse issued (one already held is not installed twice)
-        and retire those it retired; fires with the installed packs, or the retired ones when none."""
-        def job(store, now):
-            out = []
-            for kp in issued:      # the Clearinghouse checked this too: a key pack this server cannot host never lands
-                check_server_hosts(self.identity.version, kp.product_version)
-                held = store.key_pack(kp.key_pack_id)
-                if held is not None:
-                    out.append(key_pack_json(held))
-                    continue
-                pack = store.add_key_pack(kp.key_pack_id, kp.purchase, kp.product_version, kp.cal_type, kp.quantity, now)
-                out.append(key_pack_json(pack))
-                store.add_events([Event(now, EventId.KEY_PACK_INSTALLED,
-                                        f"key pack {pack.key_pack_id} installed: {pack.total} "
-                                        f"{pack.cal_type.value} CALs for Windows Server {pack.product_version.value}")])
-            gone = store.retire_key_packs(retired_ids, now)
-            for pack in gone:
-                store.add_events([Event(now, EventId.KEY_PACK_RETIRED,
-                                        f"key pack {pack.key_pack_id} retired: its purchase was recovered onto another "
-                                        f"license server; its {pack.issued} issued CALs stay, no new one is issued")])
-            return out if issued else [key_pack_json(p) for p in gone]
-
-        return self.writer.submit(job)
-
     def key_packs(self) -> defer.Deferred:
         return self.writer.submit(lambda store, now: [key_pack_json(p) for p in store.key_packs()])
+
+
+def _same(pending: dict, request: dict) -> bool:
+    """Is ``request`` the administrator asking again for the pending call? One activation change at a
+    time; an install or recovery of the same purchase."""
+    return pending.get("purchase") == request.get("purchase")
+
+
+def _finished(store, now: int, call: ClearinghouseCall, state: str, result: dict) -> None:
+    store.finish_clearinghouse_call(call.key, state, result, now)
+
+
+def _save_activation(store, now: int, event_id: EventId, after: Activation) -> dict:
+    store.add_events([Event(now, event_id, f"license server {after.status.value} "
+                                           f"({after.method.value if after.method else 'no method'}) as "
+                                           f"{after.license_server_id or '-'}")])
+    store.save_activation(after)
+    return activation_json(after)
+
+
+def _store_key_packs(store, now: int, host_version, issued: list[IssuedKeyPack], retired_ids=()) -> list:
+    """Install the key packs the Clearinghouse issued (one already held is not installed twice)
+    and retire those it retired; the installed packs, or the retired ones when none."""
+    out = []
+    for kp in issued:      # the Clearinghouse checked this too: a key pack this server cannot host never lands
+        check_server_hosts(host_version, kp.product_version)
+        held = store.key_pack(kp.key_pack_id)
+        if held is not None:
+            out.append(key_pack_json(held))
+            continue
+        pack = store.add_key_pack(kp.key_pack_id, kp.purchase, kp.product_version, kp.cal_type, kp.quantity, now)
+        out.append(key_pack_json(pack))
+        store.add_events([Event(now, EventId.KEY_PACK_INSTALLED,
+                                f"key pack {pack.key_pack_id} installed: {pack.total} "
+                                f"{pack.cal_type.value} CALs for Windows Server {pack.product_version.value}")])
+    gone = store.retire_key_packs(retired_ids, now)
+    for pack in gone:
+        store.add_events([Event(now, EventId.KEY_PACK_RETIRED,
+                                f"key pack {pack.key_pack_id} retired: its purchase was recovered onto another "
+                                f"license server; its {pack.issued} issued CALs stay, no new one is issued")])
+    return out if issued else [key_pack_json(p) for p in gone]
+
+
+def _apply_activate(store, now, answer, host_version) -> dict:
+    return _save_activation(store, now, EventId.ACTIVATED, activation.activated(
+        ActivationMethod.AUTOMATIC, _answered(answer, "license_server_id"), _answered(answer, "certificate"), now))
+
+
+def _apply_reactivate(store, now, answer, host_version) -> dict:
+    result = _save_activation(store, now, EventId.REACTIVATED, activation.activated(
+        ActivationMethod.AUTOMATIC, _answered(answer, "license_server_id"), _answered(answer, "certificate"), now))
+    _store_key_packs(store, now, host_version, [], answer.get("retired_key_packs", ()))
+    return result
+
+
+def _apply_deactivate(store, now, answer, host_version) -> dict:
+    return _save_activation(store, now, EventId.DEACTIVATED, activation.deactivated())
+
+
+def _apply_install(store, now, answer, host_version) -> dict:
+    issued = IssuedKeyPack.from_json(_answered(answer, "key_pack", dict))
+    return _store_key_packs(store, now, host_version, [issued], _retired(answer))[0]
+
+
+def _apply_recover(store, now, answer, host_version) -> dict:
+    issued = [IssuedKeyPack.from_json(kp) for kp in _answered(answer, "key_packs", list)]
+    return {"key_packs": _store_key_packs(store, now, host_version, issued, _retired(answer))}
+
+
+def _retired(answer: dict) -> list:
+    ids = answer.get("retired_key_packs", []) if isinstance(answer, dict) else []
+    return [i for i in ids if isinstance(i, str)] if isinstance(ids, list) else []
+
+
+# What each call's answer does to the ledger, applied in the commit that marks the call done.
+APPLY = {"activate": _apply_activate, "reactivate": _apply_reactivate, "deactivate": _apply_deactivate,
+         "install": _apply_install, "recover": _apply_recover}
+
+
+def _purchase_json(ref: PurchaseRef, version, cal_type, quantity) -> dict:
+    body = ref.to_json()
+    if version is not None:
+        body["product_version"] = version.value
+    if cal_type is not None:
+        body["cal_type"] = cal_type.value
+    if quantity is not None:
+        body["quantity"] = quantity
+    return body
 
 
 def activation_json(a: Activation) -> dict:

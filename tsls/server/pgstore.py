@@ -33,7 +33,8 @@ from tsls.core.licensing import Change, Decision, World, expire
 from tsls.core.model import CalType, KeyPack, License, LicenseKind, LicenseStatus, ProductVersion, PurchaseRef
 from tsls.core.perseat import LicensedBy, Product, ProductMode
 from tsls.errors import Code, TslsError
-from tsls.server.storage import EventFilter, Identity, LicenseFilter, Registration, SeatAssignment
+from tsls.server.storage import (ClearinghouseCall, EventFilter, Identity, LicenseFilter, Registration,
+                                 SeatAssignment)
 from tsls.sqlite import StoreError
 
 CONNECT_TIMEOUT = 5         # seconds: a request waits at most this long for PostgreSQL to answer a connect
@@ -183,6 +184,20 @@ MIGRATIONS = {
     # A key pack the Clearinghouse retired: its purchase was recovered onto another license server.
     2: """
     ALTER TABLE key_packs ADD COLUMN retired_at BIGINT
+    """,
+    # Calls to the Clearinghouse, recorded with their idempotency keys before they are made.
+    3: """
+    CREATE TABLE clearinghouse_calls (
+        id BIGSERIAL PRIMARY KEY,
+        idempotency_key TEXT NOT NULL UNIQUE,
+        operation TEXT NOT NULL,
+        request TEXT NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('pending', 'done', 'failed')),
+        created_at BIGINT NOT NULL,
+        finished_at BIGINT,
+        result TEXT
+    );
+    CREATE INDEX clearinghouse_calls_pending ON clearinghouse_calls(state) WHERE state = 'pending'
     """,
 }
 SCHEMA_VERSION = max(MIGRATIONS)
@@ -581,6 +596,24 @@ class PgLicenseStore:
         return self._x('SELECT at, "user", hwid, machine, terminal_server FROM per_user_logons '
                        "WHERE at >= %s AND at < %s ORDER BY id", (start, end)).fetchall()
 
+    def add_clearinghouse_call(self, key: str, operation: str, request: dict, now: int) -> ClearinghouseCall:
+        row = self._x("INSERT INTO clearinghouse_calls (idempotency_key, operation, request, state, created_at) "
+                      "VALUES (%s, %s, %s, 'pending', %s) RETURNING id", (key, operation, json.dumps(request), now)
+                      ).fetchone()
+        return ClearinghouseCall(row[0], key, operation, request, "pending", now)
+
+    def clearinghouse_call(self, key: str) -> ClearinghouseCall | None:
+        row = self._x(f"SELECT {_CALL_COLUMNS} FROM clearinghouse_calls WHERE idempotency_key = %s", (key,)).fetchone()
+        return None if row is None else _call(row)
+
+    def pending_clearinghouse_calls(self) -> tuple[ClearinghouseCall, ...]:
+        rows = self._x(f"SELECT {_CALL_COLUMNS} FROM clearinghouse_calls WHERE state = 'pending' ORDER BY id").fetchall()
+        return tuple(_call(r) for r in rows)
+
+    def finish_clearinghouse_call(self, key: str, state: str, result: dict, now: int) -> None:
+        self._x("UPDATE clearinghouse_calls SET state = %s, result = %s, finished_at = %s WHERE idempotency_key = %s",
+                (state, json.dumps(result), now, key))
+
     def key_pack(self, key_pack_id: str) -> KeyPack | None:
         return next((p for p in self.key_packs() if p.key_pack_id == key_pack_id), None)
 
@@ -802,3 +835,11 @@ def check_ledger_pg(dsn: str, password: str | None = None) -> list[str]:
         return [f"not a usable tsls license server database: {_first_line(e)}"]
     finally:
         conn.close()
+
+
+_CALL_COLUMNS = "id, idempotency_key, operation, request, state, created_at, finished_at, result"
+
+
+def _call(r) -> ClearinghouseCall:
+    return ClearinghouseCall(r[0], r[1], r[2], json.loads(r[3]), r[4], r[5], r[6],
+                             None if r[7] is None else json.loads(r[7]))

@@ -131,8 +131,12 @@ class LicenseServerService(MultiService):
 
     def startService(self):
         super().startService()
-        # A contact with the Clearinghouse: key packs a recovery elsewhere retired stop issuing.
-        d = self.server.check_in()
+        # Calls to the Clearinghouse a crash or an outage left pending are asked again (same
+        # idempotency keys); then a contact: key packs a recovery elsewhere retired stop issuing.
+        d = self.server.activation.finish_pending()
+        d.addErrback(lambda f: log.warn("pending Clearinghouse calls not finished at start-up: {error}",
+                                        error=f.getErrorMessage()))
+        d.addCallback(lambda _: self.server.check_in())
         d.addErrback(lambda f: log.warn("no check-in with the Clearinghouse at start-up: {error}",
                                         error=f.getErrorMessage()))
         self.checked_in = d         # fires when that is done (tests wait on it)

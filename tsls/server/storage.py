@@ -81,6 +81,23 @@ class EventFilter:
     since: int | None = None                    # at >= this
 
 
+@attrs.frozen
+class ClearinghouseCall:
+    """A call to the Clearinghouse, recorded (with its idempotency key) before it is made, so that
+    whatever happens to the answer the call can be asked again and gets the same answer.
+    ``state``: pending (made or about to be, outcome unknown), done (its answer is applied) or
+    failed (the Clearinghouse refused it: nothing changed there)."""
+
+    id: int
+    key: str = attrs.field(repr=False)          # a secret: it asks for the answer again
+    operation: str                              # activate, reactivate, deactivate, install, recover
+    request: dict = attrs.field(repr=False)     # the arguments, with the server's certificate
+    state: str
+    created_at: int
+    finished_at: int | None = None
+    result: dict | None = attrs.field(repr=False, default=None)
+
+
 class LedgerStore(Protocol):
     """The license server's storage. One thread uses it at a time."""
 
@@ -112,6 +129,12 @@ class LedgerStore(Protocol):
                      total: int, now: int) -> KeyPack: ...
     def key_pack(self, key_pack_id: str) -> KeyPack | None: ...
     def retire_key_packs(self, key_pack_ids, now: int) -> list[KeyPack]: ...
+
+    # calls to the Clearinghouse (idempotency keys)
+    def add_clearinghouse_call(self, key: str, operation: str, request: dict, now: int) -> ClearinghouseCall: ...
+    def clearinghouse_call(self, key: str) -> ClearinghouseCall | None: ...
+    def pending_clearinghouse_calls(self) -> tuple[ClearinghouseCall, ...]: ...
+    def finish_clearinghouse_call(self, key: str, state: str, result: dict, now: int) -> None: ...
     def license(self, license_id: int) -> License | None: ...
     def licenses(self, which: LicenseFilter, limit: int = 1000) -> list[License]: ...
     def license_counts(self) -> dict[str, int]: ...

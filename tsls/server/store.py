@@ -19,7 +19,8 @@ from tsls.core.activation import Activation, ActivationMethod, ActivationStatus
 from tsls.core.licensing import Change, Decision, World, expire
 from tsls.core.model import CalType, KeyPack, License, LicenseKind, LicenseStatus, ProductVersion, PurchaseRef
 from tsls.core.perseat import LicensedBy, Product, ProductMode
-from tsls.server.storage import EventFilter, Identity, LicenseFilter, Registration, SeatAssignment
+from tsls.server.storage import (ClearinghouseCall, EventFilter, Identity, LicenseFilter, Registration,
+                                 SeatAssignment)
 from tsls.sqlite import open_database
 
 # Migration N brings a database from version N-1 to N. Never edit one that has shipped: add one.
@@ -134,6 +135,20 @@ MIGRATIONS = {
     # A key pack the Clearinghouse retired: its purchase was recovered onto another license server.
     5: """
     ALTER TABLE key_packs ADD COLUMN retired_at INTEGER;
+    """,
+    # Calls to the Clearinghouse, recorded with their idempotency keys before they are made.
+    6: """
+    CREATE TABLE clearinghouse_calls (
+        id INTEGER PRIMARY KEY,
+        idempotency_key TEXT NOT NULL UNIQUE,
+        operation TEXT NOT NULL,
+        request TEXT NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('pending', 'done', 'failed')),
+        created_at INTEGER NOT NULL,
+        finished_at INTEGER,
+        result TEXT
+    );
+    CREATE INDEX clearinghouse_calls_pending ON clearinghouse_calls(state) WHERE state = 'pending';
     """,
 }
 SCHEMA_VERSION = max(MIGRATIONS)
@@ -437,6 +452,24 @@ class LicenseStore:
             f"(SELECT * FROM events WHERE {' AND '.join(where)} ORDER BY id DESC LIMIT ?) ORDER BY id", (*params, limit))
         return [(r[0], events.Event(r[1], events.EventId(r[2]), r[3], r[4], r[5], r[6], r[7])) for r in rows]
 
+    def add_clearinghouse_call(self, key: str, operation: str, request: dict, now: int) -> ClearinghouseCall:
+        cursor = self.db.execute("INSERT INTO clearinghouse_calls (idempotency_key, operation, request, state, "
+                                 "created_at) VALUES (?, ?, ?, 'pending', ?)", (key, operation, json.dumps(request), now))
+        return ClearinghouseCall(cursor.lastrowid, key, operation, request, "pending", now)
+
+    def clearinghouse_call(self, key: str) -> ClearinghouseCall | None:
+        row = self.db.execute(f"SELECT {_CALL_COLUMNS} FROM clearinghouse_calls WHERE idempotency_key = ?",
+                              (key,)).fetchone()
+        return None if row is None else _call(row)
+
+    def pending_clearinghouse_calls(self) -> tuple[ClearinghouseCall, ...]:
+        rows = self.db.execute(f"SELECT {_CALL_COLUMNS} FROM clearinghouse_calls WHERE state = 'pending' ORDER BY id")
+        return tuple(_call(r) for r in rows)
+
+    def finish_clearinghouse_call(self, key: str, state: str, result: dict, now: int) -> None:
+        self.db.execute("UPDATE clearinghouse_calls SET state = ?, result = ?, finished_at = ? "
+                        "WHERE idempotency_key = ?", (state, json.dumps(result), now, key))
+
     def key_pack(self, key_pack_id: str) -> KeyPack | None:
         return next((p for p in self.key_packs() if p.key_pack_id == key_pack_id), None)
 
@@ -550,6 +583,14 @@ _CACHED_TABLES = ("key_packs", "meta", "activation", "terminal_servers")
 
 def _product(r) -> Product:
     return Product(r[0], r[1], ProductMode(r[2]), r[3], r[4], r[5])
+
+
+_CALL_COLUMNS = "id, idempotency_key, operation, request, state, created_at, finished_at, result"
+
+
+def _call(r) -> ClearinghouseCall:
+    return ClearinghouseCall(r[0], r[1], r[2], json.loads(r[3]), r[4], r[5], r[6],
+                             None if r[7] is None else json.loads(r[7]))
 
 
 _KINDS = {k.value: k for k in LicenseKind}
