@@ -26,8 +26,10 @@ OUTCOME_UNKNOWN = (Code.CLEARINGHOUSE_UNREACHABLE, Code.CLEARINGHOUSE_ERROR, Cod
 FAILPOINTS = "TSLS_FAILPOINTS"      # tests only: kill -9 the daemon at a named step (docs/reliability.md)
 
 
-def _failpoint(name: str) -> None:
-    if name in os.environ.get(FAILPOINTS, "").split(","):
+def _failpoint(name: str, operation: str) -> None:
+    """``TSLS_FAILPOINTS=clearinghouse_after_answer:install,...``: SIGKILL this process there."""
+    wanted = os.environ.get(FAILPOINTS)
+    if wanted and {name, f"{name}:{operation}"} & set(wanted.split(",")):
         Activations.log.warn("failpoint {name}: killing the license server", name=name)
         os.kill(os.getpid(), signal.SIGKILL)
 
@@ -165,7 +167,7 @@ class Activations:
 
     @defer.inlineCallbacks
     def _ask(self, call: ClearinghouseCall):
-        _failpoint("clearinghouse_before_call")
+        _failpoint("clearinghouse_before_call", call.operation)
         try:
             answer = yield self._send(call)
         except TslsError as e:
@@ -181,7 +183,7 @@ class Activations:
             if "server" in call.request:
                 yield self._check_in_after(e, call.request["server"])
             raise
-        _failpoint("clearinghouse_after_answer")
+        _failpoint("clearinghouse_after_answer", call.operation)
 
         def job(store, now):
             current = store.clearinghouse_call(call.key)
