@@ -18,7 +18,7 @@ from clients.connection import connect
 from tsls.clearinghouse.client import ClearinghouseClient
 from tsls.core.model import CalType, Program, ProductVersion, Purchase, PurchaseRef
 from tsls.errors import Code, TslsError
-from tsls.server.auth import read_secret
+from tsls.public import read_secret
 from tsls.server.check import check_lab, check_ledger
 
 TIMEOUT = 20

@@ -294,7 +294,7 @@ def _apply_activate(store, now, answer, host_version) -> dict:
 def _apply_reactivate(store, now, answer, host_version) -> dict:
     result = _save_activation(store, now, EventId.REACTIVATED, activation.activated(
         ActivationMethod.AUTOMATIC, _answered(answer, "license_server_id"), _answered(answer, "certificate"), now))
-    _store_key_packs(store, now, host_version, [], answer.get("retired_key_packs", ()))
+    _store_key_packs(store, now, host_version, [], _retired(answer))
     return result
 
 
