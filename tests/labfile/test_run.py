@@ -17,6 +17,7 @@ from tsls.labfile.runner import LabRun, summary
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 EXAMPLES = sorted(glob.glob(os.path.join(ROOT, "examples", "labs", "*.toml")))
 SMALL = os.path.join(ROOT, "examples", "labs", "small-office.toml")
+FAILOVER = os.path.join(ROOT, "examples", "labs", "two-servers-failover.toml")
 
 
 async def play(path, where, seed=None):
@@ -39,11 +40,13 @@ async def test_example_lab_holds_every_expectation(path, tmp_path):
 async def test_same_file_and_seed_give_the_same_journal(tmp_path):
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
-    _, _, first = await play(SMALL, tmp_path / "a")
-    _, _, second = await play(SMALL, tmp_path / "b")
+    # Two license servers, two session hosts, a cut link, a SIGKILL, a restart and a SIGSTOP.
+    _, _, first = await play(FAILOVER, tmp_path / "a")
+    _, _, second = await play(FAILOVER, tmp_path / "b")
     with open(first) as a, open(second) as b:
         one, two = comparable(a), comparable(b)
     assert one == two
+    assert {r["kind"] for r in one} >= {"logon", "fault", "wave", "expectation", "step", "purchase"}
     logons = [r for r in one if r["kind"] == "logon"]
     assert logons and all(r["license_id"] for r in logons)
 

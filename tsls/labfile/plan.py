@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import attrs
 
-from tsls.labfile.schema import Lab, LabFileError, Problem, Step
+from tsls.labfile.schema import Lab, LabFileError, Problem
 
 SETUP, FILE, CLOSING = 0, 1, 2
 

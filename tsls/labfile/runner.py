@@ -14,9 +14,10 @@ import sys
 
 import attrs
 from twisted.internet import defer
+from twisted.python.failure import Failure
 
 from clients.connection import LicenseConnection, connect
-from clients.tssim import DeviceStore, TerminalServer, TerminalServerState
+from clients.tssim import TRY_NEXT, UNAVAILABLE, DeviceStore, TerminalServer, TerminalServerState
 from tsls.clearinghouse.client import ClearinghouseClient
 from tsls.core.events import EventId
 from tsls.core.model import Program, iso
@@ -27,11 +28,11 @@ from tsls.labfile.links import Link
 from tsls.labfile.plan import Planned
 from tsls.labfile.processes import Daemon
 from tsls.labfile.schema import Lab
-from tsls.public import hardware_id
-from tsls.public import read_secret
+from tsls.public import hardware_id, read_secret
 
-REQUEST_TIMEOUT = 10.0       # an administrator's request; a logon's is LOGON_TIMEOUT
-LOGON_TIMEOUT = 2.0          # a license server that has not answered a session host in this long is down for the wave
+REQUEST_TIMEOUT = 30.0       # an administrator's request; a logon's is LOGON_TIMEOUT
+LOGON_TIMEOUT = 3.0          # a license server that has not answered a session host in this long is down for the wave
+PIPELINE = 64                # a session host's logons in flight on one connection
 LIST_LIMIT = 100_000
 CONTACT = {"first_name": "Lab", "last_name": "Operator", "company": "Test Lab", "country_region": "United States"}
 
@@ -43,27 +44,6 @@ class Result:
     what: str
     ok: bool
     why: tuple[str, ...] = ()
-
-
-class _TimedConnection:
-    """A session host's connection whose every request gives up after LOGON_TIMEOUT: the server is
-    then taken as unreachable, and the connection dropped so no late answer lands."""
-
-    def __init__(self, reactor, conn: LicenseConnection) -> None:
-        self.reactor, self.conn = reactor, conn
-        self.transport = conn.transport
-
-    def request(self, op, **fields):
-        d = self.conn.request(op, **fields)
-
-        def late(failure):
-            failure.trap(defer.TimeoutError, defer.CancelledError)
-            self.conn.transport.abortConnection()
-            raise TslsError(Code.SERVER_UNREACHABLE, f"no answer to {op} within {LOGON_TIMEOUT:.0f} s")
-        return d.addTimeout(LOGON_TIMEOUT, self.reactor).addErrback(late)
-
-    def close(self):
-        return self.conn.close()
 
 
 class LabDevices(DeviceStore):
@@ -93,50 +73,112 @@ class LabHostState(TerminalServerState):
 
 
 class SessionHost(TerminalServer):
-    """A session host of the lab: the simulator's terminal server, with two habits of a real one. It
+    """A session host of the lab: the simulator's terminal server, with the habits of a real one. It
     checks a permanent CAL with more than 7 days left itself, without asking a license server
-    [REFERENCE §1, MSQA]; and a license server that did not answer in time is skipped for the rest
-    of the wave, as a host that found it unreachable moves down its list."""
+    [REFERENCE §1, MSQA]; a license server that did not answer in time is skipped for the rest of the
+    wave, as a host that found it unreachable moves down its list; and it logs its share of a wave's
+    devices on together, pipelined on its one connection to each license server. One connection
+    answers in order, so the license server decides in the same order on every run."""
 
     def __init__(self, reactor, spec, links: list[Link], devices, state) -> None:
         super().__init__(reactor, spec.name, spec.version.value, spec.mode.value, [link.endpoint for link in links],
-                         devices, state)
+                         devices, state, connect_timeout=LOGON_TIMEOUT, answer_timeout=LOGON_TIMEOUT)
         self.names = {link.endpoint: link.license_server for link in links}
         self.unreachable: set[str] = set()
 
     async def _connection(self, server):
         if server in self.unreachable:
-            raise TslsError(Code.SERVER_UNREACHABLE, "did not answer earlier in this wave")
-        conn = self.connections.get(server)
-        if conn is not None and conn.transport.connected:
-            return conn
+            raise TslsError(Code.SERVER_UNREACHABLE, "it did not answer earlier in this wave")
         try:
-            raw = await connect(self.reactor, server).addTimeout(LOGON_TIMEOUT, self.reactor)
-        except defer.TimeoutError:
-            self.unreachable.add(server)
-            raise TslsError(Code.SERVER_UNREACHABLE, "no connection within the timeout") from None
-        conn = _TimedConnection(self.reactor, raw)
-        try:
-            hello = await conn.hello_terminal_server(self.name, self.version, self.mode, self.secret)
+            return await super()._connection(server)
         except TslsError as e:
-            if "within" in e.message:
+            if e.code in UNAVAILABLE:
                 self.unreachable.add(server)
             raise
-        self.state.heard_time(self.name, hello["now"])
-        self.connections[server] = conn
-        return conn
 
-    async def logon(self, machine: str, user: str, report: bool = True) -> dict:
-        held = self.devices.get(machine, self.version)
-        if not expect.due_for_renewal(held, self.state.now(self.name)):
-            self._note_connection(held)
-            return {"machine": machine, "user": user, "served_by": None, "outcome": "existing", "reason": None,
-                    "message": "the session host checked the CAL itself", "license": held}
-        return await super().logon(machine, user, report)
+    def begin(self, machines: list[str]) -> "_Share":
+        """A wave's share of devices for this host: those whose CAL the host checks itself are done."""
+        share = _Share(self, machines, {m: self.devices.get(m, self.version) for m in machines})
+        now = self.state.now(self.name)
+        for m in machines:
+            if expect.due_for_renewal(share.held[m], now):
+                share.pending.append(m)
+            else:
+                self._note_connection(share.held[m])
+                share.rows[m] = share.row(m, outcome="existing", message="the session host checked the CAL itself",
+                                          license=share.held[m])
+        return share
+
+    async def attempt(self, share: "_Share", server: str, report: bool) -> None:
+        """Ask ``server`` for the devices still pending; those it could not serve move on to the next."""
+        try:
+            conn = await self._connection(server)
+        except TslsError as e:
+            share.refusals.update({m: e for m in share.pending})
+            if e.code not in TRY_NEXT:
+                share.stopped = True
+            return
+        answers = await _pipelined(conn, [("logon", dict(hwid=hardware_id(m), machine=m, user=f"user-{m}",
+                                                           license=share.held[m] and share.held[m]["token"]))
+                                          for m in share.pending])
+        if any(isinstance(a, TslsError) and a.code in UNAVAILABLE for a in answers):
+            self.unreachable.add(server)
+        reports, retry = [], []
+        for m, answer in zip(share.pending, answers):
+            if isinstance(answer, TslsError):
+                share.refusals[m] = answer
+                if answer.code in TRY_NEXT:
+                    retry.append(m)
+                else:
+                    share.rows[m] = self._without_server(share.row(m), answer, share.held[m])
+                continue
+            lic = answer["license"]
+            share.rows[m] = share.row(m, served_by=server, outcome=answer["outcome"], reason=answer["reason"],
+                                      message=answer["message"], license=lic)
+            self._note_connection(lic)
+            if lic is not None:
+                self.devices.put(m, self.version, lic)
+                if lic["kind"] != "permanent":
+                    reports.append(("logon_succeeded", dict(hwid=hardware_id(m), license=lic["token"])))
+        if report and reports:
+            await _pipelined(conn, reports)
+        share.pending = retry
+
+    def finish(self, share: "_Share") -> list[dict]:
+        for m in share.pending:
+            share.rows[m] = self._without_server(share.row(m), share.refusals.get(m), share.held[m])
+        share.pending = []
+        return [share.rows[m] for m in share.machines]
 
 
-# The hello of the simulator's TerminalServer expects a LicenseConnection's helpers: lend them.
-_TimedConnection.hello_terminal_server = LicenseConnection.hello_terminal_server
+@attrs.define
+class _Share:
+    host: SessionHost
+    machines: list
+    held: dict
+    pending: list = attrs.Factory(list)
+    rows: dict = attrs.Factory(dict)
+    refusals: dict = attrs.Factory(dict)
+    stopped: bool = False
+
+    def row(self, machine: str, **fields) -> dict:
+        return {"machine": machine, "user": f"user-{machine}", "served_by": None, "license": None, "reason": None,
+                **fields}
+
+
+async def _pipelined(conn, requests: list[tuple[str, dict]], window: int = PIPELINE) -> list:
+    """Send the requests on one connection, at most ``window`` in flight, in order; each answer or
+    TslsError comes back in the same order."""
+    results: list = [None] * len(requests)
+    semaphore = defer.DeferredSemaphore(window)
+
+    def keep(value, i):
+        results[i] = value.value if isinstance(value, Failure) and value.check(TslsError) else value
+        return None if not isinstance(value, Failure) or value.check(TslsError) else value
+
+    waits = [semaphore.run(conn.request, op, **fields).addBoth(keep, i) for i, (op, fields) in enumerate(requests)]
+    await defer.gatherResults(waits, consumeErrors=True)
+    return results
 
 
 class LabRun:
@@ -219,7 +261,7 @@ class LabRun:
         for (host, server), link in self.links.items():
             if server == name:
                 link.upstream_port = daemon.port
-        conn = await self._timed(connect(self.reactor, f"tcp:127.0.0.1:{daemon.port}"))
+        conn = await self._timed(connect(self.reactor, f"tcp:127.0.0.1:{daemon.port}", answer_timeout=REQUEST_TIMEOUT))
         await self._timed(conn.hello_admin(read_secret(os.path.join(data, "admin.secret"))))
         self.admins[name] = conn
         self.clock_behind.add(name)
@@ -232,10 +274,7 @@ class LabRun:
         daemon = self.daemons[name]
         if daemon.state != "running" or name not in self.admins:
             raise TslsError(Code.SERVER_UNREACHABLE, f"license server {name} is {daemon.state if daemon.state != 'ended' else 'down'}")
-        try:
-            return await self.admins[name].request(op, **fields).addTimeout(REQUEST_TIMEOUT, self.reactor)
-        except defer.TimeoutError:
-            raise TslsError(Code.SERVER_UNREACHABLE, f"license server {name} did not answer {op}") from None
+        return await self.admins[name].request(op, **fields)
 
     async def close(self) -> None:
         """Stop everything this run started: links, connections, processes. Safe to call twice."""
@@ -376,20 +415,23 @@ class LabRun:
         times, report = step.args.get("times", 1), step.args.get("report", True)
         last = []
         for round_ in range(1, times + 1):
-            for i, machine in enumerate(machines):
-                host = hosts[i % len(hosts)]
-                row = await host.logon(machine, f"user-{machine}", report)
-                row["served_by"] = host.names.get(row.get("served_by"))
-                if round_ == times:
-                    last.append(row)
-                outcome = expect.outcome_of(row)
-                self.counts[outcome] = self.counts.get(outcome, 0) + 1
-                if self.log_logons:
-                    lic = row.get("license") or {}
-                    self.note("logon", step=step.step, round=round_, host=host.name, device=machine, outcome=outcome,
-                              answer=row.get("outcome"), served_by=row["served_by"], reason=row.get("reason"),
-                              license_id=lic.get("license_id"), license=lic.get("kind"), expires=lic.get("expires_at"),
-                              key_pack=self.pack_names.get(lic.get("key_pack_id"), lic.get("key_pack_id")))
+            shares = [host.begin(machines[i::len(hosts)]) for i, host in enumerate(hosts)]
+            await self._ask_license_servers(shares, report)
+            for share in shares:
+                host = share.host
+                for row in host.finish(share):
+                    row["served_by"] = host.names.get(row.get("served_by"))
+                    if round_ == times:
+                        last.append(row)
+                    outcome = expect.outcome_of(row)
+                    self.counts[outcome] = self.counts.get(outcome, 0) + 1
+                    if self.log_logons:
+                        lic = row.get("license") or {}
+                        self.note("logon", step=step.step, round=round_, host=host.name, device=row["machine"],
+                                  outcome=outcome, answer=row.get("outcome"), served_by=row["served_by"],
+                                  reason=row.get("reason"), license_id=lic.get("license_id"), license=lic.get("kind"),
+                                  expires=lic.get("expires_at"),
+                                  key_pack=self.pack_names.get(lic.get("key_pack_id"), lic.get("key_pack_id")))
         tally = expect.tally(last)
         self.note("wave", step=step.step, fleet=step.args["fleet"], through=list(step.args["through"]), times=times,
                   devices=len(machines), **tally)
@@ -397,10 +439,27 @@ class LabRun:
             self.judge(step, f"wave of {step.args['fleet']}: {_shown(step.args['expect'])}",
                        expect.compare(step.args["expect"], tally))
 
+    async def _ask_license_servers(self, shares: list[_Share], report: bool) -> None:
+        """Every host asks the first license server on its list for its pending devices, then the second
+        for those left, and so on. At each rank the license servers work in parallel, each on its hosts
+        one after another in file order: a license server sees the same requests in the same order on
+        every run, which is what keeps license IDs replayable."""
+        for rank in range(max((len(s.host.servers) for s in shares), default=0)):
+            lanes: dict[str, list[_Share]] = {}
+            for share in shares:
+                if share.pending and not share.stopped and rank < len(share.host.servers):
+                    lanes.setdefault(share.host.names[share.host.servers[rank]], []).append(share)
+
+            async def lane(queue, rank=rank):
+                for share in queue:
+                    await share.host.attempt(share, share.host.servers[rank], report)
+            await defer.gatherResults([defer.ensureDeferred(lane(queue)) for queue in lanes.values()],
+                                      consumeErrors=True)
+
     async def do_connect(self, step: Planned) -> None:
         product = self.lab.product(step.args["product"])
         daemon = self.daemons[product.license_server]
-        conn = await self._timed(connect(self.reactor, f"tcp:127.0.0.1:{daemon.port}"))
+        conn = await self._timed(connect(self.reactor, f"tcp:127.0.0.1:{daemon.port}", answer_timeout=REQUEST_TIMEOUT))
         try:
             await self._timed(conn.hello_terminal_server(product.on, "2003", "per_device"))
             rows = []
