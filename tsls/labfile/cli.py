@@ -19,9 +19,9 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tsls lab", description="Validate or run a lab file (docs/labfile.md).")
     sub = p.add_subparsers(dest="action", required=True)
     check = sub.add_parser("check", help="validate a lab file and print its plan; start nothing")
-    check.add_argument("file")
+    check.add_argument("file", help="the lab file (TOML)")
     run = sub.add_parser("run", help="run a lab file against real daemons; exit 0 when every expectation holds")
-    run.add_argument("file")
+    run.add_argument("file", help="the lab file (TOML)")
     run.add_argument("--journal", metavar="PATH", help="write the journal (JSON lines) there "
                      "(default: journal.jsonl in the work directory)")
     run.add_argument("--work-dir", metavar="DIR",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import sys
 
@@ -14,23 +13,22 @@ from tsls.errors import Code, TslsError
 
 READY_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
-_LISTENING = re.compile(r"listening on .*?port=(\d+)")
 
 
-def ready_port(line: str) -> int | None:
-    """The port a daemon's ready line names: its JSON ready line ({"ready": ..., "port": N}), or the
-    text line "... listening on IPv4Address(..., port=N)"."""
+def ready_port(line: str, part: str) -> int | None:
+    """The port of ``part`` ("license_server" or "clearinghouse") in a daemon's ready line, the JSON
+    line it prints once every port is bound: {"event": "ready", ..., "license_server": {"port": N, ...}}."""
     text = line.strip()
-    if text.startswith("{"):
-        try:
-            record = json.loads(text)
-        except ValueError:
-            return None
-        if isinstance(record, dict) and record.get("ready") and isinstance(record.get("port"), int):
-            return record["port"]
+    if not text.startswith("{"):
         return None
-    m = _LISTENING.search(text)
-    return int(m[1]) if m else None
+    try:
+        record = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(record, dict) or record.get("event") != "ready":
+        return None
+    port = (record.get(part) or {}).get("port")
+    return port if isinstance(port, int) else None
 
 
 class _Output(protocol.ProcessProtocol):
@@ -55,8 +53,8 @@ class _Output(protocol.ProcessProtocol):
 class Daemon:
     """One ``tsls`` daemon process: ``argv`` after ``tsls``; its output kept in ``log_path``."""
 
-    def __init__(self, reactor, name: str, argv: list[str], log_path: str) -> None:
-        self.reactor, self.name, self.argv, self.log_path = reactor, name, argv, log_path
+    def __init__(self, reactor, name: str, argv: list[str], log_path: str, part: str = "license_server") -> None:
+        self.reactor, self.name, self.argv, self.log_path, self.part = reactor, name, argv, log_path, part
         self.transport = None
         self.port: int | None = None
         self.stderr = ""
@@ -87,7 +85,7 @@ class Daemon:
     def line(self, text: str) -> None:
         if self._log is not None:
             self._log.write(text + "\n")
-        port = ready_port(text)
+        port = ready_port(text, self.part)
         if port is not None and self._ready is not None and not self._ready.called:
             self.port = port
             self._ready.callback(port)

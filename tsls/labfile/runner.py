@@ -230,7 +230,7 @@ class LabRun:
         os.makedirs(ch_dir, exist_ok=True)
         ch = Daemon(self.reactor, "clearinghouse", ["clearinghouse", "--data-dir", ch_dir, "--listen",
                     "tcp:0:interface=127.0.0.1", "--lab-clock-file", self.clock_path],
-                    os.path.join(self.workdir, "clearinghouse.log"))
+                    os.path.join(self.workdir, "clearinghouse.log"), part="clearinghouse")
         self.daemons["clearinghouse"] = ch
         port = await ch.start()
         self.ch_url = f"http://127.0.0.1:{port}"
@@ -257,6 +257,7 @@ class LabRun:
         self.daemons[name] = daemon
         await daemon.start(["server", "--data-dir", data, "--listen", f"tcp:{port}:interface=127.0.0.1",
                             "--seed", f"{self.lab.seed}:{name}", "--lab-start", iso(self.lab.start),
+                            "--server-version", self.lab.license_server(name).version.value,
                             "--clearinghouse-url", self.ch_url])
         for (host, server), link in self.links.items():
             if server == name:
@@ -355,7 +356,6 @@ class LabRun:
             body.update(license_number=str(int(digest[:12], 16))[:8].rjust(8, "1"), authorization_number=digest[12:27])
         else:
             body.update(agreement_type="select", agreement_number=str(int(digest[:12], 16))[:7].rjust(7, "1"))
-        from tsls.public import read_secret
         operator = read_secret(os.path.join(self.workdir, "clearinghouse", "operator.secret"))
         sale = await ClearinghouseClient(self.ch_url, operator_secret=operator).sell(body)
         self.codes[purchase.name] = {k: v for k, v in body.items() if k not in ("quantity",)}
@@ -461,7 +461,9 @@ class LabRun:
         daemon = self.daemons[product.license_server]
         conn = await self._timed(connect(self.reactor, f"tcp:127.0.0.1:{daemon.port}", answer_timeout=REQUEST_TIMEOUT))
         try:
-            await self._timed(conn.hello_terminal_server(product.on, "2003", "per_device"))
+            # The product's server introduces itself as a host of the license server's own version.
+            await self._timed(conn.hello_terminal_server(product.on, self.lab.license_server(product.license_server).version.value,
+                                                         "per_device"))
             rows = []
             for machine in self.lab.fleet(step.args["fleet"]).machines():
                 try:
