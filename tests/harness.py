@@ -17,9 +17,9 @@ from twisted.internet import defer, protocol, reactor
 from clients import admin, tssim
 from clients.cli import Failed
 from clients.connection import connect
-from tests.fakes import FakeClearinghouse
 from tsls.clearinghouse.client import ClearinghouseClient
 from tsls.clearinghouse.service import make_service as make_clearinghouse
+from tsls.clearinghouse.testing import CONTACT, FakeClearinghouse
 from tsls.errors import TslsError
 from tsls.labclock import LabClock
 from tsls.server.service import LicenseServerService
@@ -95,7 +95,7 @@ def logon(ts, device, license=None, report=True):
 
 @defer.inlineCallbacks
 def activate_and_install(admin, quantity=5, cal_type="per_device"):
-    yield admin.request("activate", method="automatic", contact={"first_name": "A"})
+    yield admin.request("activate", method="automatic", contact=CONTACT)
     pack = yield admin.request("install_key_pack", purchase={**RETAIL, "cal_type": cal_type, "quantity": quantity})
     return pack
 

@@ -296,7 +296,7 @@ def test_the_console_over_tls_from_its_endpoint_string_sets_a_secure_cookie(tmp_
     from twisted.internet import reactor, ssl
     from twisted.web.client import Agent, BrowserLikePolicyForHTTPS
 
-    from tests.fakes import FakeClearinghouse
+    from tsls.clearinghouse.testing import FakeClearinghouse
     from tsls.certs import make_certs
     from tsls.server.service import LicenseServerService
 

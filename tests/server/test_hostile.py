@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
-from tests.fakes import FakeClearinghouse
+from tsls.clearinghouse.testing import FakeClearinghouse
 from tests.server.test_limits import turns
 from tsls.server.app import LicenseServer, load_identity
 from tsls.server.check import check_ledger

@@ -7,7 +7,7 @@ import pytest_twisted
 from twisted.internet import defer
 from twisted.internet.task import Clock
 
-from tests.fakes import FakeClearinghouse
+from tsls.clearinghouse.testing import CONTACT, FakeClearinghouse
 from tsls.core.perseat import ADMINISTRATOR
 from tsls.errors import Code, TslsError
 from tsls.server.app import LicenseServer, load_identity
@@ -91,25 +91,25 @@ async def test_a_closed_connection_frees_its_license_and_only_its_session_may_cl
 
 @pytest_twisted.ensureDeferred
 async def test_reactivation_takes_the_new_id_and_certificate_the_clearinghouse_gives(server):
-    first = await server.activate("automatic", {}, None, None)
-    again = await server.reactivate("the certificate is corrupt", {})
+    first = await server.activate("automatic", CONTACT, None, None)
+    again = await server.reactivate("certificate_corrupt", CONTACT)
     assert again["status"] == "activated" and again["method"] == "automatic"
     assert again["license_server_id"] != first["license_server_id"] and again["license_server_id"].startswith("LS")
     assert server.store.activation().certificate == "D" * 35
-    assert ("reactivate", first["license_server_id"], "the certificate is corrupt") in server.activation.clearinghouse.calls
+    assert ("reactivate", first["license_server_id"], "certificate_corrupt") in server.activation.clearinghouse.calls
     names = [e["name"] for e in await server.list_events({}, None, 100)]
     assert names == ["ACTIVATED", "REACTIVATED"]
 
 
 @pytest_twisted.ensureDeferred
 async def test_deactivation_forgets_the_id_and_refuses_to_run_twice(server):
-    first = await server.activate("automatic", {}, None, None)
+    first = await server.activate("automatic", CONTACT, None, None)
     gone = await server.deactivate()
     assert gone == {"status": "deactivated", "license_server_id": None, "method": None, "activated_at": None}
     assert ("deactivate", first["license_server_id"]) in server.activation.clearinghouse.calls
     assert (await refused(server.deactivate())).code is Code.NOT_ACTIVATED
-    assert (await refused(server.reactivate("why", {}))).code is Code.NOT_ACTIVATED
-    assert (await server.activate("automatic", {}, None, None))["status"] == "activated"
+    assert (await refused(server.reactivate("redeployed", CONTACT))).code is Code.NOT_ACTIVATED
+    assert (await server.activate("automatic", CONTACT, None, None))["status"] == "activated"
 
 
 @pytest_twisted.ensureDeferred
@@ -129,7 +129,7 @@ async def test_licenses_added_to_a_named_product_follow_its_mode(server):
                                     {"key_pack": {"key_pack_id": "K" * 35, "purchase": {"program": "retail"}}}])
 @pytest_twisted.ensureDeferred
 async def test_a_malformed_key_pack_from_the_clearinghouse_is_clearinghouse_error(server, answer):
-    await server.activate("automatic", {}, None, None)
+    await server.activate("automatic", CONTACT, None, None)
     server.activation.clearinghouse.install = lambda *args, **kwargs: defer.succeed(answer)
     purchase = {"program": "retail", "retail_code": "R" * 25}
     assert (await refused(server.install_key_pack(purchase))).code is Code.CLEARINGHOUSE_ERROR

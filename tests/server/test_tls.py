@@ -6,7 +6,7 @@ import pytest_twisted
 from twisted.internet import reactor
 
 from clients.connection import connect
-from tests.fakes import FakeClearinghouse
+from tsls.clearinghouse.testing import FakeClearinghouse
 from tsls.certs import make_certs
 from tsls.errors import Code, TslsError
 from tsls.server.service import LicenseServerService

@@ -3,7 +3,8 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor
 
-from tests.harness import Daemon, RETAIL, logon, running
+from tests.harness import RETAIL, Daemon, logon, running
+from tsls.clearinghouse.testing import CONTACT
 from tsls.core.model import ProductVersion
 from tsls.errors import Code, TslsError
 from tsls.server.service import LicenseServerService
@@ -17,7 +18,7 @@ def ls2019(tmp_path):
 @pytest_twisted.ensureDeferred
 async def test_a_2019_license_server_refuses_2022_cals_before_asking_the_clearinghouse(ls2019):
     admin = await ls2019.admin()
-    await admin.request("activate", method="automatic", contact={"first_name": "A"})
+    await admin.request("activate", method="automatic", contact=CONTACT)
     with pytest.raises(TslsError) as e:
         await admin.request("install_key_pack", purchase={**RETAIL, "product_version": "2022", "cal_type": "per_device"})
     assert e.value.code is Code.CAL_NEWER_THAN_SERVER
@@ -45,7 +46,7 @@ async def test_the_version_is_kept_and_cannot_go_below_the_cals_installed(tmp_pa
     daemon = Daemon(tmp_path, version=ProductVersion.W2022)
     await daemon.start()
     admin = await daemon.admin()
-    await admin.request("activate", method="automatic", contact={"first_name": "A"})
+    await admin.request("activate", method="automatic", contact=CONTACT)
     await admin.request("install_key_pack", purchase={**RETAIL, "product_version": "2022", "cal_type": "per_device"})
     await daemon.stop()
     again = Daemon(tmp_path)                 # no version given: the kept one

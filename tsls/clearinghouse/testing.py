@@ -1,12 +1,24 @@
-"""An in-memory stand-in for the Clearinghouse client, for tests of the layers above it.
-The real Clearinghouse is tested on its own and end to end in tests/test_lab.py."""
+"""An in-memory Clearinghouse with the client's interface (tsls.clearinghouse.client), for tests of
+the layers above it: the license server's operations, its protocol, the daemon.
+
+It checks what a request carries as the real one does (product ID, contact, reason: the same core
+rules) and answers in the same shapes (``IssuedKeyPack``), but keeps no sales: every installation
+and recovery succeeds. tests/clearinghouse/test_contract.py runs one suite against this fake and the
+real API, so the two cannot drift apart on what the fake claims.
+"""
+from __future__ import annotations
+
 import itertools
 
 from twisted.internet import defer
 
-from tsls.core.clearinghouse import IssuedKeyPack
-from tsls.core.model import CalType, ProductVersion
+from tsls.core import clearinghouse as rules
+from tsls.core.clearinghouse import IssuedKeyPack, Reason
+from tsls.core.model import CalType, ProductVersion, parse_enum
 from tsls.errors import Code, TslsError
+
+# A contact the real Clearinghouse accepts for an activation.
+CONTACT = {"first_name": "Ada", "last_name": "Lovelace", "company": "Lab", "country_region": "UK"}
 
 
 class FakeClearinghouse:
@@ -21,20 +33,25 @@ class FakeClearinghouse:
             raise TslsError(Code.CLEARINGHOUSE_UNREACHABLE, "cannot reach the Clearinghouse at http://fake")
 
     @defer.inlineCallbacks
-    def activate(self, product_id, contact, method, idempotency_key=None):
+    def activate(self, product_id, contact, method="automatic", idempotency_key=None):
         yield self._call("activate", product_id, method)
+        rules.check_product_id(product_id)
+        rules.check_contact(contact)
         return {"license_server_id": f"LS{next(self._ids)}".ljust(35, "X"), "product_id": product_id,
                 "certificate": "C" * 35}
 
     @defer.inlineCallbacks
     def reactivate(self, server, reason, contact, idempotency_key=None):
         yield self._call("reactivate", server["license_server_id"], reason)
-        return {"license_server_id": f"LS{next(self._ids)}".ljust(35, "Y"), "certificate": "D" * 35}
+        parse_enum(Reason, reason, "reason")
+        rules.check_contact(contact, required=("first_name", "last_name"))
+        return {"license_server_id": f"LS{next(self._ids)}".ljust(35, "Y"), "product_id": server["product_id"],
+                "certificate": "D" * 35, "retired_key_packs": []}
 
     @defer.inlineCallbacks
     def deactivate(self, server, idempotency_key=None):
         yield self._call("deactivate", server["license_server_id"])
-        return {}
+        return {"license_server_id": server["license_server_id"], "product_id": server["product_id"]}
 
     @defer.inlineCallbacks
     def check_in(self, server):
