@@ -350,3 +350,42 @@ def test_a_hostile_operation_name_is_answered_as_without_metrics_and_counted_as_
     families = {f.name: f for f in text_string_to_metric_families(body.decode())}
     operations = {s.labels["operation"] for s in families["tsls_requests"].samples}
     assert "other" in operations and operations <= served.service.console.metrics.operations | {"other"}
+
+
+@pytest_twisted.inlineCallbacks
+def test_logging_out_ends_the_session(served):
+    http = Http(served.url)
+    yield http.login((yield served.link()))
+    code, _ = yield http.post("/api/logout", {})
+    assert code == 200
+    yield http.get_json("/api/session", expect=401)
+
+
+def test_links_and_sessions_expire_on_time(tmp_path):
+    """Links last ten minutes and work once; sessions last twelve hours (real time, not the lab clock)."""
+    import types
+
+    from twisted.internet.task import Clock
+
+    from tsls.console.app import LINK_LIFETIME, SESSION_LIFETIME, Console
+
+    clock = Clock()
+    server = types.SimpleNamespace(writer=types.SimpleNamespace(clock=clock), console=None)
+    console = Console(clock, server, str(tmp_path / "none.sqlite"))
+    console.base_url = "http://127.0.0.1:1"
+    token = console.mint_link("viewer")["url"].split("token=")[1]
+    clock.advance(LINK_LIFETIME)
+    assert console._open_link(token) is None                # too late
+    token = console.mint_link("admin")["url"].split("token=")[1]
+    clock.advance(LINK_LIFETIME - 1)
+    sid, session = console._open_link(token)
+    assert session.role == "admin" and console._open_link(token) is None      # once only
+
+    class Request:
+        def getCookie(self, name):
+            return sid.encode()
+    assert console.session_of(Request()) is session
+    clock.advance(SESSION_LIFETIME)
+    assert console.session_of(Request()) is None
+    with pytest.raises(Exception):
+        console.mint_link("root")
