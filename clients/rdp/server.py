@@ -183,6 +183,36 @@ class RdpFront(Protocol, TimeoutMixin):
         self.step = self._ignore
         self.transport.loseConnection()
 
+    def _licensed(self, outcome: str, **details) -> None:
+        """Licensing is over with a license (or the client's own still valid): go on as a server does,
+        through the capabilities exchange and finalization, so the client's connection becomes active;
+        then end it as a server ends a session (_on_activation)."""
+        self.summary.update(outcome=outcome, **details)
+        self.transport.write(wire.demand_active(self.user_id))
+        self.step = self._on_activation
+
+    def _on_activation(self, pdu: bytes) -> None:
+        domain = wire.parse_domain_pdu(wire.parse_x224_data(pdu))
+        if domain.kind == wire.DISCONNECT_ULTIMATUM:
+            self._finish("client_closed")
+            return
+        if domain.kind != wire.SEND_DATA_REQUEST:
+            return
+        header = wire.parse_share_control(domain.data)
+        if header.pdu_type == wire.PDUTYPE_DATAPDU and header.pdu_type2 == wire.PDUTYPE2_FONTLIST:
+            for answer in wire.finalization(self.user_id):      # the client's connection is now active
+                self.transport.write(answer)
+            self._end_session()
+        # Confirm Active, Synchronize, Control, Persistent Key List: nothing to answer
+
+    def _end_session(self) -> None:
+        """No desktop follows: end the session as a server does [MS-RDPBCGR 1.3.1.4.2], a Set Error Info
+        PDU saying why, then an MCS Disconnect Provider Ultimatum, so the client reports a disconnect by
+        the server (xfreerdp: exit 1, or 0 with /auth-only) rather than a broken transport."""
+        self.transport.write(wire.set_error_info(self.user_id, self.factory.end_reason))
+        self.transport.write(wire.disconnect_ultimatum(wire.RN_PROVIDER_INITIATED))
+        self._finish(self.summary["outcome"])
+
     def _ignore(self, pdu: bytes) -> None:
         pass
 
@@ -327,7 +357,7 @@ class RdpFront(Protocol, TimeoutMixin):
             self._refuse(answer)
         elif isinstance(answer, Valid):
             self._send_licensing(wire.error_alert(wire.STATUS_VALID_CLIENT, wire.ST_NO_TRANSITION))
-            self._finish("valid_client", message=answer.why)
+            self._licensed("valid_client", message=answer.why)
         elif self.presented is not None:
             self.pending = answer       # an upgrade is sent once the client has met a challenge
             self._send_challenge()
@@ -338,7 +368,7 @@ class RdpFront(Protocol, TimeoutMixin):
     def _send_license(self, kind: int, issue: Issue) -> None:
         info = wire.new_license_info(self.factory.product, cal_bytes(issue.license))
         self._send_licensing(wire.new_license(kind, self.keys.encrypt(info), self.keys.mac(info)))
-        self._finish("new_license" if kind == wire.NEW_LICENSE else "upgrade_license",
+        self._licensed("new_license" if kind == wire.NEW_LICENSE else "upgrade_license",
                      license=client_license(issue.license))
 
     def _refuse(self, refusal: Refuse) -> None:
@@ -364,6 +394,7 @@ class RdpFrontFactory(Factory):
         self.tls_options = tls_options
         self.product = wire.ProductInfo(product_info_version(version))
         self.observers: list = []
+        self.end_reason = wire.ERRINFO_RPC_INITIATED_DISCONNECT     # the Set Error Info code after licensing
 
     def buildProtocol(self, addr):
         return RdpFront(self)

@@ -332,9 +332,100 @@ def send_data_indication(user_id: int, channel: int, payload: bytes) -> bytes:
                      + b"\x70" + _per_len(len(payload)) + payload)
 
 
-def disconnect_ultimatum() -> bytes:
-    """Disconnect Provider Ultimatum, reason rn-provider-initiated [T.125]."""
-    return x224_data(b"\x21\x80")
+RN_PROVIDER_INITIATED, RN_USER_REQUESTED = 1, 3     # Disconnect Provider Ultimatum reasons [T.125]
+
+
+def disconnect_ultimatum(reason: int = RN_USER_REQUESTED) -> bytes:
+    """Disconnect Provider Ultimatum [T.125]: the 6-bit choice (8), then the 3-bit reason (PER)."""
+    return x224_data(bytes([(DISCONNECT_ULTIMATUM << 2) | (reason >> 1), (reason & 1) << 7]))
+
+
+# --- capabilities exchange, finalization and the end of the session [MS-RDPBCGR 1.3.1.1, 1.3.1.4.2] --------
+
+PDUTYPE_DEMANDACTIVEPDU, PDUTYPE_CONFIRMACTIVEPDU, PDUTYPE_DEACTIVATEALLPDU, PDUTYPE_DATAPDU = 0x1, 0x3, 0x6, 0x7
+TS_PROTOCOL_VERSION = 0x10
+PDUTYPE2_CONTROL, PDUTYPE2_SYNCHRONIZE, PDUTYPE2_FONTLIST, PDUTYPE2_FONTMAP = 0x14, 0x1F, 0x27, 0x28
+PDUTYPE2_SET_ERROR_INFO_PDU = 0x2F
+CTRLACTION_GRANTED_CONTROL, CTRLACTION_COOPERATE = 0x0002, 0x0004
+STREAM_LOW = 1
+SERVER_CHANNEL = 1002           # the server's own MCS channel, the pduSource of what it sends
+SHARE_ID = 0x000103EA
+ERRINFO_RPC_INITIATED_DISCONNECT = 0x00000001    # the server ended the session [MS-RDPBCGR 2.2.5.1.1]
+ERRINFO_LOGOFF_BY_USER = 0x0000000C
+
+CAPSTYPE_GENERAL, CAPSTYPE_BITMAP, CAPSTYPE_ORDER, CAPSTYPE_POINTER, CAPSTYPE_INPUT = 1, 2, 3, 8, 13
+CAPSTYPE_VIRTUALCHANNEL = 20
+
+
+def _share_control(pdu_type: int, body: bytes) -> bytes:
+    return struct.pack("<HHH", 6 + len(body), pdu_type | TS_PROTOCOL_VERSION, SERVER_CHANNEL) + body
+
+
+def data_pdu(user_id: int, pdu_type2: int, payload: bytes) -> bytes:
+    """A slow-path Data PDU from the server on the I/O channel (no security header under TLS)."""
+    share_data = struct.pack("<IBBHBBH", SHARE_ID, 0, STREAM_LOW, len(payload) + 4, pdu_type2, 0, 0) + payload
+    return send_data_indication(user_id, MCS_GLOBAL_CHANNEL, _share_control(PDUTYPE_DATAPDU, share_data))
+
+
+def _capability(kind: int, body: bytes) -> bytes:
+    return struct.pack("<HH", kind, 4 + len(body)) + body
+
+
+def demand_active(user_id: int, width: int = 1024, height: int = 768) -> bytes:
+    """Demand Active PDU [MS-RDPBCGR 2.2.1.13.1]: the few capability sets a client needs to go on to
+    finalization (no drawing orders: the simulator never draws)."""
+    caps = [
+        _capability(CAPSTYPE_GENERAL, struct.pack("<HHHHHHHHHBB", 1, 3, 0x200, 0, 0, 0x0001 | 0x0004 | 0x0400,
+                                                  0, 0, 0, 0, 0)),
+        _capability(CAPSTYPE_BITMAP, struct.pack("<HHHHHHHHHBBHH", 24, 1, 1, 1, width, height, 0, 1, 1, 0, 0, 1, 0)),
+        _capability(CAPSTYPE_ORDER, bytes(16) + struct.pack("<IHHHHHH", 0, 1, 20, 0, 1, 0, 0x0022) + bytes(32)
+                    + struct.pack("<HHIIHH", 0x06A1, 0, 0, 480 * 480, 0, 0) + struct.pack("<HH", 0x04E4, 0)),
+        _capability(CAPSTYPE_POINTER, struct.pack("<HHH", 1, 25, 25)),
+        _capability(CAPSTYPE_INPUT, struct.pack("<HHIIII", 0x0001 | 0x0004 | 0x0010 | 0x0020, 0, 0x409, 4, 0, 12)
+                    + bytes(64)),
+        _capability(CAPSTYPE_VIRTUALCHANNEL, struct.pack("<II", 0, 0)),
+    ]
+    combined = struct.pack("<HH", len(caps), 0) + b"".join(caps)
+    source = b"RDP\x00"
+    body = (struct.pack("<IHH", SHARE_ID, len(source), len(combined)) + source + combined
+            + struct.pack("<I", 0))                                 # sessionId
+    return send_data_indication(user_id, MCS_GLOBAL_CHANNEL, _share_control(PDUTYPE_DEMANDACTIVEPDU, body))
+
+
+def finalization(user_id: int) -> list[bytes]:
+    """The server's side of finalization [MS-RDPBCGR 1.3.1.1]: Synchronize, Control (Cooperate),
+    Control (Granted Control), Font Map. After them the client's connection is active."""
+    return [
+        data_pdu(user_id, PDUTYPE2_SYNCHRONIZE, struct.pack("<HH", 1, SERVER_CHANNEL)),
+        data_pdu(user_id, PDUTYPE2_CONTROL, struct.pack("<HHI", CTRLACTION_COOPERATE, 0, 0)),
+        data_pdu(user_id, PDUTYPE2_CONTROL, struct.pack("<HHI", CTRLACTION_GRANTED_CONTROL, user_id, SERVER_CHANNEL)),
+        data_pdu(user_id, PDUTYPE2_FONTMAP, struct.pack("<HHHH", 0, 0, 0x0003, 4)),
+    ]
+
+
+def set_error_info(user_id: int, error_info: int) -> bytes:
+    """Set Error Info PDU [MS-RDPBCGR 2.2.5.1.1]: why the server is about to end the connection."""
+    return data_pdu(user_id, PDUTYPE2_SET_ERROR_INFO_PDU, struct.pack("<I", error_info))
+
+
+@attrs.frozen
+class ShareControl:
+    pdu_type: int
+    pdu_type2: int | None = None        # a Data PDU's type
+
+
+def parse_share_control(payload: bytes) -> ShareControl:
+    """The Share Control (and, for a Data PDU, Share Data) header of what a client sends after licensing."""
+    r = Reader(payload, "share control header")
+    length = r.u16()
+    if length == 0x8000:                # a flow control PDU
+        return ShareControl(0)
+    pdu_type = r.u16() & 0x0F
+    if pdu_type != PDUTYPE_DATAPDU:
+        return ShareControl(pdu_type)
+    r.u16()
+    r.take(8)                           # shareId, pad1, streamId, uncompressedLength
+    return ShareControl(pdu_type, r.u8())
 
 
 # --- the security header and the Client Info PDU --------------------------------------------------

@@ -149,3 +149,59 @@ class LicensingClient:
         assert self.keys.mac(info) == mac, "new or upgrade license MAC mismatch"
         self.stored = wire.parse_new_license_info(info)
         return self.stored
+
+
+# After licensing: what FreeRDP sends and reads while its connection becomes active [MS-RDPBCGR 1.3.1.1].
+
+def send_pdu(user_id, share_control: bytes):
+    """A client PDU after licensing: under TLS, no security header."""
+    return wire.x224_data(b"\x64" + (user_id - 1001).to_bytes(2, "big") + wire.MCS_GLOBAL_CHANNEL.to_bytes(2, "big")
+                          + b"\x70" + _per_len(len(share_control)) + share_control)
+
+
+def client_data(user_id, pdu_type2, payload=b""):
+    share_data = struct.pack("<IBBHBBH", wire.SHARE_ID, 0, 1, len(payload) + 4, pdu_type2, 0, 0) + payload
+    return send_pdu(user_id, struct.pack("<HHH", 6 + len(share_data), 0x17, user_id) + share_data)
+
+
+def confirm_active(user_id):
+    body = struct.pack("<IHHH", wire.SHARE_ID, 1002, 4, 4) + b"MSTS" + struct.pack("<HH", 0, 0)
+    return send_pdu(user_id, struct.pack("<HHH", 6 + len(body), 0x13, user_id) + body)
+
+
+def disconnect_ultimatum():
+    return wire.x224_data(b"\x21\x80")
+
+
+def server_pdu(pdu: bytes):
+    """What a server PDU is, as FreeRDP reads it: ("licensing", kind, body), ("demand_active", capability
+    types), ("data", pduType2, payload) or ("ultimatum", reason)."""
+    data = wire.parse_x224_data(pdu)
+    if data[0] >> 2 == wire.DISCONNECT_ULTIMATUM:
+        return ("ultimatum", ((data[0] & 3) << 1) | (data[1] >> 7))     # a 6-bit choice, a 3-bit reason (PER)
+    r = wire.Reader(data, "send data indication")
+    assert r.u8() >> 2 == 26
+    r.u16be(), r.u16be(), r.u8()
+    first = r.u8()
+    length = ((first & 0x7F) << 8 | r.u8()) if first & 0x80 else first
+    payload = r.take(length)
+    r.end()
+    if struct.unpack_from("<H", payload)[0] & wire.SEC_LICENSE_PKT:
+        return ("licensing", *parse_server_licensing(pdu))
+    total, pdu_type, source = struct.unpack_from("<HHH", payload)
+    assert total == len(payload) and pdu_type & 0x10 and source == 1002
+    if pdu_type & 0xF == wire.PDUTYPE_DEMANDACTIVEPDU:
+        share_id, source_len, caps_len = struct.unpack_from("<IHH", payload, 6)
+        assert payload[14:14 + source_len] == b"RDP\x00" and share_id == wire.SHARE_ID
+        caps = payload[14 + source_len:14 + source_len + caps_len]
+        count, at, types = struct.unpack_from("<H", caps)[0], 4, []
+        for _ in range(count):
+            kind, size = struct.unpack_from("<HH", caps, at)
+            types.append(kind)
+            at += size
+        assert at == len(caps) and len(payload) == 14 + source_len + caps_len + 4      # then the sessionId
+        return ("demand_active", types)
+    assert pdu_type & 0xF == wire.PDUTYPE_DATAPDU
+    share_id, _, stream, uncompressed, type2, compressed, _ = struct.unpack_from("<IBBHBBH", payload, 6)
+    assert share_id == wire.SHARE_ID and compressed == 0 and uncompressed == len(payload) - 14
+    return ("data", type2, payload[18:])

@@ -77,8 +77,10 @@ class Driver:
         return body
 
     def licensing(self, message: bytes):
-        out = self.send(mirror.send_data(self.user_id, wire.SEC_LICENSE_PKT, message))
-        return [mirror.parse_server_licensing(pdu) for pdu in out]
+        """The licensing messages the server answers with; what follows licensing goes to ``after``."""
+        out = [mirror.server_pdu(pdu) for pdu in self.send(mirror.send_data(self.user_id, wire.SEC_LICENSE_PKT, message))]
+        self.after = [pdu for pdu in out if pdu[0] != "licensing"]
+        return [pdu[1:] for pdu in out if pdu[0] == "licensing"]
 
 
 WINDOWS = {"2000": 0x00050000, "2003": 0x00050002, "2008": 0x00060000, "2008R2": 0x00060001, "2012": 0x00060002,
@@ -115,9 +117,47 @@ def test_a_new_client_gets_a_new_license():
     assert kind == wire.NEW_LICENSE
     assert json.loads(client.on_new_license(body)) == LICENSE
     assert licensing.asked == [dict(hwid=mirror.hwid("lictest").hex(), machine="lictest", user="test", presented=None)]
-    assert drv.transport.disconnecting
+    assert drv.after == [("demand_active", [1, 2, 3, 8, 13, 20])] and not drv.transport.disconnecting
+    finish_like_a_server(drv)
     summary = drv.close()
     assert summary["outcome"] == "new_license" and summary["license"] == LICENSE
+
+
+def finish_like_a_server(drv):
+    """After licensing: the client's Confirm Active and finalization PDUs; at its Font List the server
+    finishes finalization, then ends the session: Set Error Info, Disconnect Provider Ultimatum."""
+    for pdu in (mirror.confirm_active(drv.user_id), mirror.client_data(drv.user_id, 0x1F, struct.pack("<HH", 1, 1002)),
+                mirror.client_data(drv.user_id, 0x14, struct.pack("<HHI", 4, 0, 0)),
+                mirror.client_data(drv.user_id, 0x14, struct.pack("<HHI", 1, 0, 0))):
+        assert drv.send(pdu) == [] and not drv.transport.disconnecting
+    out = [mirror.server_pdu(pdu) for pdu in drv.send(mirror.client_data(drv.user_id, 0x27, struct.pack("<HHHH", 0, 0, 3, 50)))]
+    assert out == [("data", 0x1F, struct.pack("<HH", 1, 1002)),
+                   ("data", 0x14, struct.pack("<HHI", wire.CTRLACTION_COOPERATE, 0, 0)),
+                   ("data", 0x14, struct.pack("<HHI", wire.CTRLACTION_GRANTED_CONTROL, drv.user_id, 1002)),
+                   ("data", 0x28, struct.pack("<HHHH", 0, 0, 3, 4)),
+                   ("data", 0x2F, struct.pack("<I", wire.ERRINFO_RPC_INITIATED_DISCONNECT)),
+                   ("ultimatum", wire.RN_PROVIDER_INITIATED)]
+    assert drv.transport.disconnecting
+
+
+def test_a_client_that_leaves_during_finalization_keeps_its_outcome():
+    drv = Driver(FakeLicensing(server.Issue(LICENSE)))
+    client = mirror.LicensingClient()
+    [(_, challenge)] = drv.licensing(client.on_license_request(drv.to_licensing()))
+    drv.licensing(client.on_platform_challenge(challenge))
+    assert drv.send(mirror.confirm_active(drv.user_id)) == []
+    assert drv.send(mirror.disconnect_ultimatum()) == [] and drv.transport.disconnecting
+    assert drv.close()["outcome"] == "new_license"
+
+
+def test_the_disconnect_ultimatum_encodes_its_reason():
+    """T.125's 6-bit choice then 3-bit reason; FreeRDP reads the low two bits: 1 provider-initiated, 3 user-requested."""
+    assert wire.disconnect_ultimatum(wire.RN_USER_REQUESTED) == mirror.disconnect_ultimatum()      # 21 80
+    for reason in range(5):
+        pdu, rest = wire.next_tpkt(wire.disconnect_ultimatum(reason))
+        assert rest == b"" and mirror.server_pdu(pdu) == ("ultimatum", reason)
+    data = wire.parse_x224_data(wire.next_tpkt(wire.disconnect_ultimatum(wire.RN_PROVIDER_INITIATED))[0])
+    assert ((data[0] & 1) << 1) | (data[1] >> 7) == 1
 
 
 def test_the_license_request_carries_a_signed_certificate_with_our_key():

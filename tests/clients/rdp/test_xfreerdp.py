@@ -56,12 +56,18 @@ class RdpLab:
         config = self.tmp / f"client-{host}"
         done = defer.Deferred()
         self.waiting.append(done)
-        out, err, _ = yield utils.getProcessOutputAndValue(
+        out, err, code = yield utils.getProcessOutputAndValue(
             "xvfb-run", ["-a", "xfreerdp", f"/v:127.0.0.1:{self.port.getHost().port}", "/sec:tls", "/cert:ignore",
                          f"/u:{user}", "/p:secret", f"/client-hostname:{host}", "/auth-only", "/timeout:20000",
                          "/log-level:DEBUG"],
             env={**os.environ, "XDG_CONFIG_HOME": str(config)}).addTimeout(TIMEOUT, reactor)
         summary = yield done.addTimeout(TIMEOUT, reactor)
+        if summary["outcome"] in ("new_license", "upgrade_license", "valid_client"):
+            # Licensed, then the capabilities exchange and finalization: the connection became active,
+            # which is all /auth-only asks for.
+            assert code == 0, (code, err.decode(errors="replace")[-2000:])
+        else:
+            assert code != 0
         cal = config / "freerdp" / "licenses" / (hashlib.sha1(host.encode()).hexdigest() + ".cal")
         return summary, out.decode(errors="replace"), json.loads(cal.read_bytes()) if cal.exists() else None
 
@@ -181,11 +187,15 @@ def test_the_tsls_ts_rdp_command(rdp, capsys, tmp_path):
     probe.connectionLost = lambda reason: closed.callback(None)
     probe.transport.loseConnection()
     yield closed.addTimeout(TIMEOUT, reactor)
-    out, err, code = yield utils.getProcessOutputAndValue(
+    out, err, code = yield utils.getProcessOutputAndValue(         # a session, not /auth-only
         "xvfb-run", ["-a", "xfreerdp", f"/v:127.0.0.1:{port}", "/sec:tls", "/cert:ignore", "/u:carol", "/p:x",
-                     "/client-hostname:cli-host", "/auth-only", "/timeout:20000"],
+                     "/client-hostname:cli-host", "/timeout:20000"],
         env={**os.environ, "XDG_CONFIG_HOME": str(tmp_path / "cli-client")}).addTimeout(TIMEOUT, reactor)
     yield serving.addTimeout(TIMEOUT, reactor)
+    # The server ended the session (Set Error Info, Disconnect Provider Ultimatum): xfreerdp says so and
+    # exits 1 (XF_EXIT_DISCONNECT), not 147 (a broken transport), and does not reconnect.
+    assert code == 1, (code, err.decode(errors="replace")[-2000:])
+    assert "ERRINFO_RPC_INITIATED_DISCONNECT" in (out + err).decode(errors="replace")
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 1, lines           # the probe was no client
     row = json.loads(lines[0])
