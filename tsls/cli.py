@@ -75,6 +75,9 @@ def _parser() -> argparse.ArgumentParser:
                         help=f"serve the web console and /metrics on this endpoint, e.g. {DEFAULT_CONSOLE_LISTEN} "
                              "or an ssl: endpoint (docs/console.md; default: no console)")
     database_options(server)
+    server.add_argument("--sweep-every", type=float, default=60.0, metavar="SECONDS",
+                        help="expire what is due this often even when nobody logs on (default: %(default)s); "
+                             "on a shared database only one daemon at a time does")
 
     check = sub.add_parser("check", help="check the license server database's invariants (safe while it runs); "
                                          "with --clearinghouse, the whole lab's")
@@ -171,7 +174,7 @@ def build(reactor, args) -> Daemons:
             client, seed=args.seed, lab_clock=lab_clock,
             credential_path=os.path.join(args.data_dir, "admin.secret") if database else None,
             database_password=_database_password(args), console_listen=daemons.console_listen,
-            version=_server_version(args.server_version))
+            sweep_every=getattr(args, "sweep_every", 60.0), version=_server_version(args.server_version))
         daemons.license_listen = args.listen
         daemons.clearinghouse_client = client
     return daemons

@@ -67,9 +67,11 @@ class SharedDatabase(Service):
                     conn = self._connector.connect()
                     conn.execute(f"LISTEN {EVENTS_CHANNEL}")
                 self._try_lead(conn)
-                for note in conn.notifies(timeout=self.poll, stop_after=64):
-                    if note.pid != self._own_pid():
-                        self._deliver(conn, note.payload)
+                # The connection is busy while notifies() runs: gather, then read the events.
+                own = self._own_pid()
+                notes = [n.payload for n in conn.notifies(timeout=self.poll, stop_after=256) if n.pid != own]
+                if notes:
+                    self._deliver(conn, notes)
             except psycopg.Error as e:
                 if self.leader:
                     self.log.warn("lost the background jobs lock with the database connection: {why}", why=str(e))
@@ -101,10 +103,12 @@ class SharedDatabase(Service):
     def _set_leader(self, leader: bool) -> None:
         self.leader = leader
 
-    def _deliver(self, conn, payload: str) -> None:
-        first, last = (int(x) for x in payload.split())
+    def _deliver(self, conn, payloads: list[str]) -> None:
+        """Each payload is "FIRST LAST": the ids of one batch's events, committed by another daemon."""
+        ranges = [tuple(int(x) for x in p.split()) for p in payloads]
         rows = conn.execute('SELECT id, at, event_id, message, terminal_server, hwid, "user", license_id FROM events '
-                            "WHERE id BETWEEN %s AND %s ORDER BY id", (first, last)).fetchall()
+                            "WHERE id = ANY(%s) ORDER BY id",
+                            ([i for first, last in ranges for i in range(first, last + 1)],)).fetchall()
         pairs = [(r[0], _event(r)) for r in rows]
         if not pairs:
             return

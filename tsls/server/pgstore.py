@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import time
 
 import attrs
 import psycopg
@@ -39,6 +40,7 @@ from tsls.sqlite import StoreError
 
 CONNECT_TIMEOUT = 5         # seconds: a request waits at most this long for PostgreSQL to answer a connect
 STATEMENT_TIMEOUT_MS = 30_000
+RECONNECT_MIN, RECONNECT_MAX = 0.05, 0.5     # seconds between tries to connect again, while they fail
 LOCK_CLASS = 0x7473         # advisory lock keys: (LOCK_CLASS, LEDGER) for batches, (LOCK_CLASS, JOBS) for the
 LEDGER = 1                  # daemon that runs the background jobs
 JOBS = 2
@@ -302,6 +304,8 @@ class PgLicenseStore:
         self._settings_version = None
         self._purchases: dict[str, PurchaseRef] = {}
         self.backend_pid = None         # of the connection in use: our own NOTIFYs come from it
+        self._retry_at = 0.0
+        self._backoff = RECONNECT_MIN
 
     def __repr__(self) -> str:
         return f"<PgLicenseStore {safe_dsn(self.connector.dsn)}>"
@@ -328,6 +332,21 @@ class PgLicenseStore:
         # Per Server connections live as long as the daemon's connection: a table of its own session.
         self.conn.execute("CREATE TEMP TABLE IF NOT EXISTS product_connections (id BIGINT PRIMARY KEY, "
                           "product TEXT NOT NULL, session BIGINT NOT NULL)")
+
+    def _reconnect(self) -> None:
+        """Connect again, but not more often than every ``_backoff`` seconds (doubling up to
+        RECONNECT_MAX while it fails): a daemon under load would otherwise try once per batch."""
+        now = time.monotonic()
+        if now < self._retry_at:
+            raise psycopg.OperationalError("still waiting to connect again")
+        try:
+            self._connect()
+        except psycopg.OperationalError:
+            self._retry_at = now + self._backoff
+            self._backoff = min(self._backoff * 2, RECONNECT_MAX)
+            raise
+        self._backoff = RECONNECT_MIN
+        self._retry_at = 0.0
 
     def close(self) -> None:
         if self.conn is not None:
@@ -359,7 +378,7 @@ class PgLicenseStore:
         self._pending = []
         try:
             if self.conn is None or self.conn.closed:
-                self._connect()
+                self._reconnect()
             self.conn.execute(f"BEGIN; SELECT pg_advisory_xact_lock({LOCK_CLASS}, {LEDGER})")
             self._load()
         except psycopg.OperationalError as e:
