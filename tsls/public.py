@@ -14,7 +14,7 @@ from tsls.errors import Code, TslsError
 
 PROTOCOL_VERSION = 1        # the socket protocol of docs/protocol.md
 
-PLATFORM_ID = 0x04010000    # WINNT_POST_52 + Microsoft, what FreeRDP sends [REFERENCE §6]
+PLATFORM_ID = 0x04010000    # WINNT_POST_52 + Microsoft, what FreeRDP sends [§6]
 
 
 def proof(secret: str, nonce: str, role: str, name: str = "") -> str:

@@ -1,4 +1,4 @@
-"""The version matrix, edge by edge, against Microsoft's tables [REFERENCE §9, RDSCAL; NOLS]."""
+"""The version matrix, edge by edge, against Microsoft's tables [§9, RDSCAL; NOLS]."""
 import pytest
 
 from tsls.core.licensing import TerminalServer, check_terminal_server

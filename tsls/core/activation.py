@@ -1,4 +1,4 @@
-"""The license server's activation with the Clearinghouse, as a value [REFERENCE §4].
+"""The license server's activation with the Clearinghouse, as a value [§4].
 
 A license server issues permanent CALs only once activated; it is activated automatically (over
 the Internet) or by telephone, may be reactivated (a new certificate) and deactivated.

@@ -1,4 +1,4 @@
-"""The Clearinghouse's rules: activation, purchases bound to license servers, recovery [REFERENCE §4].
+"""The Clearinghouse's rules: activation, purchases bound to license servers, recovery [§4].
 
 Pure functions over frozen values; the Clearinghouse daemon stores what they return.
 """

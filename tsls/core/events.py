@@ -2,7 +2,7 @@
 install and policy change, with a stable numeric ID.
 
 IDs below 1000 are those of the Windows TermServLicensing source where one exists
-[REFERENCE §7]: 4 activated, 18 not activated, 21 no permanent CALs of the type, 22 no CALs
+[§7]: 4 activated, 18 not activated, 21 no permanent CALs of the type, 22 no CALs
 installed, 81 revocation limit, 4141 not in the Terminal Server Computers group. IDs from 1100
 are tsls's own, for what Windows records elsewhere or not at all. Never renumber one.
 """

@@ -3,7 +3,7 @@
 The shell reads the world (the device's licenses, the key packs, whether the server is
 activated), calls one function here with ``now``, and writes back exactly the changes the
 returned ``Decision`` lists, in one transaction. Refusals are raised as ``TslsError``.
-Sources are REFERENCE.md sections, cited in brackets.
+Sources are sections of docs/behaviour.md, cited in brackets.
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The nouns of Terminal Server licensing, as enumerations and frozen attrs values.
 
-Behaviour sources are cited as in ../shared/REFERENCE.md (section numbers in brackets).
+Sources are cited by section of docs/behaviour.md, in brackets.
 """
 from __future__ import annotations
 
@@ -144,7 +144,7 @@ def check_cal_version(version: ProductVersion) -> ProductVersion:
     if not version.has_cal:
         raise TslsError(Code.NO_SUCH_CAL_VERSION, f"there is no separate {version.label} CAL: "
                         f"{version.label} session hosts take CALs of the same generation or newer, "
-                        "e.g. 2012 [REFERENCE §9]", product_version=version.value)
+                        "e.g. 2012 (docs/versions.md)", product_version=version.value)
     return version
 
 

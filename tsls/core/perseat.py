@@ -1,5 +1,5 @@
 """The older licensing models of the seeds: Per Server / Per Seat server products (BackOffice 4.5,
-seed 000) and Small Business Server client add packs (SBS 4.0, seed 001) [REFERENCE §8]."""
+seed 000) and Small Business Server client add packs (SBS 4.0, seed 001) [§8]."""
 from __future__ import annotations
 
 import enum

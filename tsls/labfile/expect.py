@@ -93,7 +93,7 @@ def unique(licenses_by_server: dict[str, list[dict]]) -> list[str]:
 
 def due_for_renewal(lic: dict | None, now: int) -> bool:
     """Whether a session host must ask a license server about the license a device presents: unless it
-    is a permanent CAL with more than 7 days left, which the host checks itself [REFERENCE §1, MSQA]."""
+    is a permanent CAL with more than 7 days left, which the host checks itself [§1, MSQA]."""
     if not lic or lic.get("kind") != "permanent":
         return True
     return lic.get("expires_at", "") <= iso(now + RENEWAL_WINDOW)

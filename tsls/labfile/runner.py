@@ -75,7 +75,7 @@ class LabHostState(TerminalServerState):
 class SessionHost(TerminalServer):
     """A session host of the lab: the simulator's terminal server, with the habits of a real one. It
     checks a permanent CAL with more than 7 days left itself, without asking a license server
-    [REFERENCE §1, MSQA]; a license server that did not answer in time is skipped for the rest of the
+    [§1, MSQA]; a license server that did not answer in time is skipped for the rest of the
     wave, as a host that found it unreachable moves down its list; and it logs its share of a wave's
     devices on together, pipelined on its one connection to each license server. One connection
     answers in order, so the license server decides in the same order on every run."""
