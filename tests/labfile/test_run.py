@@ -145,3 +145,151 @@ async def test_the_readme_lab_file_runs_and_holds(tmp_path):
     with open(tmp_path / "run" / "journal.jsonl") as f:
         faults = [(e["do"], e.get("signal")) for e in map(json.loads, f) if e["kind"] == "fault"]
     assert faults == [("kill", "SIGKILL"), ("restart", None)]
+
+
+def _children(pid):
+    """The processes whose parent is ``pid``, from /proc."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(entry))
+    return found
+
+
+def _gone(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def test_ctrl_c_stops_every_daemon_the_lab_started(tmp_path):
+    import selectors
+    import signal
+    path = os.path.join(ROOT, "examples", "labs", "cal-expiry.toml")
+    proc = subprocess.Popen([sys.executable, "-m", "tsls.cli", "lab", "run", path, "--work-dir", str(tmp_path / "w"),
+                             "--progress"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        with selectors.DefaultSelector() as selector:     # wait (at most 60 s) for the first step
+            selector.register(proc.stderr, selectors.EVENT_READ)
+            assert selector.select(timeout=60), "no step began within 60 s"
+        assert "1/" in proc.stderr.readline()
+        daemons = _children(proc.pid)
+        assert len(daemons) == 2                            # the Clearinghouse and LS1
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 3
+    assert "interrupted; stopping the lab's daemons" in err
+    assert all(_gone(pid) for pid in daemons)
+
+
+LINKS_AND_PER_USER = """\
+[lab]
+name = "slowed and reset links, a Per User host"
+start = "2025-01-06"
+
+[[license_server]]
+name = "LS1"
+
+[[session_host]]
+name = "TS01"
+license_servers = ["LS1"]
+
+[[session_host]]
+name = "TSU"
+mode = "per-user"
+license_servers = ["LS1"]
+
+[[fleet]]
+name = "desks"
+devices = 4
+
+[[fleet]]
+name = "roamers"
+devices = 3
+
+[[purchase]]
+name = "devices"
+license_server = "LS1"
+quantity = 4
+
+[[purchase]]
+name = "users"
+license_server = "LS1"
+cal_type = "per-user"
+quantity = 1
+
+[[step]]
+at = "0d"
+do = "install"
+purchase = "devices"
+
+[[step]]
+at = "0d"
+do = "install"
+purchase = "users"
+
+[[step]]
+at = "+1h"
+do = "slow"
+session_host = "TS01"
+license_server = "LS1"
+delay = "50ms"
+for = "1h"
+
+[[step]]
+at = "+1m"
+do = "wave"
+fleet = "desks"
+through = ["TS01"]
+times = 2
+expect = { permanent = 4, served_by = { LS1 = 4 } }
+
+[[step]]
+at = "+2h"
+do = "reset"
+session_host = "TS01"
+license_server = "LS1"
+
+[[step]]
+at = "+1m"
+do = "revoke"
+license_server = "LS1"
+device = "desks-001"
+
+[[step]]
+at = "+1m"
+do = "wave"
+fleet = "roamers"
+through = ["TSU"]
+expect = { per_user = 3 }
+
+[[step]]
+at = "+1m"
+do = "expect"
+key_pack = "devices"
+issued = 3
+present = ["PER_USER_LOGON", "CAL_REVOKED"]
+"""
+
+
+@pytest_twisted.ensureDeferred
+async def test_slowed_and_reset_links_per_user_hosts_and_revocation(tmp_path):
+    lab = tmp_path / "links.toml"
+    lab.write_text(LINKS_AND_PER_USER)
+    (tmp_path / "run").mkdir()
+    run, results, journal = await play(str(lab), tmp_path / "run")
+    assert [r.why for r in results if not r.ok] == []
+    with open(journal) as f:
+        faults = [(r["do"], r.get("link"), r.get("delay_ms")) for r in map(json.loads, f) if r["kind"] == "fault"]
+    assert faults == [("slow", "TS01->LS1", 50), ("heal", "TS01->LS1", None), ("reset", "TS01->LS1", None)]

@@ -28,6 +28,8 @@ def parser() -> argparse.ArgumentParser:
                      help="keep the daemons' data and logs there (default: a new temporary directory, kept)")
     run.add_argument("--seed", help="override the file's seed")
     run.add_argument("--no-logons", action="store_true", help="journal steps and waves but not each logon")
+    run.add_argument("--progress", action="store_true",
+                     help="print a line per step on stderr even when it is not a terminal (a bar when it is)")
     return p
 
 
@@ -76,7 +78,7 @@ def run(lab, steps, args) -> int:
         return INVALID
     journal_path = args.journal or os.path.join(workdir, "journal.jsonl")
     journal = Journal(journal_path)
-    lab_run = LabRun(reactor, lab, steps, workdir, journal, progress_bar(), log_logons=not args.no_logons)
+    lab_run = LabRun(reactor, lab, steps, workdir, journal, progress_bar(lines=args.progress), log_logons=not args.no_logons)
     outcome = {"code": BROKEN, "interrupted": False}
 
     async def play():

@@ -652,10 +652,17 @@ def summary(lab: Lab, results: list[Result], counts: dict, source: str) -> str:
     return "\n".join(lines)
 
 
-def progress_bar(stream=sys.stderr):
-    """A one-line progress display (lab date, step) when ``stream`` is a terminal."""
+def progress_bar(stream=sys.stderr, lines: bool = False):
+    """The progress display: a bar redrawn in place (lab date, step) when ``stream`` is a terminal; with
+    ``lines``, one line per step otherwise; else none."""
     if not stream.isatty():
-        return None
+        if not lines:
+            return None
+
+        def line(number, total, lab_date, step):
+            stream.write(f"{lab_date} {number}/{total} {step.label} {step.kind}\n")
+            stream.flush()
+        return line
 
     def show(number, total, lab_date, step):
         filled = int(30 * number / total)
