@@ -22,10 +22,12 @@ TIMEOUT = 60
 
 
 class RdpLab:
-    def __init__(self, tmp_path, mode="per-device"):
+    def __init__(self, tmp_path, mode="per-device", head=(), **timeouts):
         self.tmp = tmp_path
         self.lab = Lab(tmp_path, lab_clock=True)
         self.mode = mode
+        self.head = list(head)          # license servers the discovery list tries before the lab's
+        self.timeouts = timeouts
         self.summaries = []
         self.waiting = []
 
@@ -33,8 +35,8 @@ class RdpLab:
     def start(self):
         yield self.lab.start()
         state = TerminalServerState(str(self.tmp / "terminal-servers.json"))
-        self.ts = TerminalServer(reactor, "TS01", "2003", self.mode.replace("-", "_"), [self.lab.endpoint],
-                                 ClientKeepsLicense(), state)
+        self.ts = TerminalServer(reactor, "TS01", "2003", self.mode.replace("-", "_"), [*self.head, self.lab.endpoint],
+                                 ClientKeepsLicense(), state, **self.timeouts)
         factory = make_factory(self.ts, state, str(self.tmp))
         factory.observers.append(self._finished)
         self.port = yield listen(reactor, factory, "tcp:0:interface=127.0.0.1")
@@ -201,3 +203,19 @@ def test_the_tsls_ts_rdp_command(rdp, capsys, tmp_path):
     row = json.loads(lines[0])
     assert (row["machine"], row["user"], row["outcome"], row["kind"]) == ("cli-host", "carol", "new_license", "temporary")
     assert (tmp_path / "cli" / "rdp" / "TS02" / "licensing-key.pem").stat().st_mode & 0o077 == 0
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_license_server_that_never_answers_is_passed_over_for_the_next_one(tmp_path, capsys):
+    silent = yield endpoints.serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(
+        protocol.Factory.forProtocol(protocol.Protocol))            # accepts, reads, never answers
+    rdp = RdpLab(tmp_path, head=[f"tcp:127.0.0.1:{silent.getHost().port}"], answer_timeout=1.0)
+    yield rdp.start()
+    try:
+        summary, out, cal = yield rdp.connect("failover")
+        assert LICENSED in out and summary["outcome"] == "new_license" and cal["kind"] == "temporary"
+        listed = yield rdp.lab.admin(capsys, "licenses")
+        assert [lic["hwid"] for lic in listed] == [hardware_id("failover")]
+    finally:
+        yield rdp.stop()
+        yield silent.stopListening()
