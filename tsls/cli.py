@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -30,6 +31,8 @@ def _parser() -> argparse.ArgumentParser:
     def common(p):
         p.add_argument("--data-dir", default=DEFAULT_DATA, help="where the SQLite databases live (default: %(default)s)")
         p.add_argument("--log-json", action="store_true", help="log JSON events, one per line, instead of text")
+        p.add_argument("--initialise", action="store_true",
+                       help="make a new database in an existing empty (zero-length) file instead of refusing it")
 
     def server_options(p):
         p.add_argument("--listen", default=DEFAULT_LISTEN, metavar="ENDPOINT",
@@ -161,7 +164,7 @@ def build(reactor, args) -> Daemons:
     if args.command in ("lab", "clearinghouse"):
         listen = args.clearinghouse_listen if args.command == "lab" else args.listen
         daemons.clearinghouse = make_clearinghouse(reactor, listen, os.path.join(args.data_dir, "clearinghouse.sqlite"),
-                                                   clock=lab_clock)
+                                                   clock=lab_clock, initialise=args.initialise)
         daemons.clearinghouse_listen = listen
     if args.command in ("lab", "server"):
         # The lab's URL is set once the Clearinghouse has bound its port (start, below).
@@ -171,7 +174,7 @@ def build(reactor, args) -> Daemons:
         daemons.console_listen = _console_endpoint(args.console_listen)
         daemons.license_server = LicenseServerService(
             reactor, args.listen, database or os.path.join(args.data_dir, "license-server.sqlite"),
-            client, seed=args.seed, lab_clock=lab_clock,
+            client, seed=args.seed, lab_clock=lab_clock, initialise=args.initialise,
             credential_path=os.path.join(args.data_dir, "admin.secret") if database else None,
             database_password=_database_password(args), console_listen=daemons.console_listen,
             sweep_every=getattr(args, "sweep_every", 60.0), version=_server_version(args.server_version))
@@ -311,6 +314,12 @@ def main(argv=None) -> int:
         daemons = build(reactor, args)
     except (StoreError, ExposedError) as e:
         print(f"tsls: error {e.code.value}: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        print(f"tsls: error DISK_FULL: the disk holding {e.filename or args.data_dir} is full: free some space and "
+              "start again", file=sys.stderr)
         return 1
     except TslsError as e:
         print(f"tsls: {e.message}", file=sys.stderr)

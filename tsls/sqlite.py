@@ -2,7 +2,9 @@
 that are corrupt, belong to something else, or come from a newer tsls (never touching them)."""
 from __future__ import annotations
 
+import errno
 import os
+import pathlib
 import sqlite3
 
 from tsls import files
@@ -18,18 +20,34 @@ class StoreError(Exception):
         self.code = code
 
 
-def open_database(path: str, migrations: dict[int, str], what: str) -> sqlite3.Connection:
+def open_database(path: str, migrations: dict[int, str], what: str, tables: tuple[str, ...] = (),
+                  initialise: bool = False) -> sqlite3.Connection:
     """Open ``path`` in WAL mode with synchronous=FULL (a COMMIT that returned survives a crash),
     and bring its schema up to ``max(migrations)``. Migration N takes version N-1 to N.
 
     The database, its directory and its -wal/-shm files must be private to their owner (the
     database holds secrets); a new database is created mode 0600 before SQLite opens it, and
-    SQLite gives its -wal and -shm files the database's own mode."""
+    SQLite gives its -wal and -shm files the database's own mode.
+
+    An existing file is first opened read-only to decide whether it may be used: a file that is
+    not a database, another program's database, one of a newer tsls, or one whose ``tables`` (those
+    every request needs) are damaged is refused and left exactly as it was. A zero-length file is
+    refused unless ``initialise`` (it would silently become a new database, with a new identity)."""
     try:
         files.check_private(os.path.dirname(os.path.abspath(path)), path, f"{path}-wal", f"{path}-shm")
     except files.ExposedError as e:
         raise StoreError(str(e), Code.PERMISSIONS_TOO_OPEN) from None
-    files.create_private(path)
+    try:
+        created = files.create_private(path)
+        empty = os.path.getsize(path) == 0
+    except OSError as e:
+        raise _os_error(path, e) from None
+    if empty and not created and not initialise:
+        raise StoreError(f"{path} is empty (0 bytes): it is not a tsls {what} database, and using it would make a "
+                         "new one with a new identity. Check the path; to make a new database in it, start with "
+                         "--initialise. It was left untouched", Code.EMPTY_DATABASE)
+    if not empty:
+        _inspect(path, migrations, what, tables)
     db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     try:
         db.execute("PRAGMA journal_mode=WAL")
@@ -38,11 +56,77 @@ def open_database(path: str, migrations: dict[int, str], what: str) -> sqlite3.C
         _migrate(db, path, migrations, what)
     except sqlite3.DatabaseError as e:
         db.close()
-        raise StoreError(f"{path} is not a usable tsls database ({e}); it was left untouched") from None
+        if _disk_full(e):
+            raise _full(path) from None
+        raise StoreError(f"{path} is not a usable tsls database ({e}); it was left untouched",
+                         Code.DAMAGED_DATABASE) from None
     except StoreError:
         db.close()
         raise
     return db
+
+
+def _inspect(path: str, migrations: dict[int, str], what: str, tables: tuple[str, ...]) -> None:
+    """Decide on a read-only connection whether ``path`` may be opened for writing. With no -wal
+    file beside it the file is the whole database, and it is read as immutable: SQLite then makes no
+    -shm or -wal file either (a WAL left by a crash is read the usual way, its files exist already)."""
+    immutable = "" if os.path.exists(f"{path}-wal") else "&immutable=1"
+    try:
+        db = sqlite3.connect(pathlib.Path(path).absolute().as_uri() + "?mode=ro" + immutable, uri=True)
+    except sqlite3.Error as e:
+        raise StoreError(f"{path} cannot be opened ({e}); it was left untouched", Code.DAMAGED_DATABASE) from None
+    try:
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        latest = max(migrations)
+        if version > latest:
+            raise StoreError(f"{path} has schema version {version}, newer than this tsls knows ({latest}); "
+                             "use a newer tsls, it was left untouched", Code.NEWER_SCHEMA)
+        present = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if version == 0 and present:
+            raise StoreError(f"{path} is not a tsls {what} database; it was left untouched", Code.NOT_A_TSLS_DATABASE)
+        for table in tables:
+            if table in present:
+                try:
+                    found = _check_table(db, table)
+                except sqlite3.DatabaseError as e:
+                    found = [str(e)]
+                if found != ["ok"]:
+                    raise StoreError(f"{path}: the {table} table is damaged ({'; '.join(found[:3])}); tsls would "
+                                     f"fail every request that reads it, so it does not start. Restore the database "
+                                     "from a backup (the file was left untouched)", Code.DAMAGED_DATABASE)
+    except sqlite3.DatabaseError as e:
+        raise StoreError(f"{path} is not a usable tsls database ({e}); it was left untouched",
+                         Code.DAMAGED_DATABASE) from None
+    finally:
+        db.close()
+
+
+# Up to this many rows a table and its indexes get PRAGMA quick_check at start (milliseconds); past it
+# only the table's own b-tree is walked (every page, 0.2 s for a million licenses, where quick_check
+# takes over a second): a damaged page there is found, damage inside a cell is left to `tsls check`.
+QUICK_CHECK_ROWS = 100_000
+
+
+def _check_table(db, table: str) -> list[str]:
+    rows = db.execute(f"SELECT count(*) FROM {table} NOT INDEXED").fetchone()[0]
+    if rows > QUICK_CHECK_ROWS:
+        return ["ok"]
+    return [r[0] for r in db.execute(f"PRAGMA quick_check({table})")]
+
+
+def _disk_full(e: Exception) -> bool:
+    return getattr(e, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "disk is full" in str(e)
+
+
+def _full(path: str) -> StoreError:
+    return StoreError(f"the disk holding {path} is full: free some space and start again (nothing was changed)",
+                      Code.DISK_FULL)
+
+
+def _os_error(path: str, e: OSError) -> StoreError:
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return _full(path)
+    return StoreError(f"cannot open {path}: {e.strerror}", Code.STORAGE_ERROR)
 
 
 def _migrate(db, path, migrations, what) -> None:
@@ -50,9 +134,9 @@ def _migrate(db, path, migrations, what) -> None:
     version = db.execute("PRAGMA user_version").fetchone()[0]
     if version > latest:
         raise StoreError(f"{path} has schema version {version}, newer than this tsls knows ({latest}); "
-                         "use a newer tsls, it was left untouched")
+                         "use a newer tsls, it was left untouched", Code.NEWER_SCHEMA)
     if version == 0 and db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
-        raise StoreError(f"{path} is not a tsls {what} database; it was left untouched")
+        raise StoreError(f"{path} is not a tsls {what} database; it was left untouched", Code.NOT_A_TSLS_DATABASE)
     for target in range(version + 1, latest + 1):
         db.execute("BEGIN IMMEDIATE")
         try:

@@ -39,11 +39,12 @@ def load_operator_secret(store, credential_path: str) -> str:
     return secret
 
 
-def make_service(reactor, endpoint: str, db_path: str, clock=None, credential_path: str | None = None) -> MultiService:
+def make_service(reactor, endpoint: str, db_path: str, clock=None, credential_path: str | None = None,
+                 initialise: bool = False) -> MultiService:
     """The Clearinghouse on ``endpoint`` (a Twisted server endpoint string), its data in ``db_path``;
     ``clock`` (an IReactorTime, default the reactor) gives the time, so a lab clock ages it too.
     The operator's credential goes to ``credential_path`` (default: operator.secret beside the database)."""
-    store = ClearinghouseStore(db_path)
+    store = ClearinghouseStore(db_path, initialise)
     top = MultiService()
     top.credential_path = credential_path or operator_credential_path(db_path)
     secret = load_operator_secret(store, top.credential_path)

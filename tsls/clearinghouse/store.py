@@ -68,8 +68,8 @@ MIGRATIONS = {
 
 
 class ClearinghouseStore:
-    def __init__(self, path: str) -> None:
-        self.db = open_database(path, MIGRATIONS, "Clearinghouse")
+    def __init__(self, path: str, initialise: bool = False) -> None:
+        self.db = open_database(path, MIGRATIONS, "Clearinghouse", ("servers", "sales", "key_packs"), initialise)
         self._depth = 0
 
     def close(self) -> None:

@@ -60,7 +60,7 @@ class LicenseServerService(MultiService):
     def __init__(self, reactor, endpoint: str, db_path: str, clearinghouse, clock=None, seed: str | None = None,
                  lab_clock: LabClock | None = None, sweep_every: float = SWEEP_EVERY, credential_path: str | None = None,
                  timer_clock=None, console_listen: str | None = None, database_password: str | None = None,
-                 version=None):
+                 version=None, initialise: bool = False):
         """``db_path``: a SQLite file, or a PostgreSQL DSN (postgresql://...) that any number of
         daemons share (its password, if any, in ``database_password``, never in the DSN).
         ``lab_clock``: run on a lab clock an administrator can move (its offset is restored from
@@ -77,7 +77,7 @@ class LicenseServerService(MultiService):
             if credential_path is None:
                 raise ValueError("with a PostgreSQL database, say where the administrator's credential goes")
         else:
-            store = LicenseStore.open(db_path)
+            store = LicenseStore.open(db_path, initialise=initialise)
         identity = load_identity(store, seed, version)
         # The administrator's credential, readable by its owner only, beside the database by default.
         self.credential_path = credential_path or os.path.join(os.path.dirname(os.path.abspath(db_path)), "admin.secret")

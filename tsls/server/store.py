@@ -180,8 +180,9 @@ class LicenseStore:
         self._data_version = None
 
     @classmethod
-    def open(cls, path: str) -> "LicenseStore":
-        db = open_database(path, MIGRATIONS, "license server")
+    def open(cls, path: str, initialise: bool = False) -> "LicenseStore":
+        """``initialise``: make a new database in a zero-length file rather than refuse it."""
+        db = open_database(path, MIGRATIONS, "license server", ("key_packs", "licenses", "meta"), initialise)
         try:
             db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
             db.execute(f"PRAGMA wal_autocheckpoint={CHECKPOINT_PAGES}")
