@@ -389,3 +389,14 @@ def test_links_and_sessions_expire_on_time(tmp_path):
     assert console.session_of(Request()) is None
     with pytest.raises(Exception):
         console.mint_link("root")
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_request_body_past_64_kib_is_refused_unread(served):
+    http = Http(served.url)
+    yield http.login((yield served.link()))
+    code, answer = yield http.post("/api/policy", {"security_group": True, "padding": "x" * (70 * 1024)})
+    assert code == 413 and answer["error"]["code"] == "TOO_LARGE"
+    assert (yield http.get_json("/api/hosts"))["security_group_policy"] is False
+    code, _ = yield http.post("/api/policy", {"security_group": True, "padding": "x" * 1024})
+    assert code == 200

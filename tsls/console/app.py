@@ -41,6 +41,7 @@ CSRF_HEADER = b"x-tsls-csrf"
 ROLES = ("admin", "viewer")
 READERS = 2                     # reader threads: reads never queue behind a slow one for long
 PAGE_MAX = 500
+MAX_BODY = 64 * 1024            # bytes a request's body may hold
 STREAM_BEHIND = 1024 * 1024     # bytes of events a browser that stopped reading may fall behind
 
 STATIC = {"console.js": "text/javascript; charset=utf-8", "console.css": "text/css; charset=utf-8",
@@ -55,11 +56,12 @@ HUMAN = {
     Code.NOT_PERMITTED: "Your session may only look, not change anything: ask for an administrator's link.",
     Code.BAD_CREDENTIALS: "You are not logged in, or your session ended: run tsls-admin console for a new link.",
     Code.BAD_REQUEST: "The console sent a request the server did not understand.",
+    Code.TOO_LARGE: "The request was too large.",
     Code.STORAGE_ERROR: "The license server could not save the change; nothing was changed.",
     Code.SHUTTING_DOWN: "The license server is shutting down.",
     Code.INTERNAL_ERROR: "The license server failed on this request; nothing was changed.",
 }
-STATUS = {Code.BAD_CREDENTIALS: 401, Code.NOT_PERMITTED: 403, Code.BAD_REQUEST: 400, Code.NOT_FOUND: 404,
+STATUS = {Code.TOO_LARGE: 413, Code.BAD_CREDENTIALS: 401, Code.NOT_PERMITTED: 403, Code.BAD_REQUEST: 400, Code.NOT_FOUND: 404,
           Code.INTERNAL_ERROR: 500, Code.STORAGE_ERROR: 503, Code.SHUTTING_DOWN: 503}
 
 
@@ -272,6 +274,8 @@ class ConsoleResource(resource.Resource):
         path = request.path.decode("utf-8", "replace")
         method = request.method.decode("ascii", "replace")
         try:
+            if getattr(request, "too_large", False):
+                raise TslsError(Code.TOO_LARGE, f"a request's body may be at most {MAX_BODY // 1024} KiB")
             if path.startswith("/static/") and method == "GET":
                 return self._static(request, path[len("/static/"):])
             if path == "/login" and method == "GET":
@@ -311,7 +315,7 @@ class ConsoleResource(resource.Resource):
         if not (request.getHeader(b"content-type") or b"").startswith(b"application/json"):
             raise TslsError(Code.BAD_REQUEST, "a change is sent as JSON")
         try:
-            body = json.loads(request.content.read(64 * 1024) or b"{}")
+            body = json.loads(request.content.read(MAX_BODY) or b"{}")
         except ValueError:
             raise TslsError(Code.BAD_REQUEST, "the request body is not JSON") from None
         if not isinstance(body, dict):
@@ -551,8 +555,23 @@ ROUTES = {
 }
 
 
+class _Request(web.Request):
+    """A request whose body is kept up to MAX_BODY bytes only; a longer one is answered TOO_LARGE, so
+    no client can make the console store a body of any size (a change's JSON is a few dozen bytes)."""
+
+    received = 0
+    too_large = False
+
+    def handleContentChunk(self, data: bytes) -> None:
+        self.received += len(data)
+        if self.received > MAX_BODY:
+            self.too_large = True
+            return
+        super().handleContentChunk(data)
+
+
 def site(console: Console) -> web.Site:
-    s = web.Site(ConsoleResource(console))
+    s = web.Site(ConsoleResource(console), requestFactory=_Request)
     s.displayTracebacks = False
     s.noisy = False
     return s
