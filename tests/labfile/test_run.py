@@ -293,3 +293,88 @@ async def test_slowed_and_reset_links_per_user_hosts_and_revocation(tmp_path):
     with open(journal) as f:
         faults = [(r["do"], r.get("link"), r.get("delay_ms")) for r in map(json.loads, f) if r["kind"] == "fault"]
     assert faults == [("slow", "TS01->LS1", 50), ("heal", "TS01->LS1", None), ("reset", "TS01->LS1", None)]
+
+
+REBUILT = """\
+[lab]
+name = "a license server rebuilt, its CALs recovered"
+start = "2025-01-06"
+
+[[license_server]]
+name = "LS1"
+
+[[session_host]]
+name = "TS01"
+license_servers = ["LS1"]
+
+[[fleet]]
+name = "desks"
+devices = 3
+
+[[fleet]]
+name = "after"
+devices = 2
+
+[[purchase]]
+name = "cals"
+license_server = "LS1"
+quantity = 5
+
+[[step]]
+at = "0d"
+do = "install"
+purchase = "cals"
+
+[[step]]
+at = "+1h"
+do = "wave"
+fleet = "desks"
+through = ["TS01"]
+times = 2
+expect = { permanent = 3 }
+
+[[step]]
+at = "+1d"
+do = "rebuild"
+license_server = "LS1"
+
+[[step]]
+at = "+1h"
+do = "expect"
+license_server = "LS1"
+total = 0
+
+[[step]]
+at = "+1h"
+do = "recover"
+purchase = "cals"
+
+[[step]]
+at = "+1h"
+do = "wave"
+fleet = "after"
+through = ["TS01"]
+times = 2
+expect = { permanent = 2 }
+
+[[step]]
+at = "+1h"
+do = "expect"
+key_pack = "cals"
+total = 5
+issued = 2
+present = ["KEY_PACK_INSTALLED"]
+"""
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_rebuilt_license_server_recovers_its_purchase(tmp_path):
+    lab = tmp_path / "rebuilt.toml"
+    lab.write_text(REBUILT)
+    (tmp_path / "run").mkdir()
+    run, results, journal = await play(str(lab), tmp_path / "run")
+    assert [r.why for r in results if not r.ok] == []
+    with open(journal) as f:
+        records = [json.loads(line) for line in f]
+    assert [r["outcome"] for r in records if r.get("do") in ("rebuild", "recover")] == [
+        "rebuilt with an empty database", "recovered"]

@@ -79,8 +79,9 @@ def _playable(lab: Lab, steps: list[Planned]) -> list[Problem]:
     state = {ls.name: "running" for ls in lab.license_servers}
     clearinghouse = "up"
     links: dict[tuple, str] = {}
-    allowed = {"kill": {"running", "stopped"}, "stop": {"running"}, "resume": {"stopped"}, "restart": {"running", "killed"}}
-    after = {"kill": "killed", "stop": "stopped", "resume": "running", "restart": "running"}
+    allowed = {"kill": {"running", "stopped"}, "stop": {"running"}, "resume": {"stopped"}, "restart": {"running", "killed"},
+               "rebuild": {"running", "stopped", "killed"}}
+    after = {"kill": "killed", "stop": "stopped", "resume": "running", "restart": "running", "rebuild": "running"}
     for p in steps:
         def refuse(message: str) -> None:
             problems.append(Problem(line(p, "do"), f"step[{p.step}].do" if p.step else p.why, message))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import sys
 
 import attrs
@@ -364,17 +365,27 @@ class LabRun:
 
     async def do_install(self, step: Planned) -> None:
         purchase = self.lab.purchase(step.args["purchase"])
-        ref = self.codes[purchase.name]
-        body = ref if purchase.program is not Program.RETAIL else {"program": "retail", "retail_code": ref["retail_code"]}
-        if purchase.program is not Program.RETAIL:
-            body = {**ref, "quantity": purchase.quantity}
-        result = await self.admin(purchase.license_server, "install_key_pack", purchase=body)
+        result = await self.admin(purchase.license_server, "install_key_pack", purchase=self._purchase_body(purchase))
         packs = result if isinstance(result, list) else result.get("key_packs") or [result.get("key_pack", result)]
         for pack in packs:
             if isinstance(pack, dict) and pack.get("key_pack_id"):
                 self.pack_names[pack["key_pack_id"]] = purchase.name
         self.note("step", step=step.step, do="install", purchase=purchase.name, license_server=purchase.license_server,
                   outcome="installed")
+
+    def _purchase_body(self, purchase) -> dict:
+        ref = self.codes[purchase.name]
+        if purchase.program is Program.RETAIL:
+            return {"program": "retail", "retail_code": ref["retail_code"]}
+        return {**ref, "quantity": purchase.quantity}
+
+    async def do_recover(self, step: Planned) -> None:
+        purchase = self.lab.purchase(step.args["purchase"])
+        result = await self.admin(purchase.license_server, "recover", purchase=self._purchase_body(purchase))
+        for pack in result.get("key_packs", []):
+            self.pack_names[pack["key_pack_id"]] = purchase.name
+        self.note("step", step=step.step, do="recover", purchase=purchase.name, license_server=purchase.license_server,
+                  outcome="recovered", key_packs=len(result.get("key_packs", [])))
 
     async def do_activate(self, step: Planned) -> None:
         name = step.args["license_server"]
@@ -517,6 +528,21 @@ class LabRun:
             await daemon.stop()
         await self._start_license_server(name, port)
         self._fault(step, license_server=name, outcome="restarted")
+
+    async def do_rebuild(self, step: Planned) -> None:
+        """The license server's machine is rebuilt: its database is gone; it starts anew (a new product
+        ID) on the same port, and is activated again if the file says it is activated."""
+        name = step.args["license_server"]
+        daemon = self.daemons[name]
+        port = daemon.port or 0
+        self.admins.pop(name, None)
+        if daemon.alive:
+            await daemon.kill()
+        shutil.rmtree(os.path.join(self.workdir, name))
+        await self._start_license_server(name, port)
+        self._fault(step, license_server=name, outcome="rebuilt with an empty database")
+        if self.lab.license_server(name).activated:
+            await self.admin(name, "activate", method="automatic", contact=CONTACT)
 
     async def do_clearinghouse_down(self, step: Planned) -> None:
         await self.daemons["clearinghouse"].kill()

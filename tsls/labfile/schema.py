@@ -434,6 +434,7 @@ class _Names:
 # Each kind of step: its required fields and its optional ones (besides at, do, note).
 KINDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "install": (("purchase",), ("expect_error",)),
+    "recover": (("purchase",), ("expect_error",)),
     "activate": (("license_server",), ("expect_error",)),
     "deactivate": (("license_server",), ("expect_error",)),
     "policy": (("license_server", "security_group"), ()),
@@ -444,6 +445,7 @@ KINDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "stop": (("license_server",), ()),
     "resume": (("license_server",), ()),
     "restart": (("license_server",), ()),
+    "rebuild": (("license_server",), ()),
     "clearinghouse_down": ((), ()),
     "clearinghouse_up": ((), ()),
     "cut": (("session_host", "license_server"), ("for",)),
@@ -454,7 +456,7 @@ KINDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
                     "ledger", "unique")),
 }
 LINK_KINDS = ("cut", "slow", "reset", "heal")
-FAULT_KINDS = ("kill", "stop", "resume", "restart", "clearinghouse_down", "clearinghouse_up", *LINK_KINDS)
+FAULT_KINDS = ("kill", "stop", "resume", "restart", "rebuild", "clearinghouse_down", "clearinghouse_up", *LINK_KINDS)
 _WAVE_EXPECT = set(OUTCOMES) | {"refused_by", "served_by"}
 _CONNECT_EXPECT = {"connected", "refused", "refused_by"}
 _CODES = {c.value for c in Code}
