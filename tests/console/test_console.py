@@ -400,3 +400,37 @@ def test_a_request_body_past_64_kib_is_refused_unread(served):
     assert (yield http.get_json("/api/hosts"))["security_group_policy"] is False
     code, _ = yield http.post("/api/policy", {"security_group": True, "padding": "x" * 1024})
     assert code == 200
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_browser_that_stops_reading_live_events_is_cut_off_past_1_mib(served, monkeypatch):
+    from twisted.internet import reactor
+    from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+    from twisted.internet.protocol import Protocol
+
+    from tsls.console.app import STREAM_BEHIND
+
+    http = Http(served.url)
+    yield http.login((yield served.link("viewer")))
+    console = served.service.console
+    followed = defer.Deferred()
+    follow = console.follow
+    monkeypatch.setattr(console, "follow", lambda request: (follow(request), followed.callback(request)))
+    before = len(console.server.followers)
+
+    class NeverReads(Protocol):
+        def connectionMade(self):
+            self.transport.write(b"GET /api/events/stream HTTP/1.1\r\nHost: console\r\n"
+                                 b"Cookie: tsls_console=" + http.cookies["tsls_console"].encode() + b"\r\n\r\n")
+            self.transport.pauseProducing()         # never read what the console sends
+
+    port = int(served.url.rsplit(":", 1)[1])
+    client = yield with_timeout(connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), NeverReads()))
+    request = yield with_timeout(followed)
+    assert len(console.server.followers) == before + 1
+    event = {"id": 0, "message": "x" * 10_000}
+    for i in range(3 * STREAM_BEHIND // 10_000):
+        for follower in list(console.server.followers):
+            follower({**event, "id": i})
+    assert len(console.server.followers) == before and request.finished and not console._streams
+    client.transport.abortConnection()
