@@ -118,7 +118,11 @@ def parser() -> argparse.ArgumentParser:
     react = sub.add_parser("reactivate", help="get a new license server ID")
     react.add_argument("--reason", required=True, **enum_option(Reason), help="why a new license server ID is needed")
     _contact_options(react)
-    sub.add_parser("deactivate", help="deactivate the license server")
+    deact = sub.add_parser("deactivate", help="deactivate the license server")
+    deact.add_argument("--local", action="store_true",
+                       help="forget the activation here without the Clearinghouse: the way out when the Clearinghouse "
+                            "does not know it (tsls-admin status shows when; docs/activation.md)")
+    deact.add_argument("--yes", action="store_true", help="confirm --local")
     inst = sub.add_parser("install", help="install CALs bought at the Clearinghouse")
     _purchase_options(inst)
     rec = sub.add_parser("recover", help="get back the CALs of a purchase onto this (rebuilt) server")
@@ -180,6 +184,10 @@ def parser() -> argparse.ArgumentParser:
     chsub.add_parser("purchases", help="list purchases and where they are installed")
     phone = chsub.add_parser("activate", help="the telephone call: get a license server ID for a product ID")
     phone.add_argument("--product-id", required=True, help="the product ID the license server's status shows")
+    phone.add_argument("--again", action="store_true",
+                       help="the product ID is already activated (codes lost or mistyped): retire that activation, "
+                            "move its purchases to the new license server ID, read out new codes (needs the "
+                            "operator's credential)")
     _contact_options(phone)
     flags_after_subcommands(parser, "--json", "--csv")
     return parser
@@ -254,7 +262,8 @@ async def _admin_command(conn, args) -> None:
     elif c == "reactivate":
         emit(await conn.request("reactivate", reason=args.reason, contact=_contact(args)), args.json, _print_activation)
     elif c == "deactivate":
-        emit(await conn.request("deactivate"), args.json, _print_activation)
+        request = {"local": True, "confirm": args.yes} if args.local else {}
+        emit(await conn.request("deactivate", **request), args.json, _print_activation)
     elif c == "install":
         emit(await conn.request("install_key_pack", purchase=_purchase(args)), args.json,
              lambda p: _print_key_packs([p]))
@@ -398,7 +407,8 @@ async def clearinghouse_command(args) -> None:
     from tsls.core.model import Purchase
 
     c = args.ch_command
-    operator = read_secret(args.operator_credential) if c in ("sell", "purchases") else None
+    operator = (read_secret(args.operator_credential)
+                if c in ("sell", "purchases") or (c == "activate" and args.again) else None)
     ch = ClearinghouseClient(args.clearinghouse, operator_secret=operator)
     if c == "sell":
         body = _purchase(args, sale=True)
@@ -410,11 +420,17 @@ async def clearinghouse_command(args) -> None:
     elif c == "purchases":
         emit(await ch.list_purchases(), args.json, _print_purchases)
     elif c == "activate":
-        result = await ch.activate(args.product_id, _contact(args), "telephone")
-        emit(result, args.json, lambda r: print(f"license server ID: {r['license_server_id']}\n"
-                                                f"certificate code:  {r['certificate']}\n"
+        result = await ch.activate(args.product_id, _contact(args), "telephone", again=args.again)
+        emit(result, args.json, lambda r: print(f"license server ID: {grouped(r['license_server_id'])}\n"
+                                                f"certificate code:  {grouped(r['certificate'])}\n"
                                                 f"type them in with: tsls-admin activate --telephone "
                                                 f"{r['license_server_id']} {r['certificate']}"))
+
+
+def grouped(code: str) -> str:
+    """A 35-character code as it is read out: 7 groups of 5 (typed back with or without the hyphens)."""
+    from tsls.core.phonecodes import grouped as groups
+    return groups(code) if isinstance(code, str) and len(code) == 35 else code
 
 
 def _print_status(s: dict) -> None:
@@ -425,6 +441,11 @@ def _print_status(s: dict) -> None:
     print(f"activation:        {a['status']}" + (f" ({a['method']}, {a['activated_at']})" if a["activated_at"] else ""))
     print(f"license server ID: {a['license_server_id'] or '-'}")
     print(f"lab time:          {s['now']}")
+    problem = a.get("problem")
+    if problem:
+        print(f"problem:           {problem['code']} at {problem['at']}: {problem['message']}")
+    for i, step in enumerate(a.get("way_out") or [], 1):
+        print(("way out:           " if i == 1 else "                   ") + f"{i}. {step}")
     print()
     _print_key_packs(s["key_packs"])
     if s["licenses"]:

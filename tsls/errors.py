@@ -63,6 +63,8 @@ class Code(enum.Enum):
     METHOD_NOT_ALLOWED = "METHOD_NOT_ALLOWED"
     TOO_LARGE = "TOO_LARGE"
     ALREADY_ACTIVATED = "ALREADY_ACTIVATED"
+    MISTYPED_CODE = "MISTYPED_CODE"                    # a code typed in from the telephone fails its check
+    CODE_FOR_ANOTHER_SERVER = "CODE_FOR_ANOTHER_SERVER"  # well formed, but issued for another server
     UNKNOWN_LICENSE_SERVER = "UNKNOWN_LICENSE_SERVER"
     BAD_CREDENTIALS = "BAD_CREDENTIALS"
     OPERATOR_REQUIRED = "OPERATOR_REQUIRED"

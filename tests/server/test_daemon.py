@@ -161,18 +161,32 @@ def test_unreachable_clearinghouse_is_a_clear_error_and_licensing_goes_on(daemon
 
 
 @pytest_twisted.inlineCallbacks
-def test_telephone_activation_takes_the_typed_license_server_id(daemon):
+def test_telephone_activation_takes_the_typed_codes_checked_against_the_product_id(daemon):
+    from tsls.core import phonecodes
     admin = yield daemon.admin()
+    product_id = daemon.service.server.identity.product_id
+    lsid = phonecodes.make(phonecodes.Kind.LICENSE_SERVER_ID, product_id)
+    cert = phonecodes.make(phonecodes.Kind.CERTIFICATE, lsid)
+    for typed, code in ((("too-short", cert), Code.MISTYPED_CODE),
+                        ((lsid[:7] + ("A" if lsid[7] != "A" else "B") + lsid[8:], cert), Code.MISTYPED_CODE),
+                        ((phonecodes.make(phonecodes.Kind.LICENSE_SERVER_ID, "11111-111-1111111-11111"), cert),
+                         Code.CODE_FOR_ANOTHER_SERVER)):
+        with pytest.raises(TslsError) as e:
+            yield admin.request("activate", method="telephone", license_server_id=typed[0], certificate=typed[1])
+        assert e.value.code is code
+    status = yield admin.request("status")
+    assert status["activation"]["status"] == "not_activated"      # nothing changed: type them again
+    assert status["activation"]["problem"]["code"] == "CODE_FOR_ANOTHER_SERVER"
+    assert "read the codes again" in status["activation"]["way_out"][0]
     with pytest.raises(TslsError) as e:
-        yield admin.request("activate", method="telephone", license_server_id="too-short", certificate="C" * 35)
-    assert e.value.code is Code.BAD_REQUEST
+        yield admin.request("activate", method="telephone", license_server_id=lsid)
+    assert e.value.code is Code.MISTYPED_CODE
+    result = yield admin.request("activate", method="telephone", license_server_id=phonecodes.grouped(lsid),
+                                 certificate=cert.lower())
+    assert result["status"] == "activated" and result["method"] == "telephone" and result["license_server_id"] == lsid
+    assert result["problem"] is None and result["way_out"] == []
     with pytest.raises(TslsError) as e:
-        yield admin.request("activate", method="telephone", license_server_id="A" * 35)
-    assert e.value.code is Code.BAD_REQUEST
-    result = yield admin.request("activate", method="telephone", license_server_id="A" * 35, certificate="C" * 35)
-    assert result["status"] == "activated" and result["method"] == "telephone"
-    with pytest.raises(TslsError) as e:
-        yield admin.request("activate", method="telephone", license_server_id="B" * 35, certificate="C" * 35)
+        yield admin.request("activate", method="telephone", license_server_id=lsid, certificate=cert)
     assert e.value.code is Code.ALREADY_ACTIVATED
 
 

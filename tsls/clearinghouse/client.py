@@ -83,9 +83,13 @@ class ClearinghouseClient:
     # out a key's call once and answers a repeated key with the original answer (docs/clearinghouse.md).
 
     def activate(self, product_id: str, contact: dict, method: str = "automatic",
-                 idempotency_key: str | None = None) -> defer.Deferred:
-        return self._call("POST", "activations", {"product_id": product_id, "method": method, "contact": contact},
-                          idempotency_key=idempotency_key)
+                 idempotency_key: str | None = None, again: bool = False) -> defer.Deferred:
+        """``again`` (the operator, by telephone): retire the product ID's current activation and read
+        out new codes; the way out for a license server whose codes were lost (docs/activation.md)."""
+        body = {"product_id": product_id, "method": method, "contact": contact}
+        if again:
+            return self._operator_call("POST", "activations", {**body, "again": True})
+        return self._call("POST", "activations", body, idempotency_key=idempotency_key)
 
     # A license server names itself with ``server``: {"license_server_id", "product_id", "certificate"},
     # the certificate being what its activation returned.

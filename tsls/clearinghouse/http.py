@@ -17,6 +17,7 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource
 
 from tsls.core import clearinghouse as rules
+from tsls.core import phonecodes
 from tsls.core.activation import ActivationMethod
 from tsls.core.clearinghouse import IssuedKeyPack, Reason, Sale, Server, ServerStatus
 from tsls.core.model import CalType, ProductVersion, Purchase, PurchaseRef, iso, parse_enum
@@ -47,17 +48,18 @@ def _random_id(length: int) -> str:
     return "".join(secrets.choice(ALPHANUMERIC) for _ in range(length))
 
 
-def _certificate(idempotency_key: str | None) -> str:
-    """A new certificate: random, or, for a call with an idempotency key, derived from that key (the
-    caller's secret), so a repeated call gets the same certificate though only its digest is kept."""
+def _certificate(idempotency_key: str | None, license_server_id: str) -> str:
+    """A new certificate code, bound to its license server ID (tsls/core/phonecodes.py): its random
+    part random, or, for a call with an idempotency key, derived from that key (the caller's
+    secret), so a repeated call gets the same certificate though only its digest is kept."""
     if idempotency_key is None:
-        return _random_id(35)
+        return phonecodes.make(phonecodes.Kind.CERTIFICATE, license_server_id)
     n = int.from_bytes(hmac.new(idempotency_key.encode(), b"tsls certificate", hashlib.sha256).digest(), "big")
     out = []
-    for _ in range(35):
-        n, digit = divmod(n, len(ALPHANUMERIC))
-        out.append(ALPHANUMERIC[digit])
-    return "".join(out)
+    for _ in range(phonecodes.RANDOM):
+        n, digit = divmod(n, len(phonecodes.ALPHABET))
+        out.append(phonecodes.ALPHABET[digit])
+    return phonecodes.make(phonecodes.Kind.CERTIFICATE, license_server_id, "".join(out))
 
 
 def _digest(text: str) -> str:
@@ -108,7 +110,7 @@ class Clearinghouse:
                     raise TslsError(Code.IDEMPOTENCY_KEY_REUSED, "this Idempotency-Key was used for another request")
                 answer = dict(prior[1])
                 if answer.pop("_certificate", False):
-                    answer["certificate"] = _certificate(idempotency_key)
+                    answer["certificate"] = _certificate(idempotency_key, answer["license_server_id"])
                 return answer
             answer = operation(body, idempotency_key)
             kept = {k: v for k, v in answer.items() if k != "certificate"}
@@ -168,15 +170,23 @@ class Clearinghouse:
     # activation
 
     def activate(self, body: dict, idempotency_key: str | None = None) -> dict:
+        """``again`` (operator only, checked by the resource): retire the product ID's current
+        activation, move its purchases to the new license server ID (docs/activation.md)."""
         product_id = rules.check_product_id(body.get("product_id"))
         method = parse_enum(ActivationMethod, body.get("method", "automatic"), "method")
         contact = rules.check_contact(body.get("contact"))
+        again = body.get("again", False) is True
         with self.store.transaction():
-            rules.activate(self.store.active_server_for(product_id))
-            certificate = _certificate(idempotency_key)
-            server = Server(_random_id(35), product_id, ServerStatus.ACTIVATED, method, contact, self.now(),
+            old = rules.activate(self.store.active_server_for(product_id), again)
+            server_id = phonecodes.make(phonecodes.Kind.LICENSE_SERVER_ID, product_id)
+            certificate = _certificate(idempotency_key, server_id)
+            server = Server(server_id, product_id, ServerStatus.ACTIVATED, method, contact, self.now(),
                             rules.certificate_digest(certificate))
+            if old is not None:
+                self.store.put_server(attrs.evolve(old, status=ServerStatus.RETIRED))
             self.store.put_server(server)
+            if old is not None:
+                self.store.rebind(old.license_server_id, server.license_server_id)
         self.log.info("activated product {product_id} as {license_server_id} ({method})", product_id=product_id,
                       license_server_id=server.license_server_id, method=method.value)
         return {**_server_json(server, []), "certificate": certificate}
@@ -186,8 +196,9 @@ class Clearinghouse:
         rules.check_contact(body.get("contact"), required=("first_name", "last_name"))
         with self.store.transaction():
             old = self._caller(body)
-            certificate = _certificate(idempotency_key)
-            new = Server(_random_id(35), old.product_id, ServerStatus.ACTIVATED, ActivationMethod.AUTOMATIC, old.contact,
+            server_id = phonecodes.make(phonecodes.Kind.LICENSE_SERVER_ID, old.product_id)
+            certificate = _certificate(idempotency_key, server_id)
+            new = Server(server_id, old.product_id, ServerStatus.ACTIVATED, ActivationMethod.AUTOMATIC, old.contact,
                          self.now(), rules.certificate_digest(certificate))
             self.store.put_server(attrs.evolve(old, status=ServerStatus.RETIRED))
             self.store.put_server(new)
@@ -269,7 +280,8 @@ class Clearinghouse:
         return ref, key, purchase
 
     def _issue(self, key: str, sale: Sale, server: Server, quantity: int) -> dict:
-        key_pack_id = _random_id(35)
+        # a key pack ID read out on the telephone or web route is checked where it is typed in (phonecodes)
+        key_pack_id = phonecodes.make(phonecodes.Kind.KEY_PACK, server.license_server_id)
         self.store.add_key_pack(key_pack_id, key, server.license_server_id, quantity, self.now())
         return self._pack_json(key_pack_id, sale, quantity)
 
@@ -342,8 +354,11 @@ class ApiResource(Resource):
         elif request.method == b"POST" and name in self.posts and not rest:
             if name in OPERATOR_POSTS:
                 self._operator(request, path)
+            body = self._body(request)
+            if name == "activations" and body.get("again") is not None:     # the operator's telephone route
+                self._operator(request, path)
             key = request.getHeader(b"idempotency-key")
-            return self.ch.once(name, self._body(request), None if key is None else key.decode("latin-1"))
+            return self.ch.once(name, body, None if key is None else key.decode("latin-1"))
         if name in self.posts or name in ("license-servers", "health", "challenge"):
             raise TslsError(Code.METHOD_NOT_ALLOWED, f"{request.method.decode()} is not allowed on {request.path.decode()}")
         raise TslsError(Code.NOT_FOUND, f"no such resource: {request.path.decode('utf-8', 'replace')}")

@@ -6,14 +6,13 @@ the Internet) or by telephone, may be reactivated (a new certificate) and deacti
 from __future__ import annotations
 
 import enum
-import re
 
 import attrs
 
+from tsls.core import phonecodes
 from tsls.core.model import parse_enum
 from tsls.errors import Code, TslsError
 
-LICENSE_SERVER_ID = re.compile(r"[A-Z0-9]{35}")     # also the form of a certificate code read out by phone
 
 
 class ActivationStatus(enum.Enum):
@@ -46,12 +45,52 @@ def parse_method(text: object) -> ActivationMethod:
     return parse_enum(ActivationMethod, text, "activation method")
 
 
-def check_telephone_codes(license_server_id: object, certificate: object) -> tuple[str, str]:
-    """What the administrator typed in from the Clearinghouse's answer on the phone."""
-    for what, value in (("license server ID", license_server_id), ("certificate code", certificate)):
-        if not isinstance(value, str) or not LICENSE_SERVER_ID.fullmatch(value):
-            raise TslsError(Code.BAD_REQUEST, f"a {what} is 35 upper-case letters and digits, no hyphens")
+def check_telephone_codes(license_server_id: object, certificate: object, product_id: str) -> tuple[str, str]:
+    """What the administrator typed in from the Clearinghouse's answer on the phone, checked against
+    this server's product ID (tsls/core/phonecodes.py): a typo is refused naming its group, a code
+    read out for another server is refused as such; nothing is changed either way."""
+    license_server_id = phonecodes.check(phonecodes.Kind.LICENSE_SERVER_ID, product_id, license_server_id)
+    certificate = phonecodes.check(phonecodes.Kind.CERTIFICATE, license_server_id, certificate)
     return license_server_id, certificate
+
+
+@attrs.frozen
+class Problem:
+    """The last thing that went wrong between this server and the Clearinghouse, kept until an
+    activation succeeds, so ``status`` can show the way out (docs/activation.md)."""
+
+    code: str
+    message: str
+    at: int
+
+
+# Refusals of a call made with this server's activation: the Clearinghouse does not know it (any more).
+NOT_KNOWN = {Code.BAD_CREDENTIALS.value, Code.UNKNOWN_LICENSE_SERVER.value, Code.NOT_ACTIVATED.value}
+# What is worth keeping as a problem (a refused install for a purchase's own reasons is not one).
+KEPT = NOT_KNOWN | {Code.MISTYPED_CODE.value, Code.CODE_FOR_ANOTHER_SERVER.value, Code.ALREADY_ACTIVATED.value,
+                    Code.CLEARINGHOUSE_UNREACHABLE.value}
+
+
+def way_out(current: Activation, problem: Problem | None, product_id: str) -> tuple[str, ...]:
+    """The documented way out of where the server stands: every state, failed or wrong, has one."""
+    again = f"tsls-admin clearinghouse activate --product-id {product_id} --again   (the operator: new codes; " \
+            "the earlier activation of this product ID is retired and its purchases move to the new ID)"
+    telephone = "tsls-admin activate --telephone LICENSE_SERVER_ID CERTIFICATE_CODE   (the codes read out)"
+    if problem is None or (current.activated and problem.code not in NOT_KNOWN):
+        if current.activated:
+            return ()
+        return ("tsls-admin activate   (automatic), or by telephone: "
+                f"tsls-admin clearinghouse activate --product-id {product_id}, then {telephone}",)
+    if problem.code in NOT_KNOWN and current.activated:
+        return ("tsls-admin deactivate --local --yes   (forget this activation: the Clearinghouse does not know it)",
+                again, telephone)
+    if problem.code in (Code.MISTYPED_CODE.value, Code.CODE_FOR_ANOTHER_SERVER.value):
+        return ("read the codes again and type them in: " + telephone,
+                "if they are lost: " + again + ", then " + telephone)
+    if problem.code == Code.CLEARINGHOUSE_UNREACHABLE.value:
+        return ("start the Clearinghouse or correct --clearinghouse-url, then: tsls-admin activate",
+                f"or by telephone: tsls-admin clearinghouse activate --product-id {product_id}, then {telephone}")
+    return (again, telephone)       # ALREADY_ACTIVATED at the Clearinghouse, or not known there any more
 
 
 def require(current: Activation, activated: bool) -> None:

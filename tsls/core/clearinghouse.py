@@ -111,10 +111,15 @@ def check_server(server: Server | None, license_server_id: str, product_id: str,
     return server
 
 
-def activate(current: Server | None) -> None:
-    if current is not None:
+def activate(current: Server | None, again: bool = False) -> Server | None:
+    """A product ID is activated once. ``again`` (the operator, on the telephone route): the product
+    ID's current activation is retired and a new one made, so a license server whose codes were
+    lost or mistyped is never stuck (docs/activation.md). Returns the activation to retire."""
+    if current is not None and not again:
         raise TslsError(Code.ALREADY_ACTIVATED, "this product ID is already activated as "
-                        f"{current.license_server_id}; reactivate or deactivate it instead")
+                        f"{current.license_server_id}; reactivate or deactivate it instead, or (the operator, "
+                        "by telephone) activate it again: tsls-admin clearinghouse activate --again")
+    return current
 
 
 def install(sale: Sale | None, server: Server, quantity: object,

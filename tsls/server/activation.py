@@ -58,7 +58,12 @@ class Activations:
         if how is ActivationMethod.AUTOMATIC:
             result = yield self._call("activate", {"product_id": self.identity.product_id, "contact": contact or {}})
             return result
-        license_server_id, certificate = activation.check_telephone_codes(license_server_id, certificate)
+        try:
+            license_server_id, certificate = activation.check_telephone_codes(
+                license_server_id, certificate, self.identity.product_id)
+        except TslsError as e:
+            yield self._note_problem(e)
+            raise
         result = yield self.writer.submit(lambda store, now: _save_activation(
             store, now, EventId.ACTIVATED, activation.activated(how, license_server_id, certificate, now)))
         return result
@@ -70,10 +75,31 @@ class Activations:
         return result
 
     @defer.inlineCallbacks
-    def deactivate(self):
+    def deactivate(self, local: bool = False, confirm: bool = False):
+        """Deactivate through the Clearinghouse; or, ``local`` (confirmed), forget this server's
+        activation without it: the way out when the Clearinghouse does not know the activation
+        (docs/activation.md). Key packs and issued CALs stay; only permanent CALs stop until the
+        server is activated again."""
         server = yield self._require_activation(True)
-        result = yield self._call("deactivate", {"server": server})
+        if not local:
+            result = yield self._call("deactivate", {"server": server})
+            return result
+        if not confirm:
+            raise TslsError(Code.CONFIRMATION_REQUIRED, "deactivating locally forgets this server's activation "
+                            "without telling the Clearinghouse; it issues only temporary licenses until activated "
+                            "again. Confirm with --yes (confirm: true)")
+        result = yield self.writer.submit(lambda store, now: _save_activation(
+            store, now, EventId.DEACTIVATED, activation.deactivated(), "locally, without the Clearinghouse"))
         return result
+
+    def _note_problem(self, refusal: TslsError) -> defer.Deferred:
+        """Keep what went wrong for ``status`` and its way out; nothing else changes."""
+        if refusal.code.value not in activation.KEPT:
+            return defer.succeed(None)
+
+        def job(store, now):
+            store.set_activation_problem(activation.Problem(refusal.code.value, refusal.message[:500], now))
+        return self.writer.submit(job)
 
     def _require_activation(self, wanted: bool) -> defer.Deferred:
         """Fires with how this server names itself to the Clearinghouse (ID, product ID, certificate)."""
@@ -171,6 +197,7 @@ class Activations:
         try:
             answer = yield self._send(call)
         except TslsError as e:
+            yield self._note_problem(e)
             if e.code in OUTCOME_UNKNOWN:
                 self.log.warn("Clearinghouse call {call_id} ({operation}) pending: {error}", call_id=call.id,
                               operation=call.operation, error=e.message)
@@ -225,7 +252,11 @@ class Activations:
         server = yield self.writer.submit(job)
         if server is None:
             return []
-        answer = yield self.clearinghouse.check_in(server)
+        try:
+            answer = yield self.clearinghouse.check_in(server)
+        except TslsError as e:
+            yield self._note_problem(e)
+            raise
         retired = yield self.writer.submit(lambda store, now: _store_key_packs(
             store, now, self.identity.version, [], _retired(answer)))
         return retired
@@ -255,12 +286,14 @@ def _finished(store, now: int, call: ClearinghouseCall, state: str, result: dict
     store.finish_clearinghouse_call(call.key, state, result, now)
 
 
-def _save_activation(store, now: int, event_id: EventId, after: Activation) -> dict:
+def _save_activation(store, now: int, event_id: EventId, after: Activation, how: str | None = None) -> dict:
     store.add_events([Event(now, event_id, f"license server {after.status.value} "
-                                           f"({after.method.value if after.method else 'no method'}) as "
+                                           f"({how or (after.method.value if after.method else 'no method')}) as "
                                            f"{after.license_server_id or '-'}")])
     store.save_activation(after)
-    return activation_json(after)
+    if after.activated:
+        store.set_activation_problem(None)         # the way out was taken
+    return activation_json(after, store.activation_problem(), store.identity().product_id)
 
 
 def _store_key_packs(store, now: int, host_version, issued: list[IssuedKeyPack], retired_ids=()) -> list:
@@ -333,13 +366,19 @@ def _purchase_json(ref: PurchaseRef, version, cal_type, quantity) -> dict:
     return body
 
 
-def activation_json(a: Activation) -> dict:
-    return {
+def activation_json(a: Activation, problem: activation.Problem | None = None, product_id: str | None = None) -> dict:
+    """With ``product_id``: also the last problem kept and the way out of where the server stands."""
+    out = {
         "status": a.status.value,
         "license_server_id": a.license_server_id,
         "method": None if a.method is None else a.method.value,
         "activated_at": iso(a.activated_at),
     }
+    if product_id is not None:
+        out["problem"] = None if problem is None else {"code": problem.code, "message": problem.message,
+                                                       "at": iso(problem.at)}
+        out["way_out"] = list(activation.way_out(a, problem, product_id))
+    return out
 
 
 def _answered(answer: object, name: str, kind: type = str):

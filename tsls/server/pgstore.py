@@ -29,7 +29,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from tsls.core import events
-from tsls.core.activation import Activation, ActivationMethod, ActivationStatus
+from tsls.core.activation import Activation, ActivationMethod, ActivationStatus, Problem
 from tsls.core.licensing import Change, Decision, World, expire
 from tsls.core.model import CalType, KeyPack, License, LicenseKind, LicenseStatus, ProductVersion, PurchaseRef
 from tsls.core.perseat import LicensedBy, Product, ProductMode
@@ -490,6 +490,17 @@ class PgLicenseStore:
                  activation.certificate))
         self._cache["activation"] = activation
         self._changed_settings()
+
+    def activation_problem(self) -> Problem | None:
+        """The last activation problem kept for ``status`` (docs/activation.md), or None."""
+        value = self._get("activation_problem")
+        if value is None:
+            return None
+        code, at, message = value.split("|", 2)
+        return Problem(code, message, int(at))
+
+    def set_activation_problem(self, problem: Problem | None) -> None:
+        self._set("activation_problem", None if problem is None else f"{problem.code}|{problem.at}|{problem.message}")
 
     def security_group_policy(self) -> bool:
         return self._get("policy:security_group") == "on"

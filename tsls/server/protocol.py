@@ -522,7 +522,8 @@ class LicenseProtocol(Protocol, TimeoutMixin):
         return self.server.reactivate(_field(request, "reason"), _field(request, "contact", dict, required=False))
 
     def op_deactivate(self, request):
-        return self.server.deactivate()
+        return self.server.deactivate(_field(request, "local", bool, required=False) or False,
+                                      _field(request, "confirm", bool, required=False) or False)
 
     def op_install_key_pack(self, request):
         return self.server.install_key_pack(_field(request, "purchase", dict))

@@ -41,7 +41,8 @@ class Records:
                 "product_id": self.identity.product_id,
                 "server_version": self.identity.version.value,
                 "now": iso(now),
-                "activation": activation_json(store.activation()),
+                "activation": activation_json(store.activation(), store.activation_problem(),
+                                              self.identity.product_id),
                 "key_packs": [key_pack_json(p) for p in store.key_packs()],
                 "licenses": store.license_counts(),
             }

@@ -15,7 +15,7 @@ import sqlite3
 import attrs
 
 from tsls.core import events
-from tsls.core.activation import Activation, ActivationMethod, ActivationStatus
+from tsls.core.activation import Activation, ActivationMethod, ActivationStatus, Problem
 from tsls.core.licensing import Change, Decision, World, expire
 from tsls.core.model import CalType, KeyPack, License, LicenseKind, LicenseStatus, ProductVersion, PurchaseRef
 from tsls.core.perseat import LicensedBy, Product, ProductMode
@@ -306,6 +306,17 @@ class LicenseStore:
             (activation.status.value, activation.license_server_id,
              None if activation.method is None else activation.method.value, activation.activated_at,
              activation.certificate))
+
+    def activation_problem(self) -> Problem | None:
+        """The last activation problem kept for ``status`` (docs/activation.md), or None."""
+        value = self._get("activation_problem")
+        if value is None:
+            return None
+        code, at, message = value.split("|", 2)
+        return Problem(code, message, int(at))
+
+    def set_activation_problem(self, problem: Problem | None) -> None:
+        self._set("activation_problem", None if problem is None else f"{problem.code}|{problem.at}|{problem.message}")
 
     def security_group_policy(self) -> bool:
         return self._get("policy:security_group") == "on"
