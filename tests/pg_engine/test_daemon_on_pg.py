@@ -17,7 +17,7 @@ from tests.server.test_daemon import (  # noqa: F401
     test_five_cals_serve_five_devices_and_the_sixth_keeps_a_temporary_license,
     test_install_without_activation_is_refused_and_nothing_is_asked_of_the_clearinghouse,
     test_per_user_logons_are_logged_and_never_counted, test_pipelined_duplicate_logons_decrement_once,
-    test_telephone_activation_takes_the_typed_license_server_id,
+    test_telephone_activation_takes_the_typed_codes_checked_against_the_product_id,
     test_two_terminal_servers_logging_one_device_on_at_once_decrement_once,
     test_unactivated_server_answers_with_temporary_licenses_and_says_why,
     test_unreachable_clearinghouse_is_a_clear_error_and_licensing_goes_on)

@@ -105,7 +105,9 @@ async def test_reactivation_takes_the_new_id_and_certificate_the_clearinghouse_g
 async def test_deactivation_forgets_the_id_and_refuses_to_run_twice(server):
     first = await server.activate("automatic", CONTACT, None, None)
     gone = await server.deactivate()
-    assert gone == {"status": "deactivated", "license_server_id": None, "method": None, "activated_at": None}
+    assert gone == {**gone, "status": "deactivated", "license_server_id": None, "method": None, "activated_at": None,
+                    "problem": None}
+    assert gone["way_out"][0].startswith("tsls-admin activate")
     assert ("deactivate", first["license_server_id"]) in server.activation.clearinghouse.calls
     assert (await refused(server.deactivate())).code is Code.NOT_ACTIVATED
     assert (await refused(server.reactivate("redeployed", CONTACT))).code is Code.NOT_ACTIVATED
