@@ -14,6 +14,7 @@ import string
 
 import attrs
 from twisted.logger import Logger
+from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
 
 from tsls.core import clearinghouse as rules
@@ -376,6 +377,66 @@ class ApiResource(Resource):
             body = json.loads(raw)
         except (ValueError, UnicodeDecodeError) as e:
             raise TslsError(Code.BAD_JSON, f"the body is not JSON: {e}") from None
+        except RecursionError:
+            raise TslsError(Code.BAD_JSON, "the body is nested too deeply") from None
         if not isinstance(body, dict):
             raise TslsError(Code.BAD_REQUEST, "the body must be a JSON object")
+        try:
+            json.dumps(body, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise TslsError(Code.BAD_REQUEST, "the body holds a lone surrogate (\\ud800-\\udfff): not text") from None
+        except RecursionError:
+            raise TslsError(Code.BAD_JSON, "the body is nested too deeply") from None
         return body
+
+
+class ApiChannel(HTTPChannel):
+    """HTTP for the API, with an answer for requests too large to read: a request line over 16 KiB
+    (a 70 KB path) gets 414, headers over 16 KiB get 431, each with a JSON error, where Twisted would
+    close the connection with no status. The rest of such a request is read and dropped (for at
+    most DISCARD_FOR seconds) so that closing does not reset the connection before the client has
+    read the answer."""
+
+    DISCARD_FOR = 10
+    _refused = False
+
+    def lineLengthExceeded(self, line):
+        if getattr(self, "_HTTPChannel__first_line", 0):
+            self._refuse(414, b"URI Too Long", "the request line (method and path) is over 16 KiB")
+        else:
+            self._refuse(431, b"Request Header Fields Too Large", "a request header is over 16 KiB")
+
+    def _respondToBadRequestAndDisconnect(self):
+        if getattr(self, "_receivedHeaderSize", 0) > self.totalHeadersSize or \
+                getattr(self, "_receivedHeaderCount", 0) > self.maxHeaders:
+            self._refuse(431, b"Request Header Fields Too Large",
+                         f"the headers are over {self.totalHeadersSize} bytes or {self.maxHeaders} lines")
+        else:
+            self._refuse(400, b"Bad Request", "the request is not valid HTTP")
+
+    def _refuse(self, status: int, reason: bytes, message: str) -> None:
+        if self._refused:
+            return
+        self._refused = True
+        self.paused = True          # LineReceiver: no further line of this data is parsed
+        self._buffer = b""
+        body = json.dumps({"error": TslsError(Code.TOO_LARGE if status != 400 else Code.BAD_REQUEST,
+                                              message).to_json()}).encode()
+        self.transport.write(b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
+                             b"Connection: close\r\n\r\n%s" % (status, reason, len(body), body))
+        self.setTimeout(None)
+        loser = getattr(self.transport, "loseWriteConnection", None)
+        if loser is not None:
+            loser()
+        self._discard_deadline = self.callLater(self.DISCARD_FOR, self.transport.abortConnection)
+
+    def dataReceived(self, data):
+        if self._refused:
+            return
+        super().dataReceived(data)
+
+    def connectionLost(self, reason):
+        deadline = getattr(self, "_discard_deadline", None)
+        if deadline is not None and deadline.active():
+            deadline.cancel()
+        super().connectionLost(reason)

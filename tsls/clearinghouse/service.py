@@ -7,7 +7,7 @@ from twisted.application.service import MultiService, Service
 from twisted.internet.endpoints import serverFromString
 from twisted.web.server import Site
 
-from tsls.clearinghouse.http import ApiResource, Clearinghouse
+from tsls.clearinghouse.http import ApiChannel, ApiResource, Clearinghouse
 from tsls.clearinghouse.store import ClearinghouseStore
 from tsls.listener import Listener
 from tsls.public import write_secret
@@ -51,5 +51,6 @@ def make_service(reactor, endpoint: str, db_path: str, clock=None, credential_pa
     _Store(store).setServiceParent(top)
     site = Site(ApiResource(Clearinghouse(store, clock or reactor, secret)))
     site.noisy = False
+    site.protocol = ApiChannel
     Listener("clearinghouse", serverFromString(reactor, endpoint), site).setServiceParent(top)
     return top

@@ -15,7 +15,7 @@ from tsls.core.activation import ActivationMethod
 from tsls.core.model import CalType, Program, ProductVersion, Purchase, PurchaseRef, check_server_hosts, parse_quantity
 from tsls.errors import Code, TslsError
 
-PRODUCT_ID = re.compile(r"\d{5}-\d{3}-\d{7}-\d{5}")
+PRODUCT_ID = re.compile(r"[0-9]{5}-[0-9]{3}-[0-9]{7}-[0-9]{5}")      # ASCII digits only (\d takes '²')
 REQUIRED_CONTACT = ("first_name", "last_name", "company", "country_region")     # ActivateServerAutomatic [§4]
 OPTIONAL_CONTACT = ("email", "org_unit", "address", "city", "state", "postal_code")
 
