@@ -378,3 +378,84 @@ async def test_a_rebuilt_license_server_recovers_its_purchase(tmp_path):
         records = [json.loads(line) for line in f]
     assert [r["outcome"] for r in records if r.get("do") in ("rebuild", "recover")] == [
         "rebuilt with an empty database", "recovered"]
+
+
+SECURITY_GROUP = """\
+[lab]
+name = "the Terminal Server Computers group"
+start = "2025-01-06"
+
+[[license_server]]
+name = "LS1"
+security_group = true
+
+[[session_host]]
+name = "TS-MEMBER"
+license_servers = ["LS1"]
+group = true
+
+[[session_host]]
+name = "TS-ROGUE"
+license_servers = ["LS1"]
+
+[[fleet]]
+name = "desks"
+devices = 4
+
+[[purchase]]
+name = "cals"
+license_server = "LS1"
+quantity = 4
+
+[[step]]
+at = "0d"
+do = "install"
+purchase = "cals"
+
+[[step]]
+at = "+1h"
+do = "wave"
+fleet = "desks"
+through = ["TS-MEMBER", "TS-ROGUE"]
+times = 2
+expect = { permanent = 2, refused = 2, refused_by = { NOT_IN_GROUP = 2 } }
+
+[[step]]
+at = "+1h"
+do = "expect"
+license_server = "LS1"
+present = ["NOT_IN_GROUP"]
+
+[[step]]
+at = "+1d"
+note = "a new database: the registration, the group and the policy are set again"
+do = "rebuild"
+license_server = "LS1"
+
+[[step]]
+at = "+1h"
+do = "recover"
+purchase = "cals"
+
+[[step]]
+at = "+100d"
+do = "wave"
+fleet = "desks"
+through = ["TS-MEMBER", "TS-ROGUE"]
+times = 2
+expect = { refused_by = { NOT_IN_GROUP = 2 } }
+"""
+
+
+@pytest_twisted.ensureDeferred
+async def test_only_session_hosts_in_the_group_get_licenses(tmp_path):
+    lab = tmp_path / "group.toml"
+    lab.write_text(SECURITY_GROUP)
+    (tmp_path / "run").mkdir()
+    run, results, journal = await play(str(lab), tmp_path / "run")
+    assert [r.why for r in results if not r.ok] == []
+    with open(journal) as f:
+        text = f.read()
+    secret = next(iter(run.hosts["TS-MEMBER"].secrets.values()))
+    assert secret not in text
+    assert text.count('"do":"register"') == 2       # at the start, and again after the rebuild

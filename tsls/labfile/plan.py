@@ -46,6 +46,11 @@ def plan(lab: Lab, source: str = "<lab>") -> list[Planned]:
         if ls.security_group:
             add(SETUP, Planned(0, "policy", {"license_server": ls.name, "security_group": True},
                                why=f"license_server {ls.name}: security_group"))
+    for host in lab.session_hosts:
+        if host.group:
+            for name in host.license_servers:
+                add(SETUP, Planned(0, "register", {"session_host": host.name, "license_server": name},
+                                   why=f"session_host {host.name}: group"))
     for product in lab.products:
         add(SETUP, Planned(0, "add_product", {"product": product.name}, why=f"product {product.name!r}"))
     for step in lab.steps:

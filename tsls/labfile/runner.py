@@ -86,10 +86,12 @@ class SessionHost(TerminalServer):
                          devices, state, connect_timeout=LOGON_TIMEOUT, answer_timeout=LOGON_TIMEOUT)
         self.names = {link.endpoint: link.license_server for link in links}
         self.unreachable: set[str] = set()
+        self.secrets: dict[str, str] = {}        # license server -> the secret its registration gave
 
     async def _connection(self, server):
         if server in self.unreachable:
             raise TslsError(Code.SERVER_UNREACHABLE, "it did not answer earlier in this wave")
+        self.secret = self.secrets.get(self.names[server])     # each license server registered it on its own
         try:
             return await super()._connection(server)
         except TslsError as e:
@@ -411,6 +413,17 @@ class LabRun:
         self.note("step", step=step.step, do="revoke", license_server=name, device=machine,
                   license_id=held[0]["license_id"], outcome="revoked")
 
+    async def do_register(self, step: Planned) -> None:
+        """Register a session host on a license server (it will prove its name with the secret) and put
+        it in that server's Terminal Server Computers group."""
+        host, name = step.args["session_host"], step.args["license_server"]
+        registered = await self.admin(name, "register_terminal_server", name=host)
+        self.hosts[host].secrets[name] = registered["secret"]
+        for conn in self.hosts[host].connections.values():
+            conn.transport.abortConnection()         # the next hello proves the name
+        await self.admin(name, "group_add", name=host)
+        self.note("step", step=None, do="register", session_host=host, license_server=name, outcome="in group")
+
     async def do_add_product(self, step: Planned) -> None:
         product = self.lab.product(step.args["product"])
         await self.admin(product.license_server, "add_product", name=product.name, server=product.on,
@@ -541,8 +554,14 @@ class LabRun:
         shutil.rmtree(os.path.join(self.workdir, name))
         await self._start_license_server(name, port)
         self._fault(step, license_server=name, outcome="rebuilt with an empty database")
-        if self.lab.license_server(name).activated:
+        spec = self.lab.license_server(name)
+        if spec.activated:       # what the file says of the server is set up again; purchases wait for recover
             await self.admin(name, "activate", method="automatic", contact=CONTACT)
+        if spec.security_group:
+            await self.admin(name, "set_policy", security_group=True)
+        for host in self.lab.session_hosts:
+            if host.group and name in host.license_servers:
+                await self.do_register(Planned(step.at, "register", {"session_host": host.name, "license_server": name}))
 
     async def do_clearinghouse_down(self, step: Planned) -> None:
         await self.daemons["clearinghouse"].kill()

@@ -58,6 +58,7 @@ class SessionHostSpec:
     version: ProductVersion
     mode: CalType
     license_servers: tuple[str, ...]
+    group: bool = False          # registered on its license servers, in their Terminal Server Computers group
 
 
 @attrs.frozen
@@ -339,7 +340,7 @@ def _parse(doc: dict, check: _Check) -> Lab | None:
             r.problem("license_servers", "a license server is listed twice")
         hosts.append((table, SessionHostSpec(r.name(), r.enum("version", ProductVersion.parse, default=ProductVersion.W2019),
                                              r.enum("mode", CalType.parse, default=CalType.PER_DEVICE),
-                                             tuple(str(i) for i in listed))))
+                                             tuple(str(i) for i in listed), r.get("group", bool, default=False))))
         r.finish()
     host_names = _unique(check, hosts, "session host")
 
