@@ -17,7 +17,7 @@ from clients.output import emit, rows_out, table
 from tsls.core.clearinghouse import Reason
 from tsls.core.model import CalType, LicenseKind, LicenseStatus, ProductVersion
 from tsls.errors import Code, TslsError
-from tsls.files import write_private
+from tsls.files import default_data_dir, write_private
 from tsls.public import read_secret, write_secret
 
 DEFAULT_CLEARINGHOUSE = "http://127.0.0.1:4880"
@@ -91,10 +91,11 @@ def parser() -> argparse.ArgumentParser:
     add_timeout_options(parser)
     parser.add_argument("--clearinghouse", default=DEFAULT_CLEARINGHOUSE,
                         help="the mock Clearinghouse's URL, for the clearinghouse commands (default: %(default)s)")
-    parser.add_argument("--credential", default=os.path.join("tsls-data", "admin.secret"),
+    data = default_data_dir()
+    parser.add_argument("--credential", default=os.path.join(data, "admin.secret"),
                         help="the administrator's credential file, made by the license server at first start "
                              "(default: %(default)s)")
-    parser.add_argument("--operator-credential", default=os.path.join("tsls-data", "operator.secret"),
+    parser.add_argument("--operator-credential", default=os.path.join(data, "operator.secret"),
                         help="the lab operator's credential for the Clearinghouse (clearinghouse sell, purchases), "
                              "made by the Clearinghouse at first start (default: %(default)s)")
     parser.add_argument("--json", action="store_true", help="print JSON for scripts")

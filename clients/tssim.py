@@ -24,7 +24,7 @@ from tsls.core.labtime import parse_date
 from tsls.core.model import CalType, ProductVersion
 from tsls.core.terminal import Grace, without_license_server
 from tsls.errors import Code, TslsError
-from tsls.files import write_private
+from tsls.files import default_data_dir, write_private
 from tsls.public import hardware_id, read_secret
 
 REFUSED = 3            # exit status when a logon was refused (the rows are printed all the same)
@@ -203,7 +203,7 @@ def parser() -> argparse.ArgumentParser:
                         help="Windows Server version it emulates (default: %(default)s)")
     parser.add_argument("--mode", default="per_device", **enum_option(CalType),
                         help="its licensing mode: the CAL type it asks for (default: %(default)s)")
-    parser.add_argument("--state-dir", default="tsls-data",
+    parser.add_argument("--state-dir", default=default_data_dir(),
                         help="where devices keep their licenses and terminal servers their state (default: %(default)s)")
     parser.add_argument("--json", action="store_true", help="print JSON for scripts")
     sub = parser.add_subparsers(dest="command", required=True)

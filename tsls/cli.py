@@ -25,11 +25,14 @@ log = Logger()
 
 
 def _parser() -> argparse.ArgumentParser:
+    from tsls.files import default_data_dir
+
+    DEFAULT_DATA = default_data_dir()           # noqa: N806 ($TSLS_DATA, else tsls-data)
     parser = argparse.ArgumentParser(prog="tsls", description="Terminal Server license server simulator daemons.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def common(p):
-        p.add_argument("--data-dir", default=DEFAULT_DATA, help="where the SQLite databases live (default: %(default)s)")
+        p.add_argument("--data-dir", default=DEFAULT_DATA, help="where the SQLite databases live (default: $TSLS_DATA, else tsls-data; now %(default)s)")
         p.add_argument("--log-json", action="store_true", help="log JSON events, one per line, instead of text")
         p.add_argument("--initialise", action="store_true",
                        help="make a new database in an existing empty (zero-length) file instead of refusing it")

@@ -13,6 +13,13 @@ import stat
 from tsls.errors import Code
 
 PRIVATE_UMASK = 0o077
+DATA_ENV = "TSLS_DATA"
+
+
+def default_data_dir() -> str:
+    """The data directory every command defaults to: $TSLS_DATA, else ./tsls-data. The daemons keep their
+    databases and credentials there, tsls-admin reads the credentials, tsls-ts keeps its devices' licenses."""
+    return os.environ.get(DATA_ENV) or "tsls-data"
 
 
 class ExposedError(Exception):
