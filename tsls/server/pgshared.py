@@ -20,7 +20,8 @@ from twisted.internet import threads
 from twisted.logger import Logger
 
 from tsls.core.events import EventId
-from tsls.server.pgstore import EVENTS_CHANNEL, JOBS, LOCK_CLASS, Connector, _event
+from tsls.server.ledgerbase import event_row
+from tsls.server.pgstore import EVENTS_CHANNEL, JOBS, LOCK_CLASS, Connector
 
 POLL = 0.25
 
@@ -109,7 +110,7 @@ class SharedDatabase(Service):
         rows = conn.execute('SELECT id, at, event_id, message, terminal_server, hwid, "user", license_id FROM events '
                             "WHERE id = ANY(%s) ORDER BY id",
                             ([i for first, last in ranges for i in range(first, last + 1)],)).fetchall()
-        pairs = [(r[0], _event(r)) for r in rows]
+        pairs = [(r[0], event_row(r)) for r in rows]
         if not pairs:
             return
         if self._on_clock is not None and any(e.event_id is EventId.CLOCK_CHANGED for _, e in pairs):

@@ -28,14 +28,14 @@ import attrs
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from tsls.core import events
-from tsls.core.activation import Activation, ActivationMethod, ActivationStatus, Problem
-from tsls.core.licensing import Change, Decision, World, expire
-from tsls.core.model import CalType, KeyPack, License, LicenseKind, LicenseStatus, ProductVersion, PurchaseRef
-from tsls.core.perseat import LicensedBy, Product, ProductMode
+from tsls.core.activation import Activation, ActivationMethod, ActivationStatus
+from tsls.core.licensing import Change
+from tsls.core.model import CalType, KeyPack, License, ProductVersion, PurchaseRef
+from tsls.core.perseat import LicensedBy, Product
 from tsls.errors import Code, TslsError
-from tsls.server.storage import (ClearinghouseCall, EventFilter, Identity, LicenseFilter, Registration,
-                                 SeatAssignment)
+from tsls.server.ledgerbase import (EngineCommon, call_row, event_conditions, event_row, license_conditions,
+                                    license_row, product_row)
+from tsls.server.storage import ClearinghouseCall, EventFilter, LicenseFilter, Registration, SeatAssignment
 from tsls.sqlite import StoreError
 
 CONNECT_TIMEOUT = 5         # seconds: a request waits at most this long for PostgreSQL to answer a connect
@@ -287,7 +287,7 @@ def migrate(conn: psycopg.Connection, where: str, migrations: dict[int, str] = M
             conn.execute("UPDATE tsls_schema SET version = %s", (target,))
 
 
-class PgLicenseStore:
+class PgLicenseStore(EngineCommon):
     """The PostgreSQL engine of ``tsls.server.storage.LedgerStore``. ``jobs_in_thread``: the writer
     runs a batch's jobs in its own thread too (each statement is a round trip; the reactor must not
     wait on them)."""
@@ -455,21 +455,6 @@ class PgLicenseStore:
         self._keyed("meta")[key] = value
         self._changed_settings()
 
-    def identity(self) -> Identity | None:
-        product_id, seed, secret = self._get("product_id"), self._get("seed"), self._get("token_secret")
-        if product_id is None or secret is None:
-            return None
-        version = self._get("server_version")
-        return Identity(product_id, seed or "", bytes.fromhex(secret), self._get("admin_secret") or "",
-                        ProductVersion.newest() if version is None else ProductVersion(version))
-
-    def save_identity(self, identity: Identity) -> None:
-        self._set("product_id", identity.product_id)
-        self._set("token_secret", identity.secret.hex())
-        self._set("seed", identity.seed)
-        self._set("admin_secret", identity.admin_secret or None)
-        self._set("server_version", identity.version.value)
-
     def activation(self) -> Activation:
         value = self._cache.get("activation")
         if value is None:
@@ -490,29 +475,6 @@ class PgLicenseStore:
                  activation.certificate))
         self._cache["activation"] = activation
         self._changed_settings()
-
-    def activation_problem(self) -> Problem | None:
-        """The last activation problem kept for ``status`` (docs/activation.md), or None."""
-        value = self._get("activation_problem")
-        if value is None:
-            return None
-        code, at, message = value.split("|", 2)
-        return Problem(code, message, int(at))
-
-    def set_activation_problem(self, problem: Problem | None) -> None:
-        self._set("activation_problem", None if problem is None else f"{problem.code}|{problem.at}|{problem.message}")
-
-    def security_group_policy(self) -> bool:
-        return self._get("policy:security_group") == "on"
-
-    def set_security_group_policy(self, enabled: bool) -> None:
-        self._set("policy:security_group", "on" if enabled else "off")
-
-    def lab_clock_offset(self) -> float:
-        return float(self._get("lab_clock_offset") or 0.0)
-
-    def set_lab_clock_offset(self, offset: float) -> None:
-        self._set("lab_clock_offset", repr(offset))
 
     # --- terminal servers -------------------------------------------------------------------------
 
@@ -552,45 +514,25 @@ class PgLicenseStore:
         return ref
 
     def licenses_of(self, hwid: str) -> tuple[License, ...]:
-        return tuple(_license(r) for r in self._x(f"SELECT {_COLUMNS} FROM licenses WHERE hwid = %s", (hwid,)))
+        return tuple(license_row(r) for r in self._x(f"SELECT {_COLUMNS} FROM licenses WHERE hwid = %s", (hwid,)))
 
     def license(self, license_id: int) -> License | None:
         if not -2**63 <= license_id < 2**63:
             return None
         row = self._x(f"SELECT {_COLUMNS} FROM licenses WHERE id = %s", (license_id,)).fetchone()
-        return None if row is None else _license(row)
+        return None if row is None else license_row(row)
 
     def licenses(self, which: LicenseFilter = LicenseFilter(), limit: int = 1000) -> list[License]:
-        where, params = ["true"], []
-        for column in ("hwid", "machine", "user", "terminal_server", "kind", "status", "product_version", "key_pack"):
-            value = getattr(which, column)
-            if value is not None:
-                where.append(f'"{column}" = %s')
-                params.append(value if isinstance(value, (str, int)) else value.value)
-        if which.expires_after is not None:
-            where.append("expires_at > %s")
-            params.append(which.expires_after)
-        rows = self._x(f"SELECT {_COLUMNS} FROM licenses WHERE {' AND '.join(where)} ORDER BY id LIMIT %s",
-                       (*params, limit))
-        return [_license(r) for r in rows]
+        where, params = license_conditions(which, "%s", quote=lambda column: f'"{column}"')
+        rows = self._x(f"SELECT {_COLUMNS} FROM licenses WHERE {' AND '.join(['true', *where])} ORDER BY id "
+                       "LIMIT %s", (*params, limit))
+        return [license_row(r) for r in rows]
 
     def license_counts(self) -> dict[str, int]:
         """How many licenses of each kind and status, keyed "kind:status"."""
         return dict(self._x("SELECT kind || ':' || status, count(*) FROM licenses GROUP BY kind, status").fetchall())
 
-    def world(self, hwid: str, activated: bool, seed: str) -> World:
-        return World(activated, self.key_packs(), self.licenses_of(hwid), seed)
-
     # --- writing decisions ----------------------------------------------------------------------
-
-    def apply(self, decision: Decision) -> Decision:
-        """Write the decision's changes; return it with the inserted license's id filled in."""
-        result = decision.license
-        for change in decision.changes:
-            written = self._write(change)
-            if change.license is decision.license:
-                result = written
-        return decision if result is decision.license else attrs.evolve(decision, license=result)
 
     def _write(self, change: Change) -> License:
         lic = change.license
@@ -609,14 +551,8 @@ class PgLicenseStore:
                                 for p in self._packs)
         return lic
 
-    def sweep(self, now: int) -> list[Decision]:
-        """Expire every license whose time is up, so what any request reads is current."""
-        due = self._x(f"SELECT {_COLUMNS} FROM licenses WHERE status = 'active' AND expires_at <= %s", (now,)).fetchall()
-        decisions = [expire(_license(r), now) for r in due]
-        applied = [self.apply(d) for d in decisions if d is not None]
-        for d in applied:
-            self.add_events(events.for_decision(d, now))
-        return applied
+    def _due(self, now: int):
+        return self._x(f"SELECT {_COLUMNS} FROM licenses WHERE status = 'active' AND expires_at <= %s", (now,)).fetchall()
 
     def record_per_user(self, now: int, user: str, hwid: str, machine: str, terminal_server: str) -> None:
         self._x('INSERT INTO per_user_logons (at, "user", hwid, machine, terminal_server) VALUES (%s,%s,%s,%s,%s)',
@@ -634,11 +570,11 @@ class PgLicenseStore:
 
     def clearinghouse_call(self, key: str) -> ClearinghouseCall | None:
         row = self._x(f"SELECT {_CALL_COLUMNS} FROM clearinghouse_calls WHERE idempotency_key = %s", (key,)).fetchone()
-        return None if row is None else _call(row)
+        return None if row is None else call_row(row)
 
     def pending_clearinghouse_calls(self) -> tuple[ClearinghouseCall, ...]:
         rows = self._x(f"SELECT {_CALL_COLUMNS} FROM clearinghouse_calls WHERE state = 'pending' ORDER BY id").fetchall()
-        return tuple(_call(r) for r in rows)
+        return tuple(call_row(r) for r in rows)
 
     def finish_clearinghouse_call(self, key: str, state: str, result: dict, now: int) -> None:
         self._x("UPDATE clearinghouse_calls SET state = %s, result = %s, finished_at = %s WHERE idempotency_key = %s",
@@ -690,35 +626,27 @@ class PgLicenseStore:
     def events(self, which: EventFilter = EventFilter(), limit: int = 1000) -> list[tuple]:
         """(row id, Event) pairs, the newest ``limit`` that match, oldest first."""
         self._flush_events()
-        where, params = ["true"], []
+        where, params = event_conditions(which, "%s", quote=lambda column: f'"{column}"')
         if which.event_ids is not None:
             where.append("event_id = ANY(%s)")
             params.append(list(which.event_ids))
-        for column in ("terminal_server", "hwid", "user", "license_id"):
-            value = getattr(which, column)
-            if value is not None:
-                where.append(f'"{column}" = %s')
-                params.append(value)
-        if which.since is not None:
-            where.append("at >= %s")
-            params.append(which.since)
         rows = self._x(
             'SELECT id, at, event_id, message, terminal_server, hwid, "user", license_id FROM '
-            f"(SELECT * FROM events WHERE {' AND '.join(where)} ORDER BY id DESC LIMIT %s) AS e ORDER BY id",
+            f"(SELECT * FROM events WHERE {' AND '.join(['true', *where])} ORDER BY id DESC LIMIT %s) AS e ORDER BY id",
             (*params, limit))
-        return [(r[0], _event(r)) for r in rows]
+        return [(r[0], event_row(r)) for r in rows]
 
     # --- Per Server / Per Seat products and Small Business Server (docs/legacy.md) -----------------
 
     def product(self, name: str) -> Product | None:
         row = self._x("SELECT name, server, mode, per_server_licenses, seat_licenses, switched_at "
                       "FROM products WHERE name = %s", (name,)).fetchone()
-        return None if row is None else _product(row)
+        return None if row is None else product_row(row)
 
     def products(self) -> tuple[Product, ...]:
         rows = self._x("SELECT name, server, mode, per_server_licenses, seat_licenses, switched_at "
                        "FROM products ORDER BY name")
-        return tuple(_product(r) for r in rows)
+        return tuple(product_row(r) for r in rows)
 
     def save_product(self, p: Product) -> None:
         self._x("INSERT INTO products VALUES (%s,%s,%s,%s,%s,%s) ON CONFLICT (name) DO UPDATE SET mode = excluded.mode, "
@@ -760,42 +688,10 @@ class PgLicenseStore:
     def open_connections(self, product: str) -> int:
         return self._x("SELECT count(*) FROM product_connections WHERE product = %s", (product,)).fetchone()[0]
 
-    def suite_licenses(self) -> int:
-        return int(self._get("suite_licenses") or 0)
-
-    def set_suite_licenses(self, total: int) -> None:
-        self._set("suite_licenses", str(total))
-
-    def sbs_licenses(self) -> int | None:
-        value = self._get("sbs_licenses")
-        return None if value is None else int(value)
-
-    def set_sbs_licenses(self, total: int) -> None:
-        self._set("sbs_licenses", str(total))
-
-
 _COLUMNS_NO_ID = ('kind, status, hwid, machine, "user", terminal_server, product_version, key_pack, validated, '
                   "issued_at, expires_at, renewals")
 _COLUMNS = "id, " + _COLUMNS_NO_ID
 _PLACES = ",".join(["%s"] * 12)
-
-_KINDS = {k.value: k for k in LicenseKind}
-_STATUSES = {s.value: s for s in LicenseStatus}
-_VERSIONS = {v.value: v for v in ProductVersion}
-
-
-def _license(r) -> License:
-    return License(r[0], _KINDS[r[1]], _STATUSES[r[2]], r[3], r[4], r[5], r[6], _VERSIONS[r[7]], r[8], r[9],
-                   r[10], r[11], r[12])
-
-
-def _event(r) -> events.Event:
-    return events.Event(r[1], events.EventId(r[2]), r[3], r[4], r[5], r[6], r[7])
-
-
-def _product(r) -> Product:
-    return Product(r[0], r[1], ProductMode(r[2]), r[3], r[4], r[5])
-
 
 def _first_line(e: BaseException) -> str:
     return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -870,6 +766,3 @@ def check_ledger_pg(dsn: str, password: str | None = None) -> list[str]:
 _CALL_COLUMNS = "id, idempotency_key, operation, request, state, created_at, finished_at, result"
 
 
-def _call(r) -> ClearinghouseCall:
-    return ClearinghouseCall(r[0], r[1], r[2], json.loads(r[3]), r[4], r[5], r[6],
-                             None if r[7] is None else json.loads(r[7]))

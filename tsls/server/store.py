@@ -12,15 +12,13 @@ import contextlib
 import json
 import sqlite3
 
-import attrs
-
-from tsls.core import events
-from tsls.core.activation import Activation, ActivationMethod, ActivationStatus, Problem
-from tsls.core.licensing import Change, Decision, World, expire
-from tsls.core.model import CalType, KeyPack, License, LicenseKind, LicenseStatus, ProductVersion, PurchaseRef
-from tsls.core.perseat import LicensedBy, Product, ProductMode
-from tsls.server.storage import (ClearinghouseCall, EventFilter, Identity, LicenseFilter, Registration,
-                                 SeatAssignment)
+from tsls.core.activation import Activation, ActivationMethod, ActivationStatus
+from tsls.core.licensing import Change
+from tsls.core.model import CalType, KeyPack, License, ProductVersion, PurchaseRef
+from tsls.core.perseat import LicensedBy, Product
+from tsls.server.ledgerbase import (EngineCommon, call_row, event_conditions, event_row, license_conditions,
+                                    license_row, product_row)
+from tsls.server.storage import ClearinghouseCall, EventFilter, LicenseFilter, Registration, SeatAssignment
 from tsls.sqlite import open_database
 
 # Migration N brings a database from version N-1 to N. Never edit one that has shipped: add one.
@@ -163,7 +161,7 @@ CACHE_KIB = 128 * 1024
 CHECKPOINT_PAGES = 10_000
 
 
-class LicenseStore:
+class LicenseStore(EngineCommon):
     """The SQLite engine of ``tsls.server.storage.LedgerStore``."""
 
     def __init__(self, connection: sqlite3.Connection) -> None:
@@ -269,23 +267,6 @@ class LicenseStore:
             self.db.execute("INSERT INTO meta (key, value) VALUES (?, ?) "
                             "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (key, value))
 
-    def identity(self) -> Identity | None:
-        """None before the first start. A database from before the administrator's credential
-        existed gives an empty ``admin_secret``."""
-        product_id, seed, secret = self._get("product_id"), self._get("seed"), self._get("token_secret")
-        if product_id is None or secret is None:
-            return None
-        version = self._get("server_version")
-        return Identity(product_id, seed or "", bytes.fromhex(secret), self._get("admin_secret") or "",
-                        ProductVersion.newest() if version is None else ProductVersion(version))
-
-    def save_identity(self, identity: Identity) -> None:
-        self._set("product_id", identity.product_id)
-        self._set("token_secret", identity.secret.hex())
-        self._set("seed", identity.seed)
-        self._set("admin_secret", identity.admin_secret or None)
-        self._set("server_version", identity.version.value)
-
     def activation(self) -> Activation:
         value = self._cache.get("activation")
         if value is None:
@@ -306,29 +287,6 @@ class LicenseStore:
             (activation.status.value, activation.license_server_id,
              None if activation.method is None else activation.method.value, activation.activated_at,
              activation.certificate))
-
-    def activation_problem(self) -> Problem | None:
-        """The last activation problem kept for ``status`` (docs/activation.md), or None."""
-        value = self._get("activation_problem")
-        if value is None:
-            return None
-        code, at, message = value.split("|", 2)
-        return Problem(code, message, int(at))
-
-    def set_activation_problem(self, problem: Problem | None) -> None:
-        self._set("activation_problem", None if problem is None else f"{problem.code}|{problem.at}|{problem.message}")
-
-    def security_group_policy(self) -> bool:
-        return self._get("policy:security_group") == "on"
-
-    def set_security_group_policy(self, enabled: bool) -> None:
-        self._set("policy:security_group", "on" if enabled else "off")
-
-    def lab_clock_offset(self) -> float:
-        return float(self._get("lab_clock_offset") or 0.0)
-
-    def set_lab_clock_offset(self, offset: float) -> None:
-        self._set("lab_clock_offset", repr(offset))
 
     # --- terminal servers -------------------------------------------------------------------------
 
@@ -373,43 +331,23 @@ class LicenseStore:
         return ref
 
     def licenses_of(self, hwid: str) -> tuple[License, ...]:
-        return tuple(_license(r) for r in self.db.execute(f"SELECT {_COLUMNS} FROM licenses WHERE hwid = ?", (hwid,)))
+        return tuple(license_row(r) for r in self.db.execute(f"SELECT {_COLUMNS} FROM licenses WHERE hwid = ?", (hwid,)))
 
     def license(self, license_id: int) -> License | None:
         row = self.db.execute(f"SELECT {_COLUMNS} FROM licenses WHERE id = ?", (license_id,)).fetchone()
-        return None if row is None else _license(row)
+        return None if row is None else license_row(row)
 
     def licenses(self, which: LicenseFilter = LicenseFilter(), limit: int = 1000) -> list[License]:
-        where, params = ["1"], []
-        for column in ("hwid", "machine", "user", "terminal_server", "kind", "status", "product_version", "key_pack"):
-            value = getattr(which, column)
-            if value is not None:
-                where.append(f"{column} = ?")
-                params.append(value if isinstance(value, (str, int)) else value.value)
-        if which.expires_after is not None:
-            where.append("expires_at > ?")
-            params.append(which.expires_after)
-        rows = self.db.execute(f"SELECT {_COLUMNS} FROM licenses WHERE {' AND '.join(where)} ORDER BY id LIMIT ?",
-                               (*params, limit))
-        return [_license(r) for r in rows]
+        where, params = license_conditions(which, "?")
+        rows = self.db.execute(f"SELECT {_COLUMNS} FROM licenses WHERE {' AND '.join(['1', *where])} ORDER BY id "
+                               "LIMIT ?", (*params, limit))
+        return [license_row(r) for r in rows]
 
     def license_counts(self) -> dict[str, int]:
         """How many licenses of each kind and status, keyed "kind:status"."""
         return dict(self.db.execute("SELECT kind || ':' || status, count(*) FROM licenses GROUP BY kind, status"))
 
-    def world(self, hwid: str, activated: bool, seed: str) -> World:
-        return World(activated, self.key_packs(), self.licenses_of(hwid), seed)
-
     # --- writing decisions ----------------------------------------------------------------------
-
-    def apply(self, decision: Decision) -> Decision:
-        """Write the decision's changes; return it with the inserted license's id filled in."""
-        result = decision.license
-        for change in decision.changes:
-            written = self._write(change)
-            if change.license is decision.license:
-                result = written
-        return decision if result is decision.license else attrs.evolve(decision, license=result)
 
     def _write(self, change: Change) -> License:
         lic = change.license
@@ -418,7 +356,7 @@ class LicenseStore:
                   lic.renewals)
         if lic.id == 0:
             cursor = self.db.execute(f"INSERT INTO licenses ({_COLUMNS_NO_ID}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", values)
-            lic = _license((cursor.lastrowid, *values))      # the license as written, with its id
+            lic = license_row((cursor.lastrowid, *values))      # the license as written, with its id
         else:
             self.db.execute(f"UPDATE licenses SET ({_COLUMNS_NO_ID}) = (?,?,?,?,?,?,?,?,?,?,?,?) WHERE id = ?",
                             (*values, lic.id))
@@ -426,14 +364,9 @@ class LicenseStore:
             self.db.execute("UPDATE key_packs SET issued = issued + ? WHERE id = ?", (change.pack_delta, lic.key_pack))
         return lic
 
-    def sweep(self, now: int) -> list[Decision]:
-        """Expire every license whose time is up, so what any request reads is current."""
-        due = self.db.execute(f"SELECT {_COLUMNS} FROM licenses WHERE status = 'active' AND expires_at <= ?", (now,))
-        decisions = [expire(_license(r), now) for r in due.fetchall()]
-        applied = [self.apply(d) for d in decisions if d is not None]
-        for d in applied:
-            self.add_events(events.for_decision(d, now))
-        return applied
+    def _due(self, now: int):
+        return self.db.execute(f"SELECT {_COLUMNS} FROM licenses WHERE status = 'active' AND expires_at <= ?",
+                               (now,)).fetchall()
 
     # --- the event log ----------------------------------------------------------------------------
 
@@ -447,22 +380,15 @@ class LicenseStore:
 
     def events(self, which: EventFilter = EventFilter(), limit: int = 1000) -> list[tuple]:
         """(row id, Event) pairs, the newest ``limit`` that match, oldest first."""
-        where, params = ["1"], []
+        where, params = event_conditions(which, "?")
         if which.event_ids is not None:
             where.append(f"event_id IN ({','.join('?' * len(which.event_ids))})")
             params.extend(which.event_ids)
-        for column in ("terminal_server", "hwid", "user", "license_id"):
-            value = getattr(which, column)
-            if value is not None:
-                where.append(f"{column} = ?")
-                params.append(value)
-        if which.since is not None:
-            where.append("at >= ?")
-            params.append(which.since)
         rows = self.db.execute(
             "SELECT id, at, event_id, message, terminal_server, hwid, user, license_id FROM "
-            f"(SELECT * FROM events WHERE {' AND '.join(where)} ORDER BY id DESC LIMIT ?) ORDER BY id", (*params, limit))
-        return [(r[0], events.Event(r[1], events.EventId(r[2]), r[3], r[4], r[5], r[6], r[7])) for r in rows]
+            f"(SELECT * FROM events WHERE {' AND '.join(['1', *where])} ORDER BY id DESC LIMIT ?) ORDER BY id",
+            (*params, limit))
+        return [(r[0], event_row(r)) for r in rows]
 
     def add_clearinghouse_call(self, key: str, operation: str, request: dict, now: int) -> ClearinghouseCall:
         cursor = self.db.execute("INSERT INTO clearinghouse_calls (idempotency_key, operation, request, state, "
@@ -472,11 +398,11 @@ class LicenseStore:
     def clearinghouse_call(self, key: str) -> ClearinghouseCall | None:
         row = self.db.execute(f"SELECT {_CALL_COLUMNS} FROM clearinghouse_calls WHERE idempotency_key = ?",
                               (key,)).fetchone()
-        return None if row is None else _call(row)
+        return None if row is None else call_row(row)
 
     def pending_clearinghouse_calls(self) -> tuple[ClearinghouseCall, ...]:
         rows = self.db.execute(f"SELECT {_CALL_COLUMNS} FROM clearinghouse_calls WHERE state = 'pending' ORDER BY id")
-        return tuple(_call(r) for r in rows)
+        return tuple(call_row(r) for r in rows)
 
     def finish_clearinghouse_call(self, key: str, state: str, result: dict, now: int) -> None:
         self.db.execute("UPDATE clearinghouse_calls SET state = ?, result = ?, finished_at = ? "
@@ -519,12 +445,12 @@ class LicenseStore:
     def product(self, name: str) -> Product | None:
         row = self.db.execute("SELECT name, server, mode, per_server_licenses, seat_licenses, switched_at "
                               "FROM products WHERE name = ?", (name,)).fetchone()
-        return None if row is None else _product(row)
+        return None if row is None else product_row(row)
 
     def products(self) -> tuple[Product, ...]:
         rows = self.db.execute("SELECT name, server, mode, per_server_licenses, seat_licenses, switched_at "
                                "FROM products ORDER BY name")
-        return tuple(_product(r) for r in rows)
+        return tuple(product_row(r) for r in rows)
 
     def save_product(self, p: Product) -> None:
         self.db.execute("INSERT INTO products VALUES (?,?,?,?,?,?) ON CONFLICT (name) DO UPDATE SET mode = excluded.mode, "
@@ -570,21 +496,6 @@ class LicenseStore:
         return self.db.execute("SELECT count(*) FROM temp.product_connections WHERE product = ?",
                                (product,)).fetchone()[0]
 
-    def suite_licenses(self) -> int:
-        return int(self._get("suite_licenses") or 0)
-
-    def set_suite_licenses(self, total: int) -> None:
-        self._set("suite_licenses", str(total))
-
-    def sbs_licenses(self) -> int | None:
-        """None: not the Small Business Server edition."""
-        value = self._get("sbs_licenses")
-        return None if value is None else int(value)
-
-    def set_sbs_licenses(self, total: int) -> None:
-        self._set("sbs_licenses", str(total))
-
-
 _COLUMNS_NO_ID = ("kind, status, hwid, machine, user, terminal_server, product_version, key_pack, validated, "
                   "issued_at, expires_at, renewals")
 _COLUMNS = "id, " + _COLUMNS_NO_ID
@@ -593,26 +504,7 @@ _COLUMNS = "id, " + _COLUMNS_NO_ID
 _CACHED_TABLES = ("key_packs", "meta", "activation", "terminal_servers")
 
 
-def _product(r) -> Product:
-    return Product(r[0], r[1], ProductMode(r[2]), r[3], r[4], r[5])
-
-
 _CALL_COLUMNS = "id, idempotency_key, operation, request, state, created_at, finished_at, result"
-
-
-def _call(r) -> ClearinghouseCall:
-    return ClearinghouseCall(r[0], r[1], r[2], json.loads(r[3]), r[4], r[5], r[6],
-                             None if r[7] is None else json.loads(r[7]))
-
-
-_KINDS = {k.value: k for k in LicenseKind}
-_STATUSES = {s.value: s for s in LicenseStatus}
-_VERSIONS = {v.value: v for v in ProductVersion}
-
-
-def _license(r) -> License:
-    return License(r[0], _KINDS[r[1]], _STATUSES[r[2]], r[3], r[4], r[5], r[6], _VERSIONS[r[7]], r[8], bool(r[9]),
-                   r[10], r[11], r[12])
 
 
 class _Savepoint:

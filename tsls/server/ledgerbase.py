@@ -1,0 +1,157 @@
+"""What the two engines of the storage seam (store.py on SQLite, pgstore.py on PostgreSQL) share:
+the settings kept as key/value pairs, writing a decision and sweeping expiries over each engine's
+own statements, the filters' conditions, and how a row becomes a value. Written once here.
+
+``EngineCommon`` is a mixin: an engine provides ``_get``/``_set`` (one setting), ``_due(now)`` (the
+rows of licenses due to expire), ``_write(change)``, ``key_packs``, ``licenses_of`` and
+``add_events``; the mixin provides the LedgerStore methods built on them.
+"""
+from __future__ import annotations
+
+import json
+
+import attrs
+
+from tsls.core import events
+from tsls.core.activation import Problem
+from tsls.core.licensing import Decision, World, expire
+from tsls.core.model import License, LicenseKind, LicenseStatus, ProductVersion
+from tsls.core.perseat import Product, ProductMode
+from tsls.server.storage import ClearinghouseCall, EventFilter, Identity, LicenseFilter
+
+
+class EngineCommon:
+    # --- settings ---------------------------------------------------------------------------------
+
+    def identity(self) -> Identity | None:
+        """None before the first start. A database from before the administrator's credential
+        existed gives an empty ``admin_secret``."""
+        product_id, seed, secret = self._get("product_id"), self._get("seed"), self._get("token_secret")
+        if product_id is None or secret is None:
+            return None
+        version = self._get("server_version")
+        return Identity(product_id, seed or "", bytes.fromhex(secret), self._get("admin_secret") or "",
+                        ProductVersion.newest() if version is None else ProductVersion(version))
+
+    def save_identity(self, identity: Identity) -> None:
+        self._set("product_id", identity.product_id)
+        self._set("token_secret", identity.secret.hex())
+        self._set("seed", identity.seed)
+        self._set("admin_secret", identity.admin_secret or None)
+        self._set("server_version", identity.version.value)
+
+    def activation_problem(self) -> Problem | None:
+        """The last activation problem kept for ``status`` (docs/activation.md), or None."""
+        value = self._get("activation_problem")
+        if value is None:
+            return None
+        code, at, message = value.split("|", 2)
+        return Problem(code, message, int(at))
+
+    def set_activation_problem(self, problem: Problem | None) -> None:
+        self._set("activation_problem", None if problem is None else f"{problem.code}|{problem.at}|{problem.message}")
+
+    def security_group_policy(self) -> bool:
+        return self._get("policy:security_group") == "on"
+
+    def set_security_group_policy(self, enabled: bool) -> None:
+        self._set("policy:security_group", "on" if enabled else "off")
+
+    def lab_clock_offset(self) -> float:
+        return float(self._get("lab_clock_offset") or 0.0)
+
+    def set_lab_clock_offset(self, offset: float) -> None:
+        self._set("lab_clock_offset", repr(offset))
+
+    def suite_licenses(self) -> int:
+        return int(self._get("suite_licenses") or 0)
+
+    def set_suite_licenses(self, total: int) -> None:
+        self._set("suite_licenses", str(total))
+
+    def sbs_licenses(self) -> int | None:
+        """None: not the Small Business Server edition."""
+        value = self._get("sbs_licenses")
+        return None if value is None else int(value)
+
+    def set_sbs_licenses(self, total: int) -> None:
+        self._set("sbs_licenses", str(total))
+
+    # --- the ledger -------------------------------------------------------------------------------
+
+    def world(self, hwid: str, activated: bool, seed: str) -> World:
+        return World(activated, self.key_packs(), self.licenses_of(hwid), seed)
+
+    def apply(self, decision: Decision) -> Decision:
+        """Write the decision's changes; return it with the inserted license's id filled in."""
+        result = decision.license
+        for change in decision.changes:
+            written = self._write(change)
+            if change.license is decision.license:
+                result = written
+        return decision if result is decision.license else attrs.evolve(decision, license=result)
+
+    def sweep(self, now: int) -> list[Decision]:
+        """Expire every license whose time is up, so what any request reads is current."""
+        decisions = [expire(license_row(r), now) for r in self._due(now)]
+        applied = [self.apply(d) for d in decisions if d is not None]
+        for d in applied:
+            self.add_events(events.for_decision(d, now))
+        return applied
+
+
+# --- the filters: (conditions, parameters) in the engine's placeholder, columns quoted as it needs ---
+
+def license_conditions(which: LicenseFilter, place: str, quote=lambda c: c) -> tuple[list[str], list]:
+    where, params = [], []
+    for column in ("hwid", "machine", "user", "terminal_server", "kind", "status", "product_version", "key_pack"):
+        value = getattr(which, column)
+        if value is not None:
+            where.append(f"{quote(column)} = {place}")
+            params.append(value if isinstance(value, (str, int)) else value.value)
+    if which.expires_after is not None:
+        where.append(f"expires_at > {place}")
+        params.append(which.expires_after)
+    return where, params
+
+
+def event_conditions(which: EventFilter, place: str, quote=lambda c: c) -> tuple[list[str], list]:
+    """Every condition but the event IDs, which each engine writes its own way."""
+    where, params = [], []
+    for column in ("terminal_server", "hwid", "user", "license_id"):
+        value = getattr(which, column)
+        if value is not None:
+            where.append(f"{quote(column)} = {place}")
+            params.append(value)
+    if which.since is not None:
+        where.append(f"at >= {place}")
+        params.append(which.since)
+    return where, params
+
+
+# --- rows to values ---------------------------------------------------------------------------------
+
+_KINDS = {k.value: k for k in LicenseKind}
+_STATUSES = {s.value: s for s in LicenseStatus}
+_VERSIONS = {v.value: v for v in ProductVersion}
+
+
+def license_row(r) -> License:
+    """A licenses row (id first, then the columns in the order both schemas list them)."""
+    return License(r[0], _KINDS[r[1]], _STATUSES[r[2]], r[3], r[4], r[5], r[6], _VERSIONS[r[7]], r[8], bool(r[9]),
+                   r[10], r[11], r[12])
+
+
+def event_row(r) -> events.Event:
+    """(id, at, event_id, message, terminal_server, hwid, user, license_id)."""
+    return events.Event(r[1], events.EventId(r[2]), r[3], r[4], r[5], r[6], r[7])
+
+
+def product_row(r) -> Product:
+    return Product(r[0], r[1], ProductMode(r[2]), r[3], r[4], r[5])
+
+
+def call_row(r) -> ClearinghouseCall:
+    """A clearinghouse_calls row, its request and result kept as JSON text."""
+    return ClearinghouseCall(r[0], r[1], r[2], json.loads(r[3]), r[4], r[5], r[6],
+                             None if r[7] is None else json.loads(r[7]))
