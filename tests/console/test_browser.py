@@ -136,6 +136,32 @@ def test_log_in_with_the_link_and_the_dashboard_shows_what_the_protocol_says(ser
 
 
 @pytest_twisted.inlineCallbacks
+def test_the_open_dashboard_follows_logons_without_a_reload(served, browser):
+    admin = yield served.admin()
+    yield activate_and_install(admin, quantity=5)
+    link = yield served.link("viewer")
+    issued = 'document.querySelector("#cals [data-bar] [data-field=issued]")'
+
+    def opened():
+        open_page(browser, link, "#cals [data-bar]")
+        js(browser, "window.notReloaded = true;")
+        return js(browser, f"return Number({issued}.innerText);")
+
+    assert (yield in_browser(opened)) == 0
+    ts = yield served.terminal_server()
+    for device in ("pc1", "pc2", "pc3"):
+        yield logon(ts, device)
+        yield logon(ts, device)              # the second logon, reported, upgrades it to a CAL
+
+    def followed():
+        wait(browser, lambda d: js(d, f"return Number({issued}.innerText);") == 3)
+        return js(browser, "return window.notReloaded === true;"), text(browser, "#license-counts")
+
+    same_page, counts = yield in_browser(followed)
+    assert same_page and "permanent active\t3" in counts
+
+
+@pytest_twisted.inlineCallbacks
 def test_revoke_from_the_licenses_page_and_the_protocol_agrees(served, browser):
     admin = yield served.admin()
     yield activate_and_install(admin, quantity=10)      # 20%: two may be revoked at once
