@@ -8,6 +8,7 @@ import json
 
 from twisted.internet import defer
 
+from tsls.core.clearinghouse import purchase_request
 from tsls.errors import Code, TslsError
 from tsls.public import proof as make_proof
 
@@ -105,12 +106,12 @@ class ClearinghouseClient:
                 server_version=None, idempotency_key: str | None = None) -> defer.Deferred:
         """``server_version``: the license server's Windows version; CALs newer than it are refused."""
         return self._call("POST", "installations",
-                          {**server, "purchase": _purchase(ref, product_version, cal_type, quantity),
+                          {**server, "purchase": purchase_request(ref, product_version, cal_type, quantity),
                            **_version(server_version)}, idempotency_key=idempotency_key)
 
     def recover(self, server: dict, ref, product_version=None, cal_type=None, server_version=None,
                 idempotency_key: str | None = None) -> defer.Deferred:
-        return self._call("POST", "recoveries", {**server, "purchase": _purchase(ref, product_version, cal_type, None),
+        return self._call("POST", "recoveries", {**server, "purchase": purchase_request(ref, product_version, cal_type, None),
                                                  **_version(server_version)}, idempotency_key=idempotency_key)
 
     def check_in(self, server: dict) -> defer.Deferred:
@@ -123,14 +124,3 @@ class ClearinghouseClient:
 
 def _version(server_version) -> dict:
     return {} if server_version is None else {"server_version": server_version.value}
-
-
-def _purchase(ref, product_version, cal_type, quantity) -> dict:
-    body = ref.to_json()
-    if product_version is not None:
-        body["product_version"] = product_version.value
-    if cal_type is not None:
-        body["cal_type"] = cal_type.value
-    if quantity is not None:
-        body["quantity"] = quantity
-    return body

@@ -183,6 +183,19 @@ def recover(sale: Sale | None, server: Server, live: tuple[IssuedPack, ...],
     return Recovery(attrs.evolve(sale, bound_to=server.license_server_id), issue=sale.installed, retired=live)
 
 
+def purchase_request(ref: PurchaseRef, product_version: ProductVersion | None = None, cal_type: CalType | None = None,
+                     quantity: int | None = None) -> dict:
+    """A purchase as a license server names it to the Clearinghouse (installation, recovery)."""
+    body = ref.to_json()
+    if product_version is not None:
+        body["product_version"] = product_version.value
+    if cal_type is not None:
+        body["cal_type"] = cal_type.value
+    if quantity is not None:
+        body["quantity"] = quantity
+    return body
+
+
 KEY_PACK_ID = re.compile(r"[A-Z0-9]{35}")
 
 

@@ -165,9 +165,7 @@ class CalType(enum.Enum):
 
     @classmethod
     def parse(cls, text: object) -> "CalType":
-        if isinstance(text, str):
-            text = text.replace("-", "_").lower()
-        return parse_enum(cls, text, "CAL type")
+        return parse_enum(cls, text, "CAL type", loose=True)
 
 
 class Program(enum.Enum):
@@ -194,9 +192,7 @@ class AgreementType(enum.Enum):
 
     @classmethod
     def parse(cls, text: object) -> "AgreementType":
-        if isinstance(text, str):
-            text = text.replace("-", "_").lower()
-        return parse_enum(cls, text, "agreement type")
+        return parse_enum(cls, text, "agreement type", loose=True)
 
 
 class LicenseKind(enum.Enum):
@@ -213,8 +209,11 @@ class LicenseStatus(enum.Enum):
     REVOKED = "revoked"      # revoked by an administrator; its seat went back at once
 
 
-def parse_enum(cls, text, what):
-    """The member of enumeration ``cls`` whose value is ``text``, or BAD_REQUEST listing the choices."""
+def parse_enum(cls, text, what, loose: bool = False):
+    """The member of enumeration ``cls`` whose value is ``text``, or BAD_REQUEST listing the choices.
+    ``loose``: any case, and - for _ (per-device is per_device)."""
+    if loose and isinstance(text, str):
+        text = text.replace("-", "_").lower()
     try:
         return cls(text)
     except ValueError:

@@ -12,7 +12,7 @@ from twisted.python.failure import Failure
 
 from tsls.core import activation
 from tsls.core.activation import Activation, ActivationMethod
-from tsls.core.clearinghouse import IssuedKeyPack
+from tsls.core.clearinghouse import IssuedKeyPack, purchase_request
 from tsls.core.events import Event, EventId
 from tsls.core.model import CalType, ProductVersion, PurchaseRef, check_server_hosts
 from tsls.errors import Code, TslsError
@@ -121,7 +121,7 @@ class Activations:
         if version is not None:        # CALs newer than this server: refused before the Clearinghouse is asked
             check_server_hosts(self.identity.version, version)
         server = yield self._require_activation(True)
-        result = yield self._call("install", {"server": server, "purchase": _purchase_json(
+        result = yield self._call("install", {"server": server, "purchase": purchase_request(
             ref, version, cal_type, purchase.get("quantity"))})
         return result
 
@@ -133,7 +133,7 @@ class Activations:
         if version is not None:
             check_server_hosts(self.identity.version, version)
         server = yield self._require_activation(True)
-        result = yield self._call("recover", {"server": server, "purchase": _purchase_json(ref, version, cal_type, None)})
+        result = yield self._call("recover", {"server": server, "purchase": purchase_request(ref, version, cal_type, None)})
         return result
 
     # --- calls to the Clearinghouse, each once ---------------------------------------------------------
@@ -353,17 +353,6 @@ def _retired(answer: dict) -> list:
 # What each call's answer does to the ledger, applied in the commit that marks the call done.
 APPLY = {"activate": _apply_activate, "reactivate": _apply_reactivate, "deactivate": _apply_deactivate,
          "install": _apply_install, "recover": _apply_recover}
-
-
-def _purchase_json(ref: PurchaseRef, version, cal_type, quantity) -> dict:
-    body = ref.to_json()
-    if version is not None:
-        body["product_version"] = version.value
-    if cal_type is not None:
-        body["cal_type"] = cal_type.value
-    if quantity is not None:
-        body["quantity"] = quantity
-    return body
 
 
 def activation_json(a: Activation, problem: activation.Problem | None = None, product_id: str | None = None) -> dict:

@@ -27,18 +27,25 @@ def _check(db) -> list[str]:
     integrity = [row[0] for row in db.execute("PRAGMA integrity_check")]
     if integrity != ["ok"]:
         problems.extend(f"integrity: {line}" for line in integrity)
-    for pack_id, key_pack_id, total, issued, live in db.execute(
-            "SELECT p.id, p.key_pack_id, p.total, p.issued, "
-            "(SELECT count(*) FROM licenses l WHERE l.key_pack = p.id AND l.kind = 'permanent' "
-            "AND l.status = 'active') FROM key_packs p"):
+    problems.extend(ledger_problems(db.execute))
+    return problems
+
+
+def ledger_problems(execute) -> list[str]:
+    """The ledger's invariants, through ``execute(sql)`` of any engine (the SQL is portable): the
+    SQLite file here, PostgreSQL in tsls/server/pgstore.py."""
+    problems = []
+    for key_pack_id, total, issued, live in execute(
+            "SELECT p.key_pack_id, p.total, p.issued, (SELECT count(*) FROM licenses l WHERE l.key_pack = p.id "
+            "AND l.kind = 'permanent' AND l.status = 'active') FROM key_packs p ORDER BY p.id"):
         if not 0 <= issued <= total:
             problems.append(f"key pack {key_pack_id}: issued {issued} outside 0..{total}")
         if issued != live:
             problems.append(f"key pack {key_pack_id}: issued {issued} but {live} live CALs")
-    for hwid, version, kind, n in db.execute(
+    for hwid, version, kind, n in execute(
             "SELECT hwid, product_version, kind, count(*) FROM licenses "
             "WHERE (kind = 'permanent' AND status = 'active') OR kind = 'temporary' "
-            "GROUP BY hwid, product_version, kind HAVING count(*) > 1"):
+            "GROUP BY hwid, product_version, kind HAVING count(*) > 1 ORDER BY hwid"):
         problems.append(f"device {hwid}: {n} {kind} licenses for version {version}")
     return problems
 

@@ -33,6 +33,7 @@ from tsls.core.licensing import Change
 from tsls.core.model import CalType, KeyPack, License, ProductVersion, PurchaseRef
 from tsls.core.perseat import LicensedBy, Product
 from tsls.errors import Code, TslsError
+from tsls.server.check import ledger_problems
 from tsls.server.ledgerbase import (EngineCommon, call_row, event_conditions, event_row, license_conditions,
                                     license_row, product_row)
 from tsls.server.storage import ClearinghouseCall, EventFilter, LicenseFilter, Registration, SeatAssignment
@@ -743,20 +744,7 @@ def check_ledger_pg(dsn: str, password: str | None = None) -> list[str]:
             return [f"not a tsls license server database: it is a tsls {what} database"]
         if version > SCHEMA_VERSION:
             return [f"schema version {version} is newer than this tsls knows ({SCHEMA_VERSION})"]
-        problems = []
-        for key_pack_id, total, issued, live in conn.execute(
-                "SELECT p.key_pack_id, p.total, p.issued, (SELECT count(*) FROM licenses l WHERE l.key_pack = p.id "
-                "AND l.kind = 'permanent' AND l.status = 'active') FROM key_packs p ORDER BY p.id"):
-            if not 0 <= issued <= total:
-                problems.append(f"key pack {key_pack_id}: issued {issued} outside 0..{total}")
-            if issued != live:
-                problems.append(f"key pack {key_pack_id}: issued {issued} but {live} live CALs")
-        for hwid, version_, kind, n in conn.execute(
-                "SELECT hwid, product_version, kind, count(*) FROM licenses "
-                "WHERE (kind = 'permanent' AND status = 'active') OR kind = 'temporary' "
-                "GROUP BY hwid, product_version, kind HAVING count(*) > 1 ORDER BY hwid"):
-            problems.append(f"device {hwid}: {n} {kind} licenses for version {version_}")
-        return problems
+        return ledger_problems(conn.execute)
     except psycopg.Error as e:
         return [f"not a usable tsls license server database: {_first_line(e)}"]
     finally:
