@@ -28,7 +28,7 @@ from tsls.server import auth
 MAX_LINE = 64 * 1024          # longer lines: LINE_TOO_LONG, in order, then the connection is closed
 MAX_IN_FLIGHT = 256           # answers not yet written on one connection; past it, we stop reading
 MAX_DEPTH = 16                # JSON nesting in a request; deeper: BAD_JSON / BAD_REQUEST, the connection lives on
-LINES_PER_ROUND = 1           # lines a connection has taken before the others with lines waiting get theirs
+LINES_PER_ROUND = 8           # lines a connection has taken before the others with lines waiting get theirs
 TURN_BUDGET = 0.002           # seconds of waiting lines taken per turn of the reactor, round robin, before it
                               # goes back to reading, writing and committing: a flood cannot starve the others
 FOLLOW_BACKLOG = 1024 * 1024  # event bytes a paused follower may fall behind before it is dropped (TOO_SLOW)
