@@ -434,3 +434,29 @@ def test_a_browser_that_stops_reading_live_events_is_cut_off_past_1_mib(served, 
             follower({**event, "id": i})
     assert len(console.server.followers) == before and request.finished and not console._streams
     client.transport.abortConnection()
+
+
+def test_a_slow_ledger_read_is_reused_for_ten_times_as_long(monkeypatch):
+    """On a very large ledger a scrape's reads take seconds; they are then reused, not redone each second."""
+    from tsls.console import metrics
+
+    reads, now = [], [100.0]
+    ledger = metrics._Ledger(None, None)
+    monkeypatch.setattr(metrics.time, "monotonic", lambda: now[0])
+
+    def read(took):
+        def _read():
+            reads.append(took)
+            now[0] += took
+            yield f"families of read {len(reads)}"
+        return _read
+
+    monkeypatch.setattr(ledger, "_read", read(0.01))
+    assert list(ledger.collect()) == ["families of read 1"]
+    assert list(ledger.collect()) == ["families of read 2"]        # fast: read again every time
+    monkeypatch.setattr(ledger, "_read", read(2.0))
+    assert list(ledger.collect()) == ["families of read 3"]
+    now[0] += 19.0                                                 # 2 s read: reused until 20 s after it ended
+    assert list(ledger.collect()) == ["families of read 3"]
+    now[0] += 1.5
+    assert list(ledger.collect()) == ["families of read 4"]
