@@ -109,9 +109,12 @@ def parser() -> argparse.ArgumentParser:
                           "Terminal Server Computers group")
     tss.add_argument("name", nargs="?")
     tss.add_argument("--secret-file", help="register: write the secret to this file (mode 0600) instead of printing it")
-    pol = sub.add_parser("policy", help="the license server security group policy")
-    pol.add_argument("security_group", choices=["on", "off"],
+    pol = sub.add_parser("policy", help="the license server security group policy; the Prevent License Upgrade policy")
+    pol.add_argument("security_group", choices=["on", "off"], nargs="?",
                      help="on: only terminal servers in the Terminal Server Computers group get licenses")
+    pol.add_argument("--prevent-upgrade", choices=["on", "off"],
+                     help="on: a session host is never given a CAL newer than itself; a device gets a temporary "
+                          "license once, then is refused UPGRADE_PREVENTED (docs/versions.md)")
     act = sub.add_parser("activate", help="activate the license server through the Clearinghouse")
     act.add_argument("--telephone", nargs=2, metavar=("LICENSE_SERVER_ID", "CERTIFICATE_CODE"),
                      help="type in the license server ID and certificate code the Clearinghouse gave on the telephone")
@@ -251,8 +254,12 @@ async def _admin_command(conn, args) -> None:
     elif c == "sbs":
         await _sbs_command(conn, args)
     elif c == "policy":
-        emit(await conn.request("set_policy", security_group=args.security_group == "on"), args.json,
-             _print_terminal_servers)
+        policies = {}
+        if args.security_group is not None:
+            policies["security_group"] = args.security_group == "on"
+        if args.prevent_upgrade is not None:
+            policies["prevent_upgrade"] = args.prevent_upgrade == "on"
+        emit(await conn.request("set_policy", **policies), args.json, _print_terminal_servers)
     elif c == "activate":
         if args.telephone:
             result = await conn.request("activate", method="telephone", license_server_id=args.telephone[0],
@@ -465,6 +472,8 @@ def _print_terminal_servers(r: dict) -> None:
         print(f"start it with: tsls-ts --name {r['name']} --secret-file FILE ...  (FILE holding that secret)")
         return
     print(f"security group policy: {'on' if r['security_group_policy'] else 'off'}")
+    if "prevent_upgrade_policy" in r:
+        print(f"prevent license upgrade: {'on' if r['prevent_upgrade_policy'] else 'off'}")
     table(r["terminal_servers"], [("name", "TERMINAL SERVER"), ("group", "IN GROUP"), ("registered_at", "REGISTERED")])
 
 

@@ -22,7 +22,7 @@ from clients.connection import CONNECT_TIMEOUT, DEFAULT_SERVER, add_timeout_opti
 from clients.output import emit, table
 from tsls.core.labtime import parse_date
 from tsls.core.model import CalType, ProductVersion
-from tsls.core.terminal import Grace, without_license_server
+from tsls.core.terminal import Grace, refused_by_policy, without_license_server
 from tsls.errors import Code, TslsError
 from tsls.files import default_data_dir, write_private
 from tsls.public import hardware_id, read_secret
@@ -35,6 +35,8 @@ REFUSED = 3            # exit status when a logon was refused (the rows are prin
 TRY_NEXT = {Code.NO_LICENSE_AVAILABLE, Code.NOT_ACTIVATED, Code.MODE_MISMATCH, Code.SERVER_UNREACHABLE,
             Code.SERVER_TIMEOUT, Code.SHUTTING_DOWN, Code.STORAGE_ERROR}
 UNAVAILABLE = {Code.SERVER_UNREACHABLE, Code.SERVER_TIMEOUT, Code.SHUTTING_DOWN}   # no answer: grace rules apply
+TRY_NEXT |= {Code.UPGRADE_PREVENTED, Code.LS_VERSION_TOO_LOW}   # another license server may have the right CALs
+GRACE_ADMITS = {Code.UPGRADE_PREVENTED}       # refused under the Prevent License Upgrade policy: grace admits [§3]
 ANSWER_TIMEOUT = 10.0    # a terminal server waits this long for a license server before trying the next
 
 
@@ -166,6 +168,16 @@ class TerminalServer:
         self.state.keep_grace(self.name, grace)
 
     def _without_server(self, row, refusal, held) -> dict:
+        if refusal is not None and refusal.code in GRACE_ADMITS:
+            now = self.state.now(self.name)
+            grace = self.state.grace(self.name, ProductVersion.parse(self.version)).connection(now)
+            self.state.keep_grace(self.name, grace)
+            try:
+                admitted = refused_by_policy(grace, refusal, now)
+            except TslsError as e:
+                return {**row, "outcome": "refused", "reason": e.code.value, "message": e.message}
+            return {**row, "outcome": "admitted_grace", "message": admitted.message, "license": held,
+                    "reason": refusal.code.value, "grace_days_left": admitted.grace_days_left}
         if refusal is not None and refusal.code not in UNAVAILABLE:
             return {**row, "outcome": "refused", "reason": refusal.code.value, "message": refusal.message}
         now = self.state.now(self.name)

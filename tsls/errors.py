@@ -37,6 +37,7 @@ class Code(enum.Enum):
     LAB_CLOCK_DISABLED = "LAB_CLOCK_DISABLED"
     CLOCK_BACKWARDS = "CLOCK_BACKWARDS"
     UNKNOWN_LICENSE = "UNKNOWN_LICENSE"
+    UPGRADE_PREVENTED = "UPGRADE_PREVENTED"            # Prevent License Upgrade: only newer CALs are free
     LS_VERSION_TOO_LOW = "LS_VERSION_TOO_LOW"          # the license server is older than the session host
     # Per Server / Per Seat products, Small Business Server
     UNKNOWN_PRODUCT = "UNKNOWN_PRODUCT"

@@ -57,3 +57,23 @@ async def test_the_version_is_kept_and_cannot_go_below_the_cals_installed(tmp_pa
         LicenseServerService(reactor, "tcp:0:interface=127.0.0.1", again.path, again.clearinghouse,
                              version=ProductVersion.W2019)
     assert e.value.code is Code.CAL_NEWER_THAN_SERVER
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_prevent_license_upgrade_policy_through_the_protocol(ls2019):
+    admin = await ls2019.admin()
+    await admin.request("activate", method="automatic", contact=CONTACT)
+    await admin.request("install_key_pack", purchase={**RETAIL, "product_version": "2019", "cal_type": "per_device"})
+    answer = await admin.request("set_policy", prevent_upgrade=True)
+    assert answer["prevent_upgrade_policy"] is True and answer["security_group_policy"] is False
+    ts = await ls2019.terminal_server(version="2016")
+    first = await logon(ts, "pc1")
+    assert first["outcome"] == "temporary_issued" and first["reason"] == "UPGRADE_PREVENTED"
+    second = await logon(ts, "pc1", license=first["license"]["token"])
+    assert second["outcome"] == "temporary"
+    await admin.request("set_policy", prevent_upgrade=False)
+    third = await logon(ts, "pc1", license=first["license"]["token"])
+    assert third["outcome"] == "upgraded" and third["license"]["product_version"] == "2019"
+    with pytest.raises(TslsError) as e:
+        await admin.request("set_policy")
+    assert e.value.code is Code.BAD_REQUEST

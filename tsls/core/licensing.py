@@ -76,6 +76,7 @@ class World:
     packs: tuple[KeyPack, ...]
     held: tuple[License, ...]        # every license this device was ever issued
     seed: str = "0"                  # the lab's seed for CAL lifetimes
+    prevent_upgrade: bool = False    # the Prevent License Upgrade policy [§3]
 
 
 class Outcome(enum.Enum):
@@ -149,7 +150,7 @@ def _per_device(ts, logon, world, now, why) -> Decision:
     # Upgrade once the logon with the temporary license was reported successful, or once it has
     # run out: after that a device gets in only with a permanent CAL [§2, KB813052].
     if why is None and (temporary.validated or not temporary.live(now)):
-        pack = _choose_pack(world.packs, ts.version)
+        pack = _choose_pack(world.packs, ts.version, world.prevent_upgrade)
         lifetime = cal_lifetime(world.seed, logon.hwid, pack.product_version, 0)
         cal = License(
             id=0, kind=LicenseKind.PERMANENT, status=LicenseStatus.ACTIVE, hwid=logon.hwid,
@@ -280,7 +281,8 @@ def _reclaim_lapsed(held, world: World, version: ProductVersion, now: int) -> De
     """A device whose CAL ran out comes back: it gets that same CAL again, renewed, if a seat of
     its version is free (preferring its old key pack). The seat it gave back is taken again."""
     lapsed = [lic for lic in held if lic.kind is LicenseKind.PERMANENT and lic.status is LicenseStatus.EXPIRED
-              and lic.product_version.serves(version)]
+              and lic.product_version.serves(version)
+              and not (world.prevent_upgrade and lic.product_version.rank != version.rank)]
     if not lapsed:
         return None
     old = max(lapsed, key=lambda lic: lic.expires_at)
@@ -296,13 +298,16 @@ def _reclaim_lapsed(held, world: World, version: ProductVersion, now: int) -> De
                     message=f"expired CAL {old.id} renewed from key pack {pack.key_pack_id}")
 
 
-def _serving(packs, cal_type: CalType, version: ProductVersion):
-    return [p for p in packs if p.cal_type is cal_type and p.product_version.serves(version)]
+def _serving(packs, cal_type: CalType, version: ProductVersion, prevent_upgrade: bool = False):
+    """Key packs whose CALs serve this version: the same or newer; with the Prevent License Upgrade
+    policy on, the same version only (a 2008 R2 host still takes 2008 CALs: one generation) [§3]."""
+    return [p for p in packs if p.cal_type is cal_type and p.product_version.serves(version)
+            and not (prevent_upgrade and p.product_version.rank != version.rank)]
 
 
-def _choose_pack(packs, version: ProductVersion) -> KeyPack:
+def _choose_pack(packs, version: ProductVersion, prevent_upgrade: bool = False) -> KeyPack:
     """The most appropriate CAL: the lowest version that serves, then the oldest pack [§3]."""
-    free = [p for p in _serving(packs, CalType.PER_DEVICE, version) if p.available > 0]
+    free = [p for p in _serving(packs, CalType.PER_DEVICE, version, prevent_upgrade) if p.available > 0]
     return min(free, key=lambda p: (p.product_version.rank, p.id))
 
 
@@ -323,7 +328,11 @@ def _why_no_permanent(ts: TerminalServer, world: World) -> tuple[Code, str] | No
         return Code.NOT_ACTIVATED, "the license server is not activated, so it issues only temporary licenses"
     if _mode_mismatch(CalType.PER_DEVICE, world.packs):
         return Code.MODE_MISMATCH, _mismatch_message(ts)
-    serving = _serving(world.packs, CalType.PER_DEVICE, ts.version)
+    serving = _serving(world.packs, CalType.PER_DEVICE, ts.version, world.prevent_upgrade)
+    if world.prevent_upgrade and not any(p.available for p in serving) and any(
+            p.available for p in _serving(world.packs, CalType.PER_DEVICE, ts.version)):
+        return Code.UPGRADE_PREVENTED, (f"the Prevent License Upgrade policy is on and no Per Device CAL for Windows "
+                                        f"Server {ts.version.value} is free: a newer CAL is not given")
     if not serving:
         return Code.NO_LICENSE_AVAILABLE, f"no Per Device CALs for Windows Server {ts.version.value} or newer are installed"
     if all(p.available == 0 for p in serving):

@@ -54,6 +54,17 @@ class Admission:
     grace_days_left: int | None = None      # admitted in the grace period: whole days left, counting today
 
 
+def refused_by_policy(grace: Grace, refusal: TslsError, now: int) -> Admission:
+    """A license server refused a CAL under the Prevent License Upgrade policy: "the client is refused,
+    unless the terminal server is within its grace period" [§3, policy text]."""
+    if grace.active(now):
+        ends = grace.expires_at()
+        left = -(-(ends - now) // DAY) if ends is not None else grace_days(grace.version)
+        return Admission(AdmittedBy.GRACE, f"{refusal.message}; admitted in the grace period: {left} "
+                                           f"day{'s' if left != 1 else ''} left (it ends {iso(ends or now)})", left)
+    raise refusal
+
+
 def without_license_server(grace: Grace, held_expires_at: int | None, now: int) -> Admission:
     """No license server answered. A device whose license is still valid and not due for renewal
     keeps it [MS-RDPELE 3.2.5.5]; one due for renewal is refused, as Windows logs event 1028

@@ -2,6 +2,7 @@
 queries and revocations of issued licenses. The rules are in tsls/core/licensing.py."""
 from __future__ import annotations
 
+import attrs
 from twisted.internet import defer
 
 from tsls.core import events, licensing
@@ -26,7 +27,8 @@ class Ledger:
                 registered = ts.authenticated and store.registration(ts.name)
                 check_security_group(store.security_group_policy(), ts, bool(registered and registered.in_group))
                 presented = None if token is None else tokens.verify(self.identity.secret, token, hwid)
-                world = store.world(hwid, store.activation().activated, self.identity.seed)
+                world = attrs.evolve(store.world(hwid, store.activation().activated, self.identity.seed),
+                                     prevent_upgrade=store.prevent_upgrade_policy())
                 decision = licensing.device_logon(ts, Logon(hwid, machine, user, presented), world, now)
             except TslsError as e:
                 store.add_events(events.for_refusal(e.code, e.message, now, ts.name, hwid, user))

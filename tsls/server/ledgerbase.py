@@ -54,6 +54,13 @@ class EngineCommon:
     def security_group_policy(self) -> bool:
         return self._get("policy:security_group") == "on"
 
+    def prevent_upgrade_policy(self) -> bool:
+        """The Prevent License Upgrade policy (IsLSPreventUpgradeGPEnabled) [§3, §9]."""
+        return self._get("policy:prevent_upgrade") == "on"
+
+    def set_prevent_upgrade_policy(self, enabled: bool) -> None:
+        self._set("policy:prevent_upgrade", "on" if enabled else "off")
+
     def set_security_group_policy(self, enabled: bool) -> None:
         self._set("policy:security_group", "on" if enabled else "off")
 

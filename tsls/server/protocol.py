@@ -445,7 +445,8 @@ class LicenseProtocol(Protocol, TimeoutMixin):
         return self.server.set_group_membership(_field(request, "name", max_len=64), False)
 
     def op_set_policy(self, request):
-        return self.server.set_security_group_policy(_field(request, "security_group", bool))
+        return self.server.set_security_group_policy(_field(request, "security_group", bool, required=False),
+                                                     _field(request, "prevent_upgrade", bool, required=False))
 
     def op_list_terminal_servers(self, request):
         return self.server.terminal_servers()

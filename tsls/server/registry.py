@@ -56,11 +56,21 @@ class Registry:
             return self._terminal_servers(store)
         return self.writer.submit(job)
 
-    def set_security_group_policy(self, enabled: bool) -> defer.Deferred:
+    def set_security_group_policy(self, enabled: bool | None, prevent_upgrade: bool | None = None) -> defer.Deferred:
+        """Either policy or both: the license server security group policy, and the Prevent License
+        Upgrade policy (a session host is not given a CAL newer than itself) [§3, §5]."""
+        if enabled is None and prevent_upgrade is None:
+            raise TslsError(Code.BAD_REQUEST, "set_policy needs security_group or prevent_upgrade")
+
         def job(store, now):
-            store.set_security_group_policy(enabled)
-            store.add_events([Event(now, EventId.POLICY_CHANGED, "license server security group policy "
-                                    + ("enabled" if enabled else "disabled"))])
+            if enabled is not None:
+                store.set_security_group_policy(enabled)
+                store.add_events([Event(now, EventId.POLICY_CHANGED, "license server security group policy "
+                                        + ("enabled" if enabled else "disabled"))])
+            if prevent_upgrade is not None:
+                store.set_prevent_upgrade_policy(prevent_upgrade)
+                store.add_events([Event(now, EventId.POLICY_CHANGED, "Prevent License Upgrade policy "
+                                        + ("enabled" if prevent_upgrade else "disabled"))])
             return self._terminal_servers(store)
         return self.writer.submit(job)
 
@@ -71,6 +81,7 @@ class Registry:
     def _terminal_servers(store) -> dict:
         return {
             "security_group_policy": store.security_group_policy(),
+            "prevent_upgrade_policy": store.prevent_upgrade_policy(),
             "terminal_servers": [{"name": r.name, "group": r.in_group, "registered_at": iso(r.registered_at)}
                                  for r in store.registrations()],
         }
