@@ -1,4 +1,4 @@
-"""Each class of hostile input found against the license server (issue 11, items 5, 7 and 8), replayed on
+"""Each class of hostile input found against the license server (issue 11, items 4, 5, 7 and 8), replayed on
 the real daemon over real loopback sockets: every request gets its own coded answer, in order, none is
 INTERNAL_ERROR, and a client that half-closes gets every answer and then the close at once.
 
@@ -192,3 +192,57 @@ def test_dates_and_clock_moves_past_what_a_date_can_say_are_bad_requests(tmp_pat
         assert (yield logon(ts, "pc1"))["outcome"] == "temporary_issued"
     finally:
         yield daemon.stop()
+
+
+# --- item 4: clients that never read ------------------------------------------------------------------------
+
+def flood(port: int, n: int) -> list[socket.socket]:
+    """Blocking: n connections with a small receive buffer, each sending `1\\n` until the server stops
+    taking it; none reads. Returns the sockets (still open)."""
+    socks = []
+    for _ in range(n):
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.connect(("127.0.0.1", port))
+        s.setblocking(False)
+        socks.append(s)
+    block = b"1\n" * 32 * 1024
+    for s in socks:
+        for _ in range(64):             # up to 4 MiB each: far more than the server will take
+            try:
+                s.send(block)
+            except BlockingIOError:
+                break
+    return socks
+
+
+@pytest_twisted.inlineCallbacks
+def test_connections_that_never_read_hold_bounded_answers_and_others_are_served(daemon):
+    from tsls.server.protocol import MAX_IN_FLIGHT, MAX_LINE
+
+    factory = daemon.service.listener.factory
+    built = []
+    build = factory.buildProtocol
+    factory.buildProtocol = lambda addr: built.append(build(addr)) or built[-1]
+    socks = yield with_timeout(threads.deferToThread(flood, port_of(daemon), 10))
+    try:
+        stalled = defer.Deferred()
+
+        def all_stalled():              # each flood has filled its transport's buffer: the server stopped taking
+            if len(built) == 10 and all(p._peer_slow for p in built) and not stalled.called:
+                stalled.callback(None)
+            elif not stalled.called:
+                reactor.callLater(0.01, all_stalled)
+        all_stalled()
+        yield with_timeout(stalled)
+        for p in built:
+            t = p.transport
+            unsent = len(t.dataBuffer) - t.offset + t._tempDataLen
+            assert unsent <= 64 * 1024 + 200                         # the transport's bound and one answer
+            assert len(p._buffer) - p._pos <= 64 * 1024 + MAX_LINE    # one read and a partial line, no more
+            assert len(p._answers) <= MAX_IN_FLIGHT
+        ts = yield daemon.terminal_server()
+        assert (yield logon(ts, "polite"))["outcome"] == "temporary_issued"
+    finally:
+        for s in socks:
+            s.close()
