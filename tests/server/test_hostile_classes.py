@@ -246,3 +246,44 @@ def test_connections_that_never_read_hold_bounded_answers_and_others_are_served(
     finally:
         for s in socks:
             s.close()
+
+
+def follow(port: int, secret: str) -> socket.socket:
+    """Blocking: an administrator connection with a small receive buffer that follows events."""
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.settimeout(WAIT)
+    s.connect(("127.0.0.1", port))
+    f = s.makefile("rb")
+    s.sendall(line(id="c", op="challenge"))
+    nonce = json.loads(f.readline())["result"]["nonce"]
+    s.sendall(line(id="a", op="hello", protocol=1, role="admin", proof=proof(secret, nonce, "admin")))
+    s.sendall(line(id="f", op="follow_events"))
+    assert json.loads(f.readline())["ok"] and json.loads(f.readline())["result"] == {"following": True}
+    return s
+
+
+def read_to_end(s: socket.socket) -> list[dict]:
+    with s, s.makefile("rb") as f:
+        return [json.loads(raw) for raw in f.read().splitlines()]
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_follower_that_stops_reading_is_dropped_with_too_slow(daemon):
+    from tsls.server.protocol import FOLLOW_BACKLOG
+
+    s = yield with_timeout(threads.deferToThread(follow, port_of(daemon), daemon.service.server.identity.admin_secret))
+    followers = daemon.service.server.followers
+    ts = yield daemon.terminal_server()
+    batches = 0
+    while len(followers) and batches < 40:       # each batch: 1,000 events of ~250 bytes the follower does not read
+        yield defer.gatherResults([logon(ts, f"b{batches}-{i}", report=False) for i in range(500)])
+        batches += 1
+    assert not followers, "the follower was never dropped"
+    received = yield with_timeout(threads.deferToThread(read_to_end, s))
+    *events, last = received
+    assert last["id"] is None and last["error"]["code"] == "TOO_SLOW"
+    assert all(e["id"] == "f" and "event" in e for e in events)
+    assert len(events) < batches * 500 * 2          # each logon here is two events: some were never sent
+    assert sum(len(json.dumps(e)) for e in events) > FOLLOW_BACKLOG // 2       # it was sent what it could take
+    assert (yield logon(ts, "after"))["outcome"] == "temporary_issued"
