@@ -408,6 +408,8 @@ async def _follow(conn, args, fields) -> None:
     for event in await conn.request("list_events", limit=args.limit, **fields):
         show(event)
     await conn.closed
+    if conn.server_error is not None:       # e.g. TOO_SLOW: this follower fell too far behind and was dropped
+        raise conn.server_error
 
 
 async def clearinghouse_command(args) -> None:

@@ -41,6 +41,7 @@ class LicenseConnection(LineOnlyReceiver):
         self.closed = defer.Deferred()
         self.hello: dict | None = None
         self.on_event = None        # called with each event pushed after a follow_events request
+        self.server_error: TslsError | None = None     # the last error the server sent with no request's id
         self.clock = clock
         self.answer_timeout = answer_timeout
         self.endpoint = endpoint
@@ -98,8 +99,9 @@ class LicenseConnection(LineOnlyReceiver):
             return
         d = self._pending.pop(reply.get("id"), None)
         if d is None:
-            # An error the server could not tie to a request (bad framing): fail everything waiting.
-            error = TslsError.from_json(reply.get("error"))
+            # An error the server could not tie to a request (bad framing, or TOO_SLOW for a follower it
+            # drops): fail everything waiting, and keep it for whoever waits on ``closed``.
+            error = self.server_error = TslsError.from_json(reply.get("error"))
             for pending in self._pending.values():
                 pending.errback(error)
             self._pending.clear()

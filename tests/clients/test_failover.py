@@ -112,3 +112,17 @@ def test_tsls_ts_passes_over_a_sigstopped_license_server_at_the_head_of_its_list
     assert code == 0, err.decode()
     (row,) = json.loads(out)
     assert row["served_by"] == daemon.endpoint and row["outcome"] == "temporary_issued"
+
+
+def test_an_error_the_server_sends_with_no_id_fails_what_waits_and_is_kept_for_the_follower():
+    from twisted.internet.testing import StringTransport
+
+    from clients.connection import LicenseConnection
+
+    conn = LicenseConnection()
+    conn.makeConnection(StringTransport())
+    waiting = conn.request("status")
+    failed = []
+    waiting.addErrback(failed.append)
+    conn.dataReceived(b'{"id":null,"ok":false,"error":{"code":"TOO_SLOW","message":"dropped"}}\n')
+    assert failed[0].value.code is Code.TOO_SLOW and conn.server_error.code is Code.TOO_SLOW
