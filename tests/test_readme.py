@@ -196,3 +196,17 @@ def test_a_readme_section_alone_on_a_fresh_data_directory(title, tmp_path, monke
             check(comment, output, status, f"{title}, command {n}: {line}")
     finally:
         yield run.stop()
+
+
+def test_the_rdp_sections_lifetime_is_the_seeds():
+    """The RDP section (not run here: it needs xfreerdp) names the lifetime of lictest's CAL under its seed."""
+    from clients.tssim import hardware_id
+    from tsls.core.licensing import cal_lifetime
+    from tsls.core.model import DAY, ProductVersion
+
+    text = section("Real RDP clients: the RDP front")
+    seed = re.search(r"\./dev lab --lab-clock --seed (\S+)", text)[1]
+    days = int(re.search(r"`lictest`'s CAL lives (\d+) days, so `\./dev tsls-admin clock \+(\d+)d`", text)[1])
+    move = int(re.search(r"`lictest`'s CAL lives \d+ days, so `\./dev tsls-admin clock \+(\d+)d`", text)[1])
+    assert cal_lifetime(seed, hardware_id("lictest"), ProductVersion.W2003, 0) == days * DAY
+    assert days - 7 <= move < days          # within the renewal window, before it runs out
