@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 
@@ -96,10 +97,14 @@ def run(coroutine_factory, as_json: bool) -> int:
         interrupts = []
 
         def interrupt(signum, frame):
-            # First Ctrl-C: cancel the command, which saves its state and prints what it has so far;
-            # a second one stops the reactor at once.
+            # First Ctrl-C: cancel the command, which saves its state and prints what it has so far.
+            # A second one leaves at once (every file tsls writes is replaced atomically, so none is torn).
             interrupts.append(signum)
-            reactor.callFromThread(work.cancel if len(interrupts) == 1 else reactor.stop)
+            if len(interrupts) == 1:
+                reactor.callFromThread(work.cancel)
+            else:
+                os.write(2, b"interrupted again: leaving without waiting\n")
+                os._exit(INTERRUPTED)
 
         signal.signal(signal.SIGINT, interrupt)
         return defer.ensureDeferred(body(reactor, work))
