@@ -14,9 +14,9 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer, endpoints, protocol, reactor
 
-from clients.tssim import hardware_id
+from tsls.public import hardware_id
 from tests.harness import Daemon
-from tsls.server import auth
+from tsls import public
 
 HERE = os.path.dirname(__file__)
 PROTOCOL_MD = os.path.join(HERE, "..", "docs", "protocol.md")
@@ -127,7 +127,7 @@ def test_the_proof_examples_compute():
         assert hmac.new(e["secret"].encode("ascii"), e["message"].encode("ascii"), hashlib.sha256).hexdigest() \
             == e["proof"]
         role, _, name = e["message"].split("|", 1)[1].partition("|")
-        assert auth.proof(e["secret"], e["nonce"], role, name) == e["proof"]
+        assert public.proof(e["secret"], e["nonce"], role, name) == e["proof"]
 
 
 @pytest_twisted.inlineCallbacks
