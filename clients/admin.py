@@ -94,7 +94,8 @@ def parser() -> argparse.ArgumentParser:
     data = default_data_dir()
     parser.add_argument("--credential", default=os.path.join(data, "admin.secret"),
                         help="the administrator's credential file, made by the license server at first start "
-                             "(default: %(default)s)")
+                             "in its data directory (default: $TSLS_DATA/admin.secret, else tsls-data/admin.secret; "
+                             "now %(default)s)")
     parser.add_argument("--operator-credential", default=os.path.join(data, "operator.secret"),
                         help="the lab operator's credential for the Clearinghouse (clearinghouse sell, purchases), "
                              "made by the Clearinghouse at first start (default: %(default)s)")

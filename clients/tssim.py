@@ -216,7 +216,8 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--mode", default="per_device", **enum_option(CalType),
                         help="its licensing mode: the CAL type it asks for (default: %(default)s)")
     parser.add_argument("--state-dir", default=default_data_dir(),
-                        help="where devices keep their licenses and terminal servers their state (default: %(default)s)")
+                        help="where devices keep their licenses and terminal servers their state "
+                             "(default: $TSLS_DATA, else tsls-data; now %(default)s)")
     parser.add_argument("--json", action="store_true", help="print JSON for scripts")
     sub = parser.add_subparsers(dest="command", required=True)
     logon = sub.add_parser("logon", help="log clients on, report success, print their licenses")
