@@ -136,3 +136,28 @@ async def test_a_malformed_key_pack_from_the_clearinghouse_is_clearinghouse_erro
     purchase = {"program": "retail", "retail_code": "R" * 25}
     assert (await refused(server.install_key_pack(purchase))).code is Code.CLEARINGHOUSE_ERROR
     assert await server.key_packs() == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_pending_activation_is_asked_again_with_its_key_and_never_replaces_a_later_one(server):
+    """Issue 11 item 3, in memory: the call and its idempotency key are recorded before the call."""
+    ch = server.activation.clearinghouse
+    ch.reachable = False
+    error = await refused(server.activate("automatic", CONTACT, None, None))
+    assert error.code is Code.CLEARINGHOUSE_UNREACHABLE and "pending" in error.message
+    [pending] = server.store.pending_clearinghouse_calls()
+    assert (pending.operation, pending.state) == ("activate", "pending") and len(pending.key) >= 16
+    assert pending.key not in repr(pending)
+    error = await refused(server.activate("automatic", CONTACT, None, None))   # asked again: the same call
+    assert [c.id for c in server.store.pending_clearinghouse_calls()] == [pending.id]
+    from tsls.core import phonecodes
+    phoned = phonecodes.make(phonecodes.Kind.LICENSE_SERVER_ID, server.identity.product_id)
+    telephone = await server.activate("telephone", None, phoned,
+                                      phonecodes.make(phonecodes.Kind.CERTIFICATE, phoned))
+    assert telephone["method"] == "telephone"
+    ch.reachable = True
+    assert await server.activation.finish_pending() == 1
+    assert server.store.pending_clearinghouse_calls() == ()
+    assert server.store.clearinghouse_call(pending.key).state == "done"
+    status = await server.status()
+    assert (status["activation"]["method"], status["activation"]["license_server_id"]) == ("telephone", phoned)

@@ -320,6 +320,9 @@ def _store_key_packs(store, now: int, host_version, issued: list[IssuedKeyPack],
 
 
 def _apply_activate(store, now, answer, host_version) -> dict:
+    current = store.activation()
+    if current.activated:       # activated meanwhile (by telephone): a late answer does not replace it
+        return activation_json(current, store.activation_problem(), store.identity().product_id)
     return _save_activation(store, now, EventId.ACTIVATED, activation.activated(
         ActivationMethod.AUTOMATIC, _answered(answer, "license_server_id"), _answered(answer, "certificate"), now))
 
