@@ -217,6 +217,7 @@ devices = 4
 [[fleet]]
 name = "roamers"
 devices = 3
+users = 2
 
 [[purchase]]
 name = "devices"

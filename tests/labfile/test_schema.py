@@ -126,3 +126,10 @@ def test_codes_and_events_are_checked_against_the_documented_ones():
                .replace('served_by = { LS2 = 4 }', 'refused_by = { NO_SUCH_CODE = 1 }')
     found, _ = problems(text)
     assert [f[1] for f in found] == ["step[3].expect", "step[4].present"]
+
+
+def test_a_fleet_shares_its_devices_among_fewer_users():
+    lab = schema.loads(GOOD.replace("devices = 4", "devices = 4\nusers = 3"))
+    assert lab.fleet("desks").user_names() == {"desks-001": "desks-user001", "desks-002": "desks-user002",
+                                                "desks-003": "desks-user003", "desks-004": "desks-user001"}
+    assert schema.loads(GOOD).fleet("desks").user_names()["desks-002"] == "user-desks-002"

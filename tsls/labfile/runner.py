@@ -87,6 +87,7 @@ class SessionHost(TerminalServer):
         self.names = {link.endpoint: link.license_server for link in links}
         self.unreachable: set[str] = set()
         self.secrets: dict[str, str] = {}        # license server -> the secret its registration gave
+        self.users: dict[str, str] = {}          # device -> the user who logs on at it (the lab's fleets)
 
     async def _connection(self, server):
         if server in self.unreachable:
@@ -121,7 +122,7 @@ class SessionHost(TerminalServer):
             if e.code not in TRY_NEXT:
                 share.stopped = True
             return
-        answers = await _pipelined(conn, [("logon", dict(hwid=hardware_id(m), machine=m, user=f"user-{m}",
+        answers = await _pipelined(conn, [("logon", dict(hwid=hardware_id(m), machine=m, user=self.users[m],
                                                            license=share.held[m] and share.held[m]["token"]))
                                           for m in share.pending])
         if any(isinstance(a, TslsError) and a.code in UNAVAILABLE for a in answers):
@@ -165,7 +166,7 @@ class _Share:
     stopped: bool = False
 
     def row(self, machine: str, **fields) -> dict:
-        return {"machine": machine, "user": f"user-{machine}", "served_by": None, "license": None, "reason": None,
+        return {"machine": machine, "user": self.host.users[machine], "served_by": None, "license": None, "reason": None,
                 **fields}
 
 
@@ -239,6 +240,7 @@ class LabRun:
         self.ch_url = f"http://127.0.0.1:{port}"
         for ls in self.lab.license_servers:
             await self._start_license_server(ls.name, 0)
+        users = {m: u for fleet in self.lab.fleets for m, u in fleet.user_names().items()}
         for host in self.lab.session_hosts:
             links = []
             for name in host.license_servers:
@@ -248,6 +250,7 @@ class LabRun:
                 self.links[(host.name, name)] = link
                 links.append(link)
             self.hosts[host.name] = SessionHost(self.reactor, host, links, self.devices, self.state)
+            self.hosts[host.name].users = users
         self.note("started", license_servers=[ls.name for ls in self.lab.license_servers],
                   session_hosts=[h.name for h in self.lab.session_hosts], seed=self.lab.seed)
         for purchase in self.lab.purchases:

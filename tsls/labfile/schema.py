@@ -66,10 +66,19 @@ class FleetSpec:
     name: str
     devices: int
     prefix: str
+    users: int | None = None     # how many people share the devices; None: one user per device
 
     def machines(self) -> list[str]:
         width = max(3, len(str(self.devices)))
         return [f"{self.prefix}{i:0{width}d}" for i in range(1, self.devices + 1)]
+
+    def user_names(self) -> dict[str, str]:
+        """Each device's user: user-<device>, or with ``users`` the people <prefix>user1.. in turn."""
+        machines = self.machines()
+        if self.users is None:
+            return {m: f"user-{m}" for m in machines}
+        width = max(3, len(str(self.users)))
+        return {m: f"{self.prefix}user{i % self.users + 1:0{width}d}" for i, m in enumerate(machines)}
 
 
 @attrs.frozen
@@ -354,7 +363,8 @@ def _parse(doc: dict, check: _Check) -> Lab | None:
         prefix = r.get("prefix", str, default=None)
         if prefix is not None and not re.fullmatch(r"[A-Za-z0-9_.-]{1,40}", prefix):
             r.problem("prefix", f"{prefix!r}: letters, digits, '.', '_' and '-', at most 40")
-        fleets.append((table, FleetSpec(name, devices, prefix if prefix is not None else f"{name}-")))
+        users = r.count("users", lo=1)
+        fleets.append((table, FleetSpec(name, devices, prefix if prefix is not None else f"{name}-", users)))
         r.finish()
     fleet_names = _unique(check, fleets, "fleet")
     prefixes: dict[str, str] = {}
