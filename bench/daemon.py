@@ -71,6 +71,8 @@ def main(argv=None) -> int:
                    help="an SQLite PRAGMA run on the ledger's connection after it opens (experiments)")
     p.add_argument("--timings", metavar="PATH", help="at exit, write to PATH (JSON) how long each batch's jobs and "
                    "its COMMIT took")
+    p.add_argument("--store-stats", metavar="PATH", help="at exit, write to PATH (JSON) the PostgreSQL store's "
+                   "round trips and COMMITs (bench.postgres)")
     p.add_argument("--console", action="store_true", help="serve the web console and /metrics on an ephemeral "
                    "loopback port too")
     p.add_argument("--cprofile", metavar="PATH", help="profile the reactor's thread with cProfile; the stats are "
@@ -87,8 +89,13 @@ def main(argv=None) -> int:
     log = open(args.log, "a")
     observer = whatif.apply([n for n in args.what_if.split(",") if n], textFileLogObserver(log))
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
+    credential = None
+    if args.db.startswith("postgresql://"):      # no directory beside the database for the credential
+        import tempfile
+        credential = os.path.join(tempfile.mkdtemp(prefix="tsls-bench-"), "admin.secret")
     service = LicenseServerService(reactor, args.listen, args.db, NoClearinghouse(),
-                                   console_listen="tcp:0:interface=127.0.0.1" if args.console else None)
+                                   console_listen="tcp:0:interface=127.0.0.1" if args.console else None,
+                                   credential_path=credential)
     for pragma in args.pragma:
         service.writer._store.db.execute(f"PRAGMA {pragma}")
     batches = _time_batches(service.writer) if args.timings else None
@@ -110,6 +117,10 @@ def main(argv=None) -> int:
                                                                             flush=True), reactor.stop()))
 
     def stop():
+        if args.store_stats:
+            store = service.writer._store
+            with open(args.store_stats, "w") as f:
+                json.dump({"round_trips": store.round_trips, "commits": store.commits}, f)
         if batches is not None:
             with open(args.timings, "w") as f:
                 json.dump(_summary(batches), f)

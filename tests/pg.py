@@ -68,7 +68,10 @@ class Cluster:
         argv = list(args)
         if self.user is not None:
             argv = ["setpriv", f"--reuid={self.user.pw_uid}", f"--regid={self.user.pw_gid}", "--init-groups", *argv]
-        return subprocess.run(argv, check=check, timeout=timeout, capture_output=True, text=True, cwd=self.dir)
+        done = subprocess.run(argv, check=False, timeout=timeout, capture_output=True, text=True, cwd=self.dir)
+        if check and done.returncode:
+            raise RuntimeError(f"{os.path.basename(args[0])} failed ({done.returncode}): {done.stderr.strip()}")
+        return done
 
     def _private_file(self, path: str, text: str, owner=None) -> None:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

@@ -1,5 +1,6 @@
 """The PostgreSQL ledger on a real PostgreSQL (tests/pg.py): schema and migrations, what the database
 itself refuses, the store's reads and writes, and losing the connection."""
+import attrs
 import psycopg
 import pytest
 
@@ -200,3 +201,48 @@ def test_a_wrong_password_is_refused_without_showing_it(pg, monkeypatch):
     with pytest.raises(StoreError, match="cannot reach PostgreSQL") as refused:
         PgLicenseStore.open(pg, password="not-the-password")
     assert "not-the-password" not in str(refused.value)
+
+
+def test_a_refusal_after_a_failed_write_undoes_it_and_the_batch_goes_on(store, pack):
+    """In the batch's pipeline a write's failure is known only at the next sync: a request refused
+    meanwhile still undoes it, and the next request and the COMMIT go through."""
+    grant(store, "h1", pack.id)
+    grant(store, "h2", pack.id)
+    with store.transaction():
+        with pytest.raises(TslsError):
+            with store.savepoint():
+                other = store.licenses(LicenseFilter(hwid="h2"))[0]
+                store.apply(Decision(Outcome.RENEWED, None, changes=(    # an UPDATE giving h1 a second live CAL
+                    Change(attrs.evolve(other, hwid="h1")),)))
+                raise TslsError(Code.NO_LICENSE_AVAILABLE, "refused after the write")
+        with store.savepoint():
+            store.add_events([Event(NOW, EventId.CAL_ISSUED, "next request")])
+    assert [e.message for _, e in store.new_events] == ["next request"]
+    with store.transaction():
+        assert [len(store.licenses(LicenseFilter(hwid=h))) for h in ("h1", "h2")] == [1, 1]
+
+
+def test_a_failed_write_found_at_the_end_of_its_request_fails_that_request_only(store, pack):
+    grant(store, "h1", pack.id)
+    grant(store, "h2", pack.id)
+    with store.transaction():
+        with pytest.raises(psycopg.errors.UniqueViolation):
+            with store.savepoint():
+                other = store.licenses(LicenseFilter(hwid="h2"))[0]
+                store.apply(Decision(Outcome.RENEWED, None, changes=(Change(attrs.evolve(other, hwid="h1")),)))
+                store.add_events([Event(NOW, EventId.CAL_RENEWED, "undone")])
+        with store.savepoint():
+            store.add_events([Event(NOW, EventId.CAL_ISSUED, "next request")])
+    assert [e.message for _, e in store.new_events] == ["next request"]
+    with store.transaction():
+        assert [len(store.licenses(LicenseFilter(hwid=h))) for h in ("h1", "h2")] == [1, 1]
+
+
+def test_a_batch_whose_transaction_failed_is_never_reported_committed(store, pack):
+    with pytest.raises(psycopg.errors.DivisionByZero):
+        with store.transaction():
+            store._w("SELECT 1/0")      # fails outside any request's savepoint
+            store.add_events([Event(NOW, EventId.CAL_ISSUED, "never")])
+    assert store.new_events == []
+    with store.transaction():
+        assert store.license_counts() == {}

@@ -307,6 +307,10 @@ class PgLicenseStore(EngineCommon):
         self.backend_pid = None         # of the connection in use: our own NOTIFYs come from it
         self._retry_at = 0.0
         self._backoff = RECONNECT_MIN
+        self.round_trips = 0            # times a statement waited for its answer, for bench/
+        self._pipeline = None           # the batch's psycopg Pipeline while its jobs run
+        self._unsynced = False          # writes sent in the pipeline whose outcome is not known yet
+        self.commits = 0
 
     def __repr__(self) -> str:
         return f"<PgLicenseStore {safe_dsn(self.connector.dsn)}>"
@@ -367,7 +371,25 @@ class PgLicenseStore(EngineCommon):
         self._settings_version = None
 
     def _x(self, sql: str, params=None):
+        self.round_trips += 1
         return self.conn.execute(sql, params, prepare=True)
+
+    def _w(self, sql: str, params=None) -> None:
+        """A write whose answer nobody reads: in the batch's pipeline it goes out with the next
+        statement that needs an answer, or with the request's end (see _Savepoint)."""
+        self.round_trips += self._pipeline is None
+        self._unsynced = True
+        self.conn.execute(sql, params, prepare=True)
+
+    def _sync(self) -> None:
+        if self._pipeline is not None:
+            self.round_trips += 1
+            self._pipeline.sync()
+        self._unsynced = False
+
+    def _raw(self, sql: str):
+        self.round_trips += 1
+        return self.conn.execute(sql)
 
     # --- transactions ---------------------------------------------------------------------------
 
@@ -380,26 +402,38 @@ class PgLicenseStore(EngineCommon):
         try:
             if self.conn is None or self.conn.closed:
                 self._reconnect()
-            self.conn.execute(f"BEGIN; SELECT pg_advisory_xact_lock({LOCK_CLASS}, {LEDGER})")
+            self._raw(f"BEGIN; SELECT pg_advisory_xact_lock({LOCK_CLASS}, {LEDGER})")
             self._load()
         except psycopg.OperationalError as e:
             self._broken()
             raise unavailable(e) from None
         try:
-            yield
-            self._flush_events()
+            # The jobs run in pipeline mode: a statement whose answer nobody reads (SAVEPOINT, an
+            # UPDATE) goes out with the next one that needs an answer, so a first logon costs two
+            # round trips, not four (docs/performance.md).
+            with self.conn.pipeline() as self._pipeline:
+                yield
+                self._flush_events()
         except BaseException as e:
+            self._pipeline = None
             self._forget()
             self.new_events = []
             try:
-                self.conn.execute("ROLLBACK")
+                self._raw("ROLLBACK")
             except psycopg.OperationalError:
                 self._broken()
             if isinstance(e, psycopg.OperationalError):
                 raise unavailable(e) from None
             raise
+        self._pipeline = None
         try:
-            self.conn.execute("COMMIT")
+            if self.conn.info.transaction_status != psycopg.pq.TransactionStatus.INTRANS:
+                # A statement failed outside any request's savepoint: COMMIT would quietly roll back.
+                raise StoreError("the batch's transaction failed; it was rolled back")
+            done = self._raw("COMMIT")
+            if done.statusmessage != "COMMIT":
+                raise StoreError(f"COMMIT answered {done.statusmessage}: the batch was rolled back")
+            self.commits += 1
         except psycopg.OperationalError as e:
             # The COMMIT may or may not have happened: nobody is told it did.
             self._broken()
@@ -449,9 +483,9 @@ class PgLicenseStore(EngineCommon):
 
     def _set(self, key: str, value: str | None) -> None:
         if value is None:
-            self._x("DELETE FROM meta WHERE key = %s", (key,))
+            self._w("DELETE FROM meta WHERE key = %s", (key,))
         else:
-            self._x("INSERT INTO meta (key, value) VALUES (%s, %s) "
+            self._w("INSERT INTO meta (key, value) VALUES (%s, %s) "
                     "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (key, value))
         self._keyed("meta")[key] = value
         self._changed_settings()
@@ -467,7 +501,7 @@ class PgLicenseStore(EngineCommon):
         return value
 
     def save_activation(self, activation: Activation) -> None:
-        self._x("INSERT INTO activation (id, status, license_server_id, method, activated_at, certificate) "
+        self._w("INSERT INTO activation (id, status, license_server_id, method, activated_at, certificate) "
                 "VALUES (1, %s, %s, %s, %s, %s) ON CONFLICT (id) DO UPDATE SET status = excluded.status, "
                 "license_server_id = excluded.license_server_id, method = excluded.method, "
                 "activated_at = excluded.activated_at, certificate = excluded.certificate",
@@ -494,7 +528,7 @@ class PgLicenseStore(EngineCommon):
         return tuple(Registration(r[0], r[1], r[2], r[3]) for r in rows)
 
     def save_registration(self, registration: Registration) -> None:
-        self._x("INSERT INTO terminal_servers (name, secret, registered_at, in_group) VALUES (%s, %s, %s, %s) "
+        self._w("INSERT INTO terminal_servers (name, secret, registered_at, in_group) VALUES (%s, %s, %s, %s) "
                 "ON CONFLICT (name) DO UPDATE SET secret = excluded.secret, "
                 "registered_at = excluded.registered_at, in_group = excluded.in_group",
                 (registration.name, registration.secret, registration.registered_at, registration.in_group))
@@ -546,7 +580,7 @@ class PgLicenseStore(EngineCommon):
             row = self._x(f"INSERT INTO licenses ({_COLUMNS_NO_ID}) VALUES ({_PLACES}) RETURNING id", values).fetchone()
             lic = attrs.evolve(lic, id=row[0])
         else:
-            self._x(f"UPDATE licenses SET ({_COLUMNS_NO_ID}) = ({_PLACES}) WHERE id = %s", (*values, lic.id))
+            self._w(f"UPDATE licenses SET ({_COLUMNS_NO_ID}) = ({_PLACES}) WHERE id = %s", (*values, lic.id))
         if change.pack_delta and self._packs is not None:
             self._packs = tuple(attrs.evolve(p, issued=p.issued + change.pack_delta) if p.id == lic.key_pack else p
                                 for p in self._packs)
@@ -556,7 +590,7 @@ class PgLicenseStore(EngineCommon):
         return self._x(f"SELECT {_COLUMNS} FROM licenses WHERE status = 'active' AND expires_at <= %s", (now,)).fetchall()
 
     def record_per_user(self, now: int, user: str, hwid: str, machine: str, terminal_server: str) -> None:
-        self._x('INSERT INTO per_user_logons (at, "user", hwid, machine, terminal_server) VALUES (%s,%s,%s,%s,%s)',
+        self._w('INSERT INTO per_user_logons (at, "user", hwid, machine, terminal_server) VALUES (%s,%s,%s,%s,%s)',
                 (now, user, hwid, machine, terminal_server))
 
     def per_user_logons(self, start: int, end: int) -> list[tuple]:
@@ -578,7 +612,7 @@ class PgLicenseStore(EngineCommon):
         return tuple(call_row(r) for r in rows)
 
     def finish_clearinghouse_call(self, key: str, state: str, result: dict, now: int) -> None:
-        self._x("UPDATE clearinghouse_calls SET state = %s, result = %s, finished_at = %s WHERE idempotency_key = %s",
+        self._w("UPDATE clearinghouse_calls SET state = %s, result = %s, finished_at = %s WHERE idempotency_key = %s",
                 (state, json.dumps(result), now, key))
 
     def key_pack(self, key_pack_id: str) -> KeyPack | None:
@@ -650,7 +684,7 @@ class PgLicenseStore(EngineCommon):
         return tuple(product_row(r) for r in rows)
 
     def save_product(self, p: Product) -> None:
-        self._x("INSERT INTO products VALUES (%s,%s,%s,%s,%s,%s) ON CONFLICT (name) DO UPDATE SET mode = excluded.mode, "
+        self._w("INSERT INTO products VALUES (%s,%s,%s,%s,%s,%s) ON CONFLICT (name) DO UPDATE SET mode = excluded.mode, "
                 "per_server_licenses = excluded.per_server_licenses, seat_licenses = excluded.seat_licenses, "
                 "switched_at = excluded.switched_at",
                 (p.name, p.server, p.mode.value, p.per_server_licenses, p.seat_licenses, p.switched_at))
@@ -669,7 +703,7 @@ class PgLicenseStore(EngineCommon):
         return self._x("SELECT count(*) FROM seat_assignments WHERE product = %s", (product,)).fetchone()[0]
 
     def assign_seat(self, seat: SeatAssignment) -> None:
-        self._x("INSERT INTO seat_assignments VALUES (%s,%s,%s,%s)",
+        self._w("INSERT INTO seat_assignments VALUES (%s,%s,%s,%s)",
                 (seat.product, seat.hwid, seat.via.value, seat.assigned_at))
 
     def seat_assignments(self) -> list[SeatAssignment]:
@@ -677,14 +711,14 @@ class PgLicenseStore(EngineCommon):
         return [SeatAssignment(r[0], r[1], LicensedBy(r[2]), r[3]) for r in rows]
 
     def open_connection(self, connection_id: int, product: str, session: int) -> None:
-        self._x("INSERT INTO product_connections VALUES (%s, %s, %s)", (connection_id, product, session))
+        self._w("INSERT INTO product_connections VALUES (%s, %s, %s)", (connection_id, product, session))
 
     def close_connection(self, connection_id: int, session: int) -> bool:
-        return self._x("DELETE FROM product_connections WHERE id = %s AND session = %s",
-                       (connection_id, session)).rowcount == 1
+        return len(self._x("DELETE FROM product_connections WHERE id = %s AND session = %s RETURNING id",
+                           (connection_id, session)).fetchall()) == 1
 
     def close_session(self, session: int) -> None:
-        self._x("DELETE FROM product_connections WHERE session = %s", (session,))
+        self._w("DELETE FROM product_connections WHERE session = %s", (session,))
 
     def open_connections(self, product: str) -> int:
         return self._x("SELECT count(*) FROM product_connections WHERE product = %s", (product,)).fetchone()[0]
@@ -699,30 +733,59 @@ def _first_line(e: BaseException) -> str:
 
 
 class _Savepoint:
+    """One request's savepoint. In the batch's pipeline SAVEPOINT goes out with the request's first
+    read; at its end, writes whose outcome is not known yet are synced with RELEASE, so a failed
+    write is this request's refusal, never a later one's."""
+
     __slots__ = ("store", "mark", "packs")
 
     def __init__(self, store: PgLicenseStore) -> None:
         self.store = store
 
     def __enter__(self) -> None:
-        self.store._x("SAVEPOINT request")
+        self.store._w("SAVEPOINT request")
+        self.store._unsynced = False
         self.mark = len(self.store._pending)
         self.packs = self.store._packs
 
     def __exit__(self, kind, value, tb) -> bool:
         store = self.store
         if kind is None:
-            store._x("RELEASE request")
+            if store._unsynced:
+                try:
+                    store._sync()       # a write failed? then it fails this request, here
+                except psycopg.Error as e:
+                    if isinstance(e, psycopg.OperationalError) and not isinstance(e, psycopg.errors.PipelineAborted):
+                        raise
+                    self._undo(e)
+                    raise
+            store._w("RELEASE request")
+            store._unsynced = False
             return False
-        if isinstance(value, psycopg.OperationalError):
-            return False            # the connection is gone: the whole batch fails
+        self._undo(value)
+        return False
+
+    def _undo(self, value) -> None:
+        store = self.store
+        if isinstance(value, psycopg.OperationalError) and not isinstance(value, psycopg.errors.PipelineAborted):
+            return                  # the connection is gone: the whole batch fails
         del store._pending[self.mark:]
         store._packs = self.packs
         store._cache = {}
         store._settings_version = None
-        store._x("ROLLBACK TO request")
-        store._x("RELEASE request")
-        return False
+        if store._pipeline is not None:
+            # A failed statement makes PostgreSQL skip the rest of the pipeline up to the next sync:
+            # end that stretch first (its error is the one being raised, or one the refusal undoes).
+            try:
+                store._sync()
+            except psycopg.OperationalError as e:
+                if not isinstance(e, psycopg.errors.PipelineAborted):
+                    raise
+            except psycopg.Error:
+                pass
+        store._w("ROLLBACK TO request")
+        store._w("RELEASE request")
+        store._sync()
 
 
 
