@@ -86,11 +86,12 @@ class Console:
 
     log = Logger()
 
-    def __init__(self, reactor, license_server, db_path: str, operations=()) -> None:
+    def __init__(self, reactor, license_server, reads, operations=()) -> None:
+        """``reads``: a SQLite database's path, or a read store (tsls.server.readstore.PgReadStore)."""
         self.reactor = reactor
         self.server = license_server
         self.clock = license_server.writer.clock           # lab time when the daemon runs a lab clock
-        self.reads = ReadStore(db_path)
+        self.reads = ReadStore(reads) if isinstance(reads, str) else reads
         self.metrics = Metrics(self.reads, self.clock, operations)
         self.base_url: str | None = None
         self._links: dict[str, tuple[str, float]] = {}

@@ -1,9 +1,11 @@
 """Read-only queries for the console and /metrics, on connections of their own.
 
 The writer's connection is never used here: each reader thread opens the database read-only
-(``mode=ro``, ``query_only``) and reads inside one transaction, so a page sees one WAL snapshot
-while the writer goes on committing. Nothing here runs in the reactor's thread: the console calls
-it from a small thread pool of its own (tsls.console.app). All of the console's SQL is here.
+(SQLite: ``mode=ro``, ``query_only``; PostgreSQL: a REPEATABLE READ READ ONLY transaction) and reads
+inside one transaction, so a page sees one snapshot while the writer goes on committing. Nothing
+here runs in the reactor's thread: the console calls it from a small thread pool of its own
+(tsls.console.app). All of the console's SQL is here, written once for both engines (``"user"``
+quoted, subqueries named, sums cast), with ``?`` placeholders turned into psycopg's for PostgreSQL.
 """
 from __future__ import annotations
 
@@ -19,11 +21,11 @@ from tsls.core.model import DAY, CalType, KeyPack, License, LicenseKind, License
 
 # Columns the licenses page may sort and filter by (the keys are what the page sends).
 LICENSE_SORTS = {"license_id": "id", "kind": "kind", "status": "status", "hwid": "hwid", "machine": "machine",
-                 "user": "user", "terminal_server": "terminal_server", "product_version": "product_version",
+                 "user": '"user"', "terminal_server": "terminal_server", "product_version": "product_version",
                  "issued_at": "issued_at", "expires_at": "expires_at"}
 LICENSE_EXACT = ("kind", "status", "product_version", "terminal_server")
-SEARCHED = ("hwid", "machine", "user", "terminal_server")
-_COLUMNS = ("id, kind, status, hwid, machine, user, terminal_server, product_version, key_pack, validated, "
+SEARCHED = ("hwid", "machine", '"user"', "terminal_server")
+_COLUMNS = ('id, kind, status, hwid, machine, "user", terminal_server, product_version, key_pack, validated, '
             "issued_at, expires_at, renewals")
 
 
@@ -63,12 +65,17 @@ class ReadStore:
 
 
 class Snapshot:
-    def __init__(self, db: sqlite3.Connection) -> None:
+    CODE_OF_MESSAGE = "substr(message, 1, instr(message, ':') - 1)"     # a refusal's message starts "CODE: "
+
+    def __init__(self, db) -> None:
         self.db = db
+
+    def run(self, sql: str, params=()):
+        return self.db.execute(sql, params)
 
     def activation(self) -> Activation:
         """The activation, its certificate replaced by "held" when there is one (pages never show it)."""
-        row = self.db.execute("SELECT status, license_server_id, method, activated_at, certificate IS NOT NULL "
+        row = self.run("SELECT status, license_server_id, method, activated_at, certificate IS NOT NULL "
                               "FROM activation").fetchone()
         if row is None:
             return Activation()
@@ -76,18 +83,18 @@ class Snapshot:
                           "held" if row[4] else None)
 
     def security_group_policy(self) -> bool:
-        row = self.db.execute("SELECT value FROM meta WHERE key = 'policy:security_group'").fetchone()
+        row = self.run("SELECT value FROM meta WHERE key = 'policy:security_group'").fetchone()
         return row is not None and row[0] == "on"
 
     def key_packs(self) -> list[KeyPack]:
-        rows = self.db.execute("SELECT id, key_pack_id, purchase, product_version, cal_type, total, issued, "
+        rows = self.run("SELECT id, key_pack_id, purchase, product_version, cal_type, total, issued, "
                                "installed_at FROM key_packs ORDER BY id")
         return [KeyPack(r[0], r[1], PurchaseRef.from_json(json.loads(r[2])), ProductVersion(r[3]), CalType(r[4]),
                         r[5], r[6], r[7]) for r in rows]
 
     def license_counts(self) -> dict[tuple[str, str, str], int]:
         """(kind, status, product version) -> licenses."""
-        rows = self.db.execute("SELECT kind, status, product_version, count(*) FROM licenses "
+        rows = self.run("SELECT kind, status, product_version, count(*) FROM licenses "
                                "GROUP BY kind, status, product_version")
         return {(k, s, v): n for k, s, v, n in rows}
 
@@ -95,7 +102,7 @@ class Snapshot:
                       offset: int, limit: int) -> tuple[int, list[License]]:
         """How many licenses match, and one page of them. ``exact`` keys are LICENSE_EXACT names;
         ``search`` is a substring of any SEARCHED column; ``sort`` a LICENSE_SORTS key."""
-        where, params = ["1"], []
+        where, params = ["true"], []
         for name, value in exact.items():
             if name not in LICENSE_EXACT:
                 raise ValueError(name)
@@ -106,75 +113,120 @@ class Snapshot:
             where.append("(" + " OR ".join(f"{c} LIKE ? ESCAPE '\\'" for c in SEARCHED) + ")")
             params.extend([pattern] * len(SEARCHED))
         clause = " AND ".join(where)
-        total = self.db.execute(f"SELECT count(*) FROM licenses WHERE {clause}", params).fetchone()[0]
+        total = self.run(f"SELECT count(*) FROM licenses WHERE {clause}", params).fetchone()[0]
         order = f"{LICENSE_SORTS[sort]} {'DESC' if descending else 'ASC'}, id {'DESC' if descending else 'ASC'}"
-        rows = self.db.execute(f"SELECT {_COLUMNS} FROM licenses WHERE {clause} ORDER BY {order} LIMIT ? OFFSET ?",
+        rows = self.run(f"SELECT {_COLUMNS} FROM licenses WHERE {clause} ORDER BY {order} LIMIT ? OFFSET ?",
                                (*params, limit, offset))
         return total, [_license(r) for r in rows]
 
     def revoked_holding(self, now: int) -> list[License]:
         """Revoked licenses that still count against the revocation limit (until they would have expired)."""
-        rows = self.db.execute(f"SELECT {_COLUMNS} FROM licenses WHERE status = 'revoked' AND expires_at > ?", (now,))
+        rows = self.run(f"SELECT {_COLUMNS} FROM licenses WHERE status = 'revoked' AND expires_at > ?", (now,))
         return [_license(r) for r in rows]
 
     def expiring(self, now: int, until: int) -> dict[tuple[str, str], int]:
         """(kind, product version) -> active licenses that expire from now until ``until``."""
-        rows = self.db.execute("SELECT kind, product_version, count(*) FROM licenses WHERE status = 'active' "
+        rows = self.run("SELECT kind, product_version, count(*) FROM licenses WHERE status = 'active' "
                                "AND expires_at > ? AND expires_at <= ? GROUP BY kind, product_version", (now, until))
         return {(k, v): n for k, v, n in rows}
 
     def events(self, after: int = 0, limit: int = 200) -> list[tuple[int, Event]]:
         """Events with a row id above ``after``: the newest ``limit`` of them, oldest first."""
-        rows = self.db.execute(
-            "SELECT id, at, event_id, message, terminal_server, hwid, user, license_id FROM "
-            "(SELECT * FROM events WHERE id > ? ORDER BY id DESC LIMIT ?) ORDER BY id", (after, limit))
+        rows = self.run(
+            'SELECT id, at, event_id, message, terminal_server, hwid, "user", license_id FROM '
+            "(SELECT * FROM events WHERE id > ? ORDER BY id DESC LIMIT ?) AS recent ORDER BY id", (after, limit))
         return [(r[0], Event(r[1], _event_id(r[2]), r[3], r[4], r[5], r[6], r[7])) for r in rows]
 
     def registrations(self) -> list[tuple[str, int, bool]]:
         """(name, registered at, in the Terminal Server Computers group); never the secret."""
-        return self.db.execute("SELECT name, registered_at, in_group FROM terminal_servers ORDER BY name").fetchall()
+        return self.run("SELECT name, registered_at, in_group FROM terminal_servers ORDER BY name").fetchall()
 
     def last_seen(self) -> dict[str, int]:
         """Terminal server name -> the time of its latest event (a logon, a refusal, a change)."""
-        rows = self.db.execute("SELECT terminal_server, max(at) FROM events WHERE terminal_server IS NOT NULL "
+        rows = self.run("SELECT terminal_server, max(at) FROM events WHERE terminal_server IS NOT NULL "
                                "GROUP BY terminal_server")
         return dict(rows.fetchall())
 
     def per_user_logons(self, start: int, end: int) -> list[tuple]:
-        return self.db.execute("SELECT at, user, hwid, machine, terminal_server FROM per_user_logons "
-                               "WHERE at >= ? AND at < ? ORDER BY id", (start, end)).fetchall()
+        return self.run('SELECT at, "user", hwid, machine, terminal_server FROM per_user_logons '
+                        "WHERE at >= ? AND at < ? ORDER BY id", (start, end)).fetchall()
 
     def permanent_licenses(self, limit: int) -> list[License]:
         """Issued CALs (permanent licenses), newest first: the issued CALs report."""
-        rows = self.db.execute(f"SELECT {_COLUMNS} FROM licenses WHERE kind = 'permanent' ORDER BY id DESC LIMIT ?",
+        rows = self.run(f"SELECT {_COLUMNS} FROM licenses WHERE kind = 'permanent' ORDER BY id DESC LIMIT ?",
                                (limit,))
         return [_license(r) for r in rows]
 
     def issued_per_day(self) -> list[tuple[str, int, int]]:
         """(product version, day start, permanent CALs issued that day)."""
-        rows = self.db.execute(f"SELECT product_version, issued_at - issued_at % {DAY}, count(*) FROM licenses "
+        rows = self.run(f"SELECT product_version, issued_at - issued_at % {DAY}, count(*) FROM licenses "
                                "WHERE kind = 'permanent' GROUP BY 1, 2 ORDER BY 2")
         return rows.fetchall()
 
     def released_per_day(self) -> list[tuple[str, int, int]]:
         """(product version, day start, permanent CALs that left the pool that day: expired or revoked)."""
-        rows = self.db.execute(f"SELECT product_version, at - at % {DAY}, count(*) FROM "
+        rows = self.run(f"SELECT product_version, at - at % {DAY}, count(*) FROM "
                                "(SELECT l.product_version, e.at FROM events e JOIN licenses l ON l.id = e.license_id "
-                               "WHERE e.event_id IN (?, ?) AND l.kind = 'permanent') GROUP BY 1, 2 ORDER BY 2",
+                               "WHERE e.event_id IN (?, ?) AND l.kind = 'permanent') AS released GROUP BY 1, 2 ORDER BY 2",
                                (int(EventId.LICENSE_EXPIRED), int(EventId.CAL_REVOKED)))
         return rows.fetchall()
 
     def installed_per_day(self) -> list[tuple[str, int, int]]:
         """(product version, day start, Per Device CALs installed that day)."""
-        rows = self.db.execute(f"SELECT product_version, installed_at - installed_at % {DAY}, sum(total) "
+        rows = self.run(f"SELECT product_version, installed_at - installed_at % {DAY}, CAST(sum(total) AS BIGINT) "
                                "FROM key_packs WHERE cal_type = 'per_device' GROUP BY 1, 2 ORDER BY 2")
         return rows.fetchall()
 
     def refusals_per_day(self) -> list[tuple[str, int, int]]:
         """(refusal code, day start, refused logons that day). A refusal's message starts with its code."""
-        rows = self.db.execute(f"SELECT substr(message, 1, instr(message, ':') - 1), at - at % {DAY}, count(*) "
+        rows = self.run(f"SELECT {self.CODE_OF_MESSAGE}, at - at % {DAY}, count(*) "
                                "FROM events WHERE event_id = ? GROUP BY 1, 2 ORDER BY 2", (int(EventId.LOGON_REFUSED),))
         return rows.fetchall()
+
+
+class PgReadStore:
+    """The same reads on the PostgreSQL engine (tsls.server.pgstore): a connection per reader thread,
+    made by the engine's Connector (its password kept apart), each read one REPEATABLE READ READ ONLY
+    transaction. A connection that failed is dropped, and the next read makes a new one."""
+
+    def __init__(self, connector) -> None:
+        self.connector = connector
+        self._local = threading.local()
+        self._opened: list = []
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def snapshot(self):
+        db = getattr(self._local, "db", None)
+        if db is None or db.closed:
+            db = self._local.db = self.connector.connect(autocommit=True)
+            with self._lock:
+                self._opened.append(db)
+        db.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        try:
+            yield PgSnapshot(db)
+        except BaseException:
+            try:
+                db.execute("ROLLBACK")
+            except Exception:
+                db.close()
+            raise
+        db.execute("COMMIT")
+
+    def close(self) -> None:
+        with self._lock:
+            opened, self._opened = self._opened, []
+        for db in opened:
+            db.close()
+
+
+class PgSnapshot(Snapshot):
+    CODE_OF_MESSAGE = "split_part(message, ':', 1)"
+
+    def run(self, sql: str, params=()):
+        if not params:
+            return self.db.execute(sql)
+        return self.db.execute(sql.replace("%", "%%").replace("?", "%s"), tuple(params))
 
 
 _KINDS = {k.value: k for k in LicenseKind}

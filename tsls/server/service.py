@@ -16,7 +16,6 @@ from tsls.server.records import event_json
 from tsls.server.protocol import LicenseFactory
 from tsls.server.store import LicenseStore
 from tsls.server.writer import BatchWriter
-from tsls.sqlite import StoreError
 
 
 SWEEP_EVERY = 60.0
@@ -71,8 +70,6 @@ class LicenseServerService(MultiService):
         shared = is_dsn(db_path)
         if shared:
             from tsls.server.pgstore import PgLicenseStore     # psycopg: the optional extra tsls[postgres]
-            if console_listen is not None:
-                raise StoreError("the web console reads SQLite only: it cannot run on a PostgreSQL database yet")
             store = PgLicenseStore.open(db_path, database_password)
             if credential_path is None:
                 raise ValueError("with a PostgreSQL database, say where the administrator's credential goes")
@@ -101,15 +98,19 @@ class LicenseServerService(MultiService):
         factory = LicenseFactory(self.server, clock=reactor)
         self.console = None
         if console_listen is not None:
-            self.console = self._console(reactor, console_listen, db_path, factory)
+            reads = db_path
+            if shared:
+                from tsls.server.readstore import PgReadStore
+                reads = PgReadStore(store.connector)
+            self.console = self._console(reactor, console_listen, reads, factory)
         self.listener = Listener("license server", serverFromString(reactor, endpoint), factory)
         self.listener.setServiceParent(self)
 
-    def _console(self, reactor, endpoint: str, db_path: str, factory):
+    def _console(self, reactor, endpoint: str, reads, factory):
         from tsls.console.app import Console, site
         from tsls.server.protocol import _OPS
 
-        console = Console(reactor, self.server, db_path, {op for _, op in _OPS})
+        console = Console(reactor, self.server, reads, {op for _, op in _OPS})
         factory.observe = console.metrics.observe
         self.server.activation.clearinghouse = console.counted(self.server.activation.clearinghouse)
         _ConsoleService(console).setServiceParent(self)
