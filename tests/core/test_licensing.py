@@ -1,10 +1,11 @@
-"""The device-logon rules, with no sockets, database or clock."""
-import attrs
+"""The device-logon rules, with no sockets or clock; multi-step scenarios apply the decisions with
+the real ledger (tests/core/ledger.py: tsls.server.store on a throwaway SQLite file)."""
 import pytest
 
+from tests.core.ledger import Ledger
 from tsls.core.licensing import (
-    CAL_DAYS, RENEWAL_WINDOW, Logon, Outcome, TerminalServer, World, cal_lifetime,
-    check_terminal_server, device_logon, expire, report_logon,
+    CAL_DAYS, RENEWAL_WINDOW, Logon, Outcome, TerminalServer, cal_lifetime, check_terminal_server, expire,
+    report_logon,
 )
 from tsls.core.model import (
     DAY, CalType, KeyPack, LicenseKind, LicenseStatus, Program, ProductVersion, PurchaseRef,
@@ -22,40 +23,6 @@ def pack(id=1, version=ProductVersion.W2003, cal_type=CalType.PER_DEVICE, total=
 
 def logon(hwid="h1", presented=None):
     return Logon(hwid, "PC1", "alice", presented)
-
-
-class Ledger:
-    """Applies decisions the way storage does, so tests can run multi-step scenarios."""
-
-    def __init__(self, packs, activated=True):
-        self.packs = {p.id: p for p in packs}
-        self.licenses = {}
-        self.activated = activated
-
-    def world(self, hwid):
-        held = tuple(lic for lic in self.licenses.values() if lic.hwid == hwid)
-        return World(self.activated, tuple(self.packs.values()), held, seed="7")
-
-    def apply(self, decision):
-        result = decision.license
-        for change in decision.changes:
-            lic = change.license
-            if lic.id == 0:
-                lic = attrs.evolve(lic, id=len(self.licenses) + 1)
-                if change.license is decision.license:
-                    result = lic
-            self.licenses[lic.id] = lic
-            if change.pack_delta:
-                p = self.packs[lic.key_pack]
-                self.packs[p.id] = attrs.evolve(p, issued=p.issued + change.pack_delta)
-        return attrs.evolve(decision, license=result)
-
-    def logon(self, hwid="h1", ts=TS2003, now=NOW, presented=None):
-        return self.apply(device_logon(ts, logon(hwid, presented), self.world(hwid), now))
-
-    def report(self, decision, now=NOW):
-        lic = decision.license
-        return self.apply(report_logon(lic.id, lic.hwid, self.world(lic.hwid), now))
 
 
 def test_first_logon_gets_a_90_day_temporary_license_even_with_cals_free():
@@ -104,14 +71,16 @@ def test_a_device_that_lost_its_license_gets_the_same_cal_back():
 
 
 def test_full_pool_leaves_the_temporary_license_working_with_the_reason():
-    ledger = Ledger([pack(total=1, issued=1)])
+    ledger = Ledger([pack(total=1)])
+    ledger.fill(1)
     ledger.report(ledger.logon())
     d = ledger.logon(now=NOW + 10 * DAY)
     assert d.outcome is Outcome.TEMPORARY and d.reason is Code.NO_LICENSE_AVAILABLE
 
 
 def test_expired_temporary_license_without_a_free_cal_is_refused():
-    ledger = Ledger([pack(total=1, issued=1)])
+    ledger = Ledger([pack(total=1)])
+    ledger.fill(1)
     ledger.logon()
     with pytest.raises(TslsError) as e:
         ledger.logon(now=NOW + 90 * DAY)
