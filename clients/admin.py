@@ -163,6 +163,10 @@ def parser() -> argparse.ArgumentParser:
     con = sub.add_parser("console", help="print a one-time link that logs a browser in to the web console "
                                          "(docs/console.md)")
     con.add_argument("--viewer", action="store_true", help="a read-only session: it can look, not change")
+    sub.add_parser("cal-usage", help="the CAL Usage report: Per User CALs as a 2008 or later license server tracks "
+                                     "them (Create Report; --csv for the entries)")
+    role = sub.add_parser("role", help="the license server's scope (ChangeRole); a workgroup one tracks no Per User CALs")
+    role.add_argument("scope", choices=["workgroup", "domain", "forest"])
     use = sub.add_parser("usage", help="Per User usage report")
     use.add_argument("--start", help="ISO date")
     use.add_argument("--end", help="ISO date")
@@ -307,6 +311,14 @@ async def _admin_command(conn, args) -> None:
         link = await conn.request("console_link", role="viewer" if args.viewer else "admin")
         emit(link, args.json, lambda r: print(f"open this link in a browser (once, within {r['expires_in'] // 60} "
                                               f"minutes; {r['role']} session):\n{r['url']}"))
+    elif c == "cal-usage":
+        report = await conn.request("cal_usage_report")
+        if args.csv:
+            rows_out(report["entries"], CAL_USAGE_COLUMNS, "csv")
+        else:
+            emit(report, args.json, _print_cal_usage)
+    elif c == "role":
+        emit(await conn.request("set_role", role=args.scope), args.json, lambda r: print(f"scope: {r['scope']}"))
     elif c == "usage":
         fields = {k: _date(getattr(args, k)) for k in ("start", "end") if getattr(args, k)}
         report = await conn.request("usage_report", **fields)
@@ -498,6 +510,21 @@ def _print_sale(p: dict) -> None:
     _print_purchases([p])
     if p["program"] == "retail":
         print(f"\nretail license code: {p['retail_code']}\ninstall it with: tsls-admin install --retail {p['retail_code']}")
+
+
+CAL_USAGE_COLUMNS = [("user", "USER"), ("issued_at", "ISSUED"), ("expires_at", "EXPIRES"),
+                     ("beyond_installed", "BEYOND INSTALLED")]
+
+
+def _print_cal_usage(r: dict) -> None:
+    print(f"CAL Usage report, {r['generated_at']}; scope: {r['scope']}; license server: Windows Server "
+          f"{r['server_version']}")
+    if not r["tracked"]:
+        print("this license server tracks no Per User CALs (a workgroup, or a version before 2008)")
+    print(f"Per User CALs installed: {r['per_user_cals_installed']}   issued: {r['per_user_cals_issued']}   "
+          f"over-allocated: {r['over_allocated']}")
+    print()
+    table(r["entries"], CAL_USAGE_COLUMNS)
 
 
 def _print_usage(r: dict) -> None:

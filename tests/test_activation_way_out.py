@@ -71,3 +71,18 @@ def test_activating_again_at_the_clearinghouse_needs_the_operator(lab, capsys): 
     lab.operator_credential = lab.credential          # not the operator's
     error = yield lab.admin(capsys, "clearinghouse", "activate", "--product-id", status["product_id"], "--again")
     assert error["error"]["code"] == "BAD_CREDENTIALS"
+
+
+@pytest_twisted.inlineCallbacks
+def test_the_cal_usage_report_as_csv(lab, capsys):  # noqa: F811
+    from twisted.internet import defer, reactor
+
+    from clients import admin
+    yield lab.ts(capsys, "logon", "pc1:alice", "pc2:bob", mode="per-user", version="2019")
+    capsys.readouterr()
+    args = admin.parser().parse_args(["--server", lab.endpoint, "--credential", lab.credential, "cal-usage", "--csv"])
+    yield defer.ensureDeferred(admin.command(reactor, args)).addTimeout(10, reactor)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "user,issued_at,expires_at,beyond_installed"
+    assert [line.split(",")[0] for line in lines[1:]] == ["alice", "bob"]
+    assert all(line.endswith(",True") for line in lines[1:])          # no Per User CAL installed: over-allocated

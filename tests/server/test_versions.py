@@ -77,3 +77,29 @@ async def test_the_prevent_license_upgrade_policy_through_the_protocol(ls2019):
     with pytest.raises(TslsError) as e:
         await admin.request("set_policy")
     assert e.value.code is Code.BAD_REQUEST
+
+
+@pytest_twisted.ensureDeferred
+async def test_per_user_cals_are_tracked_and_reported_unless_the_server_is_in_a_workgroup(ls2019):
+    admin = await ls2019.admin()
+    await admin.request("activate", method="automatic", contact=CONTACT)
+    await admin.request("install_key_pack", purchase={**RETAIL, "product_version": "2019", "cal_type": "per_user",
+                                                      "quantity": 1})
+    ts = await ls2019.terminal_server(version="2019", mode="per_user")
+    for device in ("pc1", "pc2", "pc1"):
+        answer = await logon(ts, device)
+        assert answer["outcome"] == "per_user"          # never refused, never decremented
+    report = await admin.request("cal_usage_report")
+    assert report["scope"] == "Domain" and report["tracked"] is True
+    assert (report["per_user_cals_installed"], report["per_user_cals_issued"], report["over_allocated"]) == (1, 2, 1)
+    assert [e["user"] for e in report["entries"]] == ["user-pc1", "user-pc2"]
+    assert [e["beyond_installed"] for e in report["entries"]] == [False, True]
+    assert report["wmi"] == {"InstalledLicenses": 1, "LicenseUsageCount": 2, "ScopeType": 1}
+    role = await admin.request("set_role", role="workgroup")
+    assert role == {"scope": "workgroup", "wmi": {"ServerRole": 0}}
+    report = await admin.request("cal_usage_report")
+    assert report["tracked"] is False and report["entries"] == [] and report["per_user_cals_issued"] == 0
+    assert (await admin.request("status"))["scope"] == "workgroup"
+    with pytest.raises(TslsError) as e:
+        await admin.request("set_role", role="galaxy")
+    assert e.value.code is Code.BAD_REQUEST

@@ -67,6 +67,8 @@ class LicenseServer:
         self.set_clock = self.records.set_clock
         self.list_events = self.records.list_events
         self.usage_report = self.records.usage_report
+        self.cal_usage_report = self.records.cal_usage_report
+        self.set_role = self.records.set_role
 
 
 def new_product_id() -> str:

@@ -17,6 +17,7 @@ from tsls.core.activation import Problem
 from tsls.core.licensing import Decision, World, expire
 from tsls.core.model import License, LicenseKind, LicenseStatus, ProductVersion
 from tsls.core.perseat import Product, ProductMode
+from tsls.core.reports import Scope
 from tsls.server.storage import ClearinghouseCall, EventFilter, Identity, LicenseFilter
 
 
@@ -60,6 +61,13 @@ class EngineCommon:
 
     def set_prevent_upgrade_policy(self, enabled: bool) -> None:
         self._set("policy:prevent_upgrade", "on" if enabled else "off")
+
+    def server_role(self) -> Scope:
+        """The license server's scope (Win32_TSLicenseServer.ServerRole): domain unless changed."""
+        return Scope(self._get("server_role") or Scope.DOMAIN.value)
+
+    def set_server_role(self, scope: Scope) -> None:
+        self._set("server_role", scope.value)
 
     def set_security_group_policy(self, enabled: bool) -> None:
         self._set("policy:security_group", "on" if enabled else "off")

@@ -607,6 +607,12 @@ class LicenseProtocol(Protocol, TimeoutMixin):
     def op_usage_report(self, request):
         return self.server.usage_report(_time(request, "start"), _time(request, "end"))
 
+    def op_cal_usage_report(self, request):
+        return self.server.cal_usage_report()
+
+    def op_set_role(self, request):
+        return self.server.set_role(_field(request, "role", max_len=16))
+
 
 _OPS = {
     ("terminal_server", "logon"): LicenseProtocol.op_logon,
@@ -640,6 +646,8 @@ _OPS = {
     ("admin", "list_key_packs"): LicenseProtocol.op_list_key_packs,
     ("admin", "list_licenses"): LicenseProtocol.op_list_licenses,
     ("admin", "usage_report"): LicenseProtocol.op_usage_report,
+    ("admin", "cal_usage_report"): LicenseProtocol.op_cal_usage_report,
+    ("admin", "set_role"): LicenseProtocol.op_set_role,
     ("admin", "revoke"): LicenseProtocol.op_revoke,
     ("admin", "set_clock"): LicenseProtocol.op_set_clock,
     ("admin", "list_events"): LicenseProtocol.op_list_events,

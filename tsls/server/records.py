@@ -7,7 +7,7 @@ from twisted.logger import Logger
 
 from tsls.core.events import Event, EventId
 from tsls.core.labtime import clock_target
-from tsls.core.reports import per_user_usage
+from tsls.core.reports import Scope, cal_usage_report, per_user_usage
 from tsls.errors import Code, TslsError
 from tsls.jsonshapes import iso, key_pack_json
 from tsls.server.activation import activation_json
@@ -40,6 +40,7 @@ class Records:
             return {
                 "product_id": self.identity.product_id,
                 "server_version": self.identity.version.value,
+                "scope": store.server_role().value,
                 "now": iso(now),
                 "activation": activation_json(store.activation(), store.activation_problem(),
                                               self.identity.product_id),
@@ -74,6 +75,39 @@ class Records:
                             since=since, **{k: v for k, v in filters.items() if k != "event_id"})
         return self.writer.submit(lambda store, now: [event_json(row_id, e) for row_id, e in store.events(which, limit)])
 
+    def set_role(self, role: str) -> defer.Deferred:
+        """ChangeRole: the license server's scope, workgroup, domain or forest [§5, §9]. A workgroup
+        license server tracks no Per User CALs."""
+        scope = _scope(role)
+
+        def job(store, now):
+            store.set_server_role(scope)
+            store.add_events([Event(now, EventId.POLICY_CHANGED, f"license server scope set to {scope.value}")])
+            return {"scope": scope.value, "wmi": {"ServerRole": scope.wmi_server_role}}
+        return self.writer.submit(job)
+
+    def cal_usage_report(self) -> defer.Deferred:
+        """Create Report > CAL Usage (Win32_TSLicenseReport): Per User CALs as a 2008 or later license
+        server tracks them, each user's record expiring 60 days after the last sign-in (docs/peruser.md)."""
+        def job(store, now):
+            report = cal_usage_report(store.per_user_logons(0, now + 1), store.key_packs(), self.identity.version,
+                                      store.server_role(), now)
+            beyond = {c.user for c in report.beyond_installed}
+            return {
+                "generated_at": iso(report.generated_at),
+                "scope": report.scope.report_scope,
+                "server_version": report.version.value,
+                "tracked": report.tracked,
+                "per_user_cals_installed": report.installed,
+                "per_user_cals_issued": report.issued,
+                "over_allocated": report.over_allocated,
+                "entries": [{"user": c.user, "issued_at": iso(c.issued_at), "expires_at": iso(c.expires_at),
+                             "beyond_installed": c.user in beyond} for c in report.entries],
+                "wmi": {"InstalledLicenses": report.installed, "LicenseUsageCount": report.issued,
+                        "ScopeType": report.scope.wmi_report_scope_type},
+            }
+        return self.writer.submit(job)
+
     def usage_report(self, start: int | None, end: int | None) -> defer.Deferred:
         def job(store, now):
             lo = 0 if start is None else start
@@ -91,6 +125,13 @@ class Records:
                 "per_day": [{"day": iso(day)[:10], "users": n} for day, n in report.per_day],
             }
         return self.writer.submit(job)
+
+
+def _scope(role: object) -> Scope:
+    try:
+        return Scope(role)
+    except ValueError:
+        raise TslsError(Code.BAD_REQUEST, f"unknown role {role!r}; expected workgroup, domain or forest") from None
 
 
 def event_json(row_id: int, e: Event) -> dict:
