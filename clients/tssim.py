@@ -88,8 +88,22 @@ class ClientKeepsLicense:
         pass
 
 
+class WallClock:
+    """The wall clock, as an IReactorTime's ``seconds()``: what the simulator reads unless a test
+    gives it another (twisted.internet.task.Clock)."""
+
+    @staticmethod
+    def seconds() -> float:
+        return time.time()
+
+
 class TerminalServerState(JsonState):
-    """{name: {"grace_started_at", "grace_ended_at", "clock_offset"}} for each simulated server."""
+    """{name: {"grace_started_at", "grace_ended_at", "clock_offset"}} for each simulated server.
+    ``clock`` gives the local time its lab time is kept against (default: the wall clock)."""
+
+    def __init__(self, path: str, clock=None) -> None:
+        super().__init__(path)
+        self.clock = clock or WallClock()
 
     def grace(self, name: str, version: ProductVersion) -> Grace:
         mine = self.data.get(name, {})
@@ -100,10 +114,10 @@ class TerminalServerState(JsonState):
 
     def now(self, name: str) -> int:
         """Lab time as the license server last told it (it may run a lab clock)."""
-        return int(time.time() + self.data.get(name, {}).get("clock_offset", 0))
+        return int(self.clock.seconds() + self.data.get(name, {}).get("clock_offset", 0))
 
     def heard_time(self, name: str, server_now: str) -> None:
-        self.data.setdefault(name, {})["clock_offset"] = parse_date(server_now) - time.time()
+        self.data.setdefault(name, {})["clock_offset"] = parse_date(server_now) - self.clock.seconds()
 
 
 class TerminalServer:
@@ -293,7 +307,7 @@ def _clients(args) -> list[tuple[str, str]]:
 async def command(reactor, args) -> None:
     ProductVersion.parse(args.version)
     devices = DeviceStore(os.path.join(args.state_dir, "devices.json"))
-    state = TerminalServerState(os.path.join(args.state_dir, "terminal-servers.json"))
+    state = TerminalServerState(os.path.join(args.state_dir, "terminal-servers.json"), clock=reactor)
     secret = read_secret(args.secret_file) if args.secret_file else None
     ts = TerminalServer(reactor, args.name, args.version, args.mode.replace("-", "_"), args.server or [DEFAULT_SERVER],
                         devices, state, secret, args.connect_timeout, args.timeout)

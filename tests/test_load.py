@@ -21,7 +21,6 @@ def test_n_first_logons_give_n_temporary_licenses(daemon):
     assert summary["requests"] == summary["answers"] == 40
     assert summary["outcomes"] == {"temporary_issued": 40} and summary["grants"] == 40
     assert summary["refusals"] == {} and summary["devices_seen"] == 40
-    assert summary["latency_ms"]["p50"] <= summary["latency_ms"]["p99"] <= summary["latency_ms"]["max"]
     admin = yield daemon.admin()
     licenses = yield admin.request("list_licenses", kind="temporary")
     assert len(licenses) == 40 and {lic["terminal_server"] for lic in licenses} == {"t-TS0000", "t-TS0001", "t-TS0002"}

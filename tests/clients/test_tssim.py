@@ -1,8 +1,7 @@
 """The terminal-server simulator against real daemons: discovery order, grace period, renewal."""
-import time
-
 import pytest_twisted
 from twisted.internet import defer, reactor
+from twisted.internet.task import Clock
 
 from clients.tssim import DeviceStore, TerminalServer, TerminalServerState
 from tests.harness import Daemon, activate_and_install
@@ -10,12 +9,21 @@ from tsls.core.labtime import parse_date
 from tsls.core.model import DAY
 from tsls.public import hardware_id
 
-DOWN = "tcp:127.0.0.1:1"     # nothing listens on port 1
+NOW = 1_800_000_000
+
+
+def down(tmp_path) -> str:
+    """A license server endpoint nobody listens on (a socket file that does not exist)."""
+    return f"unix:{tmp_path}/no-license-server.sock"
 
 
 def simulator(tmp_path, servers, name="TS01", version="2003"):
-    return TerminalServer(reactor, name, version, "per_device", servers,
-                          DeviceStore(str(tmp_path / "devices.json")), TerminalServerState(str(tmp_path / "ts.json")))
+    """The simulated terminal server, its local time on a task.Clock (it keeps lab time as an
+    offset from it, learnt from each license server's hello)."""
+    clock = Clock()
+    clock.advance(NOW)
+    return TerminalServer(reactor, name, version, "per_device", servers, DeviceStore(str(tmp_path / "devices.json")),
+                          TerminalServerState(str(tmp_path / "ts.json"), clock=clock))
 
 
 def test_hardware_id_matches_what_an_rdp_client_sends():
@@ -24,7 +32,7 @@ def test_hardware_id_matches_what_an_rdp_client_sends():
 
 @pytest_twisted.inlineCallbacks
 def test_a_down_license_server_is_skipped_and_the_next_one_serves(tmp_path, daemon):
-    ts = simulator(tmp_path, [DOWN, daemon.endpoint])
+    ts = simulator(tmp_path, [down(tmp_path), daemon.endpoint])
     try:
         row = yield defer.ensureDeferred(ts.logon("pc1", "alice"))
     finally:
@@ -51,7 +59,7 @@ def test_a_refusing_license_server_is_skipped_for_one_that_has_cals(tmp_path, da
 
 @pytest_twisted.inlineCallbacks
 def test_with_no_license_server_grace_admits_then_refuses(tmp_path):
-    ts = simulator(tmp_path, [DOWN])
+    ts = simulator(tmp_path, [down(tmp_path)])
     row = yield defer.ensureDeferred(ts.logon("pc1", "alice"))
     assert row["outcome"] == "admitted_grace" and row["served_by"] is None and row["grace_days_left"] == 120
     assert row["reason"] == "SERVER_UNREACHABLE"
@@ -71,13 +79,13 @@ def test_a_cal_due_for_renewal_is_refused_when_no_license_server_answers(tmp_pat
     row = yield defer.ensureDeferred(ts.logon("pc1", "alice"))
     yield defer.ensureDeferred(ts.close())
     assert row["license"]["kind"] == "permanent"
-    offline = simulator(tmp_path, [DOWN])
+    offline = simulator(tmp_path, [down(tmp_path)])
     offline.devices = ts.devices
     offline.state = ts.state
     row = yield defer.ensureDeferred(offline.logon("pc1", "alice"))
     assert row["outcome"] == "admitted_license"
     expires = parse_date(row["license"]["expires_at"])
-    ts.state.data["TS01"]["clock_offset"] = expires - DAY - time.time()     # a day before it runs out
+    ts.state.data["TS01"]["clock_offset"] = expires - DAY - ts.state.clock.seconds()     # a day before it runs out
     row = yield defer.ensureDeferred(offline.logon("pc1", "alice"))
     assert row["outcome"] == "refused" and row["reason"] == "RENEWAL_FAILED"
 
@@ -88,7 +96,7 @@ def test_the_command_says_no_license_server_answered_and_exits_3_when_refused(tm
     import sys
 
     def tsls_ts(*argv):
-        return subprocess.run([sys.executable, "-m", "clients.tssim", "--server", DOWN, "--state-dir", str(tmp_path),
+        return subprocess.run([sys.executable, "-m", "clients.tssim", "--server", down(tmp_path), "--state-dir", str(tmp_path),
                                "--connect-timeout", "5", *argv], capture_output=True, text=True, timeout=60)
 
     done = tsls_ts("logon", "pc1", "pc2")

@@ -294,15 +294,18 @@ def test_a_silent_client_times_out():
 @pytest.mark.parametrize("grace_over,expected", [(True, "refused"), (False, "valid")])
 @pytest_twisted.inlineCallbacks
 def test_no_license_server_after_the_grace_period(tmp_path, grace_over, expected):
-    """The simulated terminal server's own rules decide when no license server answers."""
-    import time
+    """The simulated terminal server's own rules decide when no license server answers (none listens
+    on the endpoint it is given); its time is a task.Clock."""
     from clients.tssim import ClientKeepsLicense, TerminalServer, TerminalServerState
     from twisted.internet import reactor
 
-    state = TerminalServerState(str(tmp_path / "ts.json"))
+    clock = Clock()
+    clock.advance(1_800_000_000)
+    state = TerminalServerState(str(tmp_path / "ts.json"), clock=clock)
     if grace_over:
-        state.data["TS01"] = {"grace_started_at": int(time.time()) - 200 * 86400}
-    ts = TerminalServer(reactor, "TS01", "2003", "per_device", ["tcp:127.0.0.1:1"], ClientKeepsLicense(), state)
+        state.data["TS01"] = {"grace_started_at": 1_800_000_000 - 200 * 86400}
+    ts = TerminalServer(reactor, "TS01", "2003", "per_device", [f"unix:{tmp_path}/no-license-server.sock"],
+                        ClientKeepsLicense(), state)
     licensing = server.LicenseServerLicensing(ts, state)
     answer = yield licensing.license(mirror.hwid("pc").hex(), "pc", "u", None)
     if expected == "refused":
