@@ -72,3 +72,39 @@ def test_everything_survives_a_restart_on_postgresql(pg, tmp_path):
         assert os.stat(second.credential_path).st_mode & 0o077 == 0
     finally:
         yield second.stop()
+
+
+@pytest_twisted.inlineCallbacks
+def test_two_daemons_share_events_and_the_lab_clock(pg, tmp_path):
+    """A change made through one daemon reaches the other's followers (LISTEN/NOTIFY), and moving the
+    lab clock through one moves the other's."""
+    from tsls.labclock import LabClock
+
+    first = PgDaemon(pg, tmp_path / "a", lab_clock=LabClock(reactor))
+    second = PgDaemon(pg, tmp_path / "b", first.clearinghouse, lab_clock=LabClock(reactor))
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    yield first.start()
+    yield second.start()
+    try:
+        watcher = yield second.admin()
+        seen = []
+        clock_moved = defer.Deferred()
+
+        def follow(event):
+            seen.append(event["name"])
+            if event["name"] == "CLOCK_CHANGED" and not clock_moved.called:
+                clock_moved.callback(event)
+        watcher.on_event = follow
+        yield watcher.request("follow_events")
+        admin = yield first.admin()
+        yield activate_and_install(admin, quantity=2)
+        before = (yield watcher.request("status"))["now"]
+        yield admin.request("set_clock", to="+30d")
+        yield clock_moved.addTimeout(30, reactor)
+        after = (yield watcher.request("status"))["now"]
+        assert after[:10] > before[:10] and second.lab_clock.offset >= 30 * 86400 - 5
+        assert {"ACTIVATED", "KEY_PACK_INSTALLED", "CLOCK_CHANGED"} <= set(seen)
+    finally:
+        yield first.stop()
+        yield second.stop()

@@ -67,6 +67,7 @@ class LicenseServerService(MultiService):
         serve the web console and /metrics on this endpoint (docs/console.md)."""
         super().__init__()
         self.shared = None
+        self._lab_clock = lab_clock
         shared = is_dsn(db_path)
         if shared:
             from tsls.server.pgstore import PgLicenseStore     # psycopg: the optional extra tsls[postgres]
@@ -127,8 +128,9 @@ class LicenseServerService(MultiService):
                 follower(shaped)
 
     def _clock_moved(self, offset: float) -> None:
-        if self.server.lab_clock is not None and offset > self.server.lab_clock.offset:
-            self.server.lab_clock.offset = offset
+        """Another daemon moved the shared lab clock (forward only)."""
+        if self._lab_clock is not None and offset > self._lab_clock.offset:
+            self._lab_clock.offset = offset
 
     def startService(self):
         super().startService()
