@@ -11,10 +11,12 @@ state: its grace period, and the lab time it last heard from a license server.
 from __future__ import annotations
 
 import argparse
+import enum
 import json
 import os
 import time
 
+import attrs
 from twisted.internet import defer
 
 from clients.cli import Failed, Interrupted, enum_option, flags_after_subcommands, run
@@ -22,7 +24,8 @@ from clients.connection import CONNECT_TIMEOUT, DEFAULT_SERVER, add_timeout_opti
 from clients.output import emit, table
 from tsls.core.labtime import parse_date
 from tsls.core.model import CalType, ProductVersion
-from tsls.core.terminal import Grace, refused_by_policy, without_license_server
+from tsls.core.licensing import Outcome
+from tsls.core.terminal import Admission, AdmittedBy, Grace, refused_by_policy, without_license_server
 from tsls.errors import Code, TslsError
 from tsls.files import default_data_dir, write_private
 from tsls.public import hardware_id, read_secret
@@ -120,6 +123,60 @@ class TerminalServerState(JsonState):
         self.data.setdefault(name, {})["clock_offset"] = parse_date(server_now) - self.clock.seconds()
 
 
+class Verdict(enum.Enum):
+    SERVED = "served"        # a license server answered: its outcome says what the device got
+    ADMITTED = "admitted"    # no license server licensed it: the terminal server's own rules let it in
+    REFUSED = "refused"
+
+
+@attrs.frozen
+class LogonResult:
+    """What became of one logon through a simulated terminal server."""
+
+    machine: str
+    user: str
+    verdict: Verdict
+    message: str = ""
+    served_by: str | None = None
+    outcome: Outcome | None = None          # SERVED: the license server's outcome
+    admitted_by: AdmittedBy | None = None   # ADMITTED: its own license, or the grace period
+    reason: Code | None = None              # why it got less than a permanent CAL, or was refused
+    license: dict | None = None             # the license the device holds afterwards
+    grace_days_left: int | None = None
+
+    @classmethod
+    def served(cls, machine: str, user: str, server: str, answer: dict) -> "LogonResult":
+        return cls(machine, user, Verdict.SERVED, answer["message"], server, Outcome(answer["outcome"]),
+                   reason=None if answer["reason"] is None else Code(answer["reason"]), license=answer["license"])
+
+    @classmethod
+    def admitted(cls, machine: str, user: str, admission: Admission, held: dict | None, reason: Code) -> "LogonResult":
+        return cls(machine, user, Verdict.ADMITTED, admission.message, admitted_by=admission.how, reason=reason,
+                   license=held, grace_days_left=admission.grace_days_left)
+
+    @classmethod
+    def refused(cls, machine: str, user: str, error: TslsError) -> "LogonResult":
+        return cls(machine, user, Verdict.REFUSED, error.message, reason=error.code)
+
+    @property
+    def outcome_name(self) -> str:
+        """The one word the command prints: the license server's outcome, admitted_license,
+        admitted_grace or refused."""
+        if self.verdict is Verdict.SERVED:
+            return self.outcome.value
+        if self.verdict is Verdict.ADMITTED:
+            return f"admitted_{self.admitted_by.value}"
+        return "refused"
+
+    def row(self) -> dict:
+        out = {"machine": self.machine, "user": self.user, "served_by": self.served_by, "license": self.license,
+               "reason": None if self.reason is None else self.reason.value, "outcome": self.outcome_name,
+               "message": self.message}
+        if self.verdict is Verdict.ADMITTED:
+            out["grace_days_left"] = self.grace_days_left
+        return out
+
+
 class TerminalServer:
     """One simulated terminal server, with its discovered list of license servers."""
 
@@ -147,11 +204,16 @@ class TerminalServer:
 
     async def logon(self, machine: str, user: str, report: bool = True, held: dict | None = None,
                     hwid: str | None = None) -> dict:
+        """``logon_result`` as the row the command prints."""
+        result = await self.logon_result(machine, user, report, held, hwid)
+        return result.row()
+
+    async def logon_result(self, machine: str, user: str, report: bool = True, held: dict | None = None,
+                           hwid: str | None = None) -> "LogonResult":
         """Log a client on. ``held`` is the license the device presents and ``hwid`` its hardware ID
         (an RDP client sends both); by default they come from the simulated device."""
         hwid = hwid or hardware_id(machine)
         held = held or self.devices.get(machine, self.version)
-        row = {"machine": machine, "user": user, "served_by": None, "license": None, "reason": None}
         refusal = None
         for server in self.servers:
             try:
@@ -164,15 +226,13 @@ class TerminalServer:
                     continue
                 break
             lic = answer["license"]
-            row.update(served_by=server, outcome=answer["outcome"], reason=answer["reason"], message=answer["message"],
-                       license=lic)
             self._note_connection(lic)
             if lic is not None:
                 self.devices.put(machine, self.version, lic)
                 if report:
                     await conn.request("logon_succeeded", hwid=hwid, license=lic["token"])
-            return row
-        return self._without_server(row, refusal, held)
+            return LogonResult.served(machine, user, server, answer)
+        return self._offline(machine, user, refusal, held)
 
     def _note_connection(self, lic) -> None:
         now = self.state.now(self.name)
@@ -182,30 +242,30 @@ class TerminalServer:
         self.state.keep_grace(self.name, grace)
 
     def _without_server(self, row, refusal, held) -> dict:
-        if refusal is not None and refusal.code in GRACE_ADMITS:
-            now = self.state.now(self.name)
-            grace = self.state.grace(self.name, ProductVersion.parse(self.version)).connection(now)
-            self.state.keep_grace(self.name, grace)
-            try:
-                admitted = refused_by_policy(grace, refusal, now)
-            except TslsError as e:
-                return {**row, "outcome": "refused", "reason": e.code.value, "message": e.message}
-            return {**row, "outcome": "admitted_grace", "message": admitted.message, "license": held,
-                    "reason": refusal.code.value, "grace_days_left": admitted.grace_days_left}
-        if refusal is not None and refusal.code not in UNAVAILABLE:
-            return {**row, "outcome": "refused", "reason": refusal.code.value, "message": refusal.message}
+        """``_offline`` as a row, over the fields ``row`` already has."""
+        return {**row, **self._offline(row["machine"], row["user"], refusal, held).row()}
+
+    def _offline(self, machine: str, user: str, refusal: TslsError | None, held) -> "LogonResult":
+        """No license server licensed the device: the terminal server's own rules decide."""
+        if refusal is not None and refusal.code not in GRACE_ADMITS | UNAVAILABLE:
+            return LogonResult.refused(machine, user, refusal)
         now = self.state.now(self.name)
         grace = self.state.grace(self.name, ProductVersion.parse(self.version)).connection(now)
         self.state.keep_grace(self.name, grace)
+        if refusal is not None and refusal.code in GRACE_ADMITS:
+            try:
+                admitted = refused_by_policy(grace, refusal, now)
+            except TslsError as e:
+                return LogonResult.refused(machine, user, e)
+            return LogonResult.admitted(machine, user, admitted, held, refusal.code)
         expires = parse_date(held["expires_at"]) if held else None
         try:
             admitted = without_license_server(grace, expires, now)
         except TslsError as e:
-            return {**row, "outcome": "refused", "reason": e.code.value, "message": e.message}
+            return LogonResult.refused(machine, user, e)
         # No license server answered (reason: how the last one failed); how many grace days are left.
-        return {**row, "outcome": f"admitted_{admitted.how.value}", "message": admitted.message, "license": held,
-                "reason": refusal.code.value if refusal is not None else Code.NO_LICENSE_SERVER.value,
-                "grace_days_left": admitted.grace_days_left}
+        return LogonResult.admitted(machine, user, admitted, held,
+                                    refusal.code if refusal is not None else Code.NO_LICENSE_SERVER)
 
     async def close(self) -> None:
         for conn in self.connections.values():

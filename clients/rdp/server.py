@@ -21,7 +21,10 @@ from twisted.protocols.policies import TimeoutMixin
 
 from clients.rdp import crypto, wire
 from clients.rdp.wire import ProtocolError
+from clients.tssim import Verdict
 from tsls.core.model import ProductVersion
+from tsls.core.terminal import AdmittedBy
+from tsls.errors import Code
 
 log = Logger(namespace="tsls.rdp")
 
@@ -54,8 +57,8 @@ class Refuse:
 
 
 # tsls refusals as a client understands them; anything not listed is ERR_INVALID_CLIENT.
-RDP_ERRORS = {"NO_LICENSE_SERVER": wire.ERR_NO_LICENSE_SERVER, "RENEWAL_FAILED": wire.ERR_NO_LICENSE_SERVER,
-              "SERVER_UNREACHABLE": wire.ERR_NO_LICENSE_SERVER}
+RDP_ERRORS = {Code.NO_LICENSE_SERVER: wire.ERR_NO_LICENSE_SERVER, Code.RENEWAL_FAILED: wire.ERR_NO_LICENSE_SERVER,
+              Code.SERVER_UNREACHABLE: wire.ERR_NO_LICENSE_SERVER}
 
 
 # What a client's license says: the license server's own record of it (whether a temporary
@@ -98,19 +101,18 @@ class LicenseServerLicensing:
 
     async def _license(self, hwid, machine, user, presented):
         try:
-            row = await self.ts.logon(machine, user, held=presented, hwid=hwid)
+            result = await self.ts.logon_result(machine, user, held=presented, hwid=hwid)
         finally:
             self.state.save()
-        lic = row.get("license")
-        outcome = row["outcome"]
-        if outcome == "refused":
-            return Refuse(RDP_ERRORS.get(row["reason"], wire.ERR_INVALID_CLIENT), row["reason"], row["message"])
-        if outcome == "admitted_grace":
-            return Valid(row["message"])
+        if result.verdict is Verdict.REFUSED:
+            return Refuse(RDP_ERRORS.get(result.reason, wire.ERR_INVALID_CLIENT), result.reason.value, result.message)
+        if result.admitted_by is AdmittedBy.GRACE:
+            return Valid(result.message)
+        lic = result.license
         if lic is None:
-            return Valid(f"{outcome}: {row.get('message') or 'no license to store'}")
+            return Valid(f"{result.outcome_name}: {result.message or 'no license to store'}")
         if presented is not None and cal_bytes(lic) == cal_bytes(presented):
-            return Valid(f"{outcome}: the device's license is unchanged")
+            return Valid(f"{result.outcome_name}: the device's license is unchanged")
         return Issue(lic)
 
 

@@ -13,6 +13,7 @@ from twisted.internet.testing import StringTransport
 from clients.rdp import crypto, server, wire
 from tests.clients.rdp import mirror
 from tsls.core.model import ProductVersion
+from tsls.errors import Code
 
 KEY = crypto.generate_key(1024)
 LICENSE = server.client_license({"license_id": 7, "kind": "permanent", "token": "TSLS1.7.abc",
@@ -239,7 +240,7 @@ def test_a_response_to_another_challenge_is_refused():
 @pytest.mark.parametrize("code,error", [("NO_LICENSE_SERVER", wire.ERR_NO_LICENSE_SERVER),
                                         ("NO_LICENSE_AVAILABLE", wire.ERR_INVALID_CLIENT)])
 def test_refusals_are_error_alerts_that_abort(code, error):
-    drv = Driver(FakeLicensing(server.Refuse(server.RDP_ERRORS.get(code, wire.ERR_INVALID_CLIENT), code, "no")))
+    drv = Driver(FakeLicensing(server.Refuse(server.RDP_ERRORS.get(Code(code), wire.ERR_INVALID_CLIENT), code, "no")))
     client = mirror.LicensingClient()
     [(_, challenge)] = drv.licensing(client.on_license_request(drv.to_licensing()))
     assert _alert(drv.licensing(client.on_platform_challenge(challenge))) == wire.ErrorAlert(error, wire.ST_TOTAL_ABORT)
