@@ -218,7 +218,7 @@ def flood(port: int, n: int) -> list[socket.socket]:
 
 @pytest_twisted.inlineCallbacks
 def test_connections_that_never_read_hold_bounded_answers_and_others_are_served(daemon):
-    from tsls.server.protocol import MAX_IN_FLIGHT, MAX_LINE
+    from tsls.server.protocol import MAX_IN_FLIGHT, MAX_LINE, TRANSPORT_BUFFER
 
     factory = daemon.service.listener.factory
     built = []
@@ -238,8 +238,8 @@ def test_connections_that_never_read_hold_bounded_answers_and_others_are_served(
         for p in built:
             t = p.transport
             unsent = len(t.dataBuffer) - t.offset + t._tempDataLen
-            assert unsent <= 64 * 1024 + 200                         # the transport's bound and one answer
-            assert len(p._buffer) - p._pos <= 64 * 1024 + MAX_LINE    # one read and a partial line, no more
+            assert unsent <= TRANSPORT_BUFFER + 200                   # the transport's bound and one answer
+            assert len(p._buffer) - p._pos <= TRANSPORT_BUFFER + MAX_LINE    # one read and a partial line, no more
             assert len(p._answers) <= MAX_IN_FLIGHT
         ts = yield daemon.terminal_server()
         assert (yield logon(ts, "polite"))["outcome"] == "temporary_issued"

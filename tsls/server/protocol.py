@@ -26,6 +26,8 @@ from tsls.public import PROTOCOL_VERSION
 from tsls.server import auth
 
 MAX_LINE = 64 * 1024          # longer lines: LINE_TOO_LONG, in order, then the connection is closed
+TRANSPORT_BUFFER = 16 * 1024  # a socket transport's read size, and the unsent answers past which the peer counts as
+                              # not reading (Twisted's default: 64 KiB)
 MAX_IN_FLIGHT = 256           # answers not yet written on one connection; past it, we stop reading
 MAX_DEPTH = 16                # JSON nesting in a request; deeper: BAD_JSON / BAD_REQUEST, the connection lives on
 LINES_PER_ROUND = 8           # lines a connection has taken before the others with lines waiting get theirs
@@ -190,6 +192,8 @@ class LicenseProtocol(Protocol, TimeoutMixin):
         self._idle_timeout = idle_timeout
 
     def connectionMade(self) -> None:
+        if isinstance(getattr(self.transport, "bufferSize", None), int):
+            self.transport.bufferSize = TRANSPORT_BUFFER
         self.transport.registerProducer(self, True)
         self.setTimeout(self._idle_timeout)
 
