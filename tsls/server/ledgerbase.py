@@ -15,7 +15,7 @@ import attrs
 from tsls.core import events
 from tsls.core.activation import Problem
 from tsls.core.licensing import Decision, World, expire
-from tsls.core.model import License, LicenseKind, LicenseStatus, ProductVersion
+from tsls.core.model import KeyPack, License, LicenseKind, LicenseStatus, ProductVersion, PurchaseRef
 from tsls.core.perseat import Product, ProductMode
 from tsls.core.reports import Scope
 from tsls.server.storage import ClearinghouseCall, EventFilter, Identity, LicenseFilter
@@ -93,6 +93,16 @@ class EngineCommon:
         self._set("sbs_licenses", str(total))
 
     # --- the ledger -------------------------------------------------------------------------------
+
+    def key_pack(self, key_pack_id: str) -> KeyPack | None:
+        return next((p for p in self.key_packs() if p.key_pack_id == key_pack_id), None)
+
+    def _purchase(self, text: str) -> PurchaseRef:
+        """A key pack's purchase from its stored JSON, read once (each engine keeps ``_purchases``)."""
+        ref = self._purchases.get(text)
+        if ref is None:
+            ref = self._purchases[text] = PurchaseRef.from_json(json.loads(text))
+        return ref
 
     def world(self, hwid: str, activated: bool, seed: str) -> World:
         return World(activated, self.key_packs(), self.licenses_of(hwid), seed)

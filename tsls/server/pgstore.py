@@ -542,12 +542,6 @@ class PgLicenseStore(EngineCommon):
             self._load()
         return self._packs
 
-    def _purchase(self, text: str) -> PurchaseRef:
-        ref = self._purchases.get(text)
-        if ref is None:
-            ref = self._purchases[text] = PurchaseRef.from_json(json.loads(text))
-        return ref
-
     def licenses_of(self, hwid: str) -> tuple[License, ...]:
         return tuple(license_row(r) for r in self._x(f"SELECT {_COLUMNS} FROM licenses WHERE hwid = %s", (hwid,)))
 
@@ -614,9 +608,6 @@ class PgLicenseStore(EngineCommon):
     def finish_clearinghouse_call(self, key: str, state: str, result: dict, now: int) -> None:
         self._w("UPDATE clearinghouse_calls SET state = %s, result = %s, finished_at = %s WHERE idempotency_key = %s",
                 (state, json.dumps(result), now, key))
-
-    def key_pack(self, key_pack_id: str) -> KeyPack | None:
-        return next((p for p in self.key_packs() if p.key_pack_id == key_pack_id), None)
 
     def retire_key_packs(self, key_pack_ids, now: int) -> list[KeyPack]:
         """Mark these key packs retired (those this server holds and has not retired yet); returns them."""

@@ -324,12 +324,6 @@ class LicenseStore(EngineCommon):
                 self._cache["key_packs"] = packs
         return packs
 
-    def _purchase(self, text: str) -> PurchaseRef:
-        ref = self._purchases.get(text)
-        if ref is None:
-            ref = self._purchases[text] = PurchaseRef.from_json(json.loads(text))
-        return ref
-
     def licenses_of(self, hwid: str) -> tuple[License, ...]:
         return tuple(license_row(r) for r in self.db.execute(f"SELECT {_COLUMNS} FROM licenses WHERE hwid = ?", (hwid,)))
 
@@ -407,9 +401,6 @@ class LicenseStore(EngineCommon):
     def finish_clearinghouse_call(self, key: str, state: str, result: dict, now: int) -> None:
         self.db.execute("UPDATE clearinghouse_calls SET state = ?, result = ?, finished_at = ? "
                         "WHERE idempotency_key = ?", (state, json.dumps(result), now, key))
-
-    def key_pack(self, key_pack_id: str) -> KeyPack | None:
-        return next((p for p in self.key_packs() if p.key_pack_id == key_pack_id), None)
 
     def retire_key_packs(self, key_pack_ids, now: int) -> list[KeyPack]:
         """Mark these key packs retired (those this server holds and has not retired yet); returns them."""
