@@ -5,6 +5,9 @@ host connects through, so a lab's cuts, delays and resets are socket events the 
   rule that rejects does; heal undoes it;
 - slow: every chunk, both ways, is held for a delay (real time: the lab clock does not move);
 - reset: open connections are reset once; the link stays up.
+
+A link no step of the lab touches is direct (``relay=False``): the session host connects to the license
+server's own port, and the lab saves relaying every byte of a long run through its own process.
 """
 from __future__ import annotations
 
@@ -67,8 +70,8 @@ class _Downstream(protocol.Protocol):
 
 
 class Link:
-    def __init__(self, reactor, session_host: str, license_server: str) -> None:
-        self.reactor = reactor
+    def __init__(self, reactor, session_host: str, license_server: str, relay: bool = True) -> None:
+        self.reactor, self.relay = reactor, relay
         self.session_host, self.license_server = session_host, license_server
         self.upstream_port: int | None = None
         self.state = "up"            # up, cut
@@ -82,10 +85,14 @@ class Link:
 
     @property
     def endpoint(self) -> str:
-        return f"tcp:127.0.0.1:{self.port.getHost().port}"
+        """Where the session host connects: the relay, or for a direct link the license server (which
+        restarts on the same port)."""
+        return f"tcp:127.0.0.1:{self.port.getHost().port if self.relay else self.upstream_port}"
 
     @defer.inlineCallbacks
     def start(self):
+        if not self.relay:
+            return self.upstream_port
         self.port = yield TCP4ServerEndpoint(self.reactor, 0, interface="127.0.0.1").listen(
             protocol.Factory.forProtocol(lambda: _Downstream(self)))
         return self.port.getHost().port

@@ -21,14 +21,14 @@ from clients.connection import LicenseConnection, connect
 from clients.tssim import TRY_NEXT, UNAVAILABLE, DeviceStore, TerminalServer, TerminalServerState
 from tsls.clearinghouse.client import ClearinghouseClient
 from tsls.core.events import EventId
-from tsls.core.model import Program, iso
+from tsls.core.model import ProductVersion, Program, iso
 from tsls.errors import Code, TslsError
 from tsls.labfile import expect
 from tsls.labfile.journal import Journal
 from tsls.labfile.links import Link
 from tsls.labfile.plan import Planned
 from tsls.labfile.processes import Daemon
-from tsls.labfile.schema import Lab
+from tsls.labfile.schema import LINK_KINDS, Lab
 from tsls.public import hardware_id, read_secret
 
 REQUEST_TIMEOUT = 30.0       # an administrator's request; a logon's is LOGON_TIMEOUT
@@ -104,11 +104,14 @@ class SessionHost(TerminalServer):
         """A wave's share of devices for this host: those whose CAL the host checks itself are done."""
         share = _Share(self, machines, {m: self.devices.get(m, self.version) for m in machines})
         now = self.state.now(self.name)
+        grace_over = self.state.grace(self.name, ProductVersion.parse(self.version)).ended_at is not None
         for m in machines:
             if expect.due_for_renewal(share.held[m], now):
                 share.pending.append(m)
             else:
-                self._note_connection(share.held[m])
+                if not grace_over:          # a permanent CAL ends the grace period; once ended, nothing to note
+                    self._note_connection(share.held[m])
+                    grace_over = True
                 share.rows[m] = share.row(m, outcome="existing", message="the session host checked the CAL itself",
                                           license=share.held[m])
         return share
@@ -241,10 +244,11 @@ class LabRun:
         for ls in self.lab.license_servers:
             await self._start_license_server(ls.name, 0)
         users = {m: u for fleet in self.lab.fleets for m, u in fleet.user_names().items()}
+        faulted = {(p.args["session_host"], p.args["license_server"]) for p in self.steps if p.kind in LINK_KINDS}
         for host in self.lab.session_hosts:
             links = []
             for name in host.license_servers:
-                link = Link(self.reactor, host.name, name)
+                link = Link(self.reactor, host.name, name, relay=(host.name, name) in faulted)
                 link.upstream_port = self.daemons[name].port
                 await link.start()
                 self.links[(host.name, name)] = link
