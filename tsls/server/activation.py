@@ -53,8 +53,12 @@ class Activations:
     def activate(self, method: str, contact: dict | None, license_server_id: str | None, certificate: str | None):
         """Automatic: ask the Clearinghouse. Telephone: the administrator types in the license server ID
         and certificate code the Clearinghouse gave on the phone."""
-        yield self._require_activation(False)
         how = activation.parse_method(method)
+        if how is ActivationMethod.AUTOMATIC:
+            done = yield self._unreported("activate", {})
+            if done is not None:
+                return done
+        yield self._require_activation(False)
         if how is ActivationMethod.AUTOMATIC:
             result = yield self._call("activate", {"product_id": self.identity.product_id, "contact": contact or {}})
             return result
@@ -70,6 +74,9 @@ class Activations:
 
     @defer.inlineCallbacks
     def reactivate(self, reason: str, contact: dict | None):
+        done = yield self._unreported("reactivate", {})
+        if done is not None:
+            return done
         server = yield self._require_activation(True)
         result = yield self._call("reactivate", {"server": server, "reason": reason, "contact": contact or {}})
         return result
@@ -80,6 +87,10 @@ class Activations:
         activation without it: the way out when the Clearinghouse does not know the activation
         (docs/activation.md). Key packs and issued CALs stay; only permanent CALs stop until the
         server is activated again."""
+        if not local:
+            done = yield self._unreported("deactivate", {})
+            if done is not None:
+                return done
         server = yield self._require_activation(True)
         if not local:
             result = yield self._call("deactivate", {"server": server})
@@ -120,9 +131,12 @@ class Activations:
         version, cal_type = _version_and_type(purchase)
         if version is not None:        # CALs newer than this server: refused before the Clearinghouse is asked
             check_server_hosts(self.identity.version, version)
+        wanted = purchase_request(ref, version, cal_type, purchase.get("quantity"))
+        done = yield self._unreported("install", {"purchase": wanted})
+        if done is not None:
+            return done
         server = yield self._require_activation(True)
-        result = yield self._call("install", {"server": server, "purchase": purchase_request(
-            ref, version, cal_type, purchase.get("quantity"))})
+        result = yield self._call("install", {"server": server, "purchase": wanted})
         return result
 
     @defer.inlineCallbacks
@@ -132,8 +146,12 @@ class Activations:
         version, cal_type = _version_and_type(purchase)
         if version is not None:
             check_server_hosts(self.identity.version, version)
+        wanted = purchase_request(ref, version, cal_type, None)
+        done = yield self._unreported("recover", {"purchase": wanted})
+        if done is not None:
+            return done
         server = yield self._require_activation(True)
-        result = yield self._call("recover", {"server": server, "purchase": purchase_request(ref, version, cal_type, None)})
+        result = yield self._call("recover", {"server": server, "purchase": wanted})
         return result
 
     # --- calls to the Clearinghouse, each once ---------------------------------------------------------
@@ -152,13 +170,30 @@ class Activations:
         self.log.info("Clearinghouse call {call_id} ({operation}) recorded", call_id=call.id, operation=operation)
         yield self._finish_all(others)
         result = yield self._finish(call)
+        yield self.writer.submit(lambda store, now: _finished(store, now, call, "done", result))    # told
         return result
+
+    def _unreported(self, operation: str, request: dict) -> defer.Deferred:
+        """The result of a call like this one that was completed without anyone being told (at a
+        start, after the request that made it was cut off): the administrator asking again gets it,
+        not a refusal (ALREADY_ACTIVATED, QUANTITY_EXCEEDED) that would look like CALs lost."""
+        def job(store, now):
+            for call in store.recent_clearinghouse_calls():
+                if (call.state == "done" and call.operation == operation and _same(call.request, request)
+                        and (call.result or {}).get(UNREPORTED)):
+                    result = _told(call.result)
+                    _finished(store, now, call, "done", result)
+                    return result
+            return None
+        return self.writer.submit(job)
 
     @defer.inlineCallbacks
     def finish_pending(self):
         """Ask again every call still pending (at start-up); fires with how many were finished."""
         calls = yield self.writer.submit(lambda store, now: store.pending_clearinghouse_calls())
         finished = yield self._finish_all(calls)
+        self.log.info("{finished} of {total} pending Clearinghouse calls finished", finished=finished,
+                      total=len(calls))
         return finished
 
     @defer.inlineCallbacks
@@ -215,9 +250,9 @@ class Activations:
         def job(store, now):
             current = store.clearinghouse_call(call.key)
             if current is not None and current.state == "done":
-                return current.result           # finished meanwhile (another request asked too)
+                return _told(current.result)    # finished meanwhile (another request asked too)
             result = APPLY[call.operation](store, now, answer, self.identity.version)
-            _finished(store, now, call, "done", result)
+            _finished(store, now, call, "done", {**result, UNREPORTED: True})      # until someone is told
             return result
         result = yield self.writer.submit(job)
         self.log.info("Clearinghouse call {call_id} ({operation}) done", call_id=call.id, operation=call.operation)
@@ -280,6 +315,13 @@ def _same(pending: dict, request: dict) -> bool:
     """Is ``request`` the administrator asking again for the pending call? One activation change at a
     time; an install or recovery of the same purchase."""
     return pending.get("purchase") == request.get("purchase")
+
+
+UNREPORTED = "_unreported"      # in a done call's result: its answer has not reached anyone yet
+
+
+def _told(result: dict | None) -> dict:
+    return {k: v for k, v in (result or {}).items() if k != UNREPORTED}
 
 
 def _finished(store, now: int, call: ClearinghouseCall, state: str, result: dict) -> None:

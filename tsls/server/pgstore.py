@@ -605,6 +605,11 @@ class PgLicenseStore(EngineCommon):
         rows = self._x(f"SELECT {_CALL_COLUMNS} FROM clearinghouse_calls WHERE state = 'pending' ORDER BY id").fetchall()
         return tuple(call_row(r) for r in rows)
 
+    def recent_clearinghouse_calls(self, limit: int = 1000) -> tuple[ClearinghouseCall, ...]:
+        """The last ``limit`` calls, newest first."""
+        rows = self._x(f"SELECT {_CALL_COLUMNS} FROM clearinghouse_calls ORDER BY id DESC LIMIT %s", (limit,)).fetchall()
+        return tuple(call_row(r) for r in rows)
+
     def finish_clearinghouse_call(self, key: str, state: str, result: dict, now: int) -> None:
         self._w("UPDATE clearinghouse_calls SET state = %s, result = %s, finished_at = %s WHERE idempotency_key = %s",
                 (state, json.dumps(result), now, key))

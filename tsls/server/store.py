@@ -398,6 +398,11 @@ class LicenseStore(EngineCommon):
         rows = self.db.execute(f"SELECT {_CALL_COLUMNS} FROM clearinghouse_calls WHERE state = 'pending' ORDER BY id")
         return tuple(call_row(r) for r in rows)
 
+    def recent_clearinghouse_calls(self, limit: int = 1000) -> tuple[ClearinghouseCall, ...]:
+        """The last ``limit`` calls, newest first."""
+        rows = self.db.execute(f"SELECT {_CALL_COLUMNS} FROM clearinghouse_calls ORDER BY id DESC LIMIT ?", (limit,))
+        return tuple(call_row(r) for r in rows)
+
     def finish_clearinghouse_call(self, key: str, state: str, result: dict, now: int) -> None:
         self.db.execute("UPDATE clearinghouse_calls SET state = ?, result = ?, finished_at = ? "
                         "WHERE idempotency_key = ?", (state, json.dumps(result), now, key))
