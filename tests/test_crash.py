@@ -155,6 +155,8 @@ def test_kill_nine_loses_no_acknowledged_clearinghouse_sale_or_install(tmp_path)
                                                                         "company": "C", "country_region": "D"})
             server = {k: activation[k] for k in ("license_server_id", "product_id", "certificate")}
 
+        first = defer.Deferred()        # the first install acknowledged in this round
+
         @defer.inlineCallbacks
         def load(i):
             code = f"K{kill:04d}{i:04d}".ljust(25, "0")
@@ -164,12 +166,19 @@ def test_kill_nine_loses_no_acknowledged_clearinghouse_sale_or_install(tmp_path)
                 acknowledged_sales.add(code)
                 pack = yield ch.install(server, PurchaseRef(Program.RETAIL, retail_code=code), quantity=2)
                 acknowledged_packs[pack["key_pack"]["key_pack_id"]] = code
+                if not first.called:
+                    first.callback(None)
             except TslsError:
                 return          # the Clearinghouse died under us
 
         work = [load(i) for i in range(30)]
-        yield kill_at_random(daemon, rng, 0.3)      # a sale is two round trips (the operator's challenge)
-        yield defer.DeferredList(work).addTimeout(TIMEOUT, reactor)
+        done = defer.DeferredList(work)
+        done.addCallback(lambda _: None if first.called else first.callback(None))
+        # Kill once the load is under way (an event, not a time window that a loaded machine may miss),
+        # at a random moment in the next 0.1 s.
+        yield first.addTimeout(TIMEOUT, reactor)
+        yield kill_at_random(daemon, rng, 0.1)
+        yield done.addTimeout(TIMEOUT, reactor)
         db = sqlite3.connect(str(tmp_path / "clearinghouse.sqlite"))
         try:
             assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)

@@ -58,6 +58,8 @@ def test_recovery_moves_cals_and_the_lab_check_reports_double_circulation(tmp_pa
         assert [p["key_pack_id"] for p in again["key_packs"]] == [p["key_pack_id"] for p in recovered["key_packs"]]
         packs = yield as_server(lab, capsys, b, "keypacks")
         assert [(p["total"], p["available"]) for p in packs] == [(5, 5)]
+        recovered_events = yield as_server(lab, capsys, b, "events", "--event-id", "1114")
+        assert len(recovered_events) == 1 and "5 CALs of purchase" in recovered_events[0]["message"]
 
         # A has not contacted the Clearinghouse since: 10 CALs circulate, and that is on record.
         [problem] = lab_check(lab, a_db, b_db)

@@ -387,7 +387,14 @@ def _apply_install(store, now, answer, host_version) -> dict:
 
 def _apply_recover(store, now, answer, host_version) -> dict:
     issued = [IssuedKeyPack.from_json(kp) for kp in _answered(answer, "key_packs", list)]
-    return {"key_packs": _store_key_packs(store, now, host_version, issued, _retired(answer))}
+    new = [kp for kp in issued if store.key_pack(kp.key_pack_id) is None]     # held already: nothing recovered
+    packs = _store_key_packs(store, now, host_version, issued, _retired(answer))
+    if new:
+        references = sorted({kp.purchase.reference for kp in new})
+        store.add_events([Event(now, EventId.KEY_PACKS_RECOVERED,
+                                f"recovered from the Clearinghouse: {len(new)} key pack(s), "
+                                f"{sum(kp.quantity for kp in new)} CALs of purchase {', '.join(references)}")])
+    return {"key_packs": packs}
 
 
 def _retired(answer: dict) -> list:
