@@ -12,14 +12,16 @@ import re
 import sys
 
 from clients.cli import enum_option, flags_after_subcommands, run
+from clients import connection
 from clients.connection import DEFAULT_SERVER, add_timeout_options, connect
-from clients.output import emit, rows_out, table
+from clients.output import RowStream, emit, rows_out, table
 from tsls.core.clearinghouse import Reason
 from tsls.core.model import CalType, LicenseKind, LicenseStatus, ProductVersion
 from tsls.errors import Code, TslsError
 from tsls.files import default_data_dir, write_private
 from tsls.public import read_secret, write_secret
 
+SHOWN = 1000                # rows a table shows unless --limit or --all says otherwise
 DEFAULT_CLEARINGHOUSE = "http://127.0.0.1:4880"
 
 KEY_PACK_COLUMNS = [("key_pack_id", "KEY PACK"), ("product_version", "VERSION"), ("cal_type", "TYPE"),
@@ -143,8 +145,10 @@ def parser() -> argparse.ArgumentParser:
                      help="only the licenses for this Windows Server version")
     lic.add_argument("--kind", **enum_option(LicenseKind), help="only temporary licenses or permanent CALs")
     lic.add_argument("--status", **enum_option(LicenseStatus), help="only the licenses in this state")
-    lic.add_argument("--limit", type=int, default=1000,
-                     help="the first this many by license ID (default: %(default)s; at most 100000)")
+    lic.add_argument("--limit", type=int,
+                     help=f"the first this many by license ID (default: {SHOWN:,} in a table, every one with --csv "
+                          "or --json)")
+    lic.add_argument("--all", action="store_true", help="every license in the table, however many (page by page)")
     rev = sub.add_parser("revoke", help="revoke a Per Device CAL (at most 20%% of a version's CALs at once)")
     rev.add_argument("license_id", nargs="?", type=int)
     rev.add_argument("--user", help="(Per User CALs cannot be revoked: this shows the refusal)")
@@ -157,8 +161,10 @@ def parser() -> argparse.ArgumentParser:
     ev.add_argument("--user", help="only the events of this user")
     ev.add_argument("--license-id", type=int, help="only the events of this license")
     ev.add_argument("--since", help="ISO date")
-    ev.add_argument("--limit", type=int, default=1000,
-                    help="the newest this many, listed oldest first (default: %(default)s; at most 100000)")
+    ev.add_argument("--limit", type=int,
+                    help=f"the newest this many, listed oldest first (default: {SHOWN:,} in a table, every one with "
+                         "--csv or --json)")
+    ev.add_argument("--all", action="store_true", help="every event in the table, however many (page by page)")
     ev.add_argument("--follow", action="store_true", help="then keep printing events as they happen")
     con = sub.add_parser("console", help="print a one-time link that logs a browser in to the web console "
                                          "(docs/console.md)")
@@ -288,7 +294,7 @@ async def _admin_command(conn, args) -> None:
     elif c == "licenses":
         fields = {k: getattr(args, k) for k in ("hwid", "machine", "user", "terminal_server", "key_pack_id",
                                                  "product_version", "kind", "status") if getattr(args, k)}
-        rows_out(await conn.request("list_licenses", limit=args.limit, **fields), LICENSE_COLUMNS, _fmt(args))
+        await _list_rows(conn, "list_licenses", fields, LICENSE_COLUMNS, args)
     elif c == "revoke":
         if args.user:
             result = await conn.request("revoke", user=args.user)
@@ -306,7 +312,7 @@ async def _admin_command(conn, args) -> None:
         if args.follow:
             await _follow(conn, args, fields)
         else:
-            rows_out(await conn.request("list_events", limit=args.limit, **fields), EVENT_COLUMNS, _fmt(args))
+            await _list_rows(conn, "list_events", fields, EVENT_COLUMNS, args, newest_first=True)
     elif c == "console":
         link = await conn.request("console_link", role="viewer" if args.viewer else "admin")
         emit(link, args.json, lambda r: print(f"open this link in a browser (once, within {r['expires_in'] // 60} "
@@ -399,6 +405,41 @@ async def _sbs_command(conn, args) -> None:
                                             f"(at most {r['maximum']})"))
 
 
+async def _list_rows(conn, op, fields, columns, args, newest_first=False) -> None:
+    """A list, page by page (its cursor): every row for --csv/--json (streamed as the pages come) or
+    --all; else the first (or, for events, the newest) --limit rows, SHOWN in a table by default,
+    and a line on stderr saying how many there are in all and how to see them."""
+    fmt = _fmt(args)
+    limit = args.limit
+    if limit is not None and limit < 1:
+        raise TslsError(Code.BAD_REQUEST, "--limit must be at least 1")
+    if limit is None and fmt == "table" and not args.all:
+        limit = SHOWN
+    out = RowStream(columns, fmt)
+    total = 0
+    if limit is None:
+        async for page in conn.pages(op, **fields):
+            total = page["total"]
+            out.write(page["items"])
+    else:
+        held: list = []
+        order = {"newest_first": True} if newest_first else {}
+        async for page in conn.pages(op, page_size=min(limit, connection.PAGE_SIZE), **order, **fields):
+            total = page["total"]
+            held.extend(page["items"])
+            if len(held) >= limit:
+                break
+        held = held[:limit]
+        if newest_first:
+            held.reverse()
+        out.write(held)
+    out.close()
+    if fmt == "table" and out.count < total:
+        which = "newest " if newest_first else ""
+        print(f"showing the {which}{out.count:,} of {total:,}: --limit N for more, --all for every one, "
+              "--csv or --json to export them all", file=sys.stderr)
+
+
 def _fmt(args) -> str:
     return "json" if args.json else "csv" if args.csv else "table"
 
@@ -418,7 +459,7 @@ async def _follow(conn, args, fields) -> None:
 
     conn.on_event = show
     await conn.request("follow_events")
-    for event in await conn.request("list_events", limit=args.limit, **fields):
+    for event in await conn.request("list_events", limit=args.limit or SHOWN, **fields):
         show(event)
     await conn.closed
     if conn.server_error is not None:       # e.g. TOO_SLOW: this follower fell too far behind and was dropped

@@ -27,6 +27,7 @@ from tsls.public import PROTOCOL_VERSION, proof
 
 DEFAULT_SERVER = "tcp:127.0.0.1:4870"
 CONNECT_TIMEOUT = 5.0       # seconds to connect (TCP, and TLS for ssl: endpoints)
+PAGE_SIZE = 10_000          # rows per page when following a list's cursor (the server allows up to 100,000)
 ANSWER_TIMEOUT = 60.0       # seconds to wait for an answer: longer than the license server's own 30 s for the
                             # Clearinghouse, so an install or activation that waits on it is not cut short
 
@@ -45,6 +46,17 @@ class LicenseConnection(LineOnlyReceiver):
         self.clock = clock
         self.answer_timeout = answer_timeout
         self.endpoint = endpoint
+
+    async def pages(self, op: str, page_size: int | None = None, **fields):
+        """Every row of a list (list_licenses, list_events, list_key_packs, list_terminal_servers,
+        usage_report), a page at a time, by following its cursor: yields each answer
+        ({"items": [...], "total": N, "next_cursor": ...}) as it comes. Ends when the list does."""
+        cursor = ""
+        page_size = page_size or PAGE_SIZE
+        while cursor is not None:
+            answer = await self.request(op, cursor=cursor, limit=page_size, **fields)
+            yield answer
+            cursor = answer["next_cursor"]
 
     def request(self, op: str, **fields) -> defer.Deferred:
         """Send one request; fires with its result or fails with TslsError (SERVER_TIMEOUT when no answer

@@ -47,3 +47,40 @@ def rows_out(rows: list[dict], columns: list[tuple[str, str]], fmt: str) -> None
         write_csv(rows, columns)
     else:
         table(rows, columns)
+
+
+class RowStream:
+    """Rows printed as they come, a page at a time: CSV and JSON are written at once (an export of a
+    million rows never sits in memory); a table is aligned, so it is printed at ``close``."""
+
+    def __init__(self, columns: list[tuple[str, str]], fmt: str, out=None) -> None:
+        self.columns, self.fmt, self.out = columns, fmt, out or sys.stdout
+        self.count = 0
+        self._held: list[dict] = []
+        self._csv = None
+        if fmt == "csv":
+            self._csv = csv.writer(self.out)
+            self._csv.writerow([key for key, _ in columns])
+        elif fmt == "json":
+            self.out.write("[")
+
+    def write(self, rows: list[dict]) -> None:
+        if self.fmt == "csv":
+            for row in rows:
+                self._csv.writerow(["" if row.get(key) is None else row.get(key) for key, _ in self.columns])
+        elif self.fmt == "json":
+            for row in rows:
+                self.out.write(("\n" if self.count == 0 else ",\n") + json.dumps(row, sort_keys=True))
+                self.count += 1
+            self.out.flush()
+            return
+        else:
+            self._held.extend(rows)
+        self.count += len(rows)
+
+    def close(self) -> None:
+        if self.fmt == "json":
+            self.out.write("\n]\n" if self.count else "]\n")
+        elif self.fmt == "table":
+            table(self._held, self.columns, self.out)
+        self.out.flush()

@@ -21,6 +21,7 @@ class Code(enum.Enum):
     IDLE_TIMEOUT = "IDLE_TIMEOUT"
     TOO_MANY_CONNECTIONS = "TOO_MANY_CONNECTIONS"
     TOO_SLOW = "TOO_SLOW"
+    BAD_CURSOR = "BAD_CURSOR"                          # a list's cursor this server did not give for that list
     NOT_PERMITTED = "NOT_PERMITTED"
     NOT_IN_GROUP = "NOT_IN_GROUP"
     UNKNOWN_TERMINAL_SERVER = "UNKNOWN_TERMINAL_SERVER"

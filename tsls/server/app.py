@@ -21,6 +21,7 @@ from tsls.server import auth
 from tsls.server.activation import Activations
 from tsls.server.ledger import Ledger
 from tsls.server.products import ProductLicensing
+from tsls.server.reads import Reads
 from tsls.server.records import Records, event_json
 from tsls.server.registry import Registry
 from tsls.server.storage import Identity
@@ -32,14 +33,18 @@ class LicenseServer:
     """The facade the protocol (tsls/server/protocol.py) talks to: each operation is the method of
     the part that owns it."""
 
-    def __init__(self, writer, clearinghouse, identity: Identity, lab_clock=None) -> None:
+    def __init__(self, writer, clearinghouse, identity: Identity, lab_clock=None, reads: Reads | None = None) -> None:
+        """``reads``: where the administrator's lists and status are read (tsls.server.reads); by
+        default they run as writer jobs on the writer's connection."""
         self.writer = writer
+        self.reads = reads or Reads(None, writer)
         self.identity = identity
         self.registry = Registry(writer, identity)
         self.activation = Activations(writer, clearinghouse, identity)
         self.ledger = Ledger(writer, identity)
         self.records = Records(writer, identity, lab_clock)
         self.products = ProductLicensing(writer)
+        self.ledger.reads = self.records.reads = self.reads
         self.followers = self.records.followers
         self.console = None             # the web console (tsls.console), when the daemon serves one
 
@@ -60,12 +65,14 @@ class LicenseServer:
         self.logon = self.ledger.logon
         self.report_logon = self.ledger.report_logon
         self.licenses = self.ledger.licenses
+        self.licenses_page = self.ledger.licenses_page
         self.revoke = self.ledger.revoke
         self.revoke_user = self.ledger.revoke_user
 
         self.status = self.records.status
         self.set_clock = self.records.set_clock
         self.list_events = self.records.list_events
+        self.events_page = self.records.events_page
         self.usage_report = self.records.usage_report
         self.cal_usage_report = self.records.cal_usage_report
         self.set_role = self.records.set_role

@@ -10,7 +10,7 @@ from tsls.core.licensing import Logon, Outcome, TerminalServer, check_security_g
 from tsls.core.model import LicenseKind, LicenseStatus, ProductVersion
 from tsls.errors import Code, TslsError
 from tsls.jsonshapes import license_json
-from tsls.server import tokens
+from tsls.server import paging, tokens
 from tsls.server.storage import Identity, LicenseFilter
 
 
@@ -18,6 +18,7 @@ class Ledger:
     def __init__(self, writer, identity: Identity) -> None:
         self.writer = writer
         self.identity = identity
+        self.reads = None           # tsls.server.reads.Reads, set by the facade
 
     # --- terminal servers -------------------------------------------------------------------------
 
@@ -71,6 +72,21 @@ class Ledger:
             names = {v: k for k, v in packs.items()}
             return [license_json(lic, names.get(lic.key_pack)) for lic in store.licenses(which, limit)]
         return self.writer.submit(job)
+
+    def licenses_page(self, filters: dict, cursor: str, limit: int) -> defer.Deferred:
+        """One page of the issued licenses that match, by license ID (tsls.server.paging), read off
+        the writer (tsls.server.reads)."""
+        after = paging.decode("licenses", cursor)
+
+        def view(snap, now):
+            packs = {p.key_pack_id: p.id for p in snap.key_packs()}
+            which = _license_filter(filters, packs)
+            if which is None:
+                return {"items": [], "total": 0, "next_cursor": None}
+            names = {v: k for k, v in packs.items()}
+            rows = [license_json(lic, names.get(lic.key_pack)) for lic in snap.licenses_after(which, after, limit + 1)]
+            return paging.answer("licenses", rows, snap.count_licenses(which), limit, lambda r: r["license_id"])
+        return self.reads.read(view)
 
     def revoke(self, license_id: int) -> defer.Deferred:
         def job(store, now):

@@ -23,7 +23,7 @@ from tsls.core.model import CalType, ProductVersion, iso, whole_number
 from tsls.core.perseat import ADMINISTRATOR, AddPackUse, Requester
 from tsls.errors import Code, TslsError
 from tsls.public import PROTOCOL_VERSION
-from tsls.server import auth
+from tsls.server import auth, paging
 
 MAX_LINE = 64 * 1024          # longer lines: LINE_TOO_LONG, in order, then the connection is closed
 TRANSPORT_BUFFER = 16 * 1024  # a socket transport's read size, and the unsent answers past which the peer counts as
@@ -51,6 +51,28 @@ def _limit(request: dict) -> int:
     if not 1 <= limit <= 100_000:
         raise TslsError(Code.BAD_REQUEST, "limit must be from 1 to 100000")
     return limit
+
+
+def _cursor(request: dict) -> str | None:
+    """A list request's cursor: None (the whole list, up to ``limit``, as before paging), "" (the
+    first page) or a ``next_cursor`` this server gave (tsls.server.paging)."""
+    cursor = request.get("cursor")
+    if cursor is not None and (not isinstance(cursor, str) or len(cursor) > 512):
+        raise TslsError(Code.BAD_REQUEST, "field 'cursor' must be \"\" (the first page) or a next_cursor")
+    return cursor
+
+
+def _paged(which: str, key, cursor: str, limit: int, kind=int, field: str | None = None):
+    """A callback paging a short list already read whole (``result[field]``, or the result itself)."""
+    paging.decode(which, cursor, kind)      # a bad cursor is refused before anything is read
+
+    def cut(result):
+        if field is None:
+            return paging.page(which, result, key, cursor, limit, kind)
+        rest = dict(result)
+        return {**{k: v for k, v in rest.items() if k != field},
+                **paging.page(which, rest[field], key, cursor, limit, kind)}
+    return cut
 
 
 def _field(request: dict, name: str, kind=str, required=True, max_len=256):
@@ -453,6 +475,10 @@ class LicenseProtocol(Protocol, TimeoutMixin):
                                                      _field(request, "prevent_upgrade", bool, required=False))
 
     def op_list_terminal_servers(self, request):
+        cursor = _cursor(request)
+        if cursor is not None:
+            cut = _paged("terminal_servers", lambda t: t["name"], cursor, _limit(request), str, "terminal_servers")
+            return self.server.terminal_servers().addCallback(cut)
         return self.server.terminal_servers()
 
     # Per Server / Per Seat products and Small Business Server (docs/legacy.md)
@@ -537,11 +563,18 @@ class LicenseProtocol(Protocol, TimeoutMixin):
         return self.server.recover(_field(request, "purchase", dict))
 
     def op_list_key_packs(self, request):
+        cursor = _cursor(request)
+        if cursor is not None:
+            return self.server.key_packs().addCallback(_paged("key_packs", lambda p: p["id"], cursor, _limit(request)))
         return self.server.key_packs()
 
     def op_list_licenses(self, request):
         filters = {name: _field(request, name, required=False, max_len=128) for name in LICENSE_FILTERS}
-        return self.server.licenses({k: v for k, v in filters.items() if v is not None}, _limit(request))
+        filters = {k: v for k, v in filters.items() if v is not None}
+        cursor = _cursor(request)
+        if cursor is not None:
+            return self.server.licenses_page(filters, cursor, _limit(request))
+        return self.server.licenses(filters, _limit(request))
 
     def op_revoke(self, request):
         user = _field(request, "user", required=False)
@@ -555,6 +588,11 @@ class LicenseProtocol(Protocol, TimeoutMixin):
     def op_list_events(self, request):
         filters = {name: _field(request, name, kind, required=False, max_len=128) for name, kind in EVENT_FILTERS}
         since = _field(request, "since", required=False, max_len=64)
+        cursor = _cursor(request)
+        if cursor is not None:
+            return self.server.events_page({k: v for k, v in filters.items() if v is not None},
+                                           None if since is None else parse_date(since), cursor, _limit(request),
+                                           _field(request, "newest_first", bool, required=False) or False)
         return self.server.list_events({k: v for k, v in filters.items() if v is not None},
                                        None if since is None else parse_date(since), _limit(request))
 
@@ -609,7 +647,11 @@ class LicenseProtocol(Protocol, TimeoutMixin):
         return console.mint_link(role)
 
     def op_usage_report(self, request):
-        return self.server.usage_report(_time(request, "start"), _time(request, "end"))
+        cursor = _cursor(request)
+        report = self.server.usage_report(_time(request, "start"), _time(request, "end"))
+        if cursor is not None:
+            return report.addCallback(_paged("usage", lambda u: u["user"], cursor, _limit(request), str, "users"))
+        return report
 
     def op_cal_usage_report(self, request):
         return self.server.cal_usage_report()

@@ -18,6 +18,8 @@ import urllib.parse
 from tsls.core.activation import Activation, ActivationMethod, ActivationStatus
 from tsls.core.events import Event, EventId
 from tsls.core.model import DAY, CalType, KeyPack, License, LicenseKind, LicenseStatus, ProductVersion, PurchaseRef
+from tsls.server.ledgerbase import event_conditions, license_conditions
+from tsls.server.storage import EventFilter, LicenseFilter
 
 # Columns the licenses page may sort and filter by (the keys are what the page sends).
 LICENSE_SORTS = {"license_id": "id", "kind": "kind", "status": "status", "hwid": "hwid", "machine": "machine",
@@ -137,6 +139,46 @@ class Snapshot:
             "(SELECT * FROM events WHERE id > ? ORDER BY id DESC LIMIT ?) AS recent ORDER BY id", (after, limit))
         return [(r[0], Event(r[1], _event_id(r[2]), r[3], r[4], r[5], r[6], r[7])) for r in rows]
 
+    # --- the protocol's lists, a page at a time (tsls.server.paging) ----------------------------------
+
+    def count_licenses(self, which: LicenseFilter) -> int:
+        where, params = license_conditions(which, "?", quote=_quote)
+        return self.run(f"SELECT count(*) FROM licenses WHERE {' AND '.join(['1 = 1', *where])}", params).fetchone()[0]
+
+    def licenses_after(self, which: LicenseFilter, after: int | None, limit: int) -> list[License]:
+        """Up to ``limit`` licenses that match, by license ID, from the first above ``after``."""
+        where, params = license_conditions(which, "?", quote=_quote)
+        if after is not None:
+            where.append("id > ?")
+            params.append(after)
+        rows = self.run(f"SELECT {_COLUMNS} FROM licenses WHERE {' AND '.join(['1 = 1', *where])} ORDER BY id LIMIT ?",
+                        (*params, limit))
+        return [_license(r) for r in rows]
+
+    def _event_where(self, which: EventFilter) -> tuple[list[str], list]:
+        where, params = event_conditions(which, "?", quote=_quote)
+        if which.event_ids is not None:
+            where.append(f"event_id IN ({','.join('?' * len(which.event_ids))})")
+            params.extend(which.event_ids)
+        return where, params
+
+    def count_events(self, which: EventFilter) -> int:
+        where, params = self._event_where(which)
+        return self.run(f"SELECT count(*) FROM events WHERE {' AND '.join(['1 = 1', *where])}", params).fetchone()[0]
+
+    def events_after(self, which: EventFilter, after: int | None, limit: int,
+                     newest_first: bool = False) -> list[tuple[int, Event]]:
+        """Up to ``limit`` events that match, by row ID from the first past ``after`` (ascending, or
+        descending when ``newest_first``)."""
+        where, params = self._event_where(which)
+        if after is not None:
+            where.append("id < ?" if newest_first else "id > ?")
+            params.append(after)
+        rows = self.run('SELECT id, at, event_id, message, terminal_server, hwid, "user", license_id FROM events '
+                        f"WHERE {' AND '.join(['1 = 1', *where])} ORDER BY id {'DESC' if newest_first else 'ASC'} "
+                        "LIMIT ?", (*params, limit))
+        return [(r[0], Event(r[1], _event_id(r[2]), r[3], r[4], r[5], r[6], r[7])) for r in rows]
+
     def registrations(self) -> list[tuple[str, int, bool]]:
         """(name, registered at, in the Terminal Server Computers group); never the secret."""
         return self.run("SELECT name, registered_at, in_group FROM terminal_servers ORDER BY name").fetchall()
@@ -227,6 +269,10 @@ class PgSnapshot(Snapshot):
         if not params:
             return self.db.execute(sql)
         return self.db.execute(sql.replace("%", "%%").replace("?", "%s"), tuple(params))
+
+
+def _quote(column: str) -> str:
+    return '"user"' if column == "user" else column
 
 
 _KINDS = {k.value: k for k in LicenseKind}

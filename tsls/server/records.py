@@ -10,6 +10,7 @@ from tsls.core.labtime import clock_target
 from tsls.core.reports import Scope, cal_usage_report, per_user_usage
 from tsls.errors import Code, TslsError
 from tsls.jsonshapes import iso, key_pack_json
+from tsls.server import paging
 from tsls.server.activation import activation_json
 from tsls.server.storage import EventFilter, Identity
 
@@ -22,6 +23,7 @@ class Records:
         self.identity = identity
         self.lab_clock = lab_clock
         self.followers: set = set()         # callables that get each committed event
+        self.reads = None                   # tsls.server.reads.Reads, set by the facade
         writer.on_events = self.publish
 
     def publish(self, committed) -> None:
@@ -74,6 +76,19 @@ class Records:
         which = EventFilter(event_ids=None if "event_id" not in filters else (filters["event_id"],),
                             since=since, **{k: v for k, v in filters.items() if k != "event_id"})
         return self.writer.submit(lambda store, now: [event_json(row_id, e) for row_id, e in store.events(which, limit)])
+
+    def events_page(self, filters: dict, since: int | None, cursor: str, limit: int,
+                    newest_first: bool = False) -> defer.Deferred:
+        """One page of the events that match, by row ID, oldest first (or newest first), read off the
+        writer (tsls.server.reads, tsls.server.paging)."""
+        which = EventFilter(event_ids=None if "event_id" not in filters else (filters["event_id"],),
+                            since=since, **{k: v for k, v in filters.items() if k != "event_id"})
+        after = paging.decode("events", cursor, newest_first=newest_first)
+
+        def view(snap, now):
+            rows = [event_json(row_id, e) for row_id, e in snap.events_after(which, after, limit + 1, newest_first)]
+            return paging.answer("events", rows, snap.count_events(which), limit, lambda r: r["id"], newest_first)
+        return self.reads.read(view)
 
     def set_role(self, role: str) -> defer.Deferred:
         """ChangeRole: the license server's scope, workgroup, domain or forest [§5, §9]. A workgroup

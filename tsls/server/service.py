@@ -14,6 +14,8 @@ from tsls.listener import Listener
 from tsls.server.app import LicenseServer, load_identity
 from tsls.server.records import event_json
 from tsls.server.protocol import LicenseFactory
+from tsls.server.reads import Reads
+from tsls.server.readstore import ReadStore
 from tsls.server.store import LicenseStore
 from tsls.server.writer import BatchWriter
 
@@ -28,16 +30,18 @@ log = Logger()
 
 
 class _WriterService(Service):
-    def __init__(self, writer: BatchWriter) -> None:
+    def __init__(self, writer: BatchWriter, reads: Reads) -> None:
         self.writer = writer
+        self.reads = reads
 
     def startService(self):
         super().startService()
         self.writer.start()
+        self.reads.start()
 
     def stopService(self):
         super().stopService()
-        return self.writer.stop()
+        return self.writer.stop().addBoth(lambda result: (self.reads.stop(), result)[1])
 
 
 class _ConsoleService(Service):
@@ -84,8 +88,15 @@ class LicenseServerService(MultiService):
             lab_clock.offset = store.lab_clock_offset()
         clock = lab_clock or clock or reactor
         self.writer = BatchWriter(reactor, clock, store)
-        self.server = LicenseServer(self.writer, clearinghouse, identity, lab_clock)
-        _WriterService(self.writer).setServiceParent(self)
+        if shared:
+            from tsls.server.readstore import PgReadStore
+            read_store = PgReadStore(store.connector)
+        else:
+            read_store = ReadStore(db_path)
+        # Lists and status on read-only connections in reader threads, never in a write batch.
+        self.reads = Reads(reactor, self.writer, read_store)
+        self.server = LicenseServer(self.writer, clearinghouse, identity, lab_clock, self.reads)
+        _WriterService(self.writer, self.reads).setServiceParent(self)
         if shared:
             from tsls.server.pgshared import SharedDatabase
             # Other daemons on the same database: their events for our followers, their clock moves,

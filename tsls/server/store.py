@@ -219,6 +219,12 @@ class LicenseStore(EngineCommon):
             return {}
         return self._cache.setdefault(table, {})
 
+    def read_snapshot(self):
+        """The read store's queries (tsls.server.readstore) on this connection, inside the open batch:
+        for a daemon run without a read store (tests of the operations on one connection)."""
+        from tsls.server.readstore import Snapshot
+        return Snapshot(self.db)
+
     # --- transactions ---------------------------------------------------------------------------
 
     @contextlib.contextmanager

@@ -1,0 +1,184 @@
+"""Lists that end: every list pages with a cursor and says how many there are (tsls.server.paging),
+against the real daemon with more rows than a page, and tsls-admin's exports follow the cursor."""
+import csv
+import io
+import json
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer, reactor
+
+from clients import admin, connection
+from tests.harness import Daemon, activate_and_install, running, with_timeout
+from tsls.errors import Code, TslsError
+
+DEVICES = 2_500
+PAGE = 1_000
+
+
+@pytest.fixture
+def daemon(tmp_path):
+    yield from running(Daemon(tmp_path))
+
+
+def logons(ts, first, count):
+    """``count`` first logons, pipelined on one connection."""
+    return defer.gatherResults([ts.request("logon", hwid=f"hw-{i}", machine=f"m{i}", user=f"u{i}", license=None)
+                                for i in range(first, first + count)])
+
+
+@defer.inlineCallbacks
+def ledger(daemon, devices=DEVICES):
+    ad = yield daemon.admin()
+    yield activate_and_install(ad)
+    ts = yield daemon.terminal_server()
+    yield with_timeout(logons(ts, 0, devices))
+    return ad, ts
+
+
+@defer.inlineCallbacks
+def every_page(ad, op, **fields):
+    pages = []
+    async def follow():
+        async for page in ad.pages(op, page_size=PAGE, **fields):
+            pages.append(page)
+    yield with_timeout(defer.ensureDeferred(follow()))
+    return pages
+
+
+@pytest_twisted.inlineCallbacks
+def test_licenses_page_by_license_id_with_the_total_until_the_list_ends(daemon):
+    ad, ts = yield ledger(daemon)
+    pages = yield every_page(ad, "list_licenses")
+    assert [len(p["items"]) for p in pages] == [1000, 1000, 500]
+    assert {p["total"] for p in pages} == {DEVICES}
+    ids = [lic["license_id"] for p in pages for lic in p["items"]]
+    assert ids == sorted(ids) and len(set(ids)) == DEVICES
+    assert pages[-1]["next_cursor"] is None
+    # filters hold across pages, and the total is of what matches
+    one = yield ad.request("list_licenses", cursor="", limit=10, machine="m7")
+    assert one["total"] == 1 and one["items"][0]["machine"] == "m7" and one["next_cursor"] is None
+    none = yield ad.request("list_licenses", cursor="", kind="nonsense")
+    assert none == {"items": [], "total": 0, "next_cursor": None}
+
+
+@pytest_twisted.inlineCallbacks
+def test_rows_written_between_pages_do_not_shift_the_next_page(daemon):
+    ad, ts = yield ledger(daemon, 1_500)
+    first = yield ad.request("list_licenses", cursor="", limit=PAGE)
+    yield with_timeout(logons(ts, 10_000, 700))           # while an export is between pages
+    second = yield ad.request("list_licenses", cursor=first["next_cursor"], limit=PAGE)
+    ids = [lic["license_id"] for lic in first["items"] + second["items"]]
+    assert len(set(ids)) == len(ids) == 2_000 and ids == sorted(ids)
+    assert second["total"] == 2_200
+    third = yield ad.request("list_licenses", cursor=second["next_cursor"], limit=PAGE)
+    assert len(third["items"]) == 200 and third["next_cursor"] is None
+
+
+@pytest_twisted.inlineCallbacks
+def test_events_page_oldest_first_or_newest_first(daemon):
+    ad, ts = yield ledger(daemon)
+    pages = yield every_page(ad, "list_events")
+    ids = [e["id"] for p in pages for e in p["items"]]
+    total = pages[0]["total"]
+    assert total >= DEVICES and len(ids) == len(set(ids)) == total and ids == sorted(ids)
+    newest = yield every_page(ad, "list_events", newest_first=True)
+    assert [e["id"] for p in newest for e in p["items"]] == ids[::-1]
+    issued = yield every_page(ad, "list_events", event_id=1101)
+    assert sum(len(p["items"]) for p in issued) == issued[0]["total"] == DEVICES
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_read_sees_the_change_asked_for_before_it_on_the_same_connection(daemon):
+    ad, ts = yield ledger(daemon, 10)
+    pipelined = [ts.request("logon", hwid=f"hw-x{i}", machine="x", user="x", license=None) for i in range(50)]
+    listed = ad.request("list_licenses", cursor="", machine="x")
+    yield with_timeout(defer.gatherResults(pipelined))
+    answer = yield with_timeout(listed)
+    # asked after the logons were sent on another connection: it may or may not see them, but on
+    # the same connection a read follows the writes before it
+    assert answer["total"] in range(0, 51)
+    revoked = ad.request("revoke", license_id=1)
+    after = ad.request("list_licenses", cursor="", limit=1)
+    yield revoked.addErrback(lambda f: None)
+    page = yield after
+    lic = yield ad.request("list_licenses", cursor="", limit=1)
+    assert page["items"][0]["status"] == lic["items"][0]["status"]
+
+
+@pytest_twisted.inlineCallbacks
+def test_key_packs_terminal_servers_and_usage_page_too(daemon):
+    ad, ts = yield ledger(daemon, 3)
+    for _ in range(4):
+        yield ad.request("install_key_pack", purchase={"program": "retail", "retail_code": "R" * 25,
+                                                       "cal_type": "per_device", "quantity": 1})
+    packs = yield _pages(ad, "list_key_packs", 2)
+    assert [len(p["items"]) for p in packs] == [2, 2, 1] and {p["total"] for p in packs} == {5}
+    assert [k["id"] for p in packs for k in p["items"]] == [k["id"] for k in (yield ad.request("list_key_packs"))]
+    for i in (3, 1, 4, 0, 2):
+        yield ad.request("register_terminal_server", name=f"TS{i:02}")
+    servers = yield _pages(ad, "list_terminal_servers", 2)
+    assert [t["name"] for p in servers for t in p["items"]] == [f"TS{i:02}" for i in range(5)]
+    assert servers[0]["total"] == 5 and servers[0]["security_group_policy"] is False
+    usage = yield ad.request("usage_report", cursor="", limit=2)
+    assert usage["total"] == usage["users_seen"] and "users" not in usage and "per_day" in usage
+
+
+@defer.inlineCallbacks
+def _pages(ad, op, size):
+    pages, cursor = [], ""
+    while cursor is not None:
+        page = yield ad.request(op, cursor=cursor, limit=size)
+        pages.append(page)
+        cursor = page["next_cursor"]
+    return pages
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_cursor_not_given_for_that_list_is_refused(daemon):
+    ad, ts = yield ledger(daemon, 20)
+    page = yield ad.request("list_licenses", cursor="", limit=5)
+    for op, cursor in (("list_events", page["next_cursor"]), ("list_licenses", "not-a-cursor"),
+                       ("list_licenses", "W1s="), ("list_key_packs", page["next_cursor"])):
+        with pytest.raises(TslsError) as e:
+            yield ad.request(op, cursor=cursor)
+        assert e.value.code is Code.BAD_CURSOR
+    with pytest.raises(TslsError) as e:
+        yield ad.request("list_events", cursor=page["next_cursor"], newest_first=True)
+    assert e.value.code is Code.BAD_CURSOR
+    with pytest.raises(TslsError) as e:
+        yield ad.request("list_licenses", cursor=5)
+    assert e.value.code is Code.BAD_REQUEST
+
+
+@pytest_twisted.inlineCallbacks
+def test_tsls_admin_exports_every_row_and_a_table_says_how_many_it_shows(daemon, capsys, monkeypatch):
+    yield ledger(daemon)
+    monkeypatch.setattr(connection, "PAGE_SIZE", PAGE)      # so the export takes several pages
+
+    @defer.inlineCallbacks
+    def run(*argv):
+        capsys.readouterr()
+        args = admin.parser().parse_args(["--server", daemon.endpoint, "--credential",
+                                          daemon.service.credential_path, *argv])
+        yield with_timeout(defer.ensureDeferred(admin.command(reactor, args)))
+        return capsys.readouterr()
+
+    out = yield run("licenses", "--csv")
+    rows = list(csv.DictReader(io.StringIO(out.out)))
+    assert len(rows) == DEVICES and len({r["license_id"] for r in rows}) == DEVICES
+    out = yield run("licenses", "--json")
+    assert len(json.loads(out.out)) == DEVICES
+    out = yield run("licenses")
+    assert len(out.out.splitlines()) == 1 + 1000
+    assert "showing the 1,000 of 2,500" in out.err and "--all" in out.err
+    out = yield run("licenses", "--all")
+    assert len(out.out.splitlines()) == 1 + DEVICES and out.err == ""
+    out = yield run("events", "--limit", "1500")
+    lines = out.out.splitlines()[1:]
+    ids = [int(line.split()[0]) for line in lines]
+    assert len(ids) == 1500 and ids == sorted(ids)
+    assert "showing the newest 1,500 of" in out.err
+    out = yield run("events", "--json")
+    events = json.loads(out.out)
+    assert ids == [e["id"] for e in events][-1500:]

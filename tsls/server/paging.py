@@ -1,0 +1,60 @@
+"""Lists that end: keyset pages with an opaque cursor (docs/protocol.md, "Lists").
+
+A list request that carries ``cursor`` (the empty string for the first page, then the
+``next_cursor`` of the previous answer) is answered with one page::
+
+    {"items": [...], "total": N, "next_cursor": "..." | null}
+
+``total`` is how many rows match in all (at the time of that page's snapshot); ``next_cursor`` is
+null on the last page. Pages follow a stable order (a unique key: license ID, event row ID, key pack
+ID, terminal server name), and a cursor names the last key a page held, so rows written between
+two pages never shift the next one (no OFFSET). A cursor is opaque to clients: base64 of the list's
+name, its direction and that key; one given for another list, or not given by this server, is
+refused with BAD_CURSOR.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+
+from tsls.errors import Code, TslsError
+
+MAX_PAGE = 100_000
+
+
+def encode(which: str, key, newest_first: bool = False) -> str:
+    text = json.dumps([which, 1 if newest_first else 0, key], separators=(",", ":"))
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+
+def decode(which: str, cursor: str, kind=int, newest_first: bool = False):
+    """The key a cursor names, or None for the first page (the empty string)."""
+    if cursor == "":
+        return None
+    try:
+        name, direction, key = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError):
+        name = direction = key = None
+    if name != which or direction != (1 if newest_first else 0) or type(key) is not kind:
+        raise TslsError(Code.BAD_CURSOR, f"this cursor was not given by this server for {which}"
+                        f"{' newest first' if newest_first else ''}; start again with cursor \"\"")
+    return key
+
+
+def page(which: str, items: list, key, cursor: str, limit: int, kind=int) -> dict:
+    """One page of a short list already in memory (key packs, terminal servers), by ``key(item)``."""
+    after = decode(which, cursor, kind)
+    ordered = sorted(items, key=key)
+    rest = ordered if after is None else [i for i in ordered if key(i) > after]
+    chunk = rest[:limit]
+    more = len(rest) > limit
+    return {"items": chunk, "total": len(items), "next_cursor": encode(which, key(chunk[-1])) if more else None}
+
+
+def answer(which: str, rows: list, total: int, limit: int, key, newest_first: bool = False) -> dict:
+    """A page read with ``limit + 1`` rows: the extra one only says there is more."""
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return {"items": rows, "total": total,
+            "next_cursor": encode(which, key(rows[-1]), newest_first) if more else None}
