@@ -24,12 +24,15 @@ from clients.connection import CONNECT_TIMEOUT, DEFAULT_SERVER, add_timeout_opti
 from clients.output import emit, table
 from tsls.core.labtime import parse_date
 from tsls.core.model import CalType, ProductVersion
+from tsls.core.diagnoser import Probe, diagnose, not_configured_admission
 from tsls.core.licensing import Outcome
-from tsls.core.terminal import Admission, AdmittedBy, Grace, refused_by_policy, without_license_server
+from tsls.core.model import iso
+from tsls.core.terminal import Admission, AdmittedBy, Grace, grace_days, refused_by_policy, without_license_server
 from tsls.errors import Code, TslsError
 from tsls.files import default_data_dir, write_private
 from tsls.public import hardware_id, read_secret
 
+NOT_CONFIGURED = "not_configured"   # the licensing mode, neither Per Device nor Per User [§9]
 REFUSED = 3            # exit status when a logon was refused (the rows are printed all the same)
 
 # A license server that answers with one of these could not license the device; the next one is
@@ -197,7 +200,12 @@ class TerminalServer:
         if conn is not None and conn.transport.connected:
             return conn
         conn = await connect(self.reactor, server, self.connect_timeout, self.answer_timeout)
-        hello = await conn.hello_terminal_server(self.name, self.version, self.mode, self.secret)
+        mode = CalType.PER_DEVICE.value if self.mode == NOT_CONFIGURED else self.mode
+        try:
+            hello = await conn.hello_terminal_server(self.name, self.version, mode, self.secret)
+        except TslsError:
+            await conn.close()
+            raise
         self.state.heard_time(self.name, hello["now"])
         self.connections[server] = conn
         return conn
@@ -214,6 +222,8 @@ class TerminalServer:
         (an RDP client sends both); by default they come from the simulated device."""
         hwid = hwid or hardware_id(machine)
         held = held or self.devices.get(machine, self.version)
+        if self.mode == NOT_CONFIGURED:
+            return self._not_configured(machine, user, held)
         refusal = None
         for server in self.servers:
             try:
@@ -240,6 +250,57 @@ class TerminalServer:
         if lic is not None and lic["kind"] == "permanent":
             grace = grace.permanent_cal_issued(now)
         self.state.keep_grace(self.name, grace)
+
+    def _not_configured(self, machine: str, user: str, held) -> "LogonResult":
+        """Licensing mode Not Configured: no license server is asked; in during the grace period,
+        after it event 1069 and refusal (tsls/core/diagnoser.py)."""
+        now = self.state.now(self.name)
+        grace = self.state.grace(self.name, ProductVersion.parse(self.version)).connection(now)
+        self.state.keep_grace(self.name, grace)
+        try:
+            left = not_configured_admission(grace, now)
+        except TslsError as e:
+            return LogonResult.refused(machine, user, e)
+        admission = Admission(AdmittedBy.GRACE, "the licensing mode is not configured; admitted in the grace period: "
+                                                f"{left} days left", left)
+        return LogonResult.admitted(machine, user, admission, held, Code.MODE_NOT_CONFIGURED)
+
+    def grace_days(self) -> dict:
+        """GetGracePeriodDays: the whole days of grace left (the full period before any connection)."""
+        now = self.state.now(self.name)
+        grace = self.state.grace(self.name, ProductVersion.parse(self.version))
+        ends = grace.expires_at()
+        left = grace_days(grace.version) if ends is None else max(0, -(-(ends - now) // 86400))
+        return {"terminal_server": self.name, "grace_days_left": left, "grace_active": grace.active(now),
+                "grace_started_at": iso(grace.started_at), "grace_ends_at": iso(ends)}
+
+    async def probe(self, server) -> Probe:
+        """What the Diagnoser learns from one license server (a Not Configured host asks as Per Device)."""
+        try:
+            conn = await self._connection(server)
+            info = await conn.request("licensing_info")
+        except TslsError as e:
+            if e.code in UNAVAILABLE:
+                return Probe(server, reachable=False)
+            return Probe(server, reachable=True, refusal=e.code.value)
+        return Probe(server, True, None, ProductVersion.parse(info["server_version"]), info["activated"],
+                     info["security_group_policy"], info["in_group"], info["cals_installed"], info["cals_available"],
+                     info["other_type_installed"])
+
+    async def diagnose(self) -> dict:
+        """The RD Licensing Diagnoser for this session host (tsls/core/diagnoser.py)."""
+        probes = [await self.probe(server) for server in self.servers]
+        now = self.state.now(self.name)
+        version = ProductVersion.parse(self.version)
+        mode = None if self.mode == NOT_CONFIGURED else CalType.parse(self.mode)
+        d = diagnose(version, mode, tuple(probes), self.state.grace(self.name, version), now)
+        return {"terminal_server": self.name, "version": version.value,
+                "mode": NOT_CONFIGURED if mode is None else mode.value,
+                "ok": d.ok, "status": d.status.name, "status_code": int(d.status),
+                "grace_active": d.grace_active, "grace_days_left": d.grace_days_left,
+                "servers": [{"server": f.server, "status": f.status.name, "status_code": int(f.status),
+                             "usable": f.usable, "messages": list(f.messages)} for f in d.findings],
+                "messages": list(d.messages)}
 
     def _without_server(self, row, refusal, held) -> dict:
         """``_offline`` as a row, over the fields ``row`` already has."""
@@ -273,6 +334,11 @@ class TerminalServer:
                 await conn.close()
 
 
+def _mode(text: str) -> str:
+    key = text.strip().replace("-", "_").lower()
+    return next((m for m in (*(c.value for c in CalType), NOT_CONFIGURED) if m == key), text)
+
+
 def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tsls-ts", description="Simulate a terminal server.",
@@ -287,13 +353,17 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--secret-file", help="the secret tsls-admin terminal-servers register gave this name")
     parser.add_argument("--version", default="2003", **enum_option(ProductVersion),
                         help="Windows Server version it emulates (default: %(default)s)")
-    parser.add_argument("--mode", default="per_device", **enum_option(CalType),
-                        help="its licensing mode: the CAL type it asks for (default: %(default)s)")
+    parser.add_argument("--mode", default="per_device", type=_mode, choices=[*(c.value for c in CalType), NOT_CONFIGURED],
+                        help="its licensing mode: the CAL type it asks for, or not_configured (in only during the "
+                             "grace period, then event 1069 and refusal) (default: %(default)s)")
     parser.add_argument("--state-dir", default=default_data_dir(),
                         help="where devices keep their licenses and terminal servers their state "
                              "(default: $TSLS_DATA, else tsls-data; now %(default)s)")
     parser.add_argument("--json", action="store_true", help="print JSON for scripts")
     sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("diagnose", help="the RD Licensing Diagnoser: mode, license servers in order, each one's "
+                                    "GetTStoLSConnectivityStatus, activation, CALs, grace (docs/diagnoser.md)")
+    sub.add_parser("grace", help="the grace days left (GetGracePeriodDays)")
     logon = sub.add_parser("logon", help="log clients on, report success, print their licenses")
     logon.add_argument("clients", nargs="*", metavar="MACHINE[:USER]",
                        help="client machines, each with an optional user name (default user: user-MACHINE)")
@@ -372,6 +442,20 @@ async def command(reactor, args) -> None:
     ts = TerminalServer(reactor, args.name, args.version, args.mode.replace("-", "_"), args.server or [DEFAULT_SERVER],
                         devices, state, secret, args.connect_timeout, args.timeout)
     rows = []
+    if args.command == "grace":
+        emit(ts.grace_days(), args.json, lambda g: print(f"{g['terminal_server']}: {g['grace_days_left']} grace days "
+                                                         f"left" + (f" (ends {g['grace_ends_at']})" if g["grace_ends_at"]
+                                                                    else " (not started)")))
+        return
+    if args.command == "diagnose":
+        try:
+            report = await ts.diagnose()
+        finally:
+            await ts.close()
+        emit(report, args.json, _print_diagnosis)
+        if not report["ok"]:
+            raise Failed(REFUSED, f"licensing problems found: {report['status']}")
+        return
     if args.command == "rdp":
         from clients.rdp.listen import serve
         ts.devices = ClientKeepsLicense()
@@ -415,6 +499,16 @@ async def command(reactor, args) -> None:
     refused = sum(1 for r in rows if r["outcome"] == "refused")
     if refused:
         raise Failed(REFUSED, f"{refused} of {len(rows)} logons refused")
+
+
+def _print_diagnosis(d: dict) -> None:
+    print(f"RD Session Host {d['terminal_server']} (Windows Server {d['version']}), licensing mode {d['mode']}")
+    table(d["servers"], [("server", "LICENSE SERVER"), ("status", "STATUS"), ("status_code", "CODE"),
+                         ("usable", "USABLE")])
+    print()
+    for message in d["messages"]:
+        print(f"- {message}")
+    print(f"\nresult: {'OK' if d['ok'] else 'licensing problems'} ({d['status']})")
 
 
 def _print_rows(rows: list[dict]) -> None:

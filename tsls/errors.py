@@ -38,6 +38,7 @@ class Code(enum.Enum):
     LAB_CLOCK_DISABLED = "LAB_CLOCK_DISABLED"
     CLOCK_BACKWARDS = "CLOCK_BACKWARDS"
     UNKNOWN_LICENSE = "UNKNOWN_LICENSE"
+    MODE_NOT_CONFIGURED = "MODE_NOT_CONFIGURED"        # a session host in Not Configured mode after its grace
     UPGRADE_PREVENTED = "UPGRADE_PREVENTED"            # Prevent License Upgrade: only newer CALs are free
     LS_VERSION_TOO_LOW = "LS_VERSION_TOO_LOW"          # the license server is older than the session host
     # Per Server / Per Seat products, Small Business Server

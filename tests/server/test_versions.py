@@ -103,3 +103,16 @@ async def test_per_user_cals_are_tracked_and_reported_unless_the_server_is_in_a_
     with pytest.raises(TslsError) as e:
         await admin.request("set_role", role="galaxy")
     assert e.value.code is Code.BAD_REQUEST
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_diagnoser_says_lower_version_for_a_license_server_older_than_the_host(ls2019, tmp_path):
+    from clients.tssim import DeviceStore, TerminalServer, TerminalServerState
+    host = TerminalServer(reactor, "TS25", "2025", "per_device", [ls2019.endpoint],
+                          DeviceStore(str(tmp_path / "d.json")), TerminalServerState(str(tmp_path / "t.json")))
+    try:
+        d = await host.diagnose()
+    finally:
+        await host.close()
+    assert (d["status"], d["status_code"], d["ok"]) == ("LOWER_VERSION", 4, False)
+    assert "earlier Windows version" in d["messages"][0]

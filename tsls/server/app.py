@@ -64,6 +64,7 @@ class LicenseServer:
 
         self.logon = self.ledger.logon
         self.report_logon = self.ledger.report_logon
+        self.licensing_info = self.ledger.licensing_info
         self.licenses = self.ledger.licenses
         self.licenses_page = self.ledger.licenses_page
         self.revoke = self.ledger.revoke

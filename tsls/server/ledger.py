@@ -42,6 +42,21 @@ class Ledger:
 
         return self.writer.submit(job)
 
+    def licensing_info(self, ts: TerminalServer) -> defer.Deferred:
+        """What the RD Licensing Diagnoser asks a license server about one session host: activation, the
+        security group, and the CALs of its mode that serve its version (tsls/core/diagnoser.py)."""
+        def job(store, now):
+            packs = store.key_packs()
+            serving = [p for p in packs if p.cal_type is ts.mode and p.product_version.serves(ts.version)]
+            registered = ts.authenticated and store.registration(ts.name)
+            return {"server_version": self.identity.version.value, "activated": store.activation().activated,
+                    "security_group_policy": store.security_group_policy(),
+                    "in_group": bool(registered and registered.in_group),
+                    "cals_installed": sum(p.total for p in serving),
+                    "cals_available": sum(p.available for p in serving),
+                    "other_type_installed": sum(p.total for p in packs if p.cal_type is not ts.mode)}
+        return self.writer.submit(job)
+
     def report_logon(self, ts: TerminalServer, hwid: str, token: str) -> defer.Deferred:
         def job(store, now):
             license_id = tokens.verify(self.identity.secret, token, hwid)

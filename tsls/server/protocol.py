@@ -455,6 +455,9 @@ class LicenseProtocol(Protocol, TimeoutMixin):
                                  _field(request, "machine"), _field(request, "user"),
                                  _field(request, "license", required=False, max_len=512))
 
+    def op_licensing_info(self, request):
+        return self.server.licensing_info(self.terminal_server)
+
     def op_logon_succeeded(self, request):
         return self.server.report_logon(self.terminal_server, _field(request, "hwid", max_len=128),
                                         _field(request, "license", max_len=512))
@@ -663,6 +666,7 @@ class LicenseProtocol(Protocol, TimeoutMixin):
 _OPS = {
     ("terminal_server", "logon"): LicenseProtocol.op_logon,
     ("terminal_server", "logon_succeeded"): LicenseProtocol.op_logon_succeeded,
+    ("terminal_server", "licensing_info"): LicenseProtocol.op_licensing_info,
     ("terminal_server", "product_connect"): LicenseProtocol.op_product_connect,
     ("terminal_server", "product_disconnect"): LicenseProtocol.op_product_disconnect,
     ("terminal_server", "switch_to_per_seat"): LicenseProtocol.op_switch_to_per_seat,
