@@ -92,7 +92,7 @@ def main(argv=None) -> int:
     credential = None
     if args.db.startswith("postgresql://"):      # no directory beside the database for the credential
         import tempfile
-        credential = os.path.join(tempfile.mkdtemp(prefix="tsls-bench-"), "admin.secret")
+        credential = os.path.join(tempfile.mkdtemp(prefix="tsls-bench-"), "admin.secret")     # removed at exit
     service = LicenseServerService(reactor, args.listen, args.db, NoClearinghouse(),
                                    console_listen="tcp:0:interface=127.0.0.1" if args.console else None,
                                    credential_path=credential)
@@ -133,6 +133,9 @@ def main(argv=None) -> int:
     reactor.addSystemEventTrigger("before", "shutdown", stop)
     reactor.run()
     log.close()
+    if credential is not None:
+        import shutil
+        shutil.rmtree(os.path.dirname(credential), ignore_errors=True)
     return 0
 
 
