@@ -173,6 +173,14 @@ class _Share:
                 **fields}
 
 
+async def _all(coroutines) -> list:
+    """Run them together; the first failure is raised as itself."""
+    try:
+        return await defer.gatherResults([defer.ensureDeferred(c) for c in coroutines], consumeErrors=True)
+    except defer.FirstError as e:
+        e.subFailure.raiseException()
+
+
 async def _pipelined(conn, requests: list[tuple[str, dict]], window: int = PIPELINE) -> list:
     """Send the requests on one connection, at most ``window`` in flight, in order; each answer or
     TslsError comes back in the same order."""
@@ -241,8 +249,7 @@ class LabRun:
         self.daemons["clearinghouse"] = ch
         port = await ch.start()
         self.ch_url = f"http://127.0.0.1:{port}"
-        for ls in self.lab.license_servers:
-            await self._start_license_server(ls.name, 0)
+        await _all([self._start_license_server(ls.name, 0) for ls in self.lab.license_servers])
         users = {m: u for fleet in self.lab.fleets for m, u in fleet.user_names().items()}
         faulted = {(p.args["session_host"], p.args["license_server"]) for p in self.steps if p.kind in LINK_KINDS}
         for host in self.lab.session_hosts:
@@ -484,8 +491,7 @@ class LabRun:
             async def lane(queue, rank=rank):
                 for share in queue:
                     await share.host.attempt(share, share.host.servers[rank], report)
-            await defer.gatherResults([defer.ensureDeferred(lane(queue)) for queue in lanes.values()],
-                                      consumeErrors=True)
+            await _all([lane(queue) for queue in lanes.values()])
 
     async def do_connect(self, step: Planned) -> None:
         product = self.lab.product(step.args["product"])
