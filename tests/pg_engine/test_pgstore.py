@@ -10,7 +10,7 @@ from tsls.core.licensing import Change, Decision, Outcome
 from tsls.core.model import CalType, License, LicenseKind, LicenseStatus, Program, ProductVersion, PurchaseRef
 from tsls.errors import Code, TslsError
 from tsls.server.storage import LicenseFilter, Registration
-from tsls.server.pgstore import SCHEMA_VERSION, PgLicenseStore, check_ledger_pg, safe_dsn
+from tsls.server.pgstore import SCHEMA_VERSION, Connector, PgLicenseStore, check_ledger_pg, safe_dsn
 from tsls.sqlite import StoreError
 
 NOW = 1_800_000_000
@@ -246,3 +246,25 @@ def test_a_batch_whose_transaction_failed_is_never_reported_committed(store, pac
     assert store.new_events == []
     with store.transaction():
         assert store.license_counts() == {}
+
+
+def test_a_daemon_stuck_inside_a_batch_loses_the_ledger_lock_and_the_others_go_on(pg, pack, monkeypatch):
+    """A daemon stopped between two statements of a batch (SIGSTOP, a hung host) holds the ledger lock:
+    PostgreSQL ends its session after idle_in_transaction_session_timeout, and its batch never commits."""
+    monkeypatch.setattr(Connector, "idle_in_transaction_ms", 500)
+    stuck, other = PgLicenseStore.open(pg), PgLicenseStore.open(pg)
+    try:
+        batch = stuck.transaction()
+        batch.__enter__()                       # holds the ledger lock, then goes quiet
+        stuck.add_events([Event(NOW, EventId.CAL_ISSUED, "never committed")])
+        grant(other, "h1", pack.id)             # waits for the lock, then goes on
+        with pytest.raises(TslsError) as refused:
+            batch.__exit__(None, None, None)
+        assert refused.value.code is Code.STORAGE_UNAVAILABLE
+        grant(stuck, "h2", pack.id)             # and the stuck one is back by itself
+        with other.transaction():
+            assert [e.message for _, e in other.events()] == []
+            assert [p.issued for p in other.key_packs()] == [2]
+    finally:
+        stuck.close()
+        other.close()

@@ -41,6 +41,7 @@ from tsls.sqlite import StoreError
 
 CONNECT_TIMEOUT = 5         # seconds: a request waits at most this long for PostgreSQL to answer a connect
 STATEMENT_TIMEOUT_MS = 30_000
+IDLE_IN_TRANSACTION_MS = 10_000     # a batch never waits this long between two statements of its own
 RECONNECT_MIN, RECONNECT_MAX = 0.05, 0.5     # seconds between tries to connect again, while they fail
 LOCK_CLASS = 0x7473         # advisory lock keys: (LOCK_CLASS, LEDGER) for batches, (LOCK_CLASS, JOBS) for the
 LEDGER = 1                  # daemon that runs the background jobs
@@ -236,6 +237,8 @@ class Connector:
     """How to reach the database: a DSN without a password, and the password kept apart (never in
     a repr, a log line or an error)."""
 
+    idle_in_transaction_ms = IDLE_IN_TRANSACTION_MS
+
     def __init__(self, dsn: str, password: str | None = None, application_name: str = "tsls") -> None:
         self.dsn = dsn
         self._password = password
@@ -251,6 +254,9 @@ class Connector:
             kwargs["password"] = self._password
         conn = psycopg.connect(self.dsn, **kwargs)
         conn.execute(f"SET statement_timeout = {STATEMENT_TIMEOUT_MS}")
+        # A daemon stopped (SIGSTOP, a hung host) inside a batch would hold the ledger lock, and every
+        # other daemon with it: PostgreSQL ends such a session, and its lock, after this long.
+        conn.execute(f"SET idle_in_transaction_session_timeout = {self.idle_in_transaction_ms}")
         return conn
 
 
