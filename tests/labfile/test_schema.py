@@ -133,3 +133,10 @@ def test_a_fleet_shares_its_devices_among_fewer_users():
     assert lab.fleet("desks").user_names() == {"desks-001": "desks-user001", "desks-002": "desks-user002",
                                                 "desks-003": "desks-user003", "desks-004": "desks-user001"}
     assert schema.loads(GOOD).fleet("desks").user_names()["desks-002"] == "user-desks-002"
+
+
+def test_a_session_host_may_be_not_configured():
+    lab = schema.loads(GOOD.replace('name = "TS01"', 'name = "TS01"\nmode = "not-configured"'))
+    assert lab.session_host("TS01").mode is None
+    found, _ = problems(GOOD.replace('name = "TS01"', 'name = "TS01"\nmode = "per-seat"'))
+    assert found[0][:2] == (14, "session_host[1].mode")

@@ -18,7 +18,7 @@ from twisted.internet import defer
 from twisted.python.failure import Failure
 
 from clients.connection import LicenseConnection, connect
-from clients.tssim import TRY_NEXT, UNAVAILABLE, DeviceStore, TerminalServer, TerminalServerState
+from clients.tssim import NOT_CONFIGURED, TRY_NEXT, UNAVAILABLE, DeviceStore, TerminalServer, TerminalServerState
 from tsls.clearinghouse.client import ClearinghouseClient
 from tsls.core.events import EventId
 from tsls.core.model import ProductVersion, Program, iso
@@ -82,7 +82,8 @@ class SessionHost(TerminalServer):
     answers in order, so the license server decides in the same order on every run."""
 
     def __init__(self, reactor, spec, links: list[Link], devices, state) -> None:
-        super().__init__(reactor, spec.name, spec.version.value, spec.mode.value, [link.endpoint for link in links],
+        super().__init__(reactor, spec.name, spec.version.value, NOT_CONFIGURED if spec.mode is None else spec.mode.value,
+                         [link.endpoint for link in links],
                          devices, state, connect_timeout=LOGON_TIMEOUT, answer_timeout=LOGON_TIMEOUT)
         self.names = {link.endpoint: link.license_server for link in links}
         self.unreachable: set[str] = set()
@@ -103,6 +104,9 @@ class SessionHost(TerminalServer):
     def begin(self, machines: list[str]) -> "_Share":
         """A wave's share of devices for this host: those whose CAL the host checks itself are done."""
         share = _Share(self, machines, {m: self.devices.get(m, self.version) for m in machines})
+        if self.mode == NOT_CONFIGURED:      # no license server is asked: the grace period decides
+            share.rows.update({m: self._not_configured(m, self.users[m], share.held[m]).row() for m in machines})
+            return share
         now = self.state.now(self.name)
         grace_over = self.state.grace(self.name, ProductVersion.parse(self.version)).ended_at is not None
         for m in machines:

@@ -56,7 +56,7 @@ class LicenseServerSpec:
 class SessionHostSpec:
     name: str
     version: ProductVersion
-    mode: CalType
+    mode: CalType | None         # None: the licensing mode is Not Configured
     license_servers: tuple[str, ...]
     group: bool = False          # registered on its license servers, in their Terminal Server Computers group
 
@@ -348,7 +348,7 @@ def _parse(doc: dict, check: _Check) -> Lab | None:
         if len(set(map(str, listed))) != len(listed):
             r.problem("license_servers", "a license server is listed twice")
         hosts.append((table, SessionHostSpec(r.name(), r.enum("version", ProductVersion.parse, default=ProductVersion.W2019),
-                                             r.enum("mode", CalType.parse, default=CalType.PER_DEVICE),
+                                             r.enum("mode", _mode, default=CalType.PER_DEVICE),
                                              tuple(str(i) for i in listed), r.get("group", bool, default=False))))
         r.finish()
     host_names = _unique(check, hosts, "session host")
@@ -563,6 +563,16 @@ def _step(r: _Reader, table: tuple, previous: int, names: _Names) -> Step | None
         _check_expect(r, args, names)
     lines = {key: r.check.locator.line(table, key) for key in r.data}
     return Step(table[1], r.check.locator.line(table), at, do, args, note, lines)
+
+
+def _mode(text: str) -> CalType | None:
+    """per-device, per-user, or not-configured (None)."""
+    if text.replace("-", "_").lower() == "not_configured":
+        return None
+    try:
+        return CalType.parse(text)
+    except TslsError:
+        raise TslsError(Code.BAD_REQUEST, f"unknown mode {text!r}; expected per-device, per-user or not-configured") from None
 
 
 def _code(r: _Reader, key: str, value):
