@@ -258,6 +258,13 @@ class _Check:
             return None
         return _Reader(self, table, data)
 
+    def readers(self, doc: dict, name: str):
+        """(table, reader) for each [[name]] that is a table; the others are problems."""
+        for table, data in self.tables(doc, name):
+            r = self.reader(table, data)
+            if r is not None:
+                yield table, r
+
     def tables(self, doc: dict, name: str) -> list[tuple[tuple, dict]]:
         value = doc.get(name, [])
         if not isinstance(value, list):
@@ -324,10 +331,7 @@ def _parse(doc: dict, check: _Check) -> Lab | None:
             ch.finish(set())
 
     servers = []
-    for table, data in check.tables(doc, "license_server"):
-        r = check.reader(table, data)
-        if r is None:
-            continue
+    for table, r in check.readers(doc, "license_server"):
         spec = LicenseServerSpec(r.name(), r.enum("version", ProductVersion.parse, default=ProductVersion.W2019),
                                  r.get("activated", bool, default=True), r.get("security_group", bool, default=False))
         r.finish()
@@ -337,10 +341,7 @@ def _parse(doc: dict, check: _Check) -> Lab | None:
         check.problem(("lab", None), None, "a lab needs at least one [[license_server]]")
 
     hosts = []
-    for table, data in check.tables(doc, "session_host"):
-        r = check.reader(table, data)
-        if r is None:
-            continue
+    for table, r in check.readers(doc, "session_host"):
         listed = r.get("license_servers", list, default=[])
         for item in listed:
             if item not in ls_names:
@@ -354,10 +355,7 @@ def _parse(doc: dict, check: _Check) -> Lab | None:
     host_names = _unique(check, hosts, "session host")
 
     fleets = []
-    for table, data in check.tables(doc, "fleet"):
-        r = check.reader(table, data)
-        if r is None:
-            continue
+    for table, r in check.readers(doc, "fleet"):
         name = r.name()
         devices = r.count("devices", required=True, default=1, lo=1)
         prefix = r.get("prefix", str, default=None)
@@ -376,10 +374,7 @@ def _parse(doc: dict, check: _Check) -> Lab | None:
         prefixes.setdefault(fleet.prefix, fleet.name)
 
     purchases = []
-    for table, data in check.tables(doc, "purchase"):
-        r = check.reader(table, data)
-        if r is None:
-            continue
+    for table, r in check.readers(doc, "purchase"):
         purchases.append((table, PurchaseSpec(
             r.name(), r.reference("license_server", ls_names, "license server"),
             r.enum("program", Program.parse, required=False, default=Program.RETAIL),
@@ -390,10 +385,7 @@ def _parse(doc: dict, check: _Check) -> Lab | None:
     purchase_names = _unique(check, purchases, "purchase")
 
     products = []
-    for table, data in check.tables(doc, "product"):
-        r = check.reader(table, data)
-        if r is None:
-            continue
+    for table, r in check.readers(doc, "product"):
         name = r.get("name", str, required=True)
         if name is not None and not 0 < len(name) <= 128:
             r.problem("name", "a product name has 1 to 128 characters")
@@ -406,10 +398,7 @@ def _parse(doc: dict, check: _Check) -> Lab | None:
                    {p.name: p.license_server for _, p in purchases})
     steps = []
     at = 0
-    for table, data in check.tables(doc, "step"):
-        r = check.reader(table, data)
-        if r is None:
-            continue
+    for table, r in check.readers(doc, "step"):
         step = _step(r, table, at, names)
         if step is not None:
             at = step.at
