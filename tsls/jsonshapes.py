@@ -1,6 +1,7 @@
 """How the core's values look on the wire (socket protocol and admin output). Written once."""
 from __future__ import annotations
 
+from tsls.core import wmi
 from tsls.core.model import KeyPack, License, iso
 
 __all__ = ["iso", "key_pack_json", "license_json"]
@@ -18,10 +19,12 @@ def key_pack_json(p: KeyPack) -> dict:
         "available": p.available,
         "installed_at": iso(p.installed_at),
         "retired_at": None if p.retired_at is None else iso(p.retired_at),
+        "wmi": wmi.key_pack(p),          # Win32_TSLicenseKeyPack's numbers (docs/wmi.md)
     }
 
 
-def license_json(lic: License, key_pack_id: str | None = None, token: str | None = None) -> dict:
+def license_json(lic: License, key_pack_id: str | None = None, token: str | None = None, with_wmi: bool = False) -> dict:
+    """``with_wmi``: add Win32_TSIssuedLicense's numbers (the administrator's lists; docs/wmi.md)."""
     out = {
         "license_id": lic.id,
         "kind": lic.kind.value,
@@ -39,4 +42,6 @@ def license_json(lic: License, key_pack_id: str | None = None, token: str | None
     }
     if token is not None:
         out["token"] = token
+    if with_wmi:
+        out["wmi"] = wmi.issued_license(lic)
     return out

@@ -85,7 +85,7 @@ class Ledger:
             if which is None:
                 return []
             names = {v: k for k, v in packs.items()}
-            return [license_json(lic, names.get(lic.key_pack)) for lic in store.licenses(which, limit)]
+            return [license_json(lic, names.get(lic.key_pack), with_wmi=True) for lic in store.licenses(which, limit)]
         return self.writer.submit(job)
 
     def licenses_page(self, filters: dict, cursor: str, limit: int) -> defer.Deferred:
