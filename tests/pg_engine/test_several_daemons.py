@@ -3,7 +3,7 @@ over Unix sockets: racing for the last CALs, one of them killed -9 under load, P
 restarted under load (`pg_ctl restart -m immediate`). After each: the ledger's invariants hold
 (`tsls check --database`), and every license any daemon acknowledged is in the database.
 
-TSLS_PG_ROUNDS sets the racing test's rounds (default 8)."""
+TSLS_PG_ROUNDS sets the racing test's rounds (default 5)."""
 import os
 import random
 import signal
@@ -23,7 +23,7 @@ from tsls.errors import Code, TslsError
 from tsls.server.app import load_identity
 from tsls.server.pgstore import PgLicenseStore, check_ledger_pg
 
-ROUNDS = int(os.environ.get("TSLS_PG_ROUNDS", "8"))
+ROUNDS = int(os.environ.get("TSLS_PG_ROUNDS", "5"))
 TIMEOUT = 30
 LEADER_LINE = b"runs the background jobs"
 
