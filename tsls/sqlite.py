@@ -129,6 +129,20 @@ def _os_error(path: str, e: OSError) -> StoreError:
     return StoreError(f"cannot open {path}: {e.strerror}", Code.STORAGE_ERROR)
 
 
+def _statements(script: str) -> list[str]:
+    """A script's statements, one by one (a trigger's body holds semicolons of its own)."""
+    statements, pending = [], ""
+    for piece in script.split(";"):
+        pending += piece + ";"
+        if sqlite3.complete_statement(pending):
+            if pending.strip(" \n;"):
+                statements.append(pending)
+            pending = ""
+    if pending.strip(" \n;"):
+        statements.append(pending)
+    return statements
+
+
 def _migrate(db, path, migrations, what) -> None:
     latest = max(migrations)
     version = db.execute("PRAGMA user_version").fetchone()[0]
@@ -140,9 +154,8 @@ def _migrate(db, path, migrations, what) -> None:
     for target in range(version + 1, latest + 1):
         db.execute("BEGIN IMMEDIATE")
         try:
-            for statement in migrations[target].split(";"):
-                if statement.strip():
-                    db.execute(statement)
+            for statement in _statements(migrations[target]):
+                db.execute(statement)
             db.execute(f"PRAGMA user_version = {target}")
         except BaseException:
             db.execute("ROLLBACK")

@@ -1,6 +1,8 @@
 """The SQLite engine of the storage seam, on real SQLite files."""
 import json
 
+import attrs
+
 from tsls.core.activation import Activation, ActivationMethod, ActivationStatus
 from tsls.core.events import Event, EventId
 from tsls.core.licensing import Change, Decision, Outcome
@@ -78,3 +80,33 @@ def test_an_event_filter_keeps_the_newest_that_match_oldest_first(tmp_path):
     assert messages == ["e5", "e7", "e9"]
     assert [e.message for _, e in store.events(EventFilter(hwid="h0", since=3))] == ["e3", "e6", "e9"]
     store.close()
+
+
+def test_the_license_counts_status_reads_follow_every_write_and_a_migrated_ledger(tmp_path):
+    """status reads license_counts (kept by triggers) instead of counting every license; the counts
+    equal the ledger's through inserts, changes of status and the migration of an older ledger."""
+    from tsls.server.check import check_ledger
+
+    path = str(tmp_path / "ls.sqlite")
+    db = open_database(path, {n: MIGRATIONS[n] for n in range(1, 7)}, "license server")
+    db.execute("INSERT INTO licenses (kind, status, hwid, machine, user, terminal_server, product_version, key_pack, "
+               "validated, issued_at, expires_at) VALUES ('temporary', 'active', 'h0', 'm', 'u', 'ts', '2003', NULL, "
+               "0, 0, 100), ('temporary', 'upgraded', 'h1', 'm', 'u', 'ts', '2003', NULL, 0, 0, 100)")
+    db.close()
+    store = LicenseStore.open(path)
+    assert store.license_counts() == {"temporary:active": 1, "temporary:upgraded": 1}
+    with store.transaction():
+        pack = store.add_key_pack("K" * 35, PurchaseRef(Program.RETAIL, retail_code="R" * 25), ProductVersion.W2003,
+                                  CalType.PER_DEVICE, 5, 0)
+        for hwid in ("a", "b", "c"):
+            store.apply(Decision(Outcome.UPGRADED, _cal(hwid, pack.id), changes=(Change(_cal(hwid, pack.id), 1),)))
+        revoked = store.licenses(LicenseFilter(hwid="a"))[0]
+        revoked = attrs.evolve(revoked, status=LicenseStatus.REVOKED)
+        store.apply(Decision(Outcome.REVOKED, revoked, changes=(Change(revoked, -1),)))
+    with store.transaction():
+        store.sweep(1000)               # everything active expires
+    counted = dict(store.db.execute("SELECT kind || ':' || status, count(*) FROM licenses GROUP BY kind, status"))
+    assert store.license_counts() == counted == {"temporary:expired": 1, "temporary:upgraded": 1,
+                                                 "permanent:revoked": 1, "permanent:expired": 2}
+    store.close()
+    assert check_ledger(path) == []

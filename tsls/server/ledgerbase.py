@@ -43,11 +43,7 @@ class EngineCommon:
 
     def activation_problem(self) -> Problem | None:
         """The last activation problem kept for ``status`` (docs/activation.md), or None."""
-        value = self._get("activation_problem")
-        if value is None:
-            return None
-        code, at, message = value.split("|", 2)
-        return Problem(code, message, int(at))
+        return problem_of(self._get("activation_problem"))
 
     def set_activation_problem(self, problem: Problem | None) -> None:
         self._set("activation_problem", None if problem is None else f"{problem.code}|{problem.at}|{problem.message}")
@@ -64,7 +60,7 @@ class EngineCommon:
 
     def server_role(self) -> Scope:
         """The license server's scope (Win32_TSLicenseServer.ServerRole): domain unless changed."""
-        return Scope(self._get("server_role") or Scope.DOMAIN.value)
+        return scope_of(self._get("server_role"))
 
     def set_server_role(self, scope: Scope) -> None:
         self._set("server_role", scope.value)
@@ -123,6 +119,18 @@ class EngineCommon:
         for d in applied:
             self.add_events(events.for_decision(d, now))
         return applied
+
+
+def problem_of(value: str | None) -> Problem | None:
+    """The activation problem as meta keeps it (CODE|at|message)."""
+    if value is None:
+        return None
+    code, at, message = value.split("|", 2)
+    return Problem(code, message, int(at))
+
+
+def scope_of(value: str | None) -> Scope:
+    return Scope(value or Scope.DOMAIN.value)
 
 
 # --- the filters: (conditions, parameters) in the engine's placeholder, columns quoted as it needs ---

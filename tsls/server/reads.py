@@ -5,9 +5,10 @@ snapshot, or a PostgreSQL REPEATABLE READ READ ONLY transaction: tsls.server.rea
 pool of reader threads, never inside the writer's batch and never in the reactor's thread; the
 reader's SQL releases the GIL, so a long export or a status poll costs grants only its Python.
 
-It starts once every request submitted to the writer before it has committed (``writer.flushed``),
-so a connection that pipelines a change and then a read sees its change: reads keep the order of
-the requests, as before, without waiting in the batch.
+It starts once the writer's next batch has committed: a job that reads and writes nothing marks its
+place, so a connection that pipelines a change and then a read sees its change, and what is due
+to expire has expired (each batch sweeps first), as when reads were jobs; but the read itself, a
+scan of a million rows, say, runs outside the batch, and no logon waits for it.
 
 Without a read store (tests of the operations on one in-memory connection), the same view runs as
 a writer job on the writer's own connection (``store.read_snapshot()``).
@@ -40,10 +41,12 @@ class Reads:
     def read(self, view, *args) -> defer.Deferred:
         if self._pool is None:
             return self.writer.submit(lambda store, now: view(store.read_snapshot(), now, *args))
-        now = int(self.writer.clock.seconds())
-
-        def run():
+        def run(now):
             with self.store.snapshot() as snap:
                 return view(snap, now, *args)
-        return self.writer.flushed().addCallback(
-            lambda _: threads.deferToThreadPool(self.reactor, self._pool, run))
+        return self.writer.submit(_batch_time).addCallback(
+            lambda now: threads.deferToThreadPool(self.reactor, self._pool, run, now))
+
+
+def _batch_time(store, now: int) -> int:
+    return now

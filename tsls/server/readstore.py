@@ -15,10 +15,11 @@ import sqlite3
 import threading
 import urllib.parse
 
-from tsls.core.activation import Activation, ActivationMethod, ActivationStatus
+from tsls.core.activation import Activation, ActivationMethod, ActivationStatus, Problem
+from tsls.core.reports import Scope
 from tsls.core.events import Event, EventId
 from tsls.core.model import DAY, CalType, KeyPack, License, LicenseKind, LicenseStatus, ProductVersion, PurchaseRef
-from tsls.server.ledgerbase import event_conditions, license_conditions
+from tsls.server.ledgerbase import event_conditions, license_conditions, problem_of, scope_of
 from tsls.server.storage import EventFilter, LicenseFilter
 
 # Columns the licenses page may sort and filter by (the keys are what the page sends).
@@ -90,9 +91,24 @@ class Snapshot:
 
     def key_packs(self) -> list[KeyPack]:
         rows = self.run("SELECT id, key_pack_id, purchase, product_version, cal_type, total, issued, "
-                               "installed_at FROM key_packs ORDER BY id")
+                               "installed_at, retired_at FROM key_packs ORDER BY id")
         return [KeyPack(r[0], r[1], PurchaseRef.from_json(json.loads(r[2])), ProductVersion(r[3]), CalType(r[4]),
-                        r[5], r[6], r[7]) for r in rows]
+                        r[5], r[6], r[7], r[8]) for r in rows]
+
+    def _meta(self, key: str) -> str | None:
+        row = self.run("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else row[0]
+
+    def server_role(self) -> Scope:
+        return scope_of(self._meta("server_role"))
+
+    def activation_problem(self) -> Problem | None:
+        return problem_of(self._meta("activation_problem"))
+
+    def kind_status_counts(self) -> dict[str, int]:
+        """How many licenses of each kind and status, keyed "kind:status" (status's figure): read from
+        the counts the triggers keep (migration 7), not by counting every license."""
+        return {f"{k}:{s}": n for k, s, n in self.run("SELECT kind, status, n FROM license_counts WHERE n > 0")}
 
     def license_counts(self) -> dict[tuple[str, str, str], int]:
         """(kind, status, product version) -> licenses."""

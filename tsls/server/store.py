@@ -148,6 +148,30 @@ MIGRATIONS = {
     );
     CREATE INDEX clearinghouse_calls_pending ON clearinghouse_calls(state) WHERE state = 'pending';
     """,
+    # How many licenses of each kind and status, kept by triggers as licenses are written, so that
+    # status reads a few rows instead of counting every license (0.8 s with a million).
+    7: """
+    CREATE TABLE license_counts (
+        kind TEXT NOT NULL,
+        status TEXT NOT NULL,
+        n INTEGER NOT NULL CHECK (n >= 0),
+        PRIMARY KEY (kind, status)
+    ) WITHOUT ROWID;
+    INSERT INTO license_counts SELECT kind, status, count(*) FROM licenses GROUP BY kind, status;
+    CREATE TRIGGER license_counts_insert AFTER INSERT ON licenses BEGIN
+        INSERT OR IGNORE INTO license_counts VALUES (NEW.kind, NEW.status, 0);
+        UPDATE license_counts SET n = n + 1 WHERE kind = NEW.kind AND status = NEW.status;
+    END;
+    CREATE TRIGGER license_counts_update AFTER UPDATE OF kind, status ON licenses
+        WHEN OLD.kind IS NOT NEW.kind OR OLD.status IS NOT NEW.status BEGIN
+        UPDATE license_counts SET n = n - 1 WHERE kind = OLD.kind AND status = OLD.status;
+        INSERT OR IGNORE INTO license_counts VALUES (NEW.kind, NEW.status, 0);
+        UPDATE license_counts SET n = n + 1 WHERE kind = NEW.kind AND status = NEW.status;
+    END;
+    CREATE TRIGGER license_counts_delete AFTER DELETE ON licenses BEGIN
+        UPDATE license_counts SET n = n - 1 WHERE kind = OLD.kind AND status = OLD.status;
+    END;
+    """,
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 
@@ -345,7 +369,7 @@ class LicenseStore(EngineCommon):
 
     def license_counts(self) -> dict[str, int]:
         """How many licenses of each kind and status, keyed "kind:status"."""
-        return dict(self.db.execute("SELECT kind || ':' || status, count(*) FROM licenses GROUP BY kind, status"))
+        return dict(self.db.execute("SELECT kind || ':' || status, n FROM license_counts WHERE n > 0"))
 
     # --- writing decisions ----------------------------------------------------------------------
 

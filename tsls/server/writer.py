@@ -41,9 +41,6 @@ class BatchWriter:
         self._pool = ThreadPool(1, 1, name="tsls-writer")
         self._stopped = False
         self._threaded = threaded
-        self._submitted = 0                 # jobs submitted, and delivered (committed or refused), so far
-        self._delivered = 0
-        self._flush_waiters: deque = deque()    # (jobs submitted when asked, Deferred), oldest first
 
     def start(self) -> None:
         self._pool.start()
@@ -57,18 +54,8 @@ class BatchWriter:
             return defer.fail(TslsError(Code.SHUTTING_DOWN, "the license server is shutting down"))
         d = defer.Deferred()
         self._queue.append((job, d))
-        self._submitted += 1
         if not self._running:
             self._next_batch()
-        return d
-
-    def flushed(self) -> defer.Deferred:
-        """Fires once every job submitted so far has been delivered (its COMMIT returned, or it
-        failed): a read that must see the changes asked for before it waits on this, not in a batch."""
-        if self._delivered >= self._submitted:
-            return defer.succeed(None)
-        d = defer.Deferred()
-        self._flush_waiters.append((self._submitted, d))
         return d
 
     def _next_batch(self) -> None:
@@ -159,10 +146,6 @@ class BatchWriter:
                 d.callback(value)
             else:
                 d.errback(value)
-        self._delivered += len(batch)
-        waiters = self._flush_waiters
-        while waiters and waiters[0][0] <= self._delivered:
-            waiters.popleft()[1].callback(None)
         self._next_batch()
 
     def stop(self) -> defer.Deferred:
