@@ -97,10 +97,9 @@ class Ledger:
             packs = {p.key_pack_id: p.id for p in snap.key_packs()}
             which = _license_filter(filters, packs)
             if which is None:
-                return {"items": [], "total": 0, "next_cursor": None}
-            names = {v: k for k, v in packs.items()}
-            rows = [license_json(lic, names.get(lic.key_pack)) for lic in snap.licenses_after(which, after, limit + 1)]
-            return paging.answer("licenses", rows, snap.count_licenses(which), limit, lambda r: r["license_id"])
+                return paging.answer("licenses", [], 0, limit, None)
+            rows = snap.licenses_json_after(which, after, limit + 1)
+            return paging.answer_json("licenses", rows, snap.count_licenses(which), limit)
         return self.reads.read(view)
 
     def revoke(self, license_id: int) -> defer.Deferred:

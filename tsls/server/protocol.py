@@ -167,6 +167,8 @@ class _Slot:
 
 
 def _reply(rid, result=None, error: TslsError | None = None) -> bytes:
+    if type(result) is paging.Encoded:
+        return b'{"id":' + json.dumps(rid).encode() + b',"ok":true,"result":' + result + b"}\n"
     reply = {"id": rid, "ok": error is None}
     if error is None:
         reply["result"] = result

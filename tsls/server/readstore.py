@@ -176,6 +176,32 @@ class Snapshot:
                         (*params, limit))
         return [_license(r) for r in rows]
 
+    # A license as the protocol shows it (tsls.jsonshapes.license_json, without the token), made by the
+    # database: an export of a million rows then costs the reader thread's Python (which holds the GIL
+    # the reactor needs) a string join per row instead of building two objects and encoding them.
+    JSON_OBJECT = "json_object"
+    ISO = "strftime('%Y-%m-%dT%H:%M:%SZ', {}, 'unixepoch')"
+    BOOLEAN = "json(CASE WHEN {} THEN 'true' ELSE 'false' END)"
+    AS_TEXT = "{}"
+
+    def licenses_json_after(self, which: LicenseFilter, after: int | None, limit: int) -> list[tuple[int, str]]:
+        """(license ID, the license as JSON text) for up to ``limit`` licenses that match, by license ID,
+        from the first above ``after``; the same fields and values as ``license_json``."""
+        where, params = license_conditions(which, "?", quote=lambda c: f'l."{c}"')
+        if after is not None:
+            where.append("l.id > ?")
+            params.append(after)
+        fields = ", ".join([
+            "'license_id', l.id", "'kind', l.kind", "'status', l.status", "'hwid', l.hwid", "'machine', l.machine",
+            "'user', l.\"user\"", "'terminal_server', l.terminal_server", "'product_version', l.product_version",
+            "'key_pack_id', k.key_pack_id", "'validated', " + self.BOOLEAN.format("l.validated"),
+            "'issued_at', " + self.ISO.format("l.issued_at"), "'expires_at', " + self.ISO.format("l.expires_at"),
+            "'renewals', l.renewals"])
+        rows = self.run(f"SELECT l.id, {self.AS_TEXT.format(f'{self.JSON_OBJECT}({fields})')} FROM licenses l "
+                        f"LEFT JOIN key_packs k ON k.id = l.key_pack WHERE {' AND '.join(['1 = 1', *where])} "
+                        "ORDER BY l.id LIMIT ?", (*params, limit))
+        return rows.fetchall()
+
     def _event_where(self, which: EventFilter) -> tuple[list[str], list]:
         where, params = event_conditions(which, "?", quote=_quote)
         if which.event_ids is not None:
@@ -285,6 +311,10 @@ class PgReadStore:
 
 class PgSnapshot(Snapshot):
     CODE_OF_MESSAGE = "split_part(message, ':', 1)"
+    JSON_OBJECT = "json_build_object"
+    ISO = """to_char(to_timestamp({}) AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"')"""
+    BOOLEAN = "{}"
+    AS_TEXT = "CAST({} AS TEXT)"
 
     def run(self, sql: str, params=()):
         if not params:
