@@ -38,6 +38,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="make a new database in an existing empty (zero-length) file instead of refusing it")
 
     def server_options(p):
+        p.add_argument("--log-every-event", action="store_true",
+                       help="log a line for every event of the license server; by default the routine ones (licenses "
+                            "and CALs issued, renewed, expired; Per User logons) are summed up in a line a minute")
         p.add_argument("--listen", default=DEFAULT_LISTEN, metavar="ENDPOINT",
                        help="the license server's Twisted endpoint; tcp:0:... takes a free port, which the ready "
                             "line shows (default: %(default)s)")
@@ -180,7 +183,8 @@ def build(reactor, args) -> Daemons:
             client, seed=args.seed, lab_clock=lab_clock, initialise=args.initialise,
             credential_path=os.path.join(args.data_dir, "admin.secret") if database else None,
             database_password=_database_password(args), console_listen=daemons.console_listen,
-            sweep_every=getattr(args, "sweep_every", 60.0), version=_server_version(args.server_version))
+            sweep_every=getattr(args, "sweep_every", 60.0), version=_server_version(args.server_version),
+            log_every_event=getattr(args, "log_every_event", False))
         daemons.license_listen = args.listen
         daemons.clearinghouse_client = client
     return daemons

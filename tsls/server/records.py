@@ -2,6 +2,8 @@
 committed), the Per User usage report, and the lab clock an administrator may move."""
 from __future__ import annotations
 
+from collections import Counter
+
 from twisted.internet import defer
 from twisted.logger import Logger
 
@@ -15,6 +17,13 @@ from tsls.server.activation import activation_json
 from tsls.server.storage import EventFilter, Identity
 
 
+# Events of every grant: one text line each was a fifth of the reactor's time at full load
+# (docs/performance.md). They are counted and logged as one summary line per interval (summarise);
+# every event is still in the events table and reaches followers (tsls-admin events --follow).
+ROUTINE = frozenset({EventId.TEMPORARY_ISSUED, EventId.CAL_ISSUED, EventId.CAL_RENEWED, EventId.LICENSE_EXPIRED,
+                     EventId.PER_USER_LOGON})
+
+
 class Records:
     log = Logger()
 
@@ -22,20 +31,34 @@ class Records:
         self.writer = writer
         self.identity = identity
         self.lab_clock = lab_clock
+        self.log_every_event = False        # True: routine grant events too get a log line each
+        self._routine: Counter = Counter()  # routine events committed since the last summary
         self.followers: set = set()         # callables that get each committed event
         self.reads = None                   # tsls.server.reads.Reads, set by the facade
         writer.on_events = self.publish
 
     def publish(self, committed) -> None:
         """Events reach the log and live followers only once committed."""
+        quiet = not self.log_every_event
         for row_id, event in committed:
-            self.log.info("event {event_id} {event_name}: {message}", event_id=int(event.event_id),
-                          event_name=event.event_id.name, message=event.message, terminal_server=event.terminal_server,
-                          hwid=event.hwid, license_id=event.license_id)
+            if quiet and event.event_id in ROUTINE:
+                self._routine[event.event_id] += 1
+            else:
+                self.log.info("event {event_id} {event_name}: {message}", event_id=int(event.event_id),
+                              event_name=event.event_id.name, message=event.message,
+                              terminal_server=event.terminal_server, hwid=event.hwid, license_id=event.license_id)
             if self.followers:
                 shaped = event_json(row_id, event)
                 for follower in list(self.followers):
                     follower(shaped)
+
+    def summarise(self) -> None:
+        """One log line for the routine events committed since the last one (none: no line)."""
+        if self._routine:
+            counts, self._routine = self._routine, Counter()
+            self.log.info("committed since the last summary: {counts} (each is in the event log: tsls-admin events)",
+                          counts=", ".join(f"{n:,} {e.name} ({int(e)})" for e, n in sorted(counts.items())),
+                          routine={int(e): n for e, n in counts.items()})
 
     def status(self) -> defer.Deferred:
         """Read off the writer (tsls.server.reads), the counts from the table the triggers keep."""

@@ -21,6 +21,7 @@ from tsls.server.writer import BatchWriter
 
 
 SWEEP_EVERY = 60.0
+SUMMARY_EVERY = 60.0        # seconds between log lines summing up the routine grant events
 
 
 def is_dsn(database: str) -> bool:
@@ -63,12 +64,15 @@ class LicenseServerService(MultiService):
     def __init__(self, reactor, endpoint: str, db_path: str, clearinghouse, clock=None, seed: str | None = None,
                  lab_clock: LabClock | None = None, sweep_every: float = SWEEP_EVERY, credential_path: str | None = None,
                  timer_clock=None, console_listen: str | None = None, database_password: str | None = None,
-                 version=None, initialise: bool = False):
+                 version=None, initialise: bool = False, log_every_event: bool = False,
+                 summary_every: float = SUMMARY_EVERY):
         """``db_path``: a SQLite file, or a PostgreSQL DSN (postgresql://...) that any number of
         daemons share (its password, if any, in ``database_password``, never in the DSN).
         ``lab_clock``: run on a lab clock an administrator can move (its offset is restored from
         the database); otherwise ``clock`` (default: the reactor) gives real time. ``console_listen``:
-        serve the web console and /metrics on this endpoint (docs/console.md)."""
+        serve the web console and /metrics on this endpoint (docs/console.md). ``log_every_event``: a
+        log line for every event; by default routine grant events (tsls.server.records.ROUTINE) are
+        summed up in one line every ``summary_every`` seconds."""
         super().__init__()
         self.shared = None
         self._lab_clock = lab_clock
@@ -104,6 +108,10 @@ class LicenseServerService(MultiService):
             self.shared = SharedDatabase(reactor, store.connector, lambda: store.backend_pid, self._others_events,
                                          self._clock_moved if lab_clock is not None else None)
             self.shared.setServiceParent(self)
+        self.server.records.log_every_event = log_every_event
+        summary = TimerService(summary_every, self.server.records.summarise)
+        summary.clock = timer_clock or reactor
+        summary.setServiceParent(self)
         sweeper = TimerService(sweep_every, self._sweep)
         sweeper.clock = timer_clock or reactor
         sweeper.setServiceParent(self)
