@@ -2,12 +2,14 @@
 queries and revocations of issued licenses. The rules are in tsls/core/licensing.py."""
 from __future__ import annotations
 
+import json
+
 import attrs
 from twisted.internet import defer
 
-from tsls.core import events, licensing
+from tsls.core import events, licensing, wmi
 from tsls.core.licensing import Logon, Outcome, TerminalServer, check_security_group
-from tsls.core.model import LicenseKind, LicenseStatus, ProductVersion
+from tsls.core.model import License, LicenseKind, LicenseStatus, ProductVersion
 from tsls.errors import Code, TslsError
 from tsls.jsonshapes import license_json
 from tsls.server import paging, tokens
@@ -98,7 +100,8 @@ class Ledger:
             which = _license_filter(filters, packs)
             if which is None:
                 return paging.answer("licenses", [], 0, limit, None)
-            rows = snap.licenses_json_after(which, after, limit + 1)
+            rows = [(i, text[:-1] + _WMI[kind, status]) for i, kind, status, text in
+                    snap.licenses_json_after(which, after, limit + 1)]
             return paging.answer_json("licenses", rows, snap.count_licenses(which), limit)
         return self.reads.read(view)
 
@@ -122,6 +125,11 @@ class Ledger:
     def revoke_user(self, user: str) -> defer.Deferred:
         return defer.maybeDeferred(licensing.revoke_user, user)
 
+
+# The end of a listed license's JSON: its WMI numbers (tsls.core.wmi, which depend on kind and status only).
+_WMI = {(k.value, s.value): ',"wmi":' + json.dumps(wmi.issued_license(
+            License(0, k, s, "", "", "", "", ProductVersion.newest(), None, False, 0, 0)), separators=(",", ":")) + "}"
+        for k in LicenseKind for s in LicenseStatus}
 
 _ENUMS = {"kind": LicenseKind, "status": LicenseStatus, "product_version": ProductVersion}
 

@@ -184,9 +184,10 @@ class Snapshot:
     BOOLEAN = "json(CASE WHEN {} THEN 'true' ELSE 'false' END)"
     AS_TEXT = "{}"
 
-    def licenses_json_after(self, which: LicenseFilter, after: int | None, limit: int) -> list[tuple[int, str]]:
-        """(license ID, the license as JSON text) for up to ``limit`` licenses that match, by license ID,
-        from the first above ``after``; the same fields and values as ``license_json``."""
+    def licenses_json_after(self, which: LicenseFilter, after: int | None, limit: int) -> list[tuple[int, str, str, str]]:
+        """(license ID, kind, status, the license as JSON text) for up to ``limit`` licenses that match, by
+        license ID, from the first above ``after``; the same fields and values as ``license_json`` (without
+        ``wmi``, which is the core's to say: tsls.server.ledger adds it)."""
         where, params = license_conditions(which, "?", quote=lambda c: f'l."{c}"')
         if after is not None:
             where.append("l.id > ?")
@@ -197,7 +198,7 @@ class Snapshot:
             "'key_pack_id', k.key_pack_id", "'validated', " + self.BOOLEAN.format("l.validated"),
             "'issued_at', " + self.ISO.format("l.issued_at"), "'expires_at', " + self.ISO.format("l.expires_at"),
             "'renewals', l.renewals"])
-        rows = self.run(f"SELECT l.id, {self.AS_TEXT.format(f'{self.JSON_OBJECT}({fields})')} FROM licenses l "
+        rows = self.run(f"SELECT l.id, l.kind, l.status, {self.AS_TEXT.format(f'{self.JSON_OBJECT}({fields})')} FROM licenses l "
                         f"LEFT JOIN key_packs k ON k.id = l.key_pack WHERE {' AND '.join(['1 = 1', *where])} "
                         "ORDER BY l.id LIMIT ?", (*params, limit))
         return rows.fetchall()
