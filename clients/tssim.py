@@ -228,8 +228,15 @@ class TerminalServer:
         for server in self.servers:
             try:
                 conn = await self._connection(server)
-                answer = await conn.request("logon", hwid=hwid, machine=machine, user=user,
-                                            license=held and held["token"])
+                try:
+                    answer = await conn.request("logon", hwid=hwid, machine=machine, user=user,
+                                                license=held and held["token"])
+                except TslsError as e:
+                    # The device holds a license another license server issued (its first went down):
+                    # this one cannot read it and licenses the device afresh, as a new device [§9, FAQ08].
+                    if e.code is not Code.INVALID_LICENSE or not _from_another(held, server):
+                        raise
+                    answer = await conn.request("logon", hwid=hwid, machine=machine, user=user)
             except TslsError as e:
                 refusal = e
                 if e.code in TRY_NEXT:
@@ -238,7 +245,7 @@ class TerminalServer:
             lic = answer["license"]
             self._note_connection(lic)
             if lic is not None:
-                self.devices.put(machine, self.version, lic)
+                self.devices.put(machine, self.version, {**lic, "license_server": server})
                 if report:
                     await conn.request("logon_succeeded", hwid=hwid, license=lic["token"])
             return LogonResult.served(machine, user, server, answer)
@@ -332,6 +339,11 @@ class TerminalServer:
         for conn in self.connections.values():
             if conn.transport.connected:
                 await conn.close()
+
+
+def _from_another(held: dict | None, server: str) -> bool:
+    """The device's license was issued through another license server of the list."""
+    return bool(held) and held.get("license_server") not in (None, server)
 
 
 def _mode(text: str) -> str:

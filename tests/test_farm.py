@@ -1,0 +1,94 @@
+"""The README's 2019 farm: two license servers with their own databases, the CALs split, one taken
+down, the session host moving to the other, a migration through the Clearinghouse; the Diagnoser at
+each step. Real daemons on loopback (ephemeral ports, real SQLite), the real command-line clients."""
+import json
+
+import pytest_twisted
+from twisted.internet import defer, reactor
+
+from clients import admin, tssim
+from clients.cli import Failed
+from tests.harness import clearinghouse_port
+from tsls.clearinghouse.client import ClearinghouseClient
+from tsls.clearinghouse.service import make_service as make_clearinghouse
+from tsls.core.model import ProductVersion
+from tsls.errors import TslsError
+from tsls.server.service import LicenseServerService
+
+TIMEOUT = 20
+
+
+@defer.inlineCallbacks
+def run(module, argv, capsys):
+    capsys.readouterr()
+    args = module.parser().parse_args([*argv, "--json"])
+    status = 0
+    try:
+        yield defer.ensureDeferred(module.command(reactor, args)).addTimeout(TIMEOUT, reactor)
+    except Failed as e:
+        status = e.status
+    except TslsError as e:
+        return 1, {"error": e.to_json()}
+    return status, json.loads(capsys.readouterr().out)
+
+
+@pytest_twisted.inlineCallbacks
+def test_the_readme_farm(tmp_path, capsys):
+    ch = make_clearinghouse(reactor, "tcp:0:interface=127.0.0.1", str(tmp_path / "ch.sqlite"))
+    ch.startService()
+    ch_url = f"http://127.0.0.1:{(yield clearinghouse_port(ch))}"
+    servers, endpoints = [], []
+    for n in (1, 2):
+        (tmp_path / f"ls{n}").mkdir(mode=0o700)
+        ls = LicenseServerService(reactor, "tcp:0:interface=127.0.0.1", str(tmp_path / f"ls{n}" / "ls.sqlite"),
+                                  ClearinghouseClient(ch_url), seed="7", version=ProductVersion.W2019)
+        ls.startService()
+        port = yield ls.listener.listening
+        servers.append(ls)
+        endpoints.append(f"tcp:127.0.0.1:{port.getHost().port}")
+    try:
+        def lsadmin(n, *argv):
+            return run(admin, ["--server", endpoints[n - 1], "--credential", servers[n - 1].credential_path,
+                               "--clearinghouse", ch_url, "--operator-credential", ch.credential_path, *argv], capsys)
+
+        def ts19(*argv, version="2019"):
+            return run(tssim, ["--name", "TS19", "--version", version, "--state-dir", str(tmp_path / "ts"),
+                               "--connect-timeout", "2", "--server", endpoints[0], "--server", endpoints[1], *argv],
+                       capsys)
+
+        yield lsadmin(1, "activate")
+        yield lsadmin(2, "activate")
+        _, a = yield lsadmin(1, "clearinghouse", "sell", "--version", "2019", "--cal-type", "per_device", "--quantity", "5")
+        _, b = yield lsadmin(1, "clearinghouse", "sell", "--version", "2019", "--cal-type", "per_device", "--quantity", "5")
+        yield lsadmin(1, "install", "--retail", a["retail_code"])
+        yield lsadmin(2, "install", "--retail", b["retail_code"])
+        _, rows = yield ts19("logon", "pc1", "pc2", "pc3", "pc4", "pc5", "pc6", "--times", "2")
+        last = {r["machine"]: r for r in rows if r["round"] == 2}
+        assert [last[f"pc{i}"]["outcome"] for i in range(1, 7)] == ["upgraded"] * 5 + ["temporary"]
+        assert last["pc6"]["reason"] == "NO_LICENSE_AVAILABLE" and {r["served_by"] for r in rows} == {endpoints[0]}
+        status, d = yield ts19("diagnose")
+        assert status == 0 and d["status"] == "VALID_LS" and [s["usable"] for s in d["servers"]] == [False, True]
+        assert "all 5 are issued" in d["messages"][0]
+        status, d = yield ts19("diagnose", version="2022")          # a newer host: both servers are too old
+        assert status == tssim.REFUSED and d["status"] == "LOWER_VERSION" and d["status_code"] == 4
+
+        yield servers[0].stopService()                                # the first license server goes down
+        _, rows = yield ts19("logon", "pc1", "pc6", "--times", "2")
+        assert [(r["machine"], r["outcome"], r["served_by"]) for r in rows] == [
+            ("pc1", "temporary_issued", endpoints[1]), ("pc6", "temporary_issued", endpoints[1]),
+            ("pc1", "upgraded", endpoints[1]), ("pc6", "upgraded", endpoints[1])]
+        status, d = yield ts19("diagnose")
+        assert status == 0 and [s["status"] for s in d["servers"]] == ["NOT_CONNECTABLE", "VALID_LS"]
+        assert "is not available" in d["messages"][0]
+
+        _, recovered = yield lsadmin(2, "recover", "--retail", a["retail_code"])      # the migration
+        assert [p["total"] for p in recovered["key_packs"]] == [5]
+        _, packs = yield lsadmin(2, "keypacks")
+        assert sorted((p["total"], p["issued"]) for p in packs) == [(5, 0), (5, 2)]
+        _, purchases = yield lsadmin(1, "clearinghouse", "purchases")
+        assert {p["bound_to"] for p in purchases} == {(yield lsadmin(2, "status"))[1]["activation"]["license_server_id"]}
+    finally:
+        for ls in servers:
+            if ls.running:
+                yield ls.stopService()
+        yield ch.stopService()
