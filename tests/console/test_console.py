@@ -460,3 +460,12 @@ def test_a_slow_ledger_read_is_reused_for_ten_times_as_long(monkeypatch):
     assert list(ledger.collect()) == ["families of read 3"]
     now[0] += 1.5
     assert list(ledger.collect()) == ["families of read 4"]
+
+
+def test_the_expiring_alert_speaks_of_one_license_in_the_singular():
+    from tsls.console.views import alerts
+    activated = {"status": "activated", "certificate": True}
+    one = [a["message"] for a in alerts(activated, [], [], 1)]
+    two = [a["message"] for a in alerts(activated, [], [], 2)]
+    assert "1 license expires within 7 days unless its device logs on again." in one
+    assert "2 licenses expire within 7 days unless their devices log on again." in two

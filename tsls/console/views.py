@@ -93,8 +93,10 @@ def alerts(activation: dict, cals: list[dict], rooms: list[dict], expiring: int)
                         f"may be revoked until {room['next_allowed_at']} ({room['revoked']} of at most "
                         f"{room['limit']} revoked)."})
     if expiring:
-        out.append({"level": "info", "message": f"{expiring} licenses expire within {EXPIRING_SOON // DAY} days "
-                    "unless their devices log on again."})
+        days = EXPIRING_SOON // DAY
+        message = (f"1 license expires within {days} days unless its device logs on again." if expiring == 1 else
+                   f"{expiring} licenses expire within {days} days unless their devices log on again.")
+        out.append({"level": "info", "message": message})
     return out
 
 

@@ -143,7 +143,7 @@ pages.dashboard = (view) => {
           h("table", { id: "license-counts" }, counts.length ? counts.map(([k, n]) =>
             h("tr", { "data-count": k }, h("td", {}, k.replace(":", " ")), h("td", { class: "num" }, n))) :
             h("tr", {}, h("td", { class: "muted" }, "none issued yet"))),
-          h("div", { class: "muted" }, `${d.expiring_soon} expire within 7 days`))),
+          h("div", { class: "muted" }, `${d.expiring_soon} ${d.expiring_soon === 1 ? "expires" : "expire"} within 7 days`))),
       h("div", { class: "card" }, h("h2", {}, "Alerts"),
         h("ul", { class: "alerts", id: "alerts" }, d.alerts.length ? d.alerts.map((al) => h("li", { class: al.level }, al.message)) :
           h("li", { class: "info" }, "Nothing needs your attention."))),
