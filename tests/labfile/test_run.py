@@ -527,3 +527,63 @@ async def test_only_session_hosts_in_the_group_get_licenses(tmp_path):
     secret = next(iter(run.hosts["TS-MEMBER"].secrets.values()))
     assert secret not in text
     assert text.count('"do":"register"') == 2       # at the start, and again after the rebuild
+
+
+DEPLOYMENT = """\
+[lab]
+name = "scopes"
+start = "2025-01-06"
+
+[[license_server]]
+name = "LS1"
+scope = "workgroup"
+
+[[license_server]]
+name = "LS2"
+scope = "forest"
+
+[[session_host]]
+name = "TS01"
+license_servers = ["LS1"]
+
+[[fleet]]
+name = "desks"
+devices = 2
+
+[[purchase]]
+name = "cals"
+license_server = "LS1"
+quantity = 5
+
+[[step]]
+at = "0d"
+do = "install"
+purchase = "cals"
+
+[[step]]
+at = "+1h"
+do = "wave"
+fleet = "desks"
+through = ["TS01"]
+times = 2
+expect = { permanent = 2 }
+
+[[step]]
+at = "+1h"
+do = "expect"
+present = ["POLICY_CHANGED"]
+"""
+
+
+@pytest_twisted.ensureDeferred
+async def test_scopes_set_at_the_start(tmp_path):
+    lab = tmp_path / "deployment.toml"
+    lab.write_text(DEPLOYMENT)
+    (tmp_path / "run").mkdir()
+    run, results, journal = await play(str(lab), tmp_path / "run")
+    assert [r.why for r in results if not r.ok] == []
+    with open(journal) as f:
+        records = [json.loads(line) for line in f]
+    assert [(r["license_server"], r["scope"]) for r in records if r.get("do") == "role"] == \
+        [("LS1", "workgroup"), ("LS2", "forest")]
+

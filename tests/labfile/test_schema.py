@@ -140,3 +140,12 @@ def test_a_session_host_may_be_not_configured():
     assert lab.session_host("TS01").mode is None
     found, _ = problems(GOOD.replace('name = "TS01"', 'name = "TS01"\nmode = "per-seat"'))
     assert found[0][:2] == (14, "session_host[1].mode")
+
+
+def test_a_license_server_scope_is_set_at_the_start():
+    lab = schema.loads(GOOD.replace('name = "LS2"', 'name = "LS2"\nscope = "forest"'))
+    assert lab.license_server("LS2").scope.value == "forest" and lab.license_server("LS1").scope is None
+    setup = [p for p in plan.plan(lab) if p.kind == "role"]
+    assert [(p.at, p.args) for p in setup] == [(0, {"license_server": "LS2", "scope": "forest"})]
+    found, _ = problems(GOOD.replace('name = "LS2"', 'name = "LS2"\nscope = "galaxy"'))
+    assert found == [(11, "license_server[2].scope", "unknown scope 'galaxy'; expected workgroup, domain or forest")]

@@ -46,6 +46,9 @@ def plan(lab: Lab, source: str = "<lab>") -> list[Planned]:
         if ls.security_group:
             add(SETUP, Planned(0, "policy", {"license_server": ls.name, "security_group": True},
                                why=f"license_server {ls.name}: security_group"))
+        if ls.scope is not None:
+            add(SETUP, Planned(0, "role", {"license_server": ls.name, "scope": ls.scope.value},
+                               why=f"license_server {ls.name}: scope"))
     for host in lab.session_hosts:
         if host.group:
             for name in host.license_servers:

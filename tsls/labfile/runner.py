@@ -422,6 +422,13 @@ class LabRun:
         await self.admin(name, "set_policy", security_group=step.args["security_group"])
         self.note("step", step=step.step, do="policy", license_server=name, security_group=step.args["security_group"])
 
+    async def do_role(self, step: Planned) -> None:
+        """The license server's scope (ChangeRole): workgroup, domain or forest (docs/peruser.md)."""
+        name, scope = step.args["license_server"], step.args["scope"]
+        answer = await self.admin(name, "set_role", role=scope)
+        self.note("step", step=step.step, do="role", license_server=name, scope=answer["scope"], outcome="scope set",
+                  why=step.why or None)
+
     async def do_revoke(self, step: Planned) -> None:
         name, machine = step.args["license_server"], step.args["device"]
         held = await self.admin(name, "list_licenses", machine=machine, kind="permanent", status="active")
@@ -576,6 +583,9 @@ class LabRun:
             await self.admin(name, "activate", method="automatic", contact=CONTACT)
         if spec.security_group:
             await self.admin(name, "set_policy", security_group=True)
+        if spec.scope is not None:
+            await self.do_role(Planned(step.at, "role", {"license_server": name, "scope": spec.scope.value},
+                                       why=f"license_server {name}: scope"))
         for host in self.lab.session_hosts:
             if host.group and name in host.license_servers:
                 await self.do_register(Planned(step.at, "register", {"session_host": host.name, "license_server": name}))

@@ -13,6 +13,7 @@ import attrs
 from tsls.core.events import EventId
 from tsls.core.labtime import parse_date
 from tsls.core.model import CalType, ProductVersion, Program
+from tsls.core.reports import Scope
 from tsls.errors import Code, TslsError
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
@@ -50,6 +51,7 @@ class LicenseServerSpec:
     version: ProductVersion
     activated: bool = True
     security_group: bool = False
+    scope: Scope | None = None   # workgroup, domain or forest, set at 0d; None: the daemon's default (domain)
 
 
 @attrs.frozen
@@ -333,7 +335,8 @@ def _parse(doc: dict, check: _Check) -> Lab | None:
     servers = []
     for table, r in check.readers(doc, "license_server"):
         spec = LicenseServerSpec(r.name(), r.enum("version", ProductVersion.parse, default=ProductVersion.W2019),
-                                 r.get("activated", bool, default=True), r.get("security_group", bool, default=False))
+                                 r.get("activated", bool, default=True), r.get("security_group", bool, default=False),
+                                 r.enum("scope", _scope))
         r.finish()
         servers.append((table, spec))
     ls_names = _unique(check, servers, "license server")
@@ -552,6 +555,13 @@ def _step(r: _Reader, table: tuple, previous: int, names: _Names) -> Step | None
         _check_expect(r, args, names)
     lines = {key: r.check.locator.line(table, key) for key in r.data}
     return Step(table[1], r.check.locator.line(table), at, do, args, note, lines)
+
+
+def _scope(text: str) -> Scope:
+    try:
+        return Scope(text.lower())
+    except ValueError:
+        raise TslsError(Code.BAD_REQUEST, f"unknown scope {text!r}; expected workgroup, domain or forest") from None
 
 
 def _mode(text: str) -> CalType | None:
