@@ -34,8 +34,12 @@ LICENSE_COLUMNS = [("license_id", "ID"), ("kind", "KIND"), ("status", "STATUS"),
                    ("renewals", "RENEWALS")]
 
 
-def _purchase_options(p, sale: bool = False) -> None:
+def _purchase_options(p, sale: bool = False, key_pack_id: bool = False) -> None:
     which = p.add_mutually_exclusive_group(required=not sale)
+    if key_pack_id:
+        which.add_argument("--key-pack-id", metavar="ID",
+                           help="the 35-character license key pack ID the Clearinghouse read out on the telephone or "
+                                "web route (7 groups of 5, hyphens optional; tsls-admin clearinghouse issue)")
     which.add_argument("--retail", metavar="CODE", help="a retail license code (25 letters and digits)")
     which.add_argument("--open", nargs=2, metavar=("LICENSE_NUMBER", "AUTHORIZATION_NUMBER"),
                        help="an Open License: 8-digit license number and 15-character authorization number")
@@ -131,7 +135,7 @@ def parser() -> argparse.ArgumentParser:
                             "does not know it (tsls-admin status shows when; docs/activation.md)")
     deact.add_argument("--yes", action="store_true", help="confirm --local")
     inst = sub.add_parser("install", help="install CALs bought at the Clearinghouse")
-    _purchase_options(inst)
+    _purchase_options(inst, key_pack_id=True)
     rec = sub.add_parser("recover", help="get back the CALs of a purchase onto this (rebuilt) server")
     _purchase_options(rec)
     sub.add_parser("keypacks", help="list key packs: Total / Issued / Available")
@@ -204,6 +208,12 @@ def parser() -> argparse.ArgumentParser:
                             "move its purchases to the new license server ID, read out new codes (needs the "
                             "operator's credential)")
     _contact_options(phone)
+    issue = chsub.add_parser("issue", help="the telephone or web route: bind a purchase to a license server and read "
+                                           "out the 35-character key pack ID it installs with tsls-admin install "
+                                           "--key-pack-id")
+    issue.add_argument("--license-server-id", required=True,
+                       help="the license server ID its administrator reads out (tsls-admin status)")
+    _purchase_options(issue)
     flags_after_subcommands(parser, "--json", "--csv")
     return parser
 
@@ -284,7 +294,8 @@ async def _admin_command(conn, args) -> None:
         request = {"local": True, "confirm": args.yes} if args.local else {}
         emit(await conn.request("deactivate", **request), args.json, _print_activation)
     elif c == "install":
-        emit(await conn.request("install_key_pack", purchase=_purchase(args)), args.json,
+        request = {"key_pack_id": args.key_pack_id} if args.key_pack_id else {"purchase": _purchase(args)}
+        emit(await conn.request("install_key_pack", **request), args.json,
              lambda p: _print_key_packs([p]))
     elif c == "recover":
         emit(await conn.request("recover", purchase=_purchase(args)), args.json,
@@ -472,7 +483,7 @@ async def clearinghouse_command(args) -> None:
 
     c = args.ch_command
     operator = (read_secret(args.operator_credential)
-                if c in ("sell", "purchases") or (c == "activate" and args.again) else None)
+                if c in ("sell", "purchases", "issue") or (c == "activate" and args.again) else None)
     ch = ClearinghouseClient(args.clearinghouse, operator_secret=operator)
     if c == "sell":
         body = _purchase(args, sale=True)
@@ -483,6 +494,13 @@ async def clearinghouse_command(args) -> None:
         emit(result, args.json, _print_sale)
     elif c == "purchases":
         emit(await ch.list_purchases(), args.json, _print_purchases)
+    elif c == "issue":
+        result = await ch.issue_key_pack(args.license_server_id, _purchase(args))
+        emit(result, args.json, lambda r: print(f"license key pack ID: {grouped(r['key_pack']['key_pack_id'])}\n"
+                                                f"{r['key_pack']['quantity']} {r['key_pack']['cal_type']} CALs for "
+                                                f"Windows Server {r['key_pack']['product_version']}\n"
+                                                f"type it in with: tsls-admin install --key-pack-id "
+                                                f"{grouped(r['key_pack']['key_pack_id'])}"))
     elif c == "activate":
         result = await ch.activate(args.product_id, _contact(args), "telephone", again=args.again)
         emit(result, args.json, lambda r: print(f"license server ID: {grouped(r['license_server_id'])}\n"

@@ -114,6 +114,20 @@ class ClearinghouseClient:
         return self._call("POST", "recoveries", {**server, "purchase": purchase_request(ref, product_version, cal_type, None),
                                                  **_version(server_version)}, idempotency_key=idempotency_key)
 
+    def install_key_pack(self, server: dict, key_pack_id: str, server_version=None,
+                         idempotency_key: str | None = None) -> defer.Deferred:
+        """The key pack the Clearinghouse issued to this server under ``key_pack_id`` (read out on the
+        telephone or web route; UNKNOWN_KEY_PACK when it issued none such to this server)."""
+        return self._call("POST", "key-pack-installations", {**server, "key_pack_id": key_pack_id,
+                                                             **_version(server_version)},
+                          idempotency_key=idempotency_key)
+
+    def issue_key_pack(self, license_server_id: str, purchase: dict) -> defer.Deferred:
+        """The operator, as the Clearinghouse's agent on the telephone: bind ``purchase`` (its JSON, with
+        an optional quantity) to that license server and read out the new key pack's ID."""
+        return self._operator_call("POST", "key-packs", {"license_server_id": license_server_id,
+                                                         "purchase": purchase})
+
     def check_in(self, server: dict) -> defer.Deferred:
         """The server's record, with ``retired_key_packs``: its key packs a recovery elsewhere retired."""
         return self._call("POST", "check-ins", dict(server))

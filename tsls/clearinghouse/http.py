@@ -36,7 +36,7 @@ STATUS = {
     Code.BAD_REQUEST: 400, Code.BAD_JSON: 400, Code.INVALID_PURCHASE: 400, Code.NO_SUCH_CAL_VERSION: 400,
     Code.OPERATOR_REQUIRED: 401,
     Code.UNKNOWN_LICENSE_SERVER: 403, Code.NOT_ACTIVATED: 403, Code.BAD_CREDENTIALS: 403,
-    Code.UNKNOWN_PURCHASE: 404, Code.NOT_FOUND: 404,
+    Code.UNKNOWN_PURCHASE: 404, Code.NOT_FOUND: 404, Code.UNKNOWN_KEY_PACK: 404,
     Code.METHOD_NOT_ALLOWED: 405,
     Code.PURCHASE_EXISTS: 409, Code.PURCHASE_BOUND: 409, Code.QUANTITY_EXCEEDED: 409,
     Code.ALREADY_ACTIVATED: 409, Code.ALREADY_RECOVERED: 409, Code.CAL_NEWER_THAN_SERVER: 409,
@@ -86,7 +86,8 @@ class Clearinghouse:
         self.nonces: dict[str, float] = {}
         self.operations = {"purchases": self.sell, "activations": self.activate, "reactivations": self.reactivate,
                            "deactivations": self.deactivate, "installations": self.install, "recoveries": self.recover,
-                           "check-ins": self.check_in}
+                           "check-ins": self.check_in, "key-packs": self.issue_key_pack,
+                           "key-pack-installations": self.install_key_pack}
 
     def now(self) -> int:
         return int(self.clock.seconds())
@@ -269,6 +270,34 @@ class Clearinghouse:
                           count=len(recovery.retired))
         return {"key_packs": packs, "retired_key_packs": retired}
 
+    # the telephone and web routes: a key pack ID read out, typed in at the license server
+
+    def issue_key_pack(self, body: dict, idempotency_key: str | None = None) -> dict:
+        """The operator (the Clearinghouse's agent on the telephone, or its web page): bind the purchase
+        to the license server named by its ID and issue a key pack whose 35-character ID is read out.
+        The license server then installs it by that ID (``install_key_pack``)."""
+        ref, key, purchase = self._purchase(body)
+        license_server_id = _text(body, "license_server_id", 64).replace("-", "").replace(" ", "").upper()
+        with self.store.transaction():
+            server = rules.named_server(self.store.server(license_server_id), license_server_id)
+            sale, quantity = rules.install(self.store.sale(key), server, purchase.get("quantity"))
+            self.store.put_sale(key, sale)
+            pack = self._issue(key, sale, server, quantity)
+        self.log.info("key pack of {quantity} CALs of {reference} issued for {license_server_id} (telephone/web)",
+                      quantity=quantity, reference=ref.reference, license_server_id=license_server_id)
+        return {"key_pack": pack}
+
+    def install_key_pack(self, body: dict, idempotency_key: str | None = None) -> dict:
+        """A license server installs a key pack by the ID it was read out (tsls.core.clearinghouse.claim_key_pack)."""
+        key_pack_id = _text(body, "key_pack_id", 64)
+        with self.store.transaction():
+            server = self._caller(body)
+            record = self.store.key_pack_record(key_pack_id)
+            sale = None if record is None else self.store.sale(record.sale_key)
+            pack = rules.claim_key_pack(record, server, sale, _server_version(body))
+            retired = self.store.retired_key_packs(server.license_server_id)
+        return {"key_pack": self._pack_json(pack.key_pack_id, sale, pack.quantity), "retired_key_packs": retired}
+
     def _purchase(self, body: dict):
         purchase = body.get("purchase")
         if not isinstance(purchase, dict):
@@ -307,8 +336,8 @@ def _server_json(s: Server, bindings: list) -> dict:
 
 
 # What only the lab operator may do: sell CALs (POST), see every purchase with its codes and any
-# license server (GET /v1/purchases, /v1/license-servers/ID).
-OPERATOR_POSTS = ("purchases",)
+# license server (GET /v1/purchases, /v1/license-servers/ID), read out a key pack ID (POST /v1/key-packs).
+OPERATOR_POSTS = ("purchases", "key-packs")
 
 
 class ApiResource(Resource):

@@ -6,7 +6,7 @@ import contextlib
 import json
 
 from tsls.core.activation import ActivationMethod
-from tsls.core.clearinghouse import IssuedPack, Sale, Server, ServerStatus
+from tsls.core.clearinghouse import IssuedPack, KeyPackRecord, Sale, Server, ServerStatus
 from tsls.core.model import Purchase
 from tsls.sqlite import open_database
 
@@ -154,6 +154,11 @@ class ClearinghouseStore:
     def add_key_pack(self, key_pack_id: str, key: str, license_server_id: str, quantity: int, now: int) -> None:
         self.db.execute("INSERT INTO key_packs (key_pack_id, sale, license_server_id, quantity, issued_at) "
                         "VALUES (?,?,?,?,?)", (key_pack_id, key, license_server_id, quantity, now))
+
+    def key_pack_record(self, key_pack_id: str) -> KeyPackRecord | None:
+        row = self.db.execute("SELECT key_pack_id, license_server_id, quantity, sale, retired_at FROM key_packs "
+                              "WHERE key_pack_id = ?", (key_pack_id,)).fetchone()
+        return None if row is None else KeyPackRecord(IssuedPack(row[0], row[1], row[2]), row[3], row[4])
 
     def live_key_packs(self, key: str) -> tuple[IssuedPack, ...]:
         """The key packs issued from sale ``key`` and not retired."""

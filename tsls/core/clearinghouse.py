@@ -111,6 +111,16 @@ def check_server(server: Server | None, license_server_id: str, product_id: str,
     return server
 
 
+def named_server(server: Server | None, license_server_id: str) -> Server:
+    """A license server named on the telephone by its ID alone (the agent has no certificate to
+    check): it must exist and be activated."""
+    if server is None:
+        raise TslsError(Code.UNKNOWN_LICENSE_SERVER, f"no license server {license_server_id}")
+    if server.status is not ServerStatus.ACTIVATED:
+        raise TslsError(Code.NOT_ACTIVATED, f"license server {license_server_id} is {server.status.value}")
+    return server
+
+
 def activate(current: Server | None, again: bool = False) -> Server | None:
     """A product ID is activated once. ``again`` (the operator, on the telephone route): the product
     ID's current activation is retired and a new one made, so a license server whose codes were
@@ -181,6 +191,33 @@ def recover(sale: Sale | None, server: Server, live: tuple[IssuedPack, ...],
     if sale.bound_to == server.license_server_id and sum(p.quantity for p in held) == sale.installed:
         return Recovery(sale, kept=held)
     return Recovery(attrs.evolve(sale, bound_to=server.license_server_id), issue=sale.installed, retired=live)
+
+
+@attrs.frozen
+class KeyPackRecord:
+    """A key pack the Clearinghouse issued, as it keeps it: from which sale, to which server."""
+
+    pack: IssuedPack
+    sale_key: str
+    retired_at: int | None = None
+
+
+def claim_key_pack(record: KeyPackRecord | None, server: Server, sale: Sale | None,
+                   server_version: ProductVersion | None = None) -> IssuedPack:
+    """A license server installs a key pack by the 35-character ID the Clearinghouse read out on the
+    telephone or web route [§9, MIGR; WMI InstallLicenseKeyPack]: only a key pack issued to that very
+    server and not retired is handed over (again and again: installing it twice adds nothing, the
+    license server holds it once). Anything else is refused, never installed as another pack."""
+    if record is None or record.pack.license_server_id != server.license_server_id or sale is None:
+        raise TslsError(Code.UNKNOWN_KEY_PACK, "the Clearinghouse issued no key pack with that ID to this license "
+                        "server: check the ID read out, or ask the Clearinghouse for one (tsls-admin clearinghouse "
+                        "issue)")
+    if record.retired_at is not None:
+        raise TslsError(Code.UNKNOWN_KEY_PACK, "that key pack was retired (its purchase moved to another license "
+                        "server)")
+    if server_version is not None:
+        check_server_hosts(server_version, sale.purchase.product_version)
+    return record.pack
 
 
 def purchase_request(ref: PurchaseRef, product_version: ProductVersion | None = None, cal_type: CalType | None = None,

@@ -10,7 +10,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from tsls.core import activation
+from tsls.core import activation, phonecodes
 from tsls.core.activation import Activation, ActivationMethod
 from tsls.core.clearinghouse import IssuedKeyPack, purchase_request
 from tsls.core.events import Event, EventId
@@ -140,6 +140,27 @@ class Activations:
         return result
 
     @defer.inlineCallbacks
+    def install_key_pack_id(self, typed: object):
+        """Install the key pack whose 35-character ID the Clearinghouse read out on the telephone or web
+        route. The ID is checked here first (its check characters, and that it was issued to this
+        server: MISTYPED_CODE / CODE_FOR_ANOTHER_SERVER, nothing asked); then the Clearinghouse hands
+        over the key pack it issued under that ID (UNKNOWN_KEY_PACK otherwise)."""
+        def job(store, now):
+            current = store.activation()
+            activation.require(current, True)
+            code = phonecodes.check(phonecodes.Kind.KEY_PACK, current.license_server_id, typed)
+            held = store.key_pack(code)
+            return code, self._identity_for_ch(current), None if held is None else key_pack_json(held)
+        code, server, held = yield self.writer.submit(job)
+        if held is not None:            # installed already: nothing installed twice
+            return held
+        done = yield self._unreported("install_by_id", {"key_pack_id": code})
+        if done is not None:
+            return done
+        result = yield self._call("install_by_id", {"server": server, "key_pack_id": code})
+        return result
+
+    @defer.inlineCallbacks
     def recover(self, purchase: dict):
         """A rebuilt server gets back the CALs of a purchase from the Clearinghouse [§4]."""
         ref = PurchaseRef.from_json(purchase)
@@ -266,6 +287,9 @@ class Activations:
             return ch.reactivate(r["server"], r["reason"], r["contact"], idempotency_key=key)
         if call.operation == "deactivate":
             return ch.deactivate(r["server"], idempotency_key=key)
+        if call.operation == "install_by_id":
+            return ch.install_key_pack(r["server"], r["key_pack_id"], server_version=self.identity.version,
+                                       idempotency_key=key)
         purchase = r["purchase"]
         ref = PurchaseRef.from_json(purchase)
         version, cal_type = _version_and_type(purchase)
@@ -314,7 +338,8 @@ class Activations:
 def _same(pending: dict, request: dict) -> bool:
     """Is ``request`` the administrator asking again for the pending call? One activation change at a
     time; an install or recovery of the same purchase."""
-    return pending.get("purchase") == request.get("purchase")
+    return (pending.get("purchase") == request.get("purchase")
+            and pending.get("key_pack_id") == request.get("key_pack_id"))
 
 
 UNREPORTED = "_unreported"      # in a done call's result: its answer has not reached anyone yet
@@ -404,7 +429,7 @@ def _retired(answer: dict) -> list:
 
 # What each call's answer does to the ledger, applied in the commit that marks the call done.
 APPLY = {"activate": _apply_activate, "reactivate": _apply_reactivate, "deactivate": _apply_deactivate,
-         "install": _apply_install, "recover": _apply_recover}
+         "install": _apply_install, "install_by_id": _apply_install, "recover": _apply_recover}
 
 
 def activation_json(a: Activation, problem: activation.Problem | None = None, product_id: str | None = None) -> dict:

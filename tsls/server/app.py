@@ -58,6 +58,7 @@ class LicenseServer:
         self.reactivate = self.activation.reactivate
         self.deactivate = self.activation.deactivate
         self.install_key_pack = self.activation.install_key_pack
+        self.install_key_pack_id = self.activation.install_key_pack_id
         self.recover = self.activation.recover
         self.key_packs = self.activation.key_packs
         self.check_in = self.activation.check_in

@@ -562,6 +562,10 @@ class LicenseProtocol(Protocol, TimeoutMixin):
                                       _field(request, "confirm", bool, required=False) or False)
 
     def op_install_key_pack(self, request):
+        if "key_pack_id" in request:       # the telephone / web route: the 35-character ID read out
+            if "purchase" in request:
+                raise TslsError(Code.BAD_REQUEST, "give either purchase or key_pack_id")
+            return self.server.install_key_pack_id(_field(request, "key_pack_id", max_len=64))
         return self.server.install_key_pack(_field(request, "purchase", dict))
 
     def op_recover(self, request):

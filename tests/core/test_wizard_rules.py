@@ -1,0 +1,68 @@
+"""The Manage RDS CALs wizard's rules (tsls/core): installing by a key pack ID read out."""
+import pytest
+
+from tsls.core import clearinghouse as rules
+from tsls.core import phonecodes
+from tsls.core.activation import ActivationMethod
+from tsls.core.clearinghouse import IssuedPack, KeyPackRecord, Sale, Server, ServerStatus
+from tsls.core.model import CalType, ProductVersion, Purchase, PurchaseRef
+from tsls.errors import Code, TslsError
+
+A = phonecodes.make(phonecodes.Kind.LICENSE_SERVER_ID, "12345-123-1234567-12345")
+B = phonecodes.make(phonecodes.Kind.LICENSE_SERVER_ID, "12345-123-1234567-99999")
+
+
+def server(ls_id, status=ServerStatus.ACTIVATED):
+    return Server(ls_id, "12345-123-1234567-12345", status, ActivationMethod.AUTOMATIC, {}, 0)
+
+
+def sale(version=ProductVersion.W2019):
+    purchase = Purchase(PurchaseRef.from_json({"program": "retail", "retail_code": "A" * 25}), version, CalType.PER_DEVICE, 10)
+    return Sale(purchase, installed=4, bound_to=A)
+
+
+def record(to=A, retired_at=None):
+    kp = phonecodes.make(phonecodes.Kind.KEY_PACK, to)
+    return KeyPackRecord(IssuedPack(kp, to, 4), "sale", retired_at)
+
+
+def test_a_key_pack_issued_to_the_server_is_handed_over():
+    r = record()
+    assert rules.claim_key_pack(r, server(A), sale()) == r.pack
+
+
+@pytest.mark.parametrize("which", ["unknown", "other server", "retired"])
+def test_anything_else_is_unknown_key_pack(which):
+    r = {"unknown": None, "other server": record(B), "retired": record(retired_at=5)}[which]
+    with pytest.raises(TslsError) as e:
+        rules.claim_key_pack(r, server(A), sale())
+    assert e.value.code is Code.UNKNOWN_KEY_PACK
+
+
+def test_a_key_pack_newer_than_the_server_is_refused():
+    with pytest.raises(TslsError) as e:
+        rules.claim_key_pack(record(), server(A), sale(ProductVersion.W2025), ProductVersion.W2019)
+    assert e.value.code is Code.CAL_NEWER_THAN_SERVER
+
+
+def test_the_telephone_agent_names_an_activated_server_only():
+    assert rules.named_server(server(A), A) == server(A)
+    for s, code in ((None, Code.UNKNOWN_LICENSE_SERVER), (server(A, ServerStatus.DEACTIVATED), Code.NOT_ACTIVATED)):
+        with pytest.raises(TslsError) as e:
+            rules.named_server(s, A)
+        assert e.value.code is code
+
+
+def test_every_single_mistyped_character_of_a_key_pack_id_is_refused_never_taken_for_another():
+    code = phonecodes.make(phonecodes.Kind.KEY_PACK, A)
+    for i in range(len(code)):
+        for ch in phonecodes.ALPHABET:
+            if ch == code[i]:
+                continue
+            typo = code[:i] + ch + code[i + 1:]
+            with pytest.raises(TslsError) as e:
+                phonecodes.check(phonecodes.Kind.KEY_PACK, A, typo)
+            assert e.value.code is Code.MISTYPED_CODE
+    with pytest.raises(TslsError) as e:
+        phonecodes.check(phonecodes.Kind.KEY_PACK, B, code)
+    assert e.value.code is Code.CODE_FOR_ANOTHER_SERVER
