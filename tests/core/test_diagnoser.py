@@ -1,4 +1,4 @@
-"""The RD Licensing Diagnoser's judgement, one broken setup at a time [REFERENCE §9, DIAG]."""
+"""The RD Licensing Diagnoser's judgement, one broken setup at a time [§9, DIAG]."""
 import pytest
 
 from tsls.core.diagnoser import Connectivity, Probe, diagnose, not_configured_admission

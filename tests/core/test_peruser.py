@@ -1,4 +1,4 @@
-"""Per User CALs as a 2008 or later license server tracks them [REFERENCE §1 cc771021, §9 RDSCAL, TRACK]."""
+"""Per User CALs as a 2008 or later license server tracks them [§9, RDSCAL; TRACK; cc771021]."""
 from tests.core.test_licensing import NOW, pack
 from tsls.core.model import DAY, CalType, ProductVersion as V
 from tsls.core.reports import PerUserCal, Scope, cal_usage_report, per_user_cals, tracks_per_user

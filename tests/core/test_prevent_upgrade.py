@@ -1,4 +1,4 @@
-"""The Prevent License Upgrade policy [REFERENCE §3: the policy text]: with it on, a session host is
+"""The Prevent License Upgrade policy [§9, PLU]: with it on, a session host is
 never given a CAL newer than itself; a device gets a temporary license once, then it is refused
 (the terminal server admits it only inside its grace period)."""
 import attrs

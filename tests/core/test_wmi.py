@@ -1,4 +1,4 @@
-"""WMI numbers beside tsls's names [REFERENCE §9; WMI:win32-tsissuedlicense, win32-tslicensekeypack]."""
+"""WMI numbers beside tsls's names [§9, WMI:win32-tsissuedlicense; WMI:win32-tslicensekeypack]."""
 import attrs
 
 from tests.core.test_licensing import NOW, pack

@@ -1,6 +1,6 @@
 """The RD Licensing Diagnoser, for one session host: its licensing mode, its license servers in
 order, each one's reachability, version, security group, activation and CALs, and its grace period
-[REFERENCE §9: Win32_TerminalServiceSetting.GetTStoLSConnectivityStatus, DIAG]. The shell
+[§9, WMI:win32-terminalservicesetting GetTStoLSConnectivityStatus; DIAG]. The shell
 (``tsls-ts diagnose``) probes each license server; this module only judges what it found.
 
 Not Configured licensing mode: clients get in during the grace period; after it, RCM event 1069

@@ -1,6 +1,6 @@
 """Codes read out on the telephone: the license server ID, the certificate code and the license key
-pack ID, each 35 characters in 7 groups of 5 [REFERENCE §4, §9: "the LS ID is 35 characters in 7
-groups of 5"; WMI ActivateServer / InstallLicenseKeyPack take 35 characters].
+pack ID, each 35 characters in 7 groups of 5 [§9, MIGR; WMI:win32-tslicenseserver ActivateServer;
+WMI:win32-tslicensekeypack InstallLicenseKeyPack].
 
 Microsoft does not publish how its codes are checked, so this encoding is tsls's own, made so that
 what is typed in from a phone call is checked where it is typed:

@@ -1,5 +1,5 @@
 """The numbers the Windows object model gives where tsls has names, for labs that script against WMI
-[REFERENCE §9; WMI:win32-tsissuedlicense, win32-tslicensekeypack]. docs/wmi.md has the tables."""
+[§9, WMI:win32-tsissuedlicense; WMI:win32-tslicensekeypack]. docs/wmi.md has the tables."""
 from __future__ import annotations
 
 from tsls.core.model import CalType, KeyPack, License, LicenseKind, LicenseStatus, Program
