@@ -190,6 +190,13 @@ def test_check_validates_without_starting_anything(tmp_path):
     assert "nothing was started" in done.stderr
 
 
+def test_check_prints_the_plan_counting_in_the_singular_and_plural():
+    done = subprocess.run([sys.executable, "-m", "tsls.cli", "lab", "check", SMALL], capture_output=True, text=True,
+                          timeout=60, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert "1 license server, 1 session host, 20 devices, 7 steps from 2025-01-06" in done.stdout.splitlines()[0]
+
+
 def test_the_docs_example_is_the_tested_small_office():
     with open(os.path.join(ROOT, "docs", "labfile.md")) as f:
         doc = f.read()

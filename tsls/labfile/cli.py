@@ -54,14 +54,19 @@ def main(argv: list[str]) -> int:
         return INVALID
     if args.action == "check":
         from tsls.core.model import iso
-        print(f"{args.file}: a valid lab, {lab.name!r}: {len(lab.license_servers)} license servers, "
-              f"{len(lab.session_hosts)} session hosts, {sum(f.devices for f in lab.fleets)} devices, "
-              f"{len(steps)} steps from {iso(lab.start)[:10]} to {iso(lab.start + steps[-1].at)[:10]}")
+        print(f"{args.file}: a valid lab, {lab.name!r}: {_count(len(lab.license_servers), 'license server')}, "
+              f"{_count(len(lab.session_hosts), 'session host')}, "
+              f"{_count(sum(f.devices for f in lab.fleets), 'device')}, "
+              f"{_count(len(steps), 'step')} from {iso(lab.start)[:10]} to {iso(lab.start + steps[-1].at)[:10]}")
         for step in steps:
             shown = ", ".join(f"{k}={v}" for k, v in step.args.items())
             print(f"  {iso(lab.start + step.at)}  {step.label:<12} {step.kind:<18} {shown}")
         return OK
     return run(lab, steps, args)
+
+
+def _count(n: int, what: str) -> str:
+    return f"{n} {what}{'' if n == 1 else 's'}"
 
 
 def run(lab, steps, args) -> int:
