@@ -292,6 +292,13 @@ def check_database(args) -> int:
     return 1 if problems else 0
 
 
+def _stdout_gone() -> None:
+    """Point stdout at /dev/null so that the interpreter's last flush does not fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
 def main(argv=None) -> int:
     from tsls.files import private_umask
 
@@ -299,7 +306,11 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["lab"] and argv[1:2] and argv[1] in ("run", "check"):
         from tsls.labfile.cli import main as lab_file
-        return lab_file(argv[1:])
+        try:
+            return lab_file(argv[1:])
+        except BrokenPipeError:         # `tsls lab check FILE | head`: the reader had enough, not an error
+            _stdout_gone()
+            return 0
     args = _parser().parse_args(argv)
     if args.command == "check":
         return check(args)

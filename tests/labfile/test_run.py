@@ -197,6 +197,15 @@ def test_check_prints_the_plan_counting_in_the_singular_and_plural():
     assert "1 license server, 1 session host, 20 devices, 7 steps from 2025-01-06" in done.stdout.splitlines()[0]
 
 
+def test_check_piped_into_a_reader_that_stops_early_is_not_an_error():
+    checking = subprocess.Popen([sys.executable, "-m", "tsls.cli", "lab", "check", SMALL], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, cwd=ROOT)
+    checking.stdout.close()             # `| head -0`: nobody reads the plan
+    _, err = checking.communicate(timeout=60)
+    assert checking.returncode == 0, err
+    assert b"Traceback" not in err and b"BrokenPipe" not in err
+
+
 def test_the_docs_example_is_the_tested_small_office():
     with open(os.path.join(ROOT, "docs", "labfile.md")) as f:
         doc = f.read()
