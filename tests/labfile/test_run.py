@@ -547,7 +547,7 @@ async def test_only_session_hosts_in_the_group_get_licenses(tmp_path):
 
 DEPLOYMENT = """\
 [lab]
-name = "scopes"
+name = "scopes, a directory"
 start = "2025-01-06"
 
 [[license_server]]
@@ -562,8 +562,16 @@ scope = "forest"
 name = "TS01"
 license_servers = ["LS1"]
 
+[[session_host]]
+name = "TS02"
+discover = true
+
 [[fleet]]
 name = "desks"
+devices = 2
+
+[[fleet]]
+name = "roaming"
 devices = 2
 
 [[purchase]]
@@ -571,10 +579,20 @@ name = "cals"
 license_server = "LS1"
 quantity = 5
 
+[[purchase]]
+name = "more"
+license_server = "LS2"
+quantity = 5
+
 [[step]]
 at = "0d"
 do = "install"
 purchase = "cals"
+
+[[step]]
+at = "0d"
+do = "install"
+purchase = "more"
 
 [[step]]
 at = "+1h"
@@ -588,11 +606,31 @@ expect = { permanent = 2 }
 at = "+1h"
 do = "expect"
 present = ["POLICY_CHANGED"]
+
+[[step]]
+at = "+1h"
+do = "kill"
+license_server = "LS1"
+
+[[step]]
+at = "+1h"
+do = "wave"
+fleet = "roaming"
+through = ["TS02"]
+times = 2
+expect = { permanent = 2, served_by = { LS2 = 2 } }
+
+[[step]]
+at = "+1h"
+do = "restart"
+license_server = "LS1"
 """
 
 
 @pytest_twisted.ensureDeferred
-async def test_scopes_set_at_the_start(tmp_path):
+async def test_scopes_and_session_hosts_that_discover_their_license_servers(tmp_path):
+    # LS1 a workgroup, LS2 a forest license server; TS02 finds both in the lab's directory, in file
+    # order, and moves on to LS2 once LS1 is killed.
     lab = tmp_path / "deployment.toml"
     lab.write_text(DEPLOYMENT)
     (tmp_path / "run").mkdir()
@@ -602,4 +640,4 @@ async def test_scopes_set_at_the_start(tmp_path):
         records = [json.loads(line) for line in f]
     assert [(r["license_server"], r["scope"]) for r in records if r.get("do") == "role"] == \
         [("LS1", "workgroup"), ("LS2", "forest")]
-
+    assert records[0]["kind"] == "started" and records[0]["discovered"] == {"TS02": ["LS1", "LS2"]}

@@ -149,3 +149,12 @@ def test_a_license_server_scope_is_set_at_the_start():
     assert [(p.at, p.args) for p in setup] == [(0, {"license_server": "LS2", "scope": "forest"})]
     found, _ = problems(GOOD.replace('name = "LS2"', 'name = "LS2"\nscope = "galaxy"'))
     assert found == [(11, "license_server[2].scope", "unknown scope 'galaxy'; expected workgroup, domain or forest")]
+
+
+def test_a_session_host_discovers_every_license_server_in_file_order():
+    text = GOOD.replace('license_servers = ["LS1", "LS2"]', 'discover = true')
+    host = schema.loads(text).session_host("TS01")
+    assert host.discover and host.license_servers == ("LS1", "LS2")
+    found, _ = problems(GOOD.replace('license_servers = ["LS1", "LS2"]', 'license_servers = ["LS1"]\ndiscover = true'))
+    assert found == [(15, "session_host[1].discover",
+                      "a session host discovers its license servers or lists them, not both")]

@@ -266,8 +266,10 @@ class LabRun:
                 links.append(link)
             self.hosts[host.name] = SessionHost(self.reactor, host, links, self.devices, self.state)
             self.hosts[host.name].users = users
+        discovered = {h.name: list(h.license_servers) for h in self.lab.session_hosts if h.discover}
         self.note("started", license_servers=[ls.name for ls in self.lab.license_servers],
-                  session_hosts=[h.name for h in self.lab.session_hosts], seed=self.lab.seed)
+                  session_hosts=[h.name for h in self.lab.session_hosts], seed=self.lab.seed,
+                  **({"discovered": discovered} if discovered else {}))
         for purchase in self.lab.purchases:
             await self._sell(purchase)
 

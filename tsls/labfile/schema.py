@@ -61,6 +61,7 @@ class SessionHostSpec:
     mode: CalType | None         # None: the licensing mode is Not Configured
     license_servers: tuple[str, ...]
     group: bool = False          # registered on its license servers, in their Terminal Server Computers group
+    discover: bool = False       # license_servers came from the lab's directory, not from the file
 
 
 @attrs.frozen
@@ -344,8 +345,14 @@ def _parse(doc: dict, check: _Check) -> Lab | None:
         check.problem(("lab", None), None, "a lab needs at least one [[license_server]]")
 
     hosts = []
+    directory = [spec.name for _, spec in servers if spec.name is not None]   # every license server, in file order
     for table, r in check.readers(doc, "session_host"):
         listed = r.get("license_servers", list, default=[])
+        discover = r.get("discover", bool, default=False)
+        if discover and "license_servers" in r.data:
+            r.problem("discover", "a session host discovers its license servers or lists them, not both")
+        elif discover:
+            listed = list(directory)
         for item in listed:
             if item not in ls_names:
                 r.problem("license_servers", f"no license server named {item!r} (known: {', '.join(sorted(ls_names))})")
@@ -353,7 +360,8 @@ def _parse(doc: dict, check: _Check) -> Lab | None:
             r.problem("license_servers", "a license server is listed twice")
         hosts.append((table, SessionHostSpec(r.name(), r.enum("version", ProductVersion.parse, default=ProductVersion.W2019),
                                              r.enum("mode", _mode, default=CalType.PER_DEVICE),
-                                             tuple(str(i) for i in listed), r.get("group", bool, default=False))))
+                                             tuple(str(i) for i in listed), r.get("group", bool, default=False),
+                                             discover)))
         r.finish()
     host_names = _unique(check, hosts, "session host")
 
