@@ -242,6 +242,10 @@ class TerminalServer:
                 if e.code in TRY_NEXT:
                     continue
                 break
+            if answer.get("referral") and (answer["license"] or {}).get("kind") != "permanent":
+                referred = await self._follow(answer["referral"], server, hwid, machine, user, held, report)
+                if referred is not None:
+                    server, conn, answer = referred
             lic = answer["license"]
             self._note_connection(lic)
             if lic is not None:
@@ -250,6 +254,28 @@ class TerminalServer:
                     await conn.request("logon_succeeded", hwid=hwid, license=lic["token"])
             return LogonResult.served(machine, user, server, answer)
         return self._offline(machine, user, refusal, held)
+
+    async def _follow(self, referral: list, referring: str, hwid, machine, user, held, report):
+        """The license server had no CAL of the kind asked for and referred the request [§9, FAQ08]: ask
+        the ones it named. The first to give a permanent CAL serves the device; one that gives only a
+        temporary license has the logon reported to it (so it upgrades the device next time), and the
+        referring server's answer stands."""
+        for server in referral:
+            if not isinstance(server, str) or server == referring:
+                continue
+            try:
+                conn = await self._connection(server)
+                mine = held if held and held.get("license_server") == server else None
+                answer = await conn.request("logon", hwid=hwid, machine=machine, user=user,
+                                            license=mine and mine["token"])
+            except TslsError:
+                continue
+            lic = answer["license"]
+            if lic is not None and lic["kind"] == "permanent":
+                return server, conn, answer
+            if lic is not None and report:
+                await conn.request("logon_succeeded", hwid=hwid, license=lic["token"])
+        return None
 
     def _note_connection(self, lic) -> None:
         now = self.state.now(self.name)

@@ -92,3 +92,44 @@ def test_the_readme_farm(tmp_path, capsys):
             if ls.running:
                 yield ls.stopService()
         yield ch.stopService()
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_license_server_with_no_cal_left_refers_the_session_host_to_another(tmp_path, capsys):
+    from tsls.clearinghouse.testing import FakeClearinghouse
+    servers, endpoints = [], []
+    try:
+        for n, refer in ((2, ()), (1, None)):
+            (tmp_path / f"ls{n}").mkdir(mode=0o700)
+            ls = LicenseServerService(reactor, "tcp:0:interface=127.0.0.1", str(tmp_path / f"ls{n}" / "ls.sqlite"),
+                                      FakeClearinghouse(), seed="7", referrals=tuple(endpoints) if refer is None else ())
+            ls.startService()
+            port = yield ls.listener.listening
+            servers.append(ls)
+            endpoints.append(f"tcp:127.0.0.1:{port.getHost().port}")
+        ls2, ls1 = endpoints
+        for ls, endpoint, quantity in zip(servers, endpoints, (5, 1)):
+            conn = yield defer.ensureDeferred(_admin(ls, endpoint))
+            yield conn.request("activate", method="automatic", contact={"first_name": "A", "last_name": "B",
+                                                                         "company": "C", "country_region": "D"})
+            yield conn.request("install_key_pack", purchase={"program": "retail", "retail_code": f"{quantity}" * 25,
+                                                             "cal_type": "per_device", "quantity": quantity})
+            yield conn.close()
+        argv = ["--name", "TS03", "--version", "2003", "--state-dir", str(tmp_path / "ts"), "--server", ls1]
+        _, rows = yield run(tssim, [*argv, "logon", "pc1", "pc2", "--times", "4"], capsys)
+        final = {r["machine"]: r for r in rows if r["round"] == 4}
+        assert final["pc1"]["served_by"] == ls1 and final["pc1"]["license"]["kind"] == "permanent"
+        # pc2 found no CAL left on ls1, which referred it to ls2 (not in the host's list): a CAL from ls2
+        assert final["pc2"]["served_by"] == ls2 and final["pc2"]["license"]["kind"] == "permanent"
+        assert [r["outcome"] for r in rows if r["machine"] == "pc2"] == ["temporary_issued", "temporary",
+                                                                          "upgraded", "existing"]
+    finally:
+        for ls in servers:
+            yield ls.stopService()
+
+
+async def _admin(ls, endpoint):
+    from clients.connection import connect
+    conn = await connect(reactor, endpoint)
+    await conn.hello_admin(ls.server.identity.admin_secret)
+    return conn

@@ -51,6 +51,9 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--clearinghouse-timeout", type=float, default=30.0, metavar="SECONDS",
                        help="how long the license server waits for an answer from the Clearinghouse; a call that "
                             "gets none stays pending and completes when asked again (default: %(default)s)")
+        p.add_argument("--refer-to", action="append", default=[], metavar="ENDPOINT",
+                       help="another license server this one refers a request to when it has no CAL of the kind "
+                            "asked for (repeat for several; the answer carries them as referral; docs/diagnoser.md)")
         p.add_argument("--lab-clock", action="store_true",
                        help="run on a lab clock that tsls-admin clock can move forward (+90d, an ISO date)")
         p.add_argument("--lab-start", metavar="DATE",
@@ -183,7 +186,7 @@ def build(reactor, args) -> Daemons:
             client, seed=args.seed, lab_clock=lab_clock, initialise=args.initialise,
             credential_path=os.path.join(args.data_dir, "admin.secret") if database else None,
             database_password=_database_password(args), console_listen=daemons.console_listen,
-            sweep_every=getattr(args, "sweep_every", 60.0), version=_server_version(args.server_version),
+            sweep_every=getattr(args, "sweep_every", 60.0), version=_server_version(args.server_version), referrals=tuple(args.refer_to),
             log_every_event=getattr(args, "log_every_event", False))
         daemons.license_listen = args.listen
         daemons.clearinghouse_client = client

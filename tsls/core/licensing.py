@@ -192,6 +192,18 @@ def expire(lic: License, now: int) -> Decision | None:
     return Decision(Outcome.EXPIRED, gone, changes=(Change(gone, pack_delta=delta),), message="license expired")
 
 
+# A license server without a CAL of the kind asked for refers the request to another license server it
+# knows, as 2008 license servers do (and a Windows 2000 one passed it to the enterprise license server)
+# [§9, FAQ08; DEMYST; §5, KB Q232520].
+REFERRED = frozenset({Code.NO_LICENSE_AVAILABLE, Code.MODE_MISMATCH, Code.UPGRADE_PREVENTED})
+
+
+def refer(reason: Code | None, known: tuple[str, ...]) -> tuple[str, ...]:
+    """The license servers to refer a request to: those it knows, when it could not give a permanent CAL
+    for want of one (not when it is unactivated: another server would not know the device either)."""
+    return tuple(known) if reason in REFERRED else ()
+
+
 REVOCABLE_PERCENT = 20      # at most 20% of a version's installed Per Device CALs, or one [§5, RDSblog08]
 
 

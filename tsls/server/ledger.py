@@ -17,6 +17,8 @@ from tsls.server.storage import Identity, LicenseFilter
 
 
 class Ledger:
+    referrals: tuple[str, ...] = ()     # license servers this one refers requests to (tsls server --refer-to)
+
     def __init__(self, writer, identity: Identity) -> None:
         self.writer = writer
         self.identity = identity
@@ -35,6 +37,9 @@ class Ledger:
                 decision = licensing.device_logon(ts, Logon(hwid, machine, user, presented), world, now)
             except TslsError as e:
                 store.add_events(events.for_refusal(e.code, e.message, now, ts.name, hwid, user))
+                referral = licensing.refer(e.code, self.referrals)
+                if referral:
+                    e = TslsError(e.code, e.message, **{**e.details, "referral": list(referral)})
                 return e        # refused, and the refusal is on record
             decision = store.apply(decision)
             store.add_events(events.for_decision(decision, now, ts.name, hwid, user))
@@ -71,6 +76,9 @@ class Ledger:
         lic = decision.license
         out = {"outcome": decision.outcome.value, "reason": decision.reason and decision.reason.value,
                "message": decision.message, "license": None}
+        referral = licensing.refer(decision.reason, self.referrals)
+        if referral:
+            out["referral"] = list(referral)
         if lic is not None:
             pack = None if lic.key_pack is None else next((p.key_pack_id for p in world.packs if p.id == lic.key_pack), None)
             out["license"] = license_json(lic, pack, tokens.sign(self.identity.secret, lic.id, lic.hwid))

@@ -65,7 +65,7 @@ class LicenseServerService(MultiService):
                  lab_clock: LabClock | None = None, sweep_every: float = SWEEP_EVERY, credential_path: str | None = None,
                  timer_clock=None, console_listen: str | None = None, database_password: str | None = None,
                  version=None, initialise: bool = False, log_every_event: bool = False,
-                 summary_every: float = SUMMARY_EVERY):
+                 summary_every: float = SUMMARY_EVERY, referrals: tuple[str, ...] = ()):
         """``db_path``: a SQLite file, or a PostgreSQL DSN (postgresql://...) that any number of
         daemons share (its password, if any, in ``database_password``, never in the DSN).
         ``lab_clock``: run on a lab clock an administrator can move (its offset is restored from
@@ -100,6 +100,7 @@ class LicenseServerService(MultiService):
         # Lists and status on read-only connections in reader threads, never in a write batch.
         self.reads = Reads(reactor, self.writer, read_store)
         self.server = LicenseServer(self.writer, clearinghouse, identity, lab_clock, self.reads)
+        self.server.ledger.referrals = tuple(referrals)     # where it refers requests it has no CAL for
         _WriterService(self.writer, self.reads).setServiceParent(self)
         if shared:
             from tsls.server.pgshared import SharedDatabase
