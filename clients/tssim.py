@@ -372,6 +372,15 @@ def _from_another(held: dict | None, server: str) -> bool:
     return bool(held) and held.get("license_server") not in (None, server)
 
 
+def _license_servers(args) -> list[str]:
+    """The specified list (--server, in order), then those discovered in the directory (--directory)."""
+    if args.directory is None:
+        return args.server or [DEFAULT_SERVER]
+    from tsls import directory
+    from tsls.core.directory import discovery_order
+    return list(discovery_order(tuple(args.server or ()), directory.read(args.directory)))
+
+
 def _mode(text: str) -> str:
     key = text.strip().replace("-", "_").lower()
     return next((m for m in (*(c.value for c in CalType), NOT_CONFIGURED) if m == key), text)
@@ -386,6 +395,9 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--server", action="append", metavar="ENDPOINT",
                         help=f"a license server endpoint; repeat it for a discovery list tried in order "
                              f"(default: {DEFAULT_SERVER})")
+    parser.add_argument("--directory", metavar="FILE",
+                        help="discover license servers published in this simulated directory (tsls server "
+                             "--publish-to FILE), after the --server ones: forest-wide first, then the domain's")
     add_timeout_options(parser, ANSWER_TIMEOUT)
     parser.add_argument("--name", default="TS01", help="the terminal server's name (default: %(default)s)")
     parser.add_argument("--secret-file", help="the secret tsls-admin terminal-servers register gave this name")
@@ -477,7 +489,7 @@ async def command(reactor, args) -> None:
     devices = DeviceStore(os.path.join(args.state_dir, "devices.json"))
     state = TerminalServerState(os.path.join(args.state_dir, "terminal-servers.json"), clock=reactor)
     secret = read_secret(args.secret_file) if args.secret_file else None
-    ts = TerminalServer(reactor, args.name, args.version, args.mode.replace("-", "_"), args.server or [DEFAULT_SERVER],
+    ts = TerminalServer(reactor, args.name, args.version, args.mode.replace("-", "_"), _license_servers(args),
                         devices, state, secret, args.connect_timeout, args.timeout)
     rows = []
     if args.command == "grace":

@@ -133,3 +133,30 @@ async def _admin(ls, endpoint):
     conn = await connect(reactor, endpoint)
     await conn.hello_admin(ls.server.identity.admin_secret)
     return conn
+
+
+@pytest_twisted.inlineCallbacks
+def test_session_hosts_discover_the_license_servers_published_in_the_directory(tmp_path, capsys):
+    from tsls import directory
+    from tsls.clearinghouse.testing import FakeClearinghouse
+    path = str(tmp_path / "directory.json")
+    servers = []
+    try:
+        for n in (1, 2):
+            (tmp_path / f"ls{n}").mkdir(mode=0o700)
+            ls = LicenseServerService(reactor, "tcp:0:interface=127.0.0.1", str(tmp_path / f"ls{n}" / "ls.sqlite"),
+                                      FakeClearinghouse(), seed="7", publish_to=path)
+            ls.startService()
+            yield ls.listener.listening
+            servers.append(ls)
+        published = directory.read(path)
+        assert [e.scope.value for e in published] == ["domain", "domain"]
+        first = published[0].endpoint
+        yield servers[0].stopService()                  # still published, as in a directory: passed over
+        _, rows = yield run(tssim, ["--name", "TS03", "--state-dir", str(tmp_path / "ts"), "--directory", path,
+                                    "--connect-timeout", "2", "logon", "pc1"], capsys)
+        assert rows[0]["served_by"] == published[1].endpoint != first
+    finally:
+        for ls in servers:
+            if ls.running:
+                yield ls.stopService()

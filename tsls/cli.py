@@ -54,6 +54,9 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--refer-to", action="append", default=[], metavar="ENDPOINT",
                        help="another license server this one refers a request to when it has no CAL of the kind "
                             "asked for (repeat for several; the answer carries them as referral; docs/diagnoser.md)")
+        p.add_argument("--publish-to", metavar="FILE",
+                       help="publish this license server in a simulated directory (a JSON file) that session hosts "
+                            "discover with tsls-ts --directory FILE; a workgroup-scope server is not published")
         p.add_argument("--lab-clock", action="store_true",
                        help="run on a lab clock that tsls-admin clock can move forward (+90d, an ISO date)")
         p.add_argument("--lab-start", metavar="DATE",
@@ -187,6 +190,7 @@ def build(reactor, args) -> Daemons:
             credential_path=os.path.join(args.data_dir, "admin.secret") if database else None,
             database_password=_database_password(args), console_listen=daemons.console_listen,
             sweep_every=getattr(args, "sweep_every", 60.0), version=_server_version(args.server_version), referrals=tuple(args.refer_to),
+            publish_to=getattr(args, "publish_to", None),
             log_every_event=getattr(args, "log_every_event", False))
         daemons.license_listen = args.listen
         daemons.clearinghouse_client = client

@@ -65,7 +65,7 @@ class LicenseServerService(MultiService):
                  lab_clock: LabClock | None = None, sweep_every: float = SWEEP_EVERY, credential_path: str | None = None,
                  timer_clock=None, console_listen: str | None = None, database_password: str | None = None,
                  version=None, initialise: bool = False, log_every_event: bool = False,
-                 summary_every: float = SUMMARY_EVERY, referrals: tuple[str, ...] = ()):
+                 summary_every: float = SUMMARY_EVERY, referrals: tuple[str, ...] = (), publish_to: str | None = None):
         """``db_path``: a SQLite file, or a PostgreSQL DSN (postgresql://...) that any number of
         daemons share (its password, if any, in ``database_password``, never in the DSN).
         ``lab_clock``: run on a lab clock an administrator can move (its offset is restored from
@@ -126,6 +126,10 @@ class LicenseServerService(MultiService):
             self.console = self._console(reactor, console_listen, reads, factory)
         self.listener = Listener("license server", serverFromString(reactor, endpoint), factory)
         self.listener.setServiceParent(self)
+        if publish_to is not None:      # PublishLS: in the simulated directory, once the port is bound
+            with store.transaction():
+                scope = store.server_role()
+            self.listener.listening_hook = lambda port: _publish(publish_to, port, scope)
 
     def _console(self, reactor, endpoint: str, reads, factory):
         from tsls.console.app import Console, site
@@ -172,3 +176,11 @@ class LicenseServerService(MultiService):
             return
         d = self.writer.submit(lambda store, now: None)
         d.addErrback(lambda f: log.failure("periodic expiry sweep failed", f))
+
+
+def _publish(path: str, port, scope) -> None:
+    from tsls import directory
+    from tsls.core.directory import Published
+    host = port.getHost()
+    if directory.publish(path, Published(f"tcp:{host.host}:{host.port}", scope)):
+        log.info("published in the directory {path} as tcp:{host}:{port}", path=path, host=host.host, port=host.port)
