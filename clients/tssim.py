@@ -232,9 +232,10 @@ class TerminalServer:
                     answer = await conn.request("logon", hwid=hwid, machine=machine, user=user,
                                                 license=held and held["token"])
                 except TslsError as e:
-                    # The device holds a license another license server issued (its first went down):
-                    # this one cannot read it and licenses the device afresh, as a new device [§9, FAQ08].
-                    if e.code is not Code.INVALID_LICENSE or not _from_another(held, server):
+                    # The device holds a license this license server cannot read: another one issued it (its
+                    # first went down), or this one was rebuilt (a new database). A terminal server treats a
+                    # license it cannot validate as none, and the device is licensed afresh [§9, FAQ08].
+                    if e.code is not Code.INVALID_LICENSE or not held:
                         raise
                     answer = await conn.request("logon", hwid=hwid, machine=machine, user=user)
             except TslsError as e:
@@ -365,11 +366,6 @@ class TerminalServer:
         for conn in self.connections.values():
             if conn.transport.connected:
                 await conn.close()
-
-
-def _from_another(held: dict | None, server: str) -> bool:
-    """The device's license was issued through another license server of the list."""
-    return bool(held) and held.get("license_server") not in (None, server)
 
 
 def _license_servers(args) -> list[str]:

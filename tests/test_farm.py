@@ -2,6 +2,7 @@
 down, the session host moving to the other, a migration through the Clearinghouse; the Diagnoser at
 each step. Real daemons on loopback (ephemeral ports, real SQLite), the real command-line clients."""
 import json
+import os
 
 import pytest_twisted
 from twisted.internet import defer, reactor
@@ -160,3 +161,28 @@ def test_session_hosts_discover_the_license_servers_published_in_the_directory(t
         for ls in servers:
             if ls.running:
                 yield ls.stopService()
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_device_holding_a_license_from_a_rebuilt_license_server_is_licensed_afresh(tmp_path, capsys):
+    from tsls.clearinghouse.testing import FakeClearinghouse
+    (tmp_path / "ls").mkdir(mode=0o700)
+    ls = LicenseServerService(reactor, "tcp:0:interface=127.0.0.1", str(tmp_path / "ls" / "ls.sqlite"),
+                              FakeClearinghouse(), seed="7")
+    ls.startService()
+    port = (yield ls.listener.listening).getHost().port
+    argv = ["--name", "TS03", "--state-dir", str(tmp_path / "ts"), "--server", f"tcp:127.0.0.1:{port}"]
+    _, rows = yield run(tssim, [*argv, "logon", "pc1"], capsys)
+    assert rows[0]["outcome"] == "temporary_issued"
+    yield ls.stopService()
+    for name in os.listdir(tmp_path / "ls"):                       # rebuilt: a new database, same endpoint
+        os.remove(tmp_path / "ls" / name)
+    ls = LicenseServerService(reactor, f"tcp:{port}:interface=127.0.0.1", str(tmp_path / "ls" / "ls.sqlite"),
+                              FakeClearinghouse(), seed="7")
+    ls.startService()
+    try:
+        yield ls.listener.listening
+        status, rows = yield run(tssim, [*argv, "logon", "pc1"], capsys)
+        assert status == 0 and rows[0]["outcome"] == "temporary_issued" and rows[0]["license"]["license_id"] == 1
+    finally:
+        yield ls.stopService()
