@@ -520,6 +520,8 @@ def _print_status(s: dict) -> None:
     print(f"product ID:        {s['product_id']}")
     if "server_version" in s:
         print(f"server version:    Windows Server {s['server_version']}")
+    if "scope" in s:
+        print(f"scope:             {s['scope']}")
     print(f"activation:        {a['status']}" + (f" ({a['method']}, {a['activated_at']})" if a["activated_at"] else ""))
     print(f"license server ID: {a['license_server_id'] or '-'}")
     print(f"lab time:          {s['now']}")
