@@ -566,6 +566,11 @@ license_servers = ["LS1"]
 name = "TS02"
 discover = true
 
+[[session_host]]
+name = "TSU"
+mode = "per-user"
+license_servers = ["LS2"]
+
 [[fleet]]
 name = "desks"
 devices = 2
@@ -573,6 +578,11 @@ devices = 2
 [[fleet]]
 name = "roaming"
 devices = 2
+
+[[fleet]]
+name = "mixed"
+devices = 4
+per_user = 0.5
 
 [[purchase]]
 name = "cals"
@@ -584,10 +594,21 @@ name = "more"
 license_server = "LS2"
 quantity = 5
 
+[[purchase]]
+name = "people"
+license_server = "LS2"
+cal_type = "per-user"
+quantity = 5
+
 [[step]]
 at = "0d"
 do = "install"
 purchase = "cals"
+
+[[step]]
+at = "0d"
+do = "install"
+purchase = "people"
 
 [[step]]
 at = "0d"
@@ -601,6 +622,14 @@ fleet = "desks"
 through = ["TS01"]
 times = 2
 expect = { permanent = 2 }
+
+[[step]]
+at = "+1h"
+do = "wave"
+fleet = "mixed"
+through = ["TS01", "TSU"]
+times = 2
+expect = { permanent = 2, per_user = 2 }
 
 [[step]]
 at = "+1h"
@@ -628,9 +657,10 @@ license_server = "LS1"
 
 
 @pytest_twisted.ensureDeferred
-async def test_scopes_and_session_hosts_that_discover_their_license_servers(tmp_path):
-    # LS1 a workgroup, LS2 a forest license server; TS02 finds both in the lab's directory, in file
-    # order, and moves on to LS2 once LS1 is killed.
+async def test_scopes_discovery_and_a_per_user_share(tmp_path):
+    # LS1 a workgroup, LS2 a forest license server; half of fleet mixed logs on through the Per User
+    # host; TS02 finds both license servers in the lab's directory, in file order, and moves on to LS2
+    # once LS1 is killed.
     lab = tmp_path / "deployment.toml"
     lab.write_text(DEPLOYMENT)
     (tmp_path / "run").mkdir()
@@ -641,3 +671,7 @@ async def test_scopes_and_session_hosts_that_discover_their_license_servers(tmp_
     assert [(r["license_server"], r["scope"]) for r in records if r.get("do") == "role"] == \
         [("LS1", "workgroup"), ("LS2", "forest")]
     assert records[0]["kind"] == "started" and records[0]["discovered"] == {"TS02": ["LS1", "LS2"]}
+    mixed = {(r["host"], r["device"], r["outcome"]) for r in records if r["kind"] == "logon" and r["round"] == 2
+             and r["device"].startswith("mixed")}
+    assert mixed == {("TS01", "mixed-001", "permanent"), ("TSU", "mixed-002", "per_user"),
+                     ("TS01", "mixed-003", "permanent"), ("TSU", "mixed-004", "per_user")}

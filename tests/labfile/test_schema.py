@@ -158,3 +158,17 @@ def test_a_session_host_discovers_every_license_server_in_file_order():
     found, _ = problems(GOOD.replace('license_servers = ["LS1", "LS2"]', 'license_servers = ["LS1"]\ndiscover = true'))
     assert found == [(15, "session_host[1].discover",
                       "a session host discovers its license servers or lists them, not both")]
+
+
+def test_a_fleet_per_user_share_goes_through_the_per_user_hosts():
+    text = GOOD.replace("devices = 4", "devices = 4\nper_user = 0.5").replace(
+        '[[fleet]]', '[[session_host]]\nname = "TSU"\nmode = "per-user"\nlicense_servers = ["LS1"]\n\n[[fleet]]')
+    lab = schema.loads(text.replace('through = ["TS01"]', 'through = ["TS01", "TSU"]'))
+    assert lab.fleet("desks").per_user_machines() == {"desks-002", "desks-004"}
+    assert plan.wave_shares(lab, "desks", ("TSU", "TS01")) == [["desks-002", "desks-004"], ["desks-001", "desks-003"]]
+    assert plan.wave_shares(schema.loads(GOOD), "desks", ("TS01",)) == [["desks-001", "desks-002", "desks-003", "desks-004"]]
+    found, _ = problems(text)       # GOOD's wave goes through TS01 only
+    assert found == [(47, "step[3].through",
+                      "fleet 'desks' has 2 Per User devices (per_user = 0.5) and none of these session hosts is in per-user mode")]
+    found, _ = problems(GOOD.replace("devices = 4", "devices = 4\nper_user = 1.5"))
+    assert found == [(19, "fleet[1].per_user", "a share from 0 to 1 (0.25 is a quarter of the devices), not 1.5")]

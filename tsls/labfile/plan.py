@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import attrs
 
+from tsls.core.model import CalType
 from tsls.labfile.schema import Lab, LabFileError, Problem
 
 SETUP, FILE, CLOSING = 0, 1, 2
@@ -29,6 +30,28 @@ class Planned:
         if self.step is None:
             return self.why
         return f"step {self.step}" + (f" #{self.repeat}" if self.repeat else "")
+
+
+def wave_shares(lab: Lab, fleet_name: str, through: tuple[str, ...]) -> list[list[str]]:
+    """Each host of ``through``'s devices, in order. Device i of the fleet goes through host i mod n;
+    with a Per User share (``per_user``), the share's devices go through the Per User hosts and the
+    others through the other hosts, each group in turn."""
+    fleet = lab.fleet(fleet_name)
+    machines = fleet.machines()
+    out: list[list[str]] = [[] for _ in through]
+    if fleet.per_user is None:
+        for i, m in enumerate(machines):
+            out[i % len(through)].append(m)
+        return out
+    chosen = fleet.per_user_machines()
+    groups = {True: [i for i, h in enumerate(through) if lab.session_host(h).mode is CalType.PER_USER],
+              False: [i for i, h in enumerate(through) if lab.session_host(h).mode is not CalType.PER_USER]}
+    turns = {True: 0, False: 0}
+    for m in machines:
+        group = groups[m in chosen]
+        out[group[turns[m in chosen] % len(group)]].append(m)
+        turns[m in chosen] += 1
+    return out
 
 
 def plan(lab: Lab, source: str = "<lab>") -> list[Planned]:

@@ -26,7 +26,7 @@ from tsls.errors import Code, TslsError
 from tsls.labfile import expect
 from tsls.labfile.journal import Journal
 from tsls.labfile.links import Link
-from tsls.labfile.plan import Planned
+from tsls.labfile.plan import Planned, wave_shares
 from tsls.labfile.processes import Daemon
 from tsls.labfile.schema import LINK_KINDS, Lab
 from tsls.public import hardware_id, read_secret
@@ -463,10 +463,11 @@ class LabRun:
         for host in hosts:
             host.unreachable.clear()
         machines = self.lab.fleet(step.args["fleet"]).machines()
+        assigned = wave_shares(self.lab, step.args["fleet"], step.args["through"])
         times, report = step.args.get("times", 1), step.args.get("report", True)
         last = []
         for round_ in range(1, times + 1):
-            shares = [host.begin(machines[i::len(hosts)]) for i, host in enumerate(hosts)]
+            shares = [host.begin(assigned[i]) for i, host in enumerate(hosts)]
             await self._ask_license_servers(shares, report)
             for share in shares:
                 host = share.host

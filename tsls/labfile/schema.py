@@ -70,10 +70,20 @@ class FleetSpec:
     devices: int
     prefix: str
     users: int | None = None     # how many people share the devices; None: one user per device
+    per_user: float | None = None   # the share of its devices whose people log on through Per User hosts
 
     def machines(self) -> list[str]:
         width = max(3, len(str(self.devices)))
         return [f"{self.prefix}{i:0{width}d}" for i in range(1, self.devices + 1)]
+
+    def per_user_count(self) -> int:
+        return 0 if self.per_user is None else round(self.per_user * self.devices)
+
+    def per_user_machines(self) -> set[str]:
+        """The devices whose people log on through Per User hosts: per_user_count() of them, spread
+        evenly over the fleet (device i is one when (i+1)*count // devices passes a whole number)."""
+        count, n = self.per_user_count(), self.devices
+        return {m for i, m in enumerate(self.machines()) if (i + 1) * count // n > i * count // n}
 
     def user_names(self) -> dict[str, str]:
         """Each device's user: user-<device>, or with ``users`` the people <prefix>user1.. in turn."""
@@ -373,7 +383,12 @@ def _parse(doc: dict, check: _Check) -> Lab | None:
         if prefix is not None and not re.fullmatch(r"[A-Za-z0-9_.-]{1,40}", prefix):
             r.problem("prefix", f"{prefix!r}: letters, digits, '.', '_' and '-', at most 40")
         users = r.count("users", lo=1)
-        fleets.append((table, FleetSpec(name, devices, prefix if prefix is not None else f"{name}-", users)))
+        per_user = r.get("per_user", (float, int))
+        if per_user is not None and not 0 <= per_user <= 1:
+            r.problem("per_user", f"a share from 0 to 1 (0.25 is a quarter of the devices), not {per_user}")
+            per_user = None
+        fleets.append((table, FleetSpec(name, devices, prefix if prefix is not None else f"{name}-", users,
+                                        None if per_user is None else float(per_user))))
         r.finish()
     fleet_names = _unique(check, fleets, "fleet")
     prefixes: dict[str, str] = {}
@@ -406,7 +421,9 @@ def _parse(doc: dict, check: _Check) -> Lab | None:
     product_names = _unique(check, products, "product")
 
     names = _Names(ls_names, host_names, fleet_names, purchase_names, product_names,
-                   {p.name: p.license_server for _, p in purchases})
+                   {p.name: p.license_server for _, p in purchases},
+                   {f.name: f for _, f in fleets if f.name is not None},
+                   {h.name for _, h in hosts if h.mode is CalType.PER_USER})
     steps = []
     at = 0
     for table, r in check.readers(doc, "step"):
@@ -440,6 +457,8 @@ class _Names:
     purchases: set
     products: set
     purchase_server: dict
+    fleet_specs: dict = attrs.field(factory=dict)
+    per_user_hosts: set = attrs.field(factory=set)
 
 
 # Each kind of step: its required fields and its optional ones (besides at, do, note).
@@ -556,6 +575,8 @@ def _step(r: _Reader, table: tuple, previous: int, names: _Names) -> Step | None
             args[key] = tuple(listed)
         elif key == "expect":
             args[key] = _outcomes(r, key, _WAVE_EXPECT if do == "wave" else _CONNECT_EXPECT, names)
+    if do == "wave" and args.get("fleet") and args.get("through"):
+        _check_per_user_share(r, names.fleet_specs[args["fleet"]], args["through"], names)
     if ("every" in args) != ("until" in args):
         r.problem("every" if "every" in args else "until", "a repeated wave needs both every and until")
     r.finish({"at", "do", "note", *required, *optional})
@@ -570,6 +591,19 @@ def _scope(text: str) -> Scope:
         return Scope(text.lower())
     except ValueError:
         raise TslsError(Code.BAD_REQUEST, f"unknown scope {text!r}; expected workgroup, domain or forest") from None
+
+
+def _check_per_user_share(r: _Reader, fleet: FleetSpec, through: tuple, names: _Names) -> None:
+    """A fleet with a Per User share needs Per User hosts for that share and other hosts for the rest."""
+    if fleet.per_user is None:
+        return
+    per_user = [h for h in through if h in names.per_user_hosts]
+    if fleet.per_user_count() and not per_user:
+        r.problem("through", f"fleet {fleet.name!r} has {fleet.per_user_count()} Per User devices "
+                             f"(per_user = {fleet.per_user:g}) and none of these session hosts is in per-user mode")
+    if fleet.per_user_count() < fleet.devices and len(per_user) == len(through):
+        r.problem("through", f"fleet {fleet.name!r} has {fleet.devices - fleet.per_user_count()} devices outside its "
+                             "Per User share and every one of these session hosts is in per-user mode")
 
 
 def _mode(text: str) -> CalType | None:
