@@ -138,6 +138,13 @@ def parser() -> argparse.ArgumentParser:
     _purchase_options(inst, key_pack_id=True)
     rec = sub.add_parser("recover", help="get back the CALs of a purchase onto this (rebuilt) server")
     _purchase_options(rec)
+    conv = sub.add_parser("convert", help="the Manage RDS CALs wizard's Convert CALs (2012 and later license servers): "
+                                          "unissued CALs of a key pack become a new key pack of the other type")
+    conv.add_argument("key_pack_id", metavar="KEY_PACK_ID", help="the key pack to take the CALs from (tsls-admin keypacks)")
+    conv.add_argument("--count", type=int, required=True, help="how many unissued CALs to convert")
+    rebuild = sub.add_parser("rebuild", help="the Manage RDS CALs wizard's Rebuild the database: delete every key pack "
+                                             "and issued license, then reinstall the CALs by recovery")
+    rebuild.add_argument("--yes", action="store_true", help="confirm that every CAL is deleted")
     sub.add_parser("keypacks", help="list key packs: Total / Issued / Available")
     lic = sub.add_parser("licenses", help="issued licenses, per device, with filters")
     lic.add_argument("--hwid", help="only the licenses of this hardware ID (40 hex digits)")
@@ -300,6 +307,11 @@ async def _admin_command(conn, args) -> None:
     elif c == "recover":
         emit(await conn.request("recover", purchase=_purchase(args)), args.json,
              lambda r: _print_key_packs(r["key_packs"]))
+    elif c == "convert":
+        emit(await conn.request("convert_cals", key_pack_id=args.key_pack_id, count=args.count), args.json,
+             lambda r: _print_key_packs([p for p in (r["from"], r["key_pack"]) if p]))
+    elif c == "rebuild":
+        emit(await conn.request("rebuild_database", confirm=args.yes), args.json, _print_rebuild)
     elif c == "keypacks":
         emit(await conn.request("list_key_packs"), args.json, _print_key_packs)
     elif c == "licenses":
@@ -560,6 +572,14 @@ def _print_activation(a: dict) -> None:
 def _print_key_packs(packs: list) -> None:
     rows = [{**p, "program": p["purchase"]["program"]} for p in packs]
     table(rows, KEY_PACK_COLUMNS)
+
+
+def _print_rebuild(r: dict) -> None:
+    print(f"deleted {r['deleted_key_packs']} key pack(s) and {r['deleted_licenses']} issued license(s); "
+          f"reinstalled by recovery:")
+    _print_key_packs(r["key_packs"])
+    for f in r["not_recovered"]:
+        print(f"not recovered: {f['purchase']}: {f['error']['code']}: {f['error']['message']}")
 
 
 def _print_purchases(purchases: list) -> None:

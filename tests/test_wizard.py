@@ -1,9 +1,18 @@
 """The Manage RDS CALs wizard end to end (issue 15 items 4-7): a Clearinghouse daemon and license
 servers on loopback, real SQLite, driven by tsls-admin (docs/wizard.md)."""
 import pytest_twisted
+from twisted.internet import reactor
 
 from tests.harness import Lab
 from tsls.core import phonecodes
+from tsls.core.model import ProductVersion
+from tsls.clearinghouse.client import ClearinghouseClient
+from tsls.server.check import check_lab
+from tsls.server.service import LicenseServerService
+
+
+def lab_check(lab, *others):
+    return check_lab(str(lab.data / "clearinghouse.sqlite"), [str(lab.data / "license-server.sqlite"), *others])
 
 
 def mistype(code: str, at: int) -> str:
@@ -52,5 +61,66 @@ def test_install_by_the_key_pack_id_read_out_on_the_telephone(tmp_path, capsys):
         purchases = yield lab.admin(capsys, "clearinghouse", "purchases")
         [p] = [p for p in purchases if p["retail_code"] == sold["retail_code"]]
         assert (p["installed"], p["remaining"], p["bound_to"]) == (4, 6, ls_id)
+    finally:
+        yield lab.stop()
+
+
+@pytest_twisted.inlineCallbacks
+def test_convert_cals_then_rebuild_the_database_and_reinstall_by_recovery(tmp_path, capsys):
+    lab = Lab(tmp_path)
+    yield lab.start()
+    try:
+        yield lab.admin(capsys, "activate")
+        sold = yield lab.admin(capsys, "clearinghouse", "sell", "--version", "2019", "--cal-type", "per-device",
+                               "--quantity", "10")
+        pack = yield lab.admin(capsys, "install", "--retail", sold["retail_code"])
+        yield lab.ts(capsys, "logon", "pc1", "--times", "2", version="2019")        # a permanent CAL issued
+        [before] = yield lab.admin(capsys, "keypacks")
+        assert (before["total"], before["issued"]) == (10, 1)
+
+        refused = yield lab.admin(capsys, "convert", pack["key_pack_id"], "--count", "10")
+        assert refused["error"]["code"] == "NOT_ENOUGH_CALS"        # one of the ten is issued
+        converted = yield lab.admin(capsys, "convert", pack["key_pack_id"], "--count", "6")
+        new = converted["key_pack"]
+        assert (new["cal_type"], new["total"], new["product_version"]) == ("per_user", 6, "2019")
+        assert (converted["from"]["total"], converted["from"]["issued"]) == (4, 1)
+        events = yield lab.admin(capsys, "events", "--event-id", "1116")
+        assert len(events) == 1
+        assert lab_check(lab) == []
+
+        refused = yield lab.admin(capsys, "rebuild")
+        assert refused["error"]["code"] == "CONFIRMATION_REQUIRED"
+        rebuilt = yield lab.admin(capsys, "rebuild", "--yes")
+        assert (rebuilt["deleted_key_packs"], rebuilt["deleted_licenses"]) == (2, 2)       # the CAL, its temporary license
+        assert sorted((p["cal_type"], p["total"], p["issued"]) for p in rebuilt["key_packs"]) == \
+            [("per_device", 4, 0), ("per_user", 6, 0)]
+        assert rebuilt["not_recovered"] == []
+        licenses = yield lab.admin(capsys, "licenses")
+        assert licenses == []
+        assert lab_check(lab) == []
+        purchases = yield lab.admin(capsys, "clearinghouse", "purchases")
+        [p] = [p for p in purchases if p["retail_code"] == sold["retail_code"]]
+        assert p["installed"] == 10            # a recovery never adds CALs
+    finally:
+        yield lab.stop()
+
+
+@pytest_twisted.inlineCallbacks
+def test_converting_needs_a_2012_or_later_license_server(tmp_path, capsys):
+    lab = Lab(tmp_path)
+    yield lab.start()
+    yield lab.ls.stopService()          # the same database, started again as a 2008 R2 license server
+    lab.ls = LicenseServerService(reactor, "tcp:0:interface=127.0.0.1", str(tmp_path / "license-server.sqlite"),
+                                  ClearinghouseClient(lab.ch_url), seed="42", version=ProductVersion.W2008R2)
+    lab.ls.startService()
+    port = yield lab.ls.listener.listening
+    lab.endpoint = f"tcp:127.0.0.1:{port.getHost().port}"
+    try:
+        yield lab.admin(capsys, "activate")
+        sold = yield lab.admin(capsys, "clearinghouse", "sell", "--version", "2008", "--cal-type", "per-device",
+                               "--quantity", "3")
+        pack = yield lab.admin(capsys, "install", "--retail", sold["retail_code"])
+        refused = yield lab.admin(capsys, "convert", pack["key_pack_id"], "--count", "1")
+        assert refused["error"]["code"] == "CONVERT_NOT_SUPPORTED"
     finally:
         yield lab.stop()

@@ -69,7 +69,9 @@ class Code(enum.Enum):
     MISTYPED_CODE = "MISTYPED_CODE"                    # a code typed in from the telephone fails its check
     CODE_FOR_ANOTHER_SERVER = "CODE_FOR_ANOTHER_SERVER"  # well formed, but issued for another server
     UNKNOWN_LICENSE_SERVER = "UNKNOWN_LICENSE_SERVER"
-    UNKNOWN_KEY_PACK = "UNKNOWN_KEY_PACK"              # a key pack ID the Clearinghouse never issued to this server
+    UNKNOWN_KEY_PACK = "UNKNOWN_KEY_PACK"
+    CONVERT_NOT_SUPPORTED = "CONVERT_NOT_SUPPORTED"    # converting CALs needs a 2012 or later license server
+    NOT_ENOUGH_CALS = "NOT_ENOUGH_CALS"                # fewer unissued CALs than asked to convert              # a key pack ID the Clearinghouse never issued to this server
     BAD_CREDENTIALS = "BAD_CREDENTIALS"
     OPERATOR_REQUIRED = "OPERATOR_REQUIRED"
     IDEMPOTENCY_KEY_REUSED = "IDEMPOTENCY_KEY_REUSED"

@@ -2,7 +2,7 @@
 import pytest
 
 from tsls.core import clearinghouse as rules
-from tsls.core import phonecodes
+from tsls.core import phonecodes, wizard
 from tsls.core.activation import ActivationMethod
 from tsls.core.clearinghouse import IssuedPack, KeyPackRecord, Sale, Server, ServerStatus
 from tsls.core.model import CalType, ProductVersion, Purchase, PurchaseRef
@@ -66,3 +66,46 @@ def test_every_single_mistyped_character_of_a_key_pack_id_is_refused_never_taken
     with pytest.raises(TslsError) as e:
         phonecodes.check(phonecodes.Kind.KEY_PACK, B, code)
     assert e.value.code is Code.CODE_FOR_ANOTHER_SERVER
+
+
+def pack(cal_type=CalType.PER_DEVICE, total=10, issued=3, retired_at=None):
+    from tsls.core.model import KeyPack
+    return KeyPack(1, "K" * 35, PurchaseRef.from_json({"program": "retail", "retail_code": "A" * 25}),
+                   ProductVersion.W2019, cal_type, total, issued, 0, retired_at)
+
+
+def test_convert_takes_unissued_cals_into_the_other_type():
+    assert wizard.convert(ProductVersion.W2019, pack(), 7) == wizard.Conversion("K" * 35, 7, CalType.PER_USER)
+    assert wizard.convert(ProductVersion.W2012, pack(CalType.PER_USER), 1).to is CalType.PER_DEVICE
+
+
+@pytest.mark.parametrize("version, p, count, code", [
+    (ProductVersion.W2008R2, pack(), 1, Code.CONVERT_NOT_SUPPORTED),
+    (ProductVersion.W2019, pack(), 8, Code.NOT_ENOUGH_CALS),            # 3 of 10 are issued
+    (ProductVersion.W2019, None, 1, Code.NOT_FOUND),
+    (ProductVersion.W2019, pack(retired_at=5), 1, Code.NOT_FOUND),
+    (ProductVersion.W2019, pack(), 0, Code.BAD_REQUEST),
+    (ProductVersion.W2019, pack(), True, Code.BAD_REQUEST),
+])
+def test_convert_refusals(version, p, count, code):
+    with pytest.raises(TslsError) as e:
+        wizard.convert(version, p, count)
+    assert e.value.code is code
+
+
+def test_the_clearinghouse_converts_only_a_live_pack_of_the_caller_within_its_quantity():
+    r = record()
+    assert rules.convert_key_pack(r, server(A), 3) == (r.pack, 1)
+    for rec, s, count, code in ((record(B), server(A), 1, Code.UNKNOWN_KEY_PACK),
+                                (record(retired_at=1), server(A), 1, Code.UNKNOWN_KEY_PACK),
+                                (r, server(A), 5, Code.NOT_ENOUGH_CALS)):
+        with pytest.raises(TslsError) as e:
+            rules.convert_key_pack(rec, s, count)
+        assert e.value.code is code
+
+
+def test_rebuild_needs_confirmation():
+    wizard.rebuild(True)
+    with pytest.raises(TslsError) as e:
+        wizard.rebuild(False)
+    assert e.value.code is Code.CONFIRMATION_REQUIRED

@@ -122,6 +122,11 @@ class ClearinghouseClient:
                                                              **_version(server_version)},
                           idempotency_key=idempotency_key)
 
+    def convert(self, server: dict, key_pack_id: str, count: int, idempotency_key: str | None = None) -> defer.Deferred:
+        """ConvertLicenses: ``count`` CALs of that key pack into a new key pack of the other type."""
+        return self._call("POST", "conversions", {**server, "key_pack_id": key_pack_id, "count": count},
+                          idempotency_key=idempotency_key)
+
     def issue_key_pack(self, license_server_id: str, purchase: dict) -> defer.Deferred:
         """The operator, as the Clearinghouse's agent on the telephone: bind ``purchase`` (its JSON, with
         an optional quantity) to that license server and read out the new key pack's ID."""

@@ -40,7 +40,7 @@ STATUS = {
     Code.METHOD_NOT_ALLOWED: 405,
     Code.PURCHASE_EXISTS: 409, Code.PURCHASE_BOUND: 409, Code.QUANTITY_EXCEEDED: 409,
     Code.ALREADY_ACTIVATED: 409, Code.ALREADY_RECOVERED: 409, Code.CAL_NEWER_THAN_SERVER: 409,
-    Code.IDEMPOTENCY_KEY_REUSED: 409,
+    Code.IDEMPOTENCY_KEY_REUSED: 409, Code.NOT_ENOUGH_CALS: 409,
     Code.TOO_LARGE: 413,
 }
 
@@ -87,7 +87,7 @@ class Clearinghouse:
         self.operations = {"purchases": self.sell, "activations": self.activate, "reactivations": self.reactivate,
                            "deactivations": self.deactivate, "installations": self.install, "recoveries": self.recover,
                            "check-ins": self.check_in, "key-packs": self.issue_key_pack,
-                           "key-pack-installations": self.install_key_pack}
+                           "key-pack-installations": self.install_key_pack, "conversions": self.convert}
 
     def now(self) -> int:
         return int(self.clock.seconds())
@@ -258,7 +258,7 @@ class Clearinghouse:
             server = self._caller(body)
             sale = self.store.sale(key)
             recovery = rules.recover(sale, server, self.store.live_key_packs(key), _server_version(body))
-            packs = [self._pack_json(p.key_pack_id, sale, p.quantity) for p in recovery.kept]
+            packs = [self._pack_json(p.key_pack_id, sale, p.quantity, p.cal_type) for p in recovery.kept]
             if recovery.issue:
                 self.store.put_sale(key, recovery.sale)
                 self.store.retire(key, recovery.retired, server.license_server_id, recovery.issue, self.now())
@@ -296,7 +296,29 @@ class Clearinghouse:
             sale = None if record is None else self.store.sale(record.sale_key)
             pack = rules.claim_key_pack(record, server, sale, _server_version(body))
             retired = self.store.retired_key_packs(server.license_server_id)
-        return {"key_pack": self._pack_json(pack.key_pack_id, sale, pack.quantity), "retired_key_packs": retired}
+        return {"key_pack": self._pack_json(pack.key_pack_id, sale, pack.quantity, pack.cal_type),
+                "retired_key_packs": retired}
+
+    def convert(self, body: dict, idempotency_key: str | None = None) -> dict:
+        """ConvertLicenses: ``count`` CALs of a key pack of this server into a new key pack of the other
+        type (tsls.core.clearinghouse.convert_key_pack). Answer: the new key pack, and the old one's ID
+        and the CALs left in it."""
+        key_pack_id = _text(body, "key_pack_id", 64)
+        with self.store.transaction():
+            server = self._caller(body)
+            record = self.store.key_pack_record(key_pack_id)
+            old, left = rules.convert_key_pack(record, server, body.get("count"))
+            sale = self.store.sale(record.sale_key)
+            to = CalType.PER_USER if (old.cal_type or sale.purchase.cal_type) is CalType.PER_DEVICE else CalType.PER_DEVICE
+            self.store.set_key_pack_quantity(old.key_pack_id, left)
+            new_id = phonecodes.make(phonecodes.Kind.KEY_PACK, server.license_server_id)
+            self.store.add_key_pack(new_id, record.sale_key, server.license_server_id, old.quantity - left,
+                                    self.now(), to)
+            retired = self.store.retired_key_packs(server.license_server_id)
+        self.log.info("converted {count} CALs of key pack {old} to {to} as {new}", count=old.quantity - left,
+                      old=old.key_pack_id, to=to.value, new=new_id)
+        return {"key_pack": self._pack_json(new_id, sale, old.quantity - left, to),
+                "converted": {"key_pack_id": old.key_pack_id, "quantity": left}, "retired_key_packs": retired}
 
     def _purchase(self, body: dict):
         purchase = body.get("purchase")
@@ -315,9 +337,9 @@ class Clearinghouse:
         self.store.add_key_pack(key_pack_id, key, server.license_server_id, quantity, self.now())
         return self._pack_json(key_pack_id, sale, quantity)
 
-    def _pack_json(self, key_pack_id: str, sale: Sale, quantity: int) -> dict:
+    def _pack_json(self, key_pack_id: str, sale: Sale, quantity: int, cal_type: CalType | None = None) -> dict:
         p = sale.purchase
-        return IssuedKeyPack(key_pack_id, p.ref, p.product_version, p.cal_type, quantity).to_json()
+        return IssuedKeyPack(key_pack_id, p.ref, p.product_version, cal_type or p.cal_type, quantity).to_json()
 
 
 def _server_version(body: dict) -> ProductVersion | None:

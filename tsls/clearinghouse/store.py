@@ -7,7 +7,7 @@ import json
 
 from tsls.core.activation import ActivationMethod
 from tsls.core.clearinghouse import IssuedPack, KeyPackRecord, Sale, Server, ServerStatus
-from tsls.core.model import Purchase
+from tsls.core.model import CalType, Purchase
 from tsls.sqlite import open_database
 
 MIGRATIONS = {
@@ -63,6 +63,10 @@ MIGRATIONS = {
         answer TEXT NOT NULL,
         at INTEGER NOT NULL
     );
+    """,
+    # A key pack converted to the other CAL type (ConvertLicenses) carries its own type.
+    4: """
+    ALTER TABLE key_packs ADD COLUMN cal_type TEXT;
     """,
 }
 
@@ -151,20 +155,25 @@ class ClearinghouseStore:
     def put_sale(self, key: str, sale: Sale) -> None:
         self.db.execute("UPDATE sales SET installed = ?, bound_to = ? WHERE key = ?", (sale.installed, sale.bound_to, key))
 
-    def add_key_pack(self, key_pack_id: str, key: str, license_server_id: str, quantity: int, now: int) -> None:
-        self.db.execute("INSERT INTO key_packs (key_pack_id, sale, license_server_id, quantity, issued_at) "
-                        "VALUES (?,?,?,?,?)", (key_pack_id, key, license_server_id, quantity, now))
+    def add_key_pack(self, key_pack_id: str, key: str, license_server_id: str, quantity: int, now: int,
+                     cal_type: CalType | None = None) -> None:
+        self.db.execute("INSERT INTO key_packs (key_pack_id, sale, license_server_id, quantity, issued_at, cal_type) "
+                        "VALUES (?,?,?,?,?,?)", (key_pack_id, key, license_server_id, quantity, now,
+                                                 None if cal_type is None else cal_type.value))
 
     def key_pack_record(self, key_pack_id: str) -> KeyPackRecord | None:
-        row = self.db.execute("SELECT key_pack_id, license_server_id, quantity, sale, retired_at FROM key_packs "
-                              "WHERE key_pack_id = ?", (key_pack_id,)).fetchone()
-        return None if row is None else KeyPackRecord(IssuedPack(row[0], row[1], row[2]), row[3], row[4])
+        row = self.db.execute("SELECT key_pack_id, license_server_id, quantity, cal_type, sale, retired_at "
+                              "FROM key_packs WHERE key_pack_id = ?", (key_pack_id,)).fetchone()
+        return None if row is None else KeyPackRecord(_pack(row[:4]), row[4], row[5])
+
+    def set_key_pack_quantity(self, key_pack_id: str, quantity: int) -> None:
+        self.db.execute("UPDATE key_packs SET quantity = ? WHERE key_pack_id = ?", (quantity, key_pack_id))
 
     def live_key_packs(self, key: str) -> tuple[IssuedPack, ...]:
         """The key packs issued from sale ``key`` and not retired."""
-        rows = self.db.execute("SELECT key_pack_id, license_server_id, quantity FROM key_packs "
+        rows = self.db.execute("SELECT key_pack_id, license_server_id, quantity, cal_type FROM key_packs "
                                "WHERE sale = ? AND retired_at IS NULL ORDER BY issued_at, key_pack_id", (key,))
-        return tuple(IssuedPack(*r) for r in rows)
+        return tuple(_pack(r) for r in rows)
 
     def retire(self, key: str, packs: tuple[IssuedPack, ...], to_server: str, quantity: int, now: int) -> None:
         """Retire ``packs`` of sale ``key`` and put the move on record."""
@@ -207,8 +216,11 @@ def read_ledger(path: str) -> dict:
         sales = {r[0]: {"quantity": r[1], "installed": r[2], "bound_to": r[3]}
                  for r in db.execute("SELECT key, quantity, installed, bound_to FROM sales")}
         retired = "retired_at" if _has_column(db, "key_packs", "retired_at") else "NULL"
-        packs = {r[0]: {"sale": r[1], "license_server_id": r[2], "quantity": r[3], "retired_at": r[4]}
-                 for r in db.execute(f"SELECT key_pack_id, sale, license_server_id, quantity, {retired} FROM key_packs")}
+        cal_type = "cal_type" if _has_column(db, "key_packs", "cal_type") else "NULL"
+        packs = {r[0]: {"sale": r[1], "license_server_id": r[2], "quantity": r[3], "retired_at": r[4],
+                        "cal_type": r[5]}
+                 for r in db.execute(f"SELECT key_pack_id, sale, license_server_id, quantity, {retired}, {cal_type} "
+                                     "FROM key_packs")}
         moves = []
         if _has_column(db, "moves", "sale"):
             moves = [{"sale": r[0], "from": r[1], "to": r[2], "retired_key_packs": json.loads(r[3]), "at": r[4]}
@@ -220,6 +232,10 @@ def read_ledger(path: str) -> dict:
 
 def _has_column(db, table: str, column: str) -> bool:
     return any(r[1] == column for r in db.execute(f"PRAGMA table_info({table})"))
+
+
+def _pack(row) -> IssuedPack:
+    return IssuedPack(row[0], row[1], row[2], None if row[3] is None else CalType(row[3]))
 
 
 def _server(row) -> Server:

@@ -160,6 +160,7 @@ class IssuedPack:
     key_pack_id: str
     license_server_id: str
     quantity: int
+    cal_type: CalType | None = None      # set when converted: the other type than the sale's
 
 
 @attrs.frozen
@@ -218,6 +219,18 @@ def claim_key_pack(record: KeyPackRecord | None, server: Server, sale: Sale | No
     if server_version is not None:
         check_server_hosts(server_version, sale.purchase.product_version)
     return record.pack
+
+
+def convert_key_pack(record: KeyPackRecord | None, server: Server, count: int) -> tuple[IssuedPack, int]:
+    """ConvertLicenses at the Clearinghouse [§9]: ``count`` CALs taken from a live key pack of this
+    server go into a new key pack of the other type; the purchase's installed count is unchanged.
+    Returns the old pack and the CALs left in it (the license server checked that they are unissued)."""
+    if record is None or record.pack.license_server_id != server.license_server_id or record.retired_at is not None:
+        raise TslsError(Code.UNKNOWN_KEY_PACK, "the Clearinghouse has no live key pack with that ID on this server")
+    if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= record.pack.quantity:
+        raise TslsError(Code.NOT_ENOUGH_CALS, f"key pack {record.pack.key_pack_id} holds {record.pack.quantity} CALs; "
+                        f"{count!r} cannot be converted", available=record.pack.quantity)
+    return record.pack, record.pack.quantity - count
 
 
 def purchase_request(ref: PurchaseRef, product_version: ProductVersion | None = None, cal_type: CalType | None = None,

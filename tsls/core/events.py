@@ -22,6 +22,9 @@ class EventId(enum.IntEnum):
     NO_PERMANENT_CALS = 21
     NO_CALS_INSTALLED = 22
     REVOCATION_LIMIT = 81
+    KEY_PACK_UNINSTALLED = 89      # migrated away: the source's key pack removed [§9, MIGR]
+    SOURCE_UNINSTALL_FAILED = 90   # the source's key pack could not be removed [§9, MIGR]
+    IMPORTED_FROM_STOPPED = 93     # imported from a source that is not running: double circulation on record
     NOT_IN_GROUP = 4141
     TEMPORARY_ISSUED = 1101
     CAL_ISSUED = 1102
@@ -37,6 +40,8 @@ class EventId(enum.IntEnum):
     CLOCK_CHANGED = 1113
     KEY_PACKS_RECOVERED = 1114
     KEY_PACK_RETIRED = 1115
+    KEY_PACK_CONVERTED = 1116      # ConvertLicenses: CALs of a key pack given as a new key pack of the other type
+    DATABASE_REBUILT = 1117        # the Manage RDS CALs wizard's Rebuild the database: every CAL deleted
     PRODUCT_ADDED = 1120
     PRODUCT_LICENSES_ADDED = 1121
     SWITCHED_TO_PER_SEAT = 1122

@@ -10,7 +10,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from tsls.core import activation, phonecodes
+from tsls.core import activation, phonecodes, wizard
 from tsls.core.activation import Activation, ActivationMethod
 from tsls.core.clearinghouse import IssuedKeyPack, purchase_request
 from tsls.core.events import Event, EventId
@@ -175,16 +175,82 @@ class Activations:
         result = yield self._call("recover", {"server": server, "purchase": wanted})
         return result
 
+    # --- the Manage RDS CALs wizard (docs/wizard.md) --------------------------------------------------
+
+    @defer.inlineCallbacks
+    def convert(self, key_pack_id: object, count: object):
+        """ConvertLicenses: ``count`` unissued CALs of a key pack become a new key pack of the other type
+        (2012 and later license servers). The CALs are taken from the old key pack in the commit that
+        records the Clearinghouse call, so none can be issued meanwhile; a refusal gives them back."""
+        if not isinstance(key_pack_id, str):
+            raise TslsError(Code.BAD_REQUEST, "key_pack_id must be a string")
+        typed = key_pack_id.replace("-", "").replace(" ", "").upper()
+        done = yield self._unreported("convert", {"key_pack_id": typed, "count": count})
+        if done is not None:
+            return done
+
+        def job(store, now):
+            current = store.activation()
+            activation.require(current, True)
+            conversion = wizard.convert(self.identity.version, store.key_pack(typed), count)
+            return self._identity_for_ch(current), conversion
+
+        server, conversion = yield self.writer.submit(job)
+
+        def take(store, now):          # checked again in the commit that takes them
+            pack = store.key_pack(typed)
+            wizard.convert(self.identity.version, pack, count)
+            store.set_key_pack_total(typed, pack.total - count)
+
+        result = yield self._call("convert", {"server": server, "key_pack_id": typed, "count": count,
+                                              "to": conversion.to.value}, prepare=take)
+        return result
+
+    @defer.inlineCallbacks
+    def rebuild(self, confirm: bool):
+        """Rebuild the database: every key pack, issued license and Per User CAL record deleted (one
+        commit, event 1117), then the CALs reinstalled by recovery, one purchase at a time (the
+        Clearinghouse hands back the key packs it issued to this server; it never adds CALs)."""
+        wizard.rebuild(confirm)
+
+        def job(store, now):
+            packs = store.key_packs()
+            deleted, licenses = store.delete_all_cals()
+            store.add_events([Event(now, EventId.DATABASE_REBUILT, f"license server database rebuilt: {deleted} "
+                                    f"key pack(s) and {licenses} issued license(s) deleted")])
+            purchases = []
+            for p in packs:
+                if p.retired_at is None:
+                    wanted = purchase_request(p.purchase, p.product_version, p.cal_type, None)
+                    if wanted not in purchases:
+                        purchases.append(wanted)
+            return deleted, licenses, purchases
+        deleted, licenses, purchases = yield self.writer.submit(job)
+        recovered, failed = [], []
+        for purchase in purchases:
+            try:
+                answer = yield self.recover(purchase)
+                seen = {p["key_pack_id"] for p in recovered}
+                recovered.extend(p for p in answer["key_packs"] if p["key_pack_id"] not in seen)
+            except TslsError as e:
+                failed.append({"purchase": purchase, "error": e.to_json()})
+        return {"deleted_key_packs": deleted, "deleted_licenses": licenses, "key_packs": recovered,
+                "not_recovered": failed}
+
     # --- calls to the Clearinghouse, each once ---------------------------------------------------------
 
     @defer.inlineCallbacks
-    def _call(self, operation: str, request: dict):
+    def _call(self, operation: str, request: dict, prepare=None):
         """Make a call: the one of this kind still pending if there is one (the administrator is asking
-        again: it completes as first asked), else a new one. Other pending calls are finished first."""
+        again: it completes as first asked), else a new one. Other pending calls are finished first.
+        ``prepare(store, now)``: what a new call does to the ledger in the commit that records it (a
+        conversion takes its CALs from the old key pack there; UNDO gives them back if refused)."""
         def job(store, now):
             pending = store.pending_clearinghouse_calls()
             same = next((c for c in pending if c.operation == operation and _same(c.request, request)), None)
             if same is None:
+                if prepare is not None:
+                    prepare(store, now)
                 same = store.add_clearinghouse_call(secrets.token_urlsafe(24), operation, request, now)
             return same, [c for c in pending if c.id != same.id]
         call, others = yield self.writer.submit(job)
@@ -260,7 +326,11 @@ class Activations:
                 raise TslsError(Code.CLEARINGHOUSE_UNREACHABLE, f"{e.message}. The {call.operation} is recorded and "
                                 "pending: run the same command again, or restart the license server, to complete it "
                                 "(nothing is lost, nothing is done twice)", pending_call=call.id) from None
-            yield self.writer.submit(lambda store, now: _finished(store, now, call, "failed", {"error": e.to_json()}))
+            def failed(store, now):
+                if call.operation in UNDO:
+                    UNDO[call.operation](store, now, call.request)
+                _finished(store, now, call, "failed", {"error": e.to_json()})
+            yield self.writer.submit(failed)
             self.log.info("Clearinghouse call {call_id} ({operation}) refused: {code}", call_id=call.id,
                           operation=call.operation, code=e.code.value)
             if "server" in call.request:
@@ -287,6 +357,8 @@ class Activations:
             return ch.reactivate(r["server"], r["reason"], r["contact"], idempotency_key=key)
         if call.operation == "deactivate":
             return ch.deactivate(r["server"], idempotency_key=key)
+        if call.operation == "convert":
+            return ch.convert(r["server"], r["key_pack_id"], r["count"], idempotency_key=key)
         if call.operation == "install_by_id":
             return ch.install_key_pack(r["server"], r["key_pack_id"], server_version=self.identity.version,
                                        idempotency_key=key)
@@ -338,8 +410,7 @@ class Activations:
 def _same(pending: dict, request: dict) -> bool:
     """Is ``request`` the administrator asking again for the pending call? One activation change at a
     time; an install or recovery of the same purchase."""
-    return (pending.get("purchase") == request.get("purchase")
-            and pending.get("key_pack_id") == request.get("key_pack_id"))
+    return all(pending.get(k) == request.get(k) for k in ("purchase", "key_pack_id", "count"))
 
 
 UNREPORTED = "_unreported"      # in a done call's result: its answer has not reached anyone yet
@@ -422,6 +493,17 @@ def _apply_recover(store, now, answer, host_version) -> dict:
     return {"key_packs": packs}
 
 
+def _apply_convert(store, now, answer, host_version) -> dict:
+    issued = IssuedKeyPack.from_json(_answered(answer, "key_pack", dict))
+    converted = _answered(answer, "converted", dict)
+    new = _store_key_packs(store, now, host_version, [issued], _retired(answer))[0]
+    store.add_events([Event(now, EventId.KEY_PACK_CONVERTED,
+                            f"{issued.quantity} CALs of key pack {converted.get('key_pack_id')} converted to "
+                            f"{issued.cal_type.value} as key pack {issued.key_pack_id}")])
+    return {"key_pack": new, "from": key_pack_json(store.key_pack(converted.get("key_pack_id")))
+            if store.key_pack(converted.get("key_pack_id")) is not None else None}
+
+
 def _retired(answer: dict) -> list:
     ids = answer.get("retired_key_packs", []) if isinstance(answer, dict) else []
     return [i for i in ids if isinstance(i, str)] if isinstance(ids, list) else []
@@ -429,7 +511,19 @@ def _retired(answer: dict) -> list:
 
 # What each call's answer does to the ledger, applied in the commit that marks the call done.
 APPLY = {"activate": _apply_activate, "reactivate": _apply_reactivate, "deactivate": _apply_deactivate,
-         "install": _apply_install, "install_by_id": _apply_install, "recover": _apply_recover}
+         "install": _apply_install, "install_by_id": _apply_install, "recover": _apply_recover,
+         "convert": _apply_convert}
+
+
+def _undo_convert(store, now, request) -> None:
+    """The Clearinghouse refused the conversion: the CALs go back to the old key pack."""
+    pack = store.key_pack(request["key_pack_id"])
+    if pack is not None:
+        store.set_key_pack_total(pack.key_pack_id, pack.total + request["count"])
+
+
+# What a refused call gives back, in the commit that marks it failed.
+UNDO = {"convert": _undo_convert}
 
 
 def activation_json(a: Activation, problem: activation.Problem | None = None, product_id: str | None = None) -> dict:

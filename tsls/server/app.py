@@ -59,6 +59,8 @@ class LicenseServer:
         self.deactivate = self.activation.deactivate
         self.install_key_pack = self.activation.install_key_pack
         self.install_key_pack_id = self.activation.install_key_pack_id
+        self.convert = self.activation.convert
+        self.rebuild = self.activation.rebuild
         self.recover = self.activation.recover
         self.key_packs = self.activation.key_packs
         self.check_in = self.activation.check_in

@@ -658,6 +658,17 @@ class PgLicenseStore(EngineCommon):
                 retired.append(self.key_pack(key_pack_id))
         return retired
 
+    def set_key_pack_total(self, key_pack_id: str, total: int) -> None:
+        self._w("UPDATE key_packs SET total = %s WHERE key_pack_id = %s", (total, key_pack_id))
+        self._packs = None
+
+    def delete_all_cals(self) -> tuple[int, int]:
+        licenses = len(self._x("DELETE FROM licenses RETURNING id").fetchall())
+        self._w("DELETE FROM per_user_logons")
+        packs = len(self._x("DELETE FROM key_packs RETURNING id").fetchall())
+        self._packs = None
+        return packs, licenses
+
     def add_key_pack(self, key_pack_id: str, purchase: PurchaseRef, version: ProductVersion, cal_type: CalType,
                      total: int, now: int) -> KeyPack:
         row = self._x(

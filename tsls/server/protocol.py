@@ -568,6 +568,12 @@ class LicenseProtocol(Protocol, TimeoutMixin):
             return self.server.install_key_pack_id(_field(request, "key_pack_id", max_len=64))
         return self.server.install_key_pack(_field(request, "purchase", dict))
 
+    def op_convert_cals(self, request):
+        return self.server.convert(_field(request, "key_pack_id", max_len=64), _field(request, "count", int))
+
+    def op_rebuild_database(self, request):
+        return self.server.rebuild(_field(request, "confirm", bool, required=False) or False)
+
     def op_recover(self, request):
         return self.server.recover(_field(request, "purchase", dict))
 
@@ -699,6 +705,8 @@ _OPS = {
     ("admin", "deactivate"): LicenseProtocol.op_deactivate,
     ("admin", "install_key_pack"): LicenseProtocol.op_install_key_pack,
     ("admin", "recover"): LicenseProtocol.op_recover,
+    ("admin", "convert_cals"): LicenseProtocol.op_convert_cals,
+    ("admin", "rebuild_database"): LicenseProtocol.op_rebuild_database,
     ("admin", "list_key_packs"): LicenseProtocol.op_list_key_packs,
     ("admin", "list_licenses"): LicenseProtocol.op_list_licenses,
     ("admin", "usage_report"): LicenseProtocol.op_usage_report,

@@ -447,6 +447,17 @@ class LicenseStore(EngineCommon):
                 retired.append(self.key_pack(key_pack_id))
         return retired
 
+    def set_key_pack_total(self, key_pack_id: str, total: int) -> None:
+        """A conversion takes unissued CALs from a key pack (or gives them back when refused)."""
+        self.db.execute("UPDATE key_packs SET total = ? WHERE key_pack_id = ?", (total, key_pack_id))
+
+    def delete_all_cals(self) -> tuple[int, int]:
+        """Rebuild the database: every key pack, issued license and Per User CAL record deleted."""
+        licenses = self.db.execute("DELETE FROM licenses").rowcount
+        self.db.execute("DELETE FROM per_user_logons")
+        packs = self.db.execute("DELETE FROM key_packs").rowcount
+        return packs, licenses
+
     def add_key_pack(self, key_pack_id: str, purchase: PurchaseRef, version: ProductVersion, cal_type: CalType,
                      total: int, now: int) -> KeyPack:
         """Install a key pack the Clearinghouse issued. Callers skip one they already hold
