@@ -564,6 +564,7 @@ license_servers = ["LS1"]
 
 [[session_host]]
 name = "TS02"
+license_servers = ["LS1"]
 discover = true
 
 [[session_host]]
@@ -659,8 +660,8 @@ license_server = "LS1"
 @pytest_twisted.ensureDeferred
 async def test_scopes_discovery_and_a_per_user_share(tmp_path):
     # LS1 a workgroup, LS2 a forest license server; half of fleet mixed logs on through the Per User
-    # host; TS02 finds both license servers in the lab's directory, in file order, and moves on to LS2
-    # once LS1 is killed.
+    # host; TS02 lists LS1 and finds LS2 in the lab's directory (LS1, a workgroup server, is not
+    # published), and moves on to LS2 once LS1 is killed.
     lab = tmp_path / "deployment.toml"
     lab.write_text(DEPLOYMENT)
     (tmp_path / "run").mkdir()
@@ -671,6 +672,8 @@ async def test_scopes_discovery_and_a_per_user_share(tmp_path):
     assert [(r["license_server"], r["scope"]) for r in records if r.get("do") == "role"] == \
         [("LS1", "workgroup"), ("LS2", "forest")]
     assert records[0]["kind"] == "started" and records[0]["discovered"] == {"TS02": ["LS1", "LS2"]}
+    with open(tmp_path / "run" / "work" / "directory.json") as f:
+        assert [e["scope"] for e in json.load(f)["license_servers"]] == ["forest"]
     mixed = {(r["host"], r["device"], r["outcome"]) for r in records if r["kind"] == "logon" and r["round"] == 2
              and r["device"].startswith("mixed")}
     assert mixed == {("TS01", "mixed-001", "permanent"), ("TSU", "mixed-002", "per_user"),

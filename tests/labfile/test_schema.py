@@ -151,13 +151,18 @@ def test_a_license_server_scope_is_set_at_the_start():
     assert found == [(11, "license_server[2].scope", "unknown scope 'galaxy'; expected workgroup, domain or forest")]
 
 
-def test_a_session_host_discovers_every_license_server_in_file_order():
-    text = GOOD.replace('license_servers = ["LS1", "LS2"]', 'discover = true')
-    host = schema.loads(text).session_host("TS01")
-    assert host.discover and host.license_servers == ("LS1", "LS2")
-    found, _ = problems(GOOD.replace('license_servers = ["LS1", "LS2"]', 'license_servers = ["LS1"]\ndiscover = true'))
-    assert found == [(15, "session_host[1].discover",
-                      "a session host discovers its license servers or lists them, not both")]
+def test_a_session_host_discovers_license_servers_after_its_own_list():
+    # Its list, then forest-wide servers, then the domain's (the default scope); a workgroup one is
+    # not published.
+    text = GOOD.replace('name = "LS2"', 'name = "LS2"\n\n[[license_server]]\nname = "LS3"\nscope = "forest"'
+                        '\n\n[[license_server]]\nname = "LS4"\nscope = "workgroup"')
+    host = schema.loads(text.replace('license_servers = ["LS1", "LS2"]', 'discover = true')).session_host("TS01")
+    assert host.discover and host.license_servers == ("LS3", "LS1", "LS2") and host.specified == ()
+    host = schema.loads(text.replace('license_servers = ["LS1", "LS2"]', 'license_servers = ["LS4"]\ndiscover = true')) \
+        .session_host("TS01")
+    assert host.license_servers == ("LS4", "LS3", "LS1", "LS2")
+    found, _ = problems(GOOD.replace('license_servers = ["LS1", "LS2"]', 'license_servers = ["LS9"]\ndiscover = true'))
+    assert [f[1] for f in found] == ["session_host[1].license_servers"]
 
 
 def test_a_fleet_per_user_share_goes_through_the_per_user_hosts():

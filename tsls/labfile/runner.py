@@ -20,7 +20,10 @@ from twisted.python.failure import Failure
 from clients.connection import LicenseConnection, connect
 from clients.tssim import NOT_CONFIGURED, TRY_NEXT, UNAVAILABLE, DeviceStore, TerminalServer, TerminalServerState
 from tsls.clearinghouse.client import ClearinghouseClient
+from tsls import directory
+from tsls.core.directory import Published, discovery_order
 from tsls.core.events import EventId
+from tsls.core.reports import Scope
 from tsls.core.model import ProductVersion, Program, iso
 from tsls.errors import Code, TslsError
 from tsls.labfile import expect
@@ -256,6 +259,7 @@ class LabRun:
         await _all([self._start_license_server(ls.name, 0) for ls in self.lab.license_servers])
         users = {m: u for fleet in self.lab.fleets for m, u in fleet.user_names().items()}
         faulted = {(p.args["session_host"], p.args["license_server"]) for p in self.steps if p.kind in LINK_KINDS}
+        discovered = self._publish_and_discover()
         for host in self.lab.session_hosts:
             links = []
             for name in host.license_servers:
@@ -266,12 +270,31 @@ class LabRun:
                 links.append(link)
             self.hosts[host.name] = SessionHost(self.reactor, host, links, self.devices, self.state)
             self.hosts[host.name].users = users
-        discovered = {h.name: list(h.license_servers) for h in self.lab.session_hosts if h.discover}
         self.note("started", license_servers=[ls.name for ls in self.lab.license_servers],
                   session_hosts=[h.name for h in self.lab.session_hosts], seed=self.lab.seed,
                   **({"discovered": discovered} if discovered else {}))
         for purchase in self.lab.purchases:
             await self._sell(purchase)
+
+    def _publish_and_discover(self) -> dict[str, list[str]]:
+        """Publish the license servers in the lab's directory (WORK/directory.json, tsls/directory.py), in
+        file order with the file's scopes, and let each discovering host read it: its own list, then
+        forest-wide servers, then the domain's. The plan worked the same lists out from the file; they
+        must agree."""
+        path = os.path.join(self.workdir, "directory.json")
+        endpoints = {ls.name: f"tcp:127.0.0.1:{self.daemons[ls.name].port}" for ls in self.lab.license_servers}
+        for ls in self.lab.license_servers:
+            directory.publish(path, Published(endpoints[ls.name], ls.scope or Scope.DOMAIN))
+        names = {e: n for n, e in endpoints.items()}
+        found = {}
+        for host in self.lab.session_hosts:
+            if host.discover:
+                order = discovery_order(tuple(endpoints[n] for n in host.specified), directory.read(path))
+                found[host.name] = [names[e] for e in order]
+                if tuple(found[host.name]) != host.license_servers:
+                    raise TslsError(Code.INTERNAL_ERROR, f"session host {host.name} discovered {found[host.name]}, "
+                                                         f"the plan said {list(host.license_servers)}")
+        return found
 
     async def _start_license_server(self, name: str, port: int) -> None:
         data = os.path.join(self.workdir, name)

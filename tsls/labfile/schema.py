@@ -13,6 +13,7 @@ import attrs
 from tsls.core.events import EventId
 from tsls.core.labtime import parse_date
 from tsls.core.model import CalType, ProductVersion, Program
+from tsls.core.directory import Published, discovery_order, publishable
 from tsls.core.reports import Scope
 from tsls.errors import Code, TslsError
 
@@ -61,7 +62,8 @@ class SessionHostSpec:
     mode: CalType | None         # None: the licensing mode is Not Configured
     license_servers: tuple[str, ...]
     group: bool = False          # registered on its license servers, in their Terminal Server Computers group
-    discover: bool = False       # license_servers came from the lab's directory, not from the file
+    discover: bool = False       # license_servers: the file's list, then those found in the lab's directory
+    specified: tuple[str, ...] = ()   # the file's own list (before discovery)
 
 
 @attrs.frozen
@@ -355,23 +357,21 @@ def _parse(doc: dict, check: _Check) -> Lab | None:
         check.problem(("lab", None), None, "a lab needs at least one [[license_server]]")
 
     hosts = []
-    directory = [spec.name for _, spec in servers if spec.name is not None]   # every license server, in file order
+    directory = published(spec for _, spec in servers)
     for table, r in check.readers(doc, "session_host"):
-        listed = r.get("license_servers", list, default=[])
+        listed = specified = r.get("license_servers", list, default=[])
         discover = r.get("discover", bool, default=False)
-        if discover and "license_servers" in r.data:
-            r.problem("discover", "a session host discovers its license servers or lists them, not both")
-        elif discover:
-            listed = list(directory)
         for item in listed:
             if item not in ls_names:
                 r.problem("license_servers", f"no license server named {item!r} (known: {', '.join(sorted(ls_names))})")
         if len(set(map(str, listed))) != len(listed):
             r.problem("license_servers", "a license server is listed twice")
+        if discover:         # its list first, then what it finds in the lab's directory
+            listed = list(discovery_order(tuple(map(str, listed)), directory))
         hosts.append((table, SessionHostSpec(r.name(), r.enum("version", ProductVersion.parse, default=ProductVersion.W2019),
                                              r.enum("mode", _mode, default=CalType.PER_DEVICE),
                                              tuple(str(i) for i in listed), r.get("group", bool, default=False),
-                                             discover)))
+                                             discover, tuple(map(str, specified)))))
         r.finish()
     host_names = _unique(check, hosts, "session host")
 
@@ -584,6 +584,13 @@ def _step(r: _Reader, table: tuple, previous: int, names: _Names) -> Step | None
         _check_expect(r, args, names)
     lines = {key: r.check.locator.line(table, key) for key in r.data}
     return Step(table[1], r.check.locator.line(table), at, do, args, note, lines)
+
+
+def published(servers) -> tuple[Published, ...]:
+    """The lab's directory: its license servers (by name) with their scopes, in file order; a workgroup
+    one is not published (tsls/core/directory.py)."""
+    return tuple(Published(s.name, s.scope or Scope.DOMAIN) for s in servers
+                 if s.name is not None and publishable(s.scope or Scope.DOMAIN))
 
 
 def _scope(text: str) -> Scope:
