@@ -24,16 +24,17 @@ PAGE = os.sysconf("SC_PAGE_SIZE")
 class Server:
     """A server process that prints ``listening PORT`` once it accepts connections."""
 
-    def __init__(self, args: list[str], name: str) -> None:
+    def __init__(self, args: list[str], name: str, cwd: str | None = None) -> None:
         self.args = [PYTHON, "-m", *args]
         self.name = name
+        self.cwd = cwd or ROOT          # another checkout runs that checkout's code (bench.versus)
         self.proc: subprocess.Popen | None = None
         self.port: int | None = None
         self.started_in: float | None = None
 
     def start(self) -> "Server":
         started = time.perf_counter()
-        self.proc = subprocess.Popen(self.args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.proc = subprocess.Popen(self.args, cwd=self.cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         said = []
         for line in self.proc.stdout:       # warnings may come first; EOF means it exited
             if line.startswith("listening "):
