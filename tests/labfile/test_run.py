@@ -648,20 +648,21 @@ do = "wave"
 fleet = "roaming"
 through = ["TS02"]
 times = 2
+rate = 1
 expect = { permanent = 2, served_by = { LS2 = 2 } }
 
 [[step]]
-at = "+1h"
+at = "+4h"
 do = "restart"
 license_server = "LS1"
 """
 
 
 @pytest_twisted.ensureDeferred
-async def test_scopes_discovery_and_a_per_user_share(tmp_path):
+async def test_scopes_discovery_a_per_user_share_and_a_logon_rate(tmp_path):
     # LS1 a workgroup, LS2 a forest license server; half of fleet mixed logs on through the Per User
     # host; TS02 lists LS1 and finds LS2 in the lab's directory (LS1, a workgroup server, is not
-    # published), and moves on to LS2 once LS1 is killed.
+    # published), and moves on to LS2 once LS1 is killed; its fleet logs on at 1 logon per lab hour.
     lab = tmp_path / "deployment.toml"
     lab.write_text(DEPLOYMENT)
     (tmp_path / "run").mkdir()
@@ -672,6 +673,10 @@ async def test_scopes_discovery_and_a_per_user_share(tmp_path):
     assert [(r["license_server"], r["scope"]) for r in records if r.get("do") == "role"] == \
         [("LS1", "workgroup"), ("LS2", "forest")]
     assert records[0]["kind"] == "started" and records[0]["discovered"] == {"TS02": ["LS1", "LS2"]}
+    paced = [(r["lab"][11:16], r["device"], r["round"]) for r in records if r["kind"] == "logon"
+             and r["device"].startswith("roaming")]
+    assert paced == [("05:00", "roaming-001", 1), ("06:00", "roaming-002", 1), ("07:00", "roaming-001", 2),
+                     ("08:00", "roaming-002", 2)]
     with open(tmp_path / "run" / "work" / "directory.json") as f:
         assert [e["scope"] for e in json.load(f)["license_servers"]] == ["forest"]
     mixed = {(r["host"], r["device"], r["outcome"]) for r in records if r["kind"] == "logon" and r["round"] == 2

@@ -177,3 +177,17 @@ def test_a_fleet_per_user_share_goes_through_the_per_user_hosts():
                       "fleet 'desks' has 2 Per User devices (per_user = 0.5) and none of these session hosts is in per-user mode")]
     found, _ = problems(GOOD.replace("devices = 4", "devices = 4\nper_user = 1.5"))
     assert found == [(19, "fleet[1].per_user", "a share from 0 to 1 (0.25 is a quarter of the devices), not 1.5")]
+
+
+def test_a_wave_with_a_rate_takes_lab_time_and_nothing_may_come_before_it_ends():
+    text = GOOD.replace('through = ["TS01"]', 'through = ["TS01"]\nrate = 3\ntimes = 2')
+    steps = plan.plan(schema.loads(text))
+    wave = next(p for p in steps if p.kind == "wave")
+    assert wave.lasts == 2 * 3600           # 8 logons, 3 an hour: batches at +0h, +1h, +2h
+    assert [len(b) for b in plan.wave_batches(schema.loads(text), wave.args)] == [3, 3, 2]
+    assert plan.wave_batches(schema.loads(text), wave.args)[1] == [(1, "desks-004"), (2, "desks-001"), (2, "desks-002")]
+    found, _ = problems(text.replace('at = "30d"', 'at = "+1h"'))
+    assert found == [(42, "step[3].rate", "at 3 logons per lab hour the wave lasts 2h more, until 0d+4h, "
+                                          "and step 4 (expect) comes at 0d+3h, before it ends")]
+    found, _ = problems(GOOD.replace('through = ["TS01"]', 'through = ["TS01"]\nrate = 0'))
+    assert found[0][1:] == ("step[3].rate", "must be from 1 to 1000000000, not 0")

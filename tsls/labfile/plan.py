@@ -24,6 +24,7 @@ class Planned:
     step: int | None = None      # the file's step number; None for what the plan adds
     why: str = ""                # for added steps: where they come from
     repeat: int = 0              # for a wave with every/until: 1, 2, ...
+    lasts: int = 0               # seconds of lab time the step takes (a wave with a rate); 0: an instant
 
     @property
     def label(self) -> str:
@@ -54,6 +55,26 @@ def wave_shares(lab: Lab, fleet_name: str, through: tuple[str, ...]) -> list[lis
     return out
 
 
+RATE_HOUR = 3600      # a wave's rate is in logons per lab hour: one batch of `rate` logons each lab hour
+
+
+def wave_batches(lab: Lab, args: dict) -> list[list[tuple[int, str]]]:
+    """A wave's logons as (round, device), in batches one lab hour apart: round by round, each in fleet
+    order, ``rate`` to a batch; without a rate, one batch."""
+    machines = lab.fleet(args["fleet"]).machines()
+    logons = [(round_, m) for round_ in range(1, args.get("times", 1) + 1) for m in machines]
+    rate = args.get("rate") or len(logons)
+    return [logons[i:i + rate] for i in range(0, len(logons), rate)]
+
+
+def wave_lasts(lab: Lab, args: dict) -> int:
+    """Lab seconds from a wave's first batch to its last."""
+    if not args.get("rate"):
+        return 0
+    logons = lab.fleet(args["fleet"]).devices * args.get("times", 1)
+    return (-(-logons // args["rate"]) - 1) * RATE_HOUR
+
+
 def plan(lab: Lab, source: str = "<lab>") -> list[Planned]:
     items: list[tuple[int, int, int, Planned]] = []
     seq = 0
@@ -80,16 +101,17 @@ def plan(lab: Lab, source: str = "<lab>") -> list[Planned]:
     for product in lab.products:
         add(SETUP, Planned(0, "add_product", {"product": product.name}, why=f"product {product.name!r}"))
     for step in lab.steps:
+        lasts = wave_lasts(lab, step.args) if step.do == "wave" else 0
         if "every" in step.args:
             args = {k: v for k, v in step.args.items() if k not in ("every", "until")}
             for n, at in enumerate(range(step.at, step.args["until"] + 1, step.args["every"]), 1):
-                add(FILE, Planned(at, step.do, dict(args), step.index, step.note or "", n))
+                add(FILE, Planned(at, step.do, dict(args), step.index, step.note or "", n, lasts))
             continue
-        add(FILE, Planned(step.at, step.do, dict(step.args), step.index, step.note or ""))
+        add(FILE, Planned(step.at, step.do, dict(step.args), step.index, step.note or "", lasts=lasts))
         if "for" in step.args:
             end = {"session_host": step.args.get("session_host"), "license_server": step.args.get("license_server")}
             add(SETUP, Planned(step.at + step.args["for"], "heal", end, why=f"end of step {step.index}'s {step.do}"))
-    end = max((p.at for _, _, _, p in items), default=0)
+    end = max((p.at + p.lasts for _, _, _, p in items), default=0)
     add(CLOSING, Planned(end, "expect", {"ledger": True, "unique": True}, why="closing checks"))
     ordered = [p for _, _, _, p in sorted(items, key=lambda t: t[:3])]
     problems = _playable(lab, ordered)
@@ -134,6 +156,16 @@ def _playable(lab: Lab, steps: list[Planned]) -> list[Problem]:
             if link not in links and p.step is not None:
                 refuse(f"the link {link[0]} -> {link[1]} was not cut or slowed before")
             links.pop(link, None)
+    for i, p in enumerate(steps):      # a wave with a rate takes lab time: nothing else may happen meanwhile
+        if p.lasts:
+            later = next((q for q in steps[i + 1:] if q.at < p.at + p.lasts), None)
+            if later is not None:
+                hours = p.lasts // RATE_HOUR
+                problems.append(Problem(line(p, "rate"), f"step[{p.step}].rate",
+                                        f"at {p.args['rate']} logons per lab hour the wave lasts {hours}h more, until "
+                                        f"{_span(p.at + p.lasts)}, and {later.label} ({later.kind}) comes at "
+                                        f"{_span(later.at)}, before it ends"))
+                break
     for p in steps:
         host, server = p.args.get("session_host"), p.args.get("license_server")
         if p.step is not None and p.kind in ("cut", "slow", "reset", "heal") and \
@@ -142,3 +174,8 @@ def _playable(lab: Lab, steps: list[Planned]) -> list[Problem]:
                                     f"session host {host} has no link to {server}: it lists "
                                     f"{', '.join(lab.session_host(host).license_servers) or 'no license server'}"))
     return problems
+
+
+def _span(seconds: int) -> str:
+    days, rest = divmod(seconds, 86400)
+    return f"{days}d" + (f"+{rest // 3600}h" if rest // 3600 else "") + (f"{rest % 3600 // 60}m" if rest % 3600 // 60 else "")

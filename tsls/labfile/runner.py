@@ -29,7 +29,7 @@ from tsls.errors import Code, TslsError
 from tsls.labfile import expect
 from tsls.labfile.journal import Journal
 from tsls.labfile.links import Link
-from tsls.labfile.plan import Planned, wave_shares
+from tsls.labfile.plan import RATE_HOUR, Planned, wave_batches, wave_shares
 from tsls.labfile.processes import Daemon
 from tsls.labfile.schema import LINK_KINDS, Lab
 from tsls.public import hardware_id, read_secret
@@ -487,32 +487,44 @@ class LabRun:
             host.unreachable.clear()
         machines = self.lab.fleet(step.args["fleet"]).machines()
         assigned = wave_shares(self.lab, step.args["fleet"], step.args["through"])
-        times, report = step.args.get("times", 1), step.args.get("report", True)
+        times = step.args.get("times", 1)
         last = []
-        for round_ in range(1, times + 1):
-            shares = [host.begin(assigned[i]) for i, host in enumerate(hosts)]
-            await self._ask_license_servers(shares, report)
-            for share in shares:
-                host = share.host
-                for row in host.finish(share):
-                    row["served_by"] = host.names.get(row.get("served_by"))
-                    if round_ == times:
-                        last.append(row)
-                    outcome = expect.outcome_of(row)
-                    self.counts[outcome] = self.counts.get(outcome, 0) + 1
-                    if self.log_logons:
-                        lic = row.get("license") or {}
-                        self.note("logon", step=step.step, round=round_, host=host.name, device=row["machine"],
-                                  outcome=outcome, answer=row.get("outcome"), served_by=row["served_by"],
-                                  reason=row.get("reason"), license_id=lic.get("license_id"), license=lic.get("kind"),
-                                  expires=lic.get("expires_at"),
-                                  key_pack=self.pack_names.get(lic.get("key_pack_id"), lic.get("key_pack_id")))
+        for number, batch in enumerate(wave_batches(self.lab, step.args)):
+            if number:                      # a rate: the next batch an hour later on the lab clock
+                await self.advance(self.at + RATE_HOUR)
+                for host in hosts:          # a license server down an hour ago is tried again
+                    host.unreachable.clear()
+            for round_ in sorted({r for r, _ in batch}):
+                chosen = {m for r, m in batch if r == round_}
+                await self._wave_round(step, hosts, [[m for m in ms if m in chosen] for ms in assigned], round_, last)
         tally = expect.tally(last)
         self.note("wave", step=step.step, fleet=step.args["fleet"], through=list(step.args["through"]), times=times,
                   devices=len(machines), **tally)
         if step.args.get("expect"):
             self.judge(step, f"wave of {step.args['fleet']}: {_shown(step.args['expect'])}",
                        expect.compare(step.args["expect"], tally))
+
+    async def _wave_round(self, step: Planned, hosts: list, assigned: list[list[str]], round_: int, last: list) -> None:
+        """One round of a wave (or of a batch of it) for these devices of each host; the last round's rows
+        go to ``last``."""
+        times, report = step.args.get("times", 1), step.args.get("report", True)
+        shares = [host.begin(assigned[i]) for i, host in enumerate(hosts)]
+        await self._ask_license_servers(shares, report)
+        for share in shares:
+            host = share.host
+            for row in host.finish(share):
+                row["served_by"] = host.names.get(row.get("served_by"))
+                if round_ == times:
+                    last.append(row)
+                outcome = expect.outcome_of(row)
+                self.counts[outcome] = self.counts.get(outcome, 0) + 1
+                if self.log_logons:
+                    lic = row.get("license") or {}
+                    self.note("logon", step=step.step, round=round_, host=host.name, device=row["machine"],
+                              outcome=outcome, answer=row.get("outcome"), served_by=row["served_by"],
+                              reason=row.get("reason"), license_id=lic.get("license_id"), license=lic.get("kind"),
+                              expires=lic.get("expires_at"),
+                              key_pack=self.pack_names.get(lic.get("key_pack_id"), lic.get("key_pack_id")))
 
     async def _ask_license_servers(self, shares: list[_Share], report: bool) -> None:
         """Every host asks the first license server on its list for its pending devices, then the second

@@ -469,7 +469,7 @@ KINDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "deactivate": (("license_server",), ("expect_error",)),
     "policy": (("license_server", "security_group"), ()),
     "revoke": (("license_server", "device"), ("expect_error",)),
-    "wave": (("fleet", "through"), ("times", "report", "expect", "every", "until")),
+    "wave": (("fleet", "through"), ("times", "report", "expect", "every", "until", "rate")),
     "connect": (("product", "fleet"), ("expect",)),
     "kill": (("license_server",), ()),
     "stop": (("license_server",), ()),
@@ -532,6 +532,8 @@ def _step(r: _Reader, table: tuple, previous: int, names: _Names) -> Step | None
             args[key] = r.count(key)
         elif key == "times":
             args[key] = r.count(key, lo=1, hi=MAX_TIMES)
+        elif key == "rate":
+            args[key] = r.count(key, lo=1, hi=MAX_DEVICES * MAX_TIMES)
         elif key == "device":
             args[key] = r.get(key, str)
         elif key == "expect_error":
