@@ -15,7 +15,7 @@ from clients.cli import enum_option, flags_after_subcommands, run
 from clients import connection
 from clients.connection import DEFAULT_SERVER, add_timeout_options, connect
 from clients.output import RowStream, emit, rows_out, table
-from tsls.core.clearinghouse import Reason
+from tsls.core.clearinghouse import MigrationReason, Reason
 from tsls.core.model import CalType, LicenseKind, LicenseStatus, ProductVersion
 from tsls.errors import Code, TslsError
 from tsls.files import default_data_dir, write_private
@@ -145,6 +145,25 @@ def parser() -> argparse.ArgumentParser:
     rebuild = sub.add_parser("rebuild", help="the Manage RDS CALs wizard's Rebuild the database: delete every key pack "
                                              "and issued license, then reinstall the CALs by recovery")
     rebuild.add_argument("--yes", action="store_true", help="confirm that every CAL is deleted")
+    mig = sub.add_parser("migrate", help="the Manage RDS CALs wizard's Migrate CALs: move a purchase's CALs from "
+                                         "another license server onto this one through the Clearinghouse")
+    mig.add_argument("--reason", required=True, **enum_option(MigrationReason),
+                     help="replaced: the source license server is being replaced (name it); not_working: it no "
+                          "longer works")
+    mig.add_argument("--route", default="automatic", choices=["automatic", "web", "telephone"],
+                     help="automatic: this server asks the Clearinghouse (name the purchase); web or telephone: type in "
+                          "the key pack ID the Clearinghouse read out with --key-pack-id (default: %(default)s)")
+    mig.add_argument("--source-server", metavar="ENDPOINT",
+                     help="the source license server (replaced, running): its license server ID is read from it and "
+                          "the migrated key packs are removed there")
+    mig.add_argument("--source-credential", metavar="FILE",
+                     help="the source's administrator credential (default: its data directory's admin.secret, as "
+                          "--credential)")
+    mig.add_argument("--source-license-server-id", metavar="ID",
+                     help="the source's license server ID (replaced, offline: with --source-os)")
+    mig.add_argument("--source-os", **enum_option(ProductVersion),
+                     help="the source's Windows Server version (replaced, offline)")
+    _purchase_options(mig, key_pack_id=True)
     sub.add_parser("keypacks", help="list key packs: Total / Issued / Available")
     lic = sub.add_parser("licenses", help="issued licenses, per device, with filters")
     lic.add_argument("--hwid", help="only the licenses of this hardware ID (40 hex digits)")
@@ -221,6 +240,14 @@ def parser() -> argparse.ArgumentParser:
     issue.add_argument("--license-server-id", required=True,
                        help="the license server ID its administrator reads out (tsls-admin status)")
     _purchase_options(issue)
+    chmig = chsub.add_parser("migrate", help="the web or telephone route of Migrate CALs: move a purchase onto the "
+                                             "target license server and read out the key pack ID it types in "
+                                             "(tsls-admin migrate --route telephone --key-pack-id)")
+    chmig.add_argument("--license-server-id", required=True, help="the target license server's ID")
+    chmig.add_argument("--reason", required=True, **enum_option(MigrationReason),
+                       help="replaced (name the source) or not_working")
+    chmig.add_argument("--source-license-server-id", help="the source license server's ID (reason replaced)")
+    _purchase_options(chmig)
     flags_after_subcommands(parser, "--json", "--csv")
     return parser
 
@@ -312,6 +339,8 @@ async def _admin_command(conn, args) -> None:
              lambda r: _print_key_packs([p for p in (r["from"], r["key_pack"]) if p]))
     elif c == "rebuild":
         emit(await conn.request("rebuild_database", confirm=args.yes), args.json, _print_rebuild)
+    elif c == "migrate":
+        emit(await _migrate(conn, args), args.json, _print_migration)
     elif c == "keypacks":
         emit(await conn.request("list_key_packs"), args.json, _print_key_packs)
     elif c == "licenses":
@@ -495,7 +524,7 @@ async def clearinghouse_command(args) -> None:
 
     c = args.ch_command
     operator = (read_secret(args.operator_credential)
-                if c in ("sell", "purchases", "issue") or (c == "activate" and args.again) else None)
+                if c in ("sell", "purchases", "issue", "migrate") or (c == "activate" and args.again) else None)
     ch = ClearinghouseClient(args.clearinghouse, operator_secret=operator)
     if c == "sell":
         body = _purchase(args, sale=True)
@@ -506,6 +535,13 @@ async def clearinghouse_command(args) -> None:
         emit(result, args.json, _print_sale)
     elif c == "purchases":
         emit(await ch.list_purchases(), args.json, _print_purchases)
+    elif c == "migrate":
+        result = await ch.migrate_for(args.license_server_id, _purchase(args), args.reason,
+                                      args.source_license_server_id)
+        emit(result, args.json, lambda r: print(f"license key pack ID: {grouped(r['key_pack']['key_pack_id'])}\n"
+                                                f"retired on the source: {', '.join(r['source_key_packs']) or '-'}\n"
+                                                f"type it in with: tsls-admin migrate --route telephone --key-pack-id "
+                                                f"{grouped(r['key_pack']['key_pack_id'])} ..."))
     elif c == "issue":
         result = await ch.issue_key_pack(args.license_server_id, _purchase(args))
         emit(result, args.json, lambda r: print(f"license key pack ID: {grouped(r['key_pack']['key_pack_id'])}\n"
@@ -580,6 +616,58 @@ def _print_rebuild(r: dict) -> None:
     _print_key_packs(r["key_packs"])
     for f in r["not_recovered"]:
         print(f"not recovered: {f['purchase']}: {f['error']['code']}: {f['error']['message']}")
+
+
+async def _migrate(conn, args) -> dict:
+    """The wizard's Migrate CALs, driven from here: read the running source's license server ID, ask this
+    (target) server to migrate, then remove the migrated key packs from the source (event 89 there), or,
+    when that fails, put it on record here (event 90). A source not running: event 93 here."""
+    from twisted.internet import reactor
+
+    source = {"license_server_id": args.source_license_server_id, "os": args.source_os, "running": False}
+    src = None
+    if args.source_server:
+        try:
+            src = await connect(reactor, args.source_server, args.connect_timeout, args.timeout)
+            await src.hello_admin(read_secret(args.source_credential or args.credential))
+            status = await src.request("status")
+            source.update(license_server_id=status["activation"]["license_server_id"], running=True)
+        except TslsError as e:
+            if e.code not in (Code.SERVER_UNREACHABLE, Code.SERVER_TIMEOUT):
+                raise
+            src = None
+            if not (args.source_license_server_id and args.source_os):
+                raise TslsError(Code.SOURCE_UNREACHABLE, f"the source license server does not answer ({e.message}): "
+                                "name it offline with --source-license-server-id and --source-os") from None
+    try:
+        request = {"key_pack_id": args.key_pack_id} if args.key_pack_id else {"purchase": _purchase(args)}
+        result = await conn.request("migrate_cals", reason=args.reason, route=args.route,
+                                    source={k: v for k, v in source.items() if v is not None}, **request)
+        if src is not None:
+            reference = result["key_pack"]["purchase"]
+            ids = [p["key_pack_id"] for p in await src.request("list_key_packs")
+                   if p["purchase"] == reference and p.get("retired_at") is None]
+            try:
+                result["source_removed"] = await src.request("uninstall_key_packs", key_pack_ids=ids)
+            except TslsError as e:
+                await conn.request("source_uninstall_failed", source=source["license_server_id"], key_pack_ids=ids,
+                                   message=e.message)
+                result["source_removed"] = None
+                result["source_error"] = e.to_json()
+        return result
+    finally:
+        if src is not None:
+            await src.close()
+
+
+def _print_migration(r: dict) -> None:
+    _print_key_packs([r["key_pack"]])
+    if r.get("source_removed"):
+        print(f"removed from the source: {', '.join(p['key_pack_id'] for p in r['source_removed'])} (event 89 there)")
+    elif r.get("source_error"):
+        print(f"NOT removed from the source: {r['source_error']['message']} (event 90 here); remove them there")
+    elif not r.get("source_running"):
+        print("the source is not running: its CALs could not be removed; the move is on record (event 93 here)")
 
 
 def _print_purchases(purchases: list) -> None:

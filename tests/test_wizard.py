@@ -1,7 +1,10 @@
 """The Manage RDS CALs wizard end to end (issue 15 items 4-7): a Clearinghouse daemon and license
 servers on loopback, real SQLite, driven by tsls-admin (docs/wizard.md)."""
 import pytest_twisted
-from twisted.internet import reactor
+from twisted.internet import defer, reactor
+
+from clients.connection import connect
+from tsls.public import read_secret
 
 from tests.harness import Lab
 from tsls.core import phonecodes
@@ -123,4 +126,88 @@ def test_converting_needs_a_2012_or_later_license_server(tmp_path, capsys):
         refused = yield lab.admin(capsys, "convert", pack["key_pack_id"], "--count", "1")
         assert refused["error"]["code"] == "CONVERT_NOT_SUPPORTED"
     finally:
+        yield lab.stop()
+
+
+@pytest_twisted.inlineCallbacks
+def start_server(lab, db):
+    server = LicenseServerService(reactor, "tcp:0:interface=127.0.0.1", str(db), ClearinghouseClient(lab.ch_url),
+                                  credential_path=str(db) + ".secret")
+    server.startService()
+    port = yield server.listener.listening
+    yield server.checked_in
+    return server, f"tcp:127.0.0.1:{port.getHost().port}", server.credential_path
+
+
+@pytest_twisted.inlineCallbacks
+def on(lab, capsys, which, *argv):
+    lab.endpoint, lab.credential = which[1], which[2]
+    result = yield lab.admin(capsys, *argv)
+    return result
+
+
+@pytest_twisted.inlineCallbacks
+def test_migrate_cals_from_another_license_server_by_each_route(tmp_path, capsys):
+    lab = Lab(tmp_path)
+    yield lab.start()
+    a_db, b_db = tmp_path / "license-server.sqlite", tmp_path / "target.sqlite"
+    b = None
+    try:
+        a = (lab.ls, lab.endpoint, lab.credential)
+        b = yield start_server(lab, b_db)
+        for which in (a, b):
+            yield on(lab, capsys, which, "activate")
+        a_id = (yield on(lab, capsys, a, "status"))["activation"]["license_server_id"]
+        b_id = (yield on(lab, capsys, b, "status"))["activation"]["license_server_id"]
+        codes = []
+        for _ in range(3):
+            sold = yield lab.admin(capsys, "clearinghouse", "sell", "--version", "2019", "--cal-type", "per-device",
+                                   "--quantity", "5")
+            codes.append(sold["retail_code"])
+            yield on(lab, capsys, a, "install", "--retail", sold["retail_code"])
+
+        # 1. automatic, the source being replaced and running: its key pack is removed there (event 89)
+        refused = yield on(lab, capsys, b, "migrate", "--reason", "replaced", "--retail", codes[0])
+        assert refused["error"]["code"] == "BAD_REQUEST"            # the source is named
+        moved = yield on(lab, capsys, b, "migrate", "--reason", "replaced", "--source-server", a[1],
+                         "--source-credential", a[2], "--retail", codes[0])
+        assert moved["key_pack"]["total"] == 5 and moved["source_running"] is True
+        [removed] = moved["source_removed"]
+        assert removed["retired_at"] is not None
+        assert len((yield on(lab, capsys, a, "events", "--event-id", "89"))) == 1
+        assert lab_check(lab, str(b_db)) == []
+        again = yield on(lab, capsys, b, "migrate", "--reason", "not-working", "--retail", codes[0])
+        assert again["error"]["code"] == "ALREADY_MIGRATED"
+
+        # 2. telephone, the source offline (named by its OS and license server ID): event 93, on record
+        issued = yield lab.admin(capsys, "clearinghouse", "migrate", "--license-server-id", b_id, "--reason",
+                                 "replaced", "--source-license-server-id", a_id, "--retail", codes[1])
+        kp = issued["key_pack"]["key_pack_id"]
+        refused = yield on(lab, capsys, b, "migrate", "--reason", "replaced", "--route", "telephone",
+                           "--source-license-server-id", a_id, "--key-pack-id", kp)
+        assert refused["error"]["code"] == "BAD_REQUEST"            # offline: its OS too
+        moved = yield on(lab, capsys, b, "migrate", "--reason", "replaced", "--route", "telephone",
+                         "--source-license-server-id", a_id, "--source-os", "2019",
+                         "--key-pack-id", phonecodes.grouped(kp))
+        assert (moved["key_pack"]["key_pack_id"], moved["source_running"]) == (kp, False)
+        assert len((yield on(lab, capsys, b, "events", "--event-id", "93"))) == 1
+
+        # 3. automatic, the source no longer works: event 93; A still holds its key packs: on record
+        moved = yield on(lab, capsys, b, "migrate", "--reason", "not_working", "--retail", codes[2])
+        assert moved["key_pack"]["total"] == 5
+        assert len((yield on(lab, capsys, b, "events", "--event-id", "93"))) == 2
+        problems = lab_check(lab, str(b_db))
+        assert len(problems) == 2 and all("double circulation" in p and "on record at the Clearinghouse" in p
+                                          and "NOT on record" not in p for p in problems)
+
+        # removing from the source failed (tsls-admin migrate tells the target): on record there (event 90)
+        conn = yield defer.ensureDeferred(connect(reactor, b[1]))
+        yield defer.ensureDeferred(conn.hello_admin(read_secret(b[2])))
+        yield conn.request("source_uninstall_failed", source=a_id, key_pack_ids=["X" * 35], message="refused")
+        yield defer.ensureDeferred(conn.close())
+        [failed] = yield on(lab, capsys, b, "events", "--event-id", "90")
+        assert a_id in failed["message"] and "refused" in failed["message"]
+    finally:
+        if b is not None:
+            yield b[0].stopService()
         yield lab.stop()

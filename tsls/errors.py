@@ -71,6 +71,8 @@ class Code(enum.Enum):
     UNKNOWN_LICENSE_SERVER = "UNKNOWN_LICENSE_SERVER"
     UNKNOWN_KEY_PACK = "UNKNOWN_KEY_PACK"
     CONVERT_NOT_SUPPORTED = "CONVERT_NOT_SUPPORTED"    # converting CALs needs a 2012 or later license server
+    ALREADY_MIGRATED = "ALREADY_MIGRATED"              # migrating a purchase onto the server that holds it
+    SOURCE_UNREACHABLE = "SOURCE_UNREACHABLE"          # migrate: the source license server named is not answering
     NOT_ENOUGH_CALS = "NOT_ENOUGH_CALS"                # fewer unissued CALs than asked to convert              # a key pack ID the Clearinghouse never issued to this server
     BAD_CREDENTIALS = "BAD_CREDENTIALS"
     OPERATOR_REQUIRED = "OPERATOR_REQUIRED"

@@ -109,3 +109,42 @@ def test_rebuild_needs_confirmation():
     with pytest.raises(TslsError) as e:
         wizard.rebuild(False)
     assert e.value.code is Code.CONFIRMATION_REQUIRED
+
+
+def test_migrate_moves_the_purchase_from_the_named_source_and_never_adds_cals():
+    live = (IssuedPack("K" * 35, A, 4),)
+    move = rules.migrate(sale(), server(B), live, rules.MigrationReason.REPLACED, A)
+    assert (move.sale.bound_to, move.issue, move.retired) == (B, 4, live)
+    assert rules.migrate(sale(), server(B), live, rules.MigrationReason.NOT_WORKING, None).issue == 4
+
+
+@pytest.mark.parametrize("s, target, reason, source, code", [
+    (None, B, "replaced", A, Code.UNKNOWN_PURCHASE),
+    (sale(), A, "not_working", None, Code.ALREADY_MIGRATED),
+    (sale(), B, "replaced", None, Code.BAD_REQUEST),
+    (sale(), B, "replaced", B, Code.PURCHASE_BOUND),
+])
+def test_migrate_refusals(s, target, reason, source, code):
+    with pytest.raises(TslsError) as e:
+        rules.migrate(s, server(target), (), rules.MigrationReason(reason), source)
+    assert e.value.code is code
+
+
+def test_the_wizard_s_choices():
+    running = wizard.migration(rules.MigrationReason.REPLACED, wizard.Route.AUTOMATIC,
+                               {"license_server_id": phonecodes.grouped(A), "running": True}, True, False)
+    assert (running.source_id, running.source_running, running.by_id) == (A, True, False)
+    offline = wizard.migration(rules.MigrationReason.REPLACED, wizard.Route.TELEPHONE,
+                               {"license_server_id": A, "os": "2016"}, False, True)
+    assert (offline.source_running, offline.by_id) == (False, True)
+    gone = wizard.migration(rules.MigrationReason.NOT_WORKING, wizard.Route.AUTOMATIC, {"running": True}, True, False)
+    assert gone.source_running is False          # a source that no longer works is never asked
+    for reason, route, source, purchase, kp in (
+            ("replaced", "automatic", {}, True, False),                               # not named
+            ("replaced", "automatic", {"license_server_id": A}, True, False),         # offline without its OS
+            ("replaced", "automatic", {"license_server_id": A, "os": "95"}, True, False),
+            ("not_working", "automatic", {}, False, True),                            # automatic names the purchase
+            ("not_working", "web", {}, True, False)):                                 # web types the key pack ID
+        with pytest.raises(TslsError) as e:
+            wizard.migration(rules.MigrationReason(reason), wizard.Route(route), source, purchase, kp)
+        assert e.value.code is Code.BAD_REQUEST

@@ -127,6 +127,23 @@ class ClearinghouseClient:
         return self._call("POST", "conversions", {**server, "key_pack_id": key_pack_id, "count": count},
                           idempotency_key=idempotency_key)
 
+    def migrate(self, server: dict, purchase: dict, reason: str, source_license_server_id: str | None = None,
+                server_version=None, idempotency_key: str | None = None) -> defer.Deferred:
+        """Migrate a purchase's CALs onto this license server (automatic route)."""
+        body = {**server, "purchase": purchase, "reason": reason, **_version(server_version)}
+        if source_license_server_id:
+            body["source_license_server_id"] = source_license_server_id
+        return self._call("POST", "migrations", body, idempotency_key=idempotency_key)
+
+    def migrate_for(self, target_license_server_id: str, purchase: dict, reason: str,
+                    source_license_server_id: str | None = None) -> defer.Deferred:
+        """The operator on the telephone / web route: migrate onto the license server named, read out the
+        new key pack's ID (installed there with install --key-pack-id or migrate --key-pack-id)."""
+        body = {"target_license_server_id": target_license_server_id, "purchase": purchase, "reason": reason}
+        if source_license_server_id:
+            body["source_license_server_id"] = source_license_server_id
+        return self._operator_call("POST", "operator-migrations", body)
+
     def issue_key_pack(self, license_server_id: str, purchase: dict) -> defer.Deferred:
         """The operator, as the Clearinghouse's agent on the telephone: bind ``purchase`` (its JSON, with
         an optional quantity) to that license server and read out the new key pack's ID."""

@@ -40,7 +40,7 @@ STATUS = {
     Code.METHOD_NOT_ALLOWED: 405,
     Code.PURCHASE_EXISTS: 409, Code.PURCHASE_BOUND: 409, Code.QUANTITY_EXCEEDED: 409,
     Code.ALREADY_ACTIVATED: 409, Code.ALREADY_RECOVERED: 409, Code.CAL_NEWER_THAN_SERVER: 409,
-    Code.IDEMPOTENCY_KEY_REUSED: 409, Code.NOT_ENOUGH_CALS: 409,
+    Code.IDEMPOTENCY_KEY_REUSED: 409, Code.NOT_ENOUGH_CALS: 409, Code.ALREADY_MIGRATED: 409,
     Code.TOO_LARGE: 413,
 }
 
@@ -87,7 +87,9 @@ class Clearinghouse:
         self.operations = {"purchases": self.sell, "activations": self.activate, "reactivations": self.reactivate,
                            "deactivations": self.deactivate, "installations": self.install, "recoveries": self.recover,
                            "check-ins": self.check_in, "key-packs": self.issue_key_pack,
-                           "key-pack-installations": self.install_key_pack, "conversions": self.convert}
+                           "key-pack-installations": self.install_key_pack, "conversions": self.convert,
+                           "migrations": self.migrate,
+                           "operator-migrations": self.migrate_for}
 
     def now(self) -> int:
         return int(self.clock.seconds())
@@ -299,6 +301,37 @@ class Clearinghouse:
         return {"key_pack": self._pack_json(pack.key_pack_id, sale, pack.quantity, pack.cal_type),
                 "retired_key_packs": retired}
 
+    def migrate_for(self, body: dict, idempotency_key: str | None = None) -> dict:
+        """The operator's route (POST /v1/operator-migrations, the resource checked the proof)."""
+        return self.migrate(body, idempotency_key, operator=True)
+
+    def migrate(self, body: dict, idempotency_key: str | None = None, operator: bool = False) -> dict:
+        """Migrate a purchase's CALs onto the calling license server (automatic route), or, by the operator
+        (``target_license_server_id``: the telephone / web route), onto the server named, its key pack ID
+        read out. The source's key packs are retired and the move is on record (tsls.core.clearinghouse.migrate)."""
+        ref, key, _ = self._purchase(body)
+        reason = parse_enum(rules.MigrationReason, body.get("reason"), "reason")
+        source = body.get("source_license_server_id")
+        if source is not None:
+            source = _text(body, "source_license_server_id", 64).replace("-", "").replace(" ", "").upper()
+        with self.store.transaction():
+            if operator:
+                target_id = _text(body, "target_license_server_id", 64).replace("-", "").replace(" ", "").upper()
+                target = rules.named_server(self.store.server(target_id), target_id)
+            else:
+                target = self._caller(body)
+            sale = self.store.sale(key)
+            move = rules.migrate(sale, target, self.store.live_key_packs(key), reason, source, _server_version(body))
+            self.store.put_sale(key, move.sale)
+            self.store.retire(key, move.retired, target.license_server_id, move.issue, self.now())
+            pack = self._issue(key, move.sale, target, move.issue)
+            retired = self.store.retired_key_packs(target.license_server_id)
+        self.log.info("migrated {reference} onto {target} ({reason}); {count} key packs retired",
+                      reference=ref.reference, target=target.license_server_id, reason=reason.value,
+                      count=len(move.retired))
+        return {"key_pack": pack, "source_key_packs": [p.key_pack_id for p in move.retired],
+                "retired_key_packs": retired}
+
     def convert(self, body: dict, idempotency_key: str | None = None) -> dict:
         """ConvertLicenses: ``count`` CALs of a key pack of this server into a new key pack of the other
         type (tsls.core.clearinghouse.convert_key_pack). Answer: the new key pack, and the old one's ID
@@ -359,7 +392,7 @@ def _server_json(s: Server, bindings: list) -> dict:
 
 # What only the lab operator may do: sell CALs (POST), see every purchase with its codes and any
 # license server (GET /v1/purchases, /v1/license-servers/ID), read out a key pack ID (POST /v1/key-packs).
-OPERATOR_POSTS = ("purchases", "key-packs")
+OPERATOR_POSTS = ("purchases", "key-packs", "operator-migrations")
 
 
 class ApiResource(Resource):

@@ -233,6 +233,36 @@ def convert_key_pack(record: KeyPackRecord | None, server: Server, count: int) -
     return record.pack, record.pack.quantity - count
 
 
+class MigrationReason(enum.Enum):
+    """The Manage RDS CALs wizard's two reasons to migrate CALs from another license server [§9, MIGR]."""
+
+    REPLACED = "replaced"            # the source license server is being replaced (named, or its OS and ID)
+    NOT_WORKING = "not_working"      # the source license server no longer works
+
+
+def migrate(sale: Sale | None, target: Server, live: tuple[IssuedPack, ...], reason: MigrationReason,
+            source_id: str | None, server_version: ProductVersion | None = None) -> Recovery:
+    """Migrate a purchase's CALs from the license server that holds them to ``target`` [§9, MIGR]. Like a
+    recovery it moves the binding and never adds CALs: every live key pack of the purchase elsewhere is
+    retired (the move on record) and one key pack of the installed quantity issued to the target. With
+    reason REPLACED the source is named: the purchase must be bound to it (PURCHASE_BOUND otherwise)."""
+    if sale is None:
+        raise TslsError(Code.UNKNOWN_PURCHASE, "no purchase with that license information was sold")
+    if server_version is not None:
+        check_server_hosts(server_version, sale.purchase.product_version)
+    if sale.installed == 0:
+        raise TslsError(Code.NOT_FOUND, "this purchase was never installed: install it instead")
+    if sale.bound_to == target.license_server_id:
+        raise TslsError(Code.ALREADY_MIGRATED, "this purchase is already on this license server")
+    if reason is MigrationReason.REPLACED:
+        if not source_id:
+            raise TslsError(Code.BAD_REQUEST, "migrating from a license server being replaced names it: its license "
+                            "server ID")
+        if sale.bound_to != source_id:
+            raise TslsError(Code.PURCHASE_BOUND, f"this purchase is not on license server {source_id}")
+    return Recovery(attrs.evolve(sale, bound_to=target.license_server_id), issue=sale.installed, retired=live)
+
+
 def purchase_request(ref: PurchaseRef, product_version: ProductVersion | None = None, cal_type: CalType | None = None,
                      quantity: int | None = None) -> dict:
     """A purchase as a license server names it to the Clearinghouse (installation, recovery)."""

@@ -12,7 +12,8 @@ from twisted.python.failure import Failure
 
 from tsls.core import activation, phonecodes, wizard
 from tsls.core.activation import Activation, ActivationMethod
-from tsls.core.clearinghouse import IssuedKeyPack, purchase_request
+from tsls.core.clearinghouse import IssuedKeyPack, MigrationReason, purchase_request
+from tsls.core.model import parse_enum
 from tsls.core.events import Event, EventId
 from tsls.core.model import CalType, ProductVersion, PurchaseRef, check_server_hosts
 from tsls.errors import Code, TslsError
@@ -237,6 +238,64 @@ class Activations:
         return {"deleted_key_packs": deleted, "deleted_licenses": licenses, "key_packs": recovered,
                 "not_recovered": failed}
 
+    @defer.inlineCallbacks
+    def migrate(self, reason: object, route: object, source: dict, purchase: dict | None, key_pack_id: object):
+        """Migrate CALs from another license server onto this one (docs/wizard.md): automatic, the purchase
+        through the Clearinghouse (POST /v1/migrations); web or telephone, the key pack ID it read out. A
+        source that is not running leaves the double circulation on record: event 93 here."""
+        why = parse_enum(MigrationReason, reason, "reason", loose=True)
+        plan = wizard.migration(why, parse_enum(wizard.Route, route, "route", loose=True), source,
+                                purchase is not None, key_pack_id is not None)
+        if plan.by_id:
+            pack = yield self.install_key_pack_id(key_pack_id)
+            result = {"key_pack": pack, "source_key_packs": []}
+        else:
+            ref = PurchaseRef.from_json(purchase)
+            version, cal_type = _version_and_type(purchase)
+            if version is not None:
+                check_server_hosts(self.identity.version, version)
+            wanted = purchase_request(ref, version, cal_type, None)
+            request = {"purchase": wanted, "reason": why.value, "source_license_server_id": plan.source_id}
+            done = yield self._unreported("migrate", request)
+            if done is not None:
+                result = done
+            else:
+                server = yield self._require_activation(True)
+                result = yield self._call("migrate", {"server": server, **request})
+        if not plan.source_running:
+            yield self.writer.submit(lambda store, now: store.add_events([Event(
+                now, EventId.IMPORTED_FROM_STOPPED, f"key pack {result['key_pack']['key_pack_id']} imported from "
+                f"license server {plan.source_id or '(unknown)'}, which is not running ({why.value}): its CALs "
+                "could not be removed there; the move is on record at the Clearinghouse")]))
+        return {**result, "source_running": plan.source_running}
+
+    def uninstall_key_packs(self, key_pack_ids: object) -> defer.Deferred:
+        """On the source of a migration: its key packs migrated away are uninstalled (retired: the CALs
+        issued stay, none is issued from them), event 89 each."""
+        if not isinstance(key_pack_ids, list) or not all(isinstance(i, str) for i in key_pack_ids) \
+                or len(key_pack_ids) > 1000:
+            raise TslsError(Code.BAD_REQUEST, "key_pack_ids must be a list of key pack IDs")
+
+        def job(store, now):
+            missing = [i for i in key_pack_ids if store.key_pack(i) is None]
+            if missing:
+                raise TslsError(Code.NOT_FOUND, f"no key pack {missing[0]} on this license server")
+            gone = store.retire_key_packs(key_pack_ids, now)
+            store.add_events([Event(now, EventId.KEY_PACK_UNINSTALLED, f"key pack {p.key_pack_id} uninstalled: its "
+                                    f"{p.total} CALs were migrated to another license server") for p in gone])
+            return [key_pack_json(p) for p in gone]
+        return self.writer.submit(job)
+
+    def source_uninstall_failed(self, source: object, key_pack_ids: object, message: object) -> defer.Deferred:
+        """On the target: removing the migrated key packs from the source failed (event 90)."""
+        text = f"removing key pack(s) {', '.join(map(str, key_pack_ids or []))[:600]} from source license server " \
+               f"{str(source)[:64]} failed: {str(message)[:300]}; remove them there by hand (tsls-admin uninstall)"
+
+        def job(store, now):
+            store.add_events([Event(now, EventId.SOURCE_UNINSTALL_FAILED, text)])
+            return {"recorded": True}
+        return self.writer.submit(job)
+
     # --- calls to the Clearinghouse, each once ---------------------------------------------------------
 
     @defer.inlineCallbacks
@@ -357,6 +416,9 @@ class Activations:
             return ch.reactivate(r["server"], r["reason"], r["contact"], idempotency_key=key)
         if call.operation == "deactivate":
             return ch.deactivate(r["server"], idempotency_key=key)
+        if call.operation == "migrate":
+            return ch.migrate(r["server"], r["purchase"], r["reason"], r.get("source_license_server_id"),
+                              server_version=self.identity.version, idempotency_key=key)
         if call.operation == "convert":
             return ch.convert(r["server"], r["key_pack_id"], r["count"], idempotency_key=key)
         if call.operation == "install_by_id":
@@ -410,7 +472,8 @@ class Activations:
 def _same(pending: dict, request: dict) -> bool:
     """Is ``request`` the administrator asking again for the pending call? One activation change at a
     time; an install or recovery of the same purchase."""
-    return all(pending.get(k) == request.get(k) for k in ("purchase", "key_pack_id", "count"))
+    return all(pending.get(k) == request.get(k) for k in ("purchase", "key_pack_id", "count", "reason",
+                                                            "source_license_server_id"))
 
 
 UNREPORTED = "_unreported"      # in a done call's result: its answer has not reached anyone yet
@@ -504,6 +567,13 @@ def _apply_convert(store, now, answer, host_version) -> dict:
             if store.key_pack(converted.get("key_pack_id")) is not None else None}
 
 
+def _apply_migrate(store, now, answer, host_version) -> dict:
+    issued = IssuedKeyPack.from_json(_answered(answer, "key_pack", dict))
+    pack = _store_key_packs(store, now, host_version, [issued], _retired(answer))[0]
+    source = [i for i in answer.get("source_key_packs", []) if isinstance(i, str)]
+    return {"key_pack": pack, "source_key_packs": source}
+
+
 def _retired(answer: dict) -> list:
     ids = answer.get("retired_key_packs", []) if isinstance(answer, dict) else []
     return [i for i in ids if isinstance(i, str)] if isinstance(ids, list) else []
@@ -512,7 +582,7 @@ def _retired(answer: dict) -> list:
 # What each call's answer does to the ledger, applied in the commit that marks the call done.
 APPLY = {"activate": _apply_activate, "reactivate": _apply_reactivate, "deactivate": _apply_deactivate,
          "install": _apply_install, "install_by_id": _apply_install, "recover": _apply_recover,
-         "convert": _apply_convert}
+         "convert": _apply_convert, "migrate": _apply_migrate}
 
 
 def _undo_convert(store, now, request) -> None:

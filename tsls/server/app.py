@@ -61,6 +61,9 @@ class LicenseServer:
         self.install_key_pack_id = self.activation.install_key_pack_id
         self.convert = self.activation.convert
         self.rebuild = self.activation.rebuild
+        self.migrate = self.activation.migrate
+        self.uninstall_key_packs = self.activation.uninstall_key_packs
+        self.source_uninstall_failed = self.activation.source_uninstall_failed
         self.recover = self.activation.recover
         self.key_packs = self.activation.key_packs
         self.check_in = self.activation.check_in

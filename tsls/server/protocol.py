@@ -574,6 +574,20 @@ class LicenseProtocol(Protocol, TimeoutMixin):
     def op_rebuild_database(self, request):
         return self.server.rebuild(_field(request, "confirm", bool, required=False) or False)
 
+    def op_migrate_cals(self, request):
+        return self.server.migrate(_field(request, "reason", max_len=32), _field(request, "route", max_len=32),
+                                   _field(request, "source", dict, required=False) or {},
+                                   _field(request, "purchase", dict, required=False),
+                                   _field(request, "key_pack_id", required=False, max_len=64))
+
+    def op_uninstall_key_packs(self, request):
+        return self.server.uninstall_key_packs(_field(request, "key_pack_ids", list))
+
+    def op_source_uninstall_failed(self, request):
+        return self.server.source_uninstall_failed(_field(request, "source", max_len=64),
+                                                   _field(request, "key_pack_ids", list),
+                                                   _field(request, "message", max_len=1000))
+
     def op_recover(self, request):
         return self.server.recover(_field(request, "purchase", dict))
 
@@ -707,6 +721,9 @@ _OPS = {
     ("admin", "recover"): LicenseProtocol.op_recover,
     ("admin", "convert_cals"): LicenseProtocol.op_convert_cals,
     ("admin", "rebuild_database"): LicenseProtocol.op_rebuild_database,
+    ("admin", "migrate_cals"): LicenseProtocol.op_migrate_cals,
+    ("admin", "uninstall_key_packs"): LicenseProtocol.op_uninstall_key_packs,
+    ("admin", "source_uninstall_failed"): LicenseProtocol.op_source_uninstall_failed,
     ("admin", "list_key_packs"): LicenseProtocol.op_list_key_packs,
     ("admin", "list_licenses"): LicenseProtocol.op_list_licenses,
     ("admin", "usage_report"): LicenseProtocol.op_usage_report,
