@@ -1,0 +1,127 @@
+"""The floor: a first logon's unavoidable steps timed alone, in this process, with no sockets, no
+Twisted and no other load, to set beside the daemon's CPU per grant (bench.throughput, bench.versus).
+
+    python -m bench.floor [--grants 20000] [--batch 400] [--repeat 3] [--json]
+
+Each step is what every durable grant must do in this design (the pure core deciding, SQLite in WAL
+with synchronous=FULL, one COMMIT per batch), run for --grants new devices, in batches of --batch
+(the batch size the daemon reaches at 100 x 16), on a fresh activated ledger (bench.dbgen, 1,000
+licenses), and timed per grant:
+
+- parse: ``json.loads`` of the logon request line;
+- read: the device's licenses and the key packs (``store.world``) and the policies;
+- decide: ``licensing.device_logon`` (the pure core);
+- savepoint: the request's SAVEPOINT and its RELEASE (so a refusal undoes only its own writes);
+- write: the license row (``store.apply``) and its event (``store.add_events``);
+- answer: the answer's license (``license_json`` with its HMAC token) and ``json.dumps`` of the reply;
+- commit: the batch's COMMIT (its fsync), divided by the grants it holds.
+
+Each step is timed by the wall clock (perf_counter); the CPU time of the whole loop (thread_time)
+is given too, as a shared machine's load stretches the wall clock. Medians of --repeat runs. What the daemon spends above their sum is its shell: the protocol's
+dispatch and checks, Deferreds, the writer's batching, the reactor and the sockets.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+from bench import dbgen, harness
+
+STEPS = ("parse", "savepoint", "read", "decide", "write", "answer", "commit")
+
+
+def run_once(grants: int, batch: int, work: harness.Workdir, n: int) -> dict:
+    import attrs
+
+    from tsls.core import events, licensing
+    from tsls.core.licensing import Logon, TerminalServer
+    from tsls.core.model import CalType, ProductVersion
+    from tsls.server.app import load_identity
+    from tsls.server.ledger import Ledger
+    from tsls.server.store import LicenseStore
+
+    directory = work.file(f"floor-{n}")
+    os.makedirs(directory, mode=0o700)
+    path = os.path.join(directory, "ledger.sqlite")
+    dbgen.generate(path, 1000)
+    store = LicenseStore.open(path)
+    identity = load_identity(store, "1")
+    ledger = Ledger(None, identity)
+    ts = TerminalServer("TS01", ProductVersion.W2003, CalType.PER_DEVICE)
+    now = int(time.time())
+    spent = dict.fromkeys(STEPS, 0.0)
+    clock = time.perf_counter
+    cpu = time.thread_time()
+    done = 0
+    while done < grants:
+        size = min(batch, grants - done)
+        transaction = store.transaction()
+        transaction.__enter__()
+        for i in range(done, done + size):
+            line = json.dumps({"id": i, "op": "logon", "hwid": f"{n:02d}{i:038x}", "machine": f"PC{i}",
+                               "user": f"user{i}", "license": None}).encode()
+            t0 = clock()
+            request = json.loads(line)
+            ta = clock()
+            savepoint = store.savepoint()
+            savepoint.__enter__()
+            t1 = clock()
+            store.registration(ts.name)
+            store.security_group_policy()
+            world = attrs.evolve(store.world(request["hwid"], store.activation().activated, identity.seed),
+                                 prevent_upgrade=store.prevent_upgrade_policy())
+            t2 = clock()
+            decision = licensing.device_logon(ts, Logon(request["hwid"], request["machine"], request["user"], None),
+                                              world, now)
+            t3 = clock()
+            decision = store.apply(decision)
+            store.add_events(events.for_decision(decision, now, ts.name, request["hwid"], request["user"]))
+            t4 = clock()
+            savepoint.__exit__(None, None, None)
+            tb = clock()
+            json.dumps({"id": request["id"], "ok": True, "result": ledger._answer(decision, world)},
+                       separators=(",", ":")).encode()
+            t5 = clock()
+            spent["parse"] += ta - t0
+            spent["savepoint"] += (t1 - ta) + (tb - t4)
+            spent["read"] += t2 - t1
+            spent["decide"] += t3 - t2
+            spent["write"] += t4 - t3
+            spent["answer"] += t5 - tb
+        t6 = clock()
+        transaction.__exit__(None, None, None)
+        spent["commit"] += clock() - t6
+        store.new_events.clear()
+        done += size
+    cpu = time.thread_time() - cpu
+    store.close()
+    return {**{step: spent[step] / grants * 1e6 for step in STEPS}, "cpu": cpu / grants * 1e6}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="bench.floor", description=__doc__.split("\n\n")[0])
+    p.add_argument("--grants", type=int, default=20_000, help="grants per run (default: %(default)s)")
+    p.add_argument("--batch", type=int, default=400, help="grants per COMMIT (default: %(default)s)")
+    p.add_argument("--repeat", type=int, default=3, help="runs; medians are reported (default: %(default)s)")
+    p.add_argument("--json", action="store_true", help="print the figures as JSON")
+    args = p.parse_args(argv)
+    with harness.Workdir() as work:
+        runs = [run_once(args.grants, args.batch, work, n) for n in range(args.repeat)]
+    result = {step: harness.median([r[step] for r in runs]) for step in STEPS}
+    result["total"] = sum(result[step] for step in STEPS)
+    result["cpu"] = harness.median([r["cpu"] for r in runs])
+    if args.json:
+        print(json.dumps({"us_per_grant": result, "runs": runs, "machine": harness.machine()}, indent=2))
+        return 0
+    for step in (*STEPS, "total"):
+        print(f"{step:<9} {result[step]:7.1f} µs per grant")
+    print(f"CPU time of the whole loop (this thread, the timing included): {result['cpu']:.1f} µs per grant")
+    print(f"\n{args.grants:,} first logons in batches of {args.batch}, median of {args.repeat}; {harness.machine()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
