@@ -323,3 +323,29 @@ def test_reports_session_hosts_and_history_pages_draw(served, browser):
     assert "TS01" in hosts and "yes" in hosts["TS01"] and "TS99" in hosts
     issued = yield admin.request("list_licenses", kind="permanent")
     assert cals == len(issued) == 10
+
+
+@pytest_twisted.inlineCallbacks
+def test_charts_place_days_by_time_draw_counts_as_steps_and_keep_labels_apart(served, browser):
+    # A lab year: CALs installed on day 0, more half a year later, then a few days close together. The
+    # history sends only the days something changed; the chart must not draw them evenly spaced.
+    link = yield served.link("viewer")
+    days = ["2025-01-06", "2025-07-14", "2025-09-08", "2025-09-09", "2025-09-22", "2026-01-05"]
+
+    def draw():
+        open_page(browser, link, "#activation")
+        return js(browser, """
+            const chart = lineChart(arguments[0], [{ name: "held", color: "#000", step: true,
+                                                     values: [10, 16, 15, 14, 12, 10] }], "t");
+            return { cx: [...chart.querySelectorAll("circle")].map((c) => +c.getAttribute("cx")),
+                     points: chart.querySelector("polyline").getAttribute("points").trim().split(/\\s+/).length,
+                     labels: [...chart.querySelectorAll("text[data-label]")].map((t) => [t.dataset.label, +t.getAttribute("x")]) };
+        """, days)
+
+    drawn = yield in_browser(draw)
+    cx = drawn["cx"]
+    assert (cx[1] - cx[0]) / (cx[-1] - cx[0]) == pytest.approx(189 / 364, abs=0.01)      # by time, not by index
+    assert drawn["points"] == 2 * len(days) - 1                                         # a step at each change
+    xs = [x for _, x in drawn["labels"]]
+    assert drawn["labels"][0][0] == "2025-01-06" and drawn["labels"][-1][0] == "2026-01-05"
+    assert all(b - a >= 80 for a, b in zip(xs, xs[1:]))                                 # no label over another

@@ -94,20 +94,31 @@ function lineChart(labels, series, title) {
   const tick = [1, 2, 5, 10].map((m) => m * magnitude).find((t) => t * 4 >= top) || magnitude * 10;
   const unit = Math.max(1, tick);
   const max = unit * Math.ceil(top / unit);
-  const x = (i) => L + (labels.length < 2 ? (W - L - R) / 2 : (i * (W - L - R)) / (labels.length - 1));
+  // Dates (YYYY-MM-DD) are placed by time, so a gap of months looks like one; other labels evenly.
+  const times = labels.map((label) => (/^\d{4}-\d{2}-\d{2}$/.test(label) ? Date.parse(label) : NaN));
+  const span = times[times.length - 1] - times[0];
+  const byTime = labels.length > 1 && times.every((t) => !Number.isNaN(t)) && span > 0;
+  const x = (i) => L + (labels.length < 2 ? (W - L - R) / 2 :
+    byTime ? ((times[i] - times[0]) * (W - L - R)) / span : (i * (W - L - R)) / (labels.length - 1));
   const y = (v) => T + (H - T - B) * (1 - v / max);
   const svg = s("svg", { viewBox: `0 0 ${W} ${H}`, width: "100%", role: "img" }, s("title", {}, title));
   for (let v = 0; v <= max; v += unit) {
     svg.append(s("line", { x1: L, x2: W - R, y1: y(v), y2: y(v), stroke: "#e6eaef" }),
       s("text", { x: L - 6, y: y(v) + 4, "text-anchor": "end" }, v));
   }
-  const step = Math.max(1, Math.ceil(labels.length / 6));
+  const GAP = 80;                        // a label is about 65 wide: keep them apart, the last one always shown
+  let drawn = -Infinity;
   labels.forEach((label, i) => {
-    const anchor = i === labels.length - 1 && i > 0 ? "end" : i === 0 && labels.length > 1 ? "start" : "middle";
-    if (i % step === 0 || i === labels.length - 1) svg.append(s("text", { x: x(i), y: H - 8, "text-anchor": anchor }, label));
+    const at = x(i), last = i === labels.length - 1;
+    if (!last && (at - drawn < GAP || x(labels.length - 1) - at < GAP)) return;
+    const anchor = last && i > 0 ? "end" : i === 0 && labels.length > 1 ? "start" : "middle";
+    svg.append(s("text", { x: at, y: H - 8, "text-anchor": anchor, "data-label": label }, label));
+    drawn = at;
   });
   series.forEach((line) => {
-    const points = line.values.map((v, i) => `${x(i)},${y(v)}`).join(" ");
+    // A count that holds until it changes (step: true) is drawn as steps, not as a slope between changes.
+    const points = line.values.map((v, i) => (line.step && i > 0 ? `${x(i)},${y(line.values[i - 1])} ` : "") +
+      `${x(i)},${y(v)}`).join(" ");
     svg.append(s("polyline", { points, fill: "none", stroke: line.color, "stroke-width": 2,
       "stroke-dasharray": line.dashed ? "5 4" : "none" }));
     line.values.forEach((v, i) => svg.append(s("circle", { cx: x(i), cy: y(v), r: 2.5, fill: line.color })));
@@ -328,8 +339,8 @@ pages.history = (view) => {
     const r = await api("/api/history");
     const charts = r.versions.map((v, i) => h("div", { class: "card" }, h("h2", {}, `Windows Server ${v.product_version}: Per Device CALs issued and installed`),
       lineChart(v.points.map((p) => p.day), [
-        { name: "installed", color: "#7a8794", dashed: true, values: v.points.map((p) => p.installed) },
-        { name: "issued and held", color: COLORS[i % COLORS.length], values: v.points.map((p) => p.issued) }],
+        { name: "installed", color: "#7a8794", dashed: true, step: true, values: v.points.map((p) => p.installed) },
+        { name: "issued and held", color: COLORS[i % COLORS.length], step: true, values: v.points.map((p) => p.issued) }],
       `CALs issued against installed, Windows Server ${v.product_version}`)));
     const refusals = h("div", { class: "card" }, h("h2", {}, "Refused logons by reason"),
       r.refusals.length ? lineChart(r.days, r.refusals.map((x, i) => ({ name: `${x.reason} (${x.total})`, color: COLORS[(i + 1) % COLORS.length],
