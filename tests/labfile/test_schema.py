@@ -191,3 +191,14 @@ def test_a_wave_with_a_rate_takes_lab_time_and_nothing_may_come_before_it_ends()
                                           "and step 4 (expect) comes at 0d+3h, before it ends")]
     found, _ = problems(GOOD.replace('through = ["TS01"]', 'through = ["TS01"]\nrate = 0'))
     assert found[0][1:] == ("step[3].rate", "must be from 1 to 1000000000, not 0")
+
+
+def test_a_convert_step_names_the_new_key_pack_for_later_steps():
+    text = GOOD + '\n[[step]]\nat = "+1d"\ndo = "convert"\nkey_pack = "cals"\ncount = 2\ninto = "users"\n' \
+                  '\n[[step]]\nat = "+1h"\ndo = "expect"\nkey_pack = "users"\ntotal = 2\n'
+    lab = schema.loads(text)
+    assert lab.steps[4].args == {"key_pack": "cals", "count": 2, "into": "users"}
+    found, _ = problems(text.replace('into = "users"', 'into = "cals"'))
+    assert found[0] == (55, "step[5].into", "'cals' already names a key pack: give the converted CALs a new name")
+    found, _ = problems(text.replace('do = "convert"', 'do = "convert"\nlicense_server = "LS1"'))
+    assert found[0][1] == "step[5].license_server"

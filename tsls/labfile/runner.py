@@ -432,6 +432,27 @@ class LabRun:
         self.note("step", step=step.step, do="recover", purchase=purchase.name, license_server=purchase.license_server,
                   outcome="recovered", key_packs=len(result.get("key_packs", [])))
 
+    def _pack_server(self, name: str) -> str:
+        """The license server a key pack (a purchase, or the CALs a convert step named) is on."""
+        for step in self.lab.steps:
+            if step.do == "convert" and step.args.get("into") == name:
+                return self._pack_server(step.args["key_pack"])
+        return self.lab.purchase(name).license_server
+
+    async def do_convert(self, step: Planned) -> None:
+        """The wizard's Convert CALs (docs/wizard.md): ``count`` unissued CALs of the key pack become a new
+        key pack of the other type, named ``into`` in the journal and in later steps."""
+        name = step.args["key_pack"]
+        server = self._pack_server(name)
+        ids = [i for i, n in self.pack_names.items() if n == name]
+        if not ids:
+            raise TslsError(Code.NOT_FOUND, f"key pack {name} is not installed on {server}")
+        answer = await self.admin(server, "convert_cals", key_pack_id=ids[-1], count=step.args["count"])
+        new = answer["key_pack"]
+        self.pack_names[new["key_pack_id"]] = step.args.get("into") or f"{name} converted"
+        self.note("step", step=step.step, do="convert", key_pack=name, license_server=server, count=step.args["count"],
+                  into=self.pack_names[new["key_pack_id"]], cal_type=new["cal_type"], outcome="converted")
+
     async def do_activate(self, step: Planned) -> None:
         name = step.args["license_server"]
         await self.admin(name, "activate", method="automatic", contact=CONTACT)
@@ -697,7 +718,7 @@ class LabRun:
     async def _expect_counts(self, step: Planned) -> None:
         a = step.args
         purchase = a.get("key_pack")
-        server = a.get("license_server") or self.lab.purchase(purchase).license_server
+        server = a.get("license_server") or self._pack_server(purchase)
         wanted = {k: a[k] for k in ("issued", "available", "total") if k in a}
         what = f"{server}{' key pack ' + purchase if purchase else ''}: {_shown(wanted)}"
         try:

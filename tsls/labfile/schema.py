@@ -459,12 +459,14 @@ class _Names:
     purchase_server: dict
     fleet_specs: dict = attrs.field(factory=dict)
     per_user_hosts: set = attrs.field(factory=set)
+    converted: set = attrs.field(factory=set)        # key packs named by convert steps (into), so far
 
 
 # Each kind of step: its required fields and its optional ones (besides at, do, note).
 KINDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "install": (("purchase",), ("expect_error",)),
     "recover": (("purchase",), ("expect_error",)),
+    "convert": (("key_pack", "count"), ("into", "expect_error")),
     "activate": (("license_server",), ("expect_error",)),
     "deactivate": (("license_server",), ("expect_error",)),
     "policy": (("license_server", "security_group"), ()),
@@ -520,7 +522,7 @@ def _step(r: _Reader, table: tuple, previous: int, names: _Names) -> Step | None
             r.problem(None, f"a {do} step needs {key}")
     refs = {"license_server": (names.license_servers, "license server"), "session_host": (names.session_hosts, "session host"),
             "fleet": (names.fleets, "fleet"), "purchase": (names.purchases, "purchase"),
-            "key_pack": (names.purchases, "purchase"), "product": (names.products, "product")}
+            "key_pack": (names.purchases | names.converted, "key pack"), "product": (names.products, "product")}
     for key in (*required, *optional):
         if key not in r.data:
             continue
@@ -532,6 +534,12 @@ def _step(r: _Reader, table: tuple, previous: int, names: _Names) -> Step | None
             args[key] = r.count(key)
         elif key == "times":
             args[key] = r.count(key, lo=1, hi=MAX_TIMES)
+        elif key == "count":
+            args[key] = r.count(key, lo=1)
+        elif key == "into":
+            args[key] = r.name(key)
+            if args[key] in names.purchases | names.converted:
+                r.problem(key, f"{args[key]!r} already names a key pack: give the converted CALs a new name")
         elif key == "rate":
             args[key] = r.count(key, lo=1, hi=MAX_DEVICES * MAX_TIMES)
         elif key == "device":
@@ -579,6 +587,9 @@ def _step(r: _Reader, table: tuple, previous: int, names: _Names) -> Step | None
             args[key] = _outcomes(r, key, _WAVE_EXPECT if do == "wave" else _CONNECT_EXPECT, names)
     if do == "wave" and args.get("fleet") and args.get("through"):
         _check_per_user_share(r, names.fleet_specs[args["fleet"]], args["through"], names)
+    if do == "convert" and args.get("into") and args.get("key_pack"):      # later steps may name the new key pack
+        names.converted.add(args["into"])
+        names.purchase_server[args["into"]] = names.purchase_server.get(args["key_pack"])
     if ("every" in args) != ("until" in args):
         r.problem("every" if "every" in args else "until", "a repeated wave needs both every and until")
     r.finish({"at", "do", "note", *required, *optional})
