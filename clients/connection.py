@@ -126,7 +126,9 @@ class LicenseConnection(LineOnlyReceiver):
     def connectionLost(self, reason) -> None:
         pending, self._pending = self._pending, {}
         for d in pending.values():
-            d.errback(TslsError(Code.SHUTTING_DOWN, "the connection to the license server closed"))
+            d.errback(TslsError(Code.CONNECTION_LOST, "the connection to the license server closed before it "
+                                f"answered ({reason.getErrorMessage()}); if the server listens with TLS, "
+                                "connect with an ssl: or tls: endpoint, and without one if it does not"))
         self.closed.callback(None)
 
     def close(self) -> defer.Deferred:

@@ -39,8 +39,8 @@ REFUSED = 3            # exit status when a logon was refused (the rows are prin
 # asked, as a terminal server goes down its discovered list [§5, KB301932]. One that cannot be reached,
 # or does not answer in time (frozen, stalled), is passed over the same way.
 TRY_NEXT = {Code.NO_LICENSE_AVAILABLE, Code.NOT_ACTIVATED, Code.MODE_MISMATCH, Code.SERVER_UNREACHABLE,
-            Code.SERVER_TIMEOUT, Code.SHUTTING_DOWN, Code.STORAGE_ERROR}
-UNAVAILABLE = {Code.SERVER_UNREACHABLE, Code.SERVER_TIMEOUT, Code.SHUTTING_DOWN}   # no answer: grace rules apply
+            Code.SERVER_TIMEOUT, Code.SHUTTING_DOWN, Code.CONNECTION_LOST, Code.STORAGE_ERROR}
+UNAVAILABLE = {Code.SERVER_UNREACHABLE, Code.SERVER_TIMEOUT, Code.SHUTTING_DOWN, Code.CONNECTION_LOST}   # no answer: grace rules apply
 TRY_NEXT |= {Code.UPGRADE_PREVENTED, Code.LS_VERSION_TOO_LOW}   # another license server may have the right CALs
 GRACE_ADMITS = {Code.UPGRADE_PREVENTED}       # refused under the Prevent License Upgrade policy: grace admits [§3]
 ANSWER_TIMEOUT = 10.0    # a terminal server waits this long for a license server before trying the next

@@ -243,7 +243,7 @@ def test_killed_before_the_call_or_before_its_own_commit_completes_at_the_next_s
     yield prepare(lab, op)
     yield lab.start_server(failpoints=f"{step}:{name}")
     code = yield lab.admin(op, **request(op))
-    assert code is Code.SHUTTING_DOWN           # the connection closed: the daemon died at the failpoint
+    assert code is Code.CONNECTION_LOST         # the connection closed: the daemon died at the failpoint
     reason = yield lab.ls.ended.addTimeout(TIMEOUT, reactor)
     assert reason.signal == signal.SIGKILL
     before = 1 if op == "install_key_pack" else 0         # the activation made by prepare()

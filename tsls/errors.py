@@ -73,13 +73,14 @@ class Code(enum.Enum):
     CONVERT_NOT_SUPPORTED = "CONVERT_NOT_SUPPORTED"    # converting CALs needs a 2012 or later license server
     ALREADY_MIGRATED = "ALREADY_MIGRATED"              # migrating a purchase onto the server that holds it
     SOURCE_UNREACHABLE = "SOURCE_UNREACHABLE"          # migrate: the source license server named is not answering
-    NOT_ENOUGH_CALS = "NOT_ENOUGH_CALS"                # fewer unissued CALs than asked to convert              # a key pack ID the Clearinghouse never issued to this server
+    NOT_ENOUGH_CALS = "NOT_ENOUGH_CALS"                # fewer unissued CALs than asked to convert
     BAD_CREDENTIALS = "BAD_CREDENTIALS"
     OPERATOR_REQUIRED = "OPERATOR_REQUIRED"
     IDEMPOTENCY_KEY_REUSED = "IDEMPOTENCY_KEY_REUSED"
     CLEARINGHOUSE_UNREACHABLE = "CLEARINGHOUSE_UNREACHABLE"
     SERVER_UNREACHABLE = "SERVER_UNREACHABLE"
     SERVER_TIMEOUT = "SERVER_TIMEOUT"
+    CONNECTION_LOST = "CONNECTION_LOST"                # the connection closed before the answer came
     CLEARINGHOUSE_ERROR = "CLEARINGHOUSE_ERROR"
     NOT_FOUND = "NOT_FOUND"
     CONSOLE_DISABLED = "CONSOLE_DISABLED"

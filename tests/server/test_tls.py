@@ -32,6 +32,6 @@ def test_a_client_trusting_the_lab_ca_talks_tls_and_one_that_does_not_is_refused
         stranger = yield connect(reactor, f"tls:127.0.0.1:{port}:trustRoots={os.path.dirname(other['ca'])}")
         with pytest.raises(TslsError) as e:
             yield stranger.hello_terminal_server("TS01", "2003", "per_device").addTimeout(10, reactor)
-        assert e.value.code is Code.SHUTTING_DOWN          # the connection closed: the handshake failed
+        assert e.value.code is Code.CONNECTION_LOST        # the connection closed: the handshake failed
     finally:
         yield service.stopService()
