@@ -211,3 +211,72 @@ def test_migrate_cals_from_another_license_server_by_each_route(tmp_path, capsys
         if b is not None:
             yield b[0].stopService()
         yield lab.stop()
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_conversion_the_clearinghouse_refuses_gives_the_cals_back(tmp_path, capsys):
+    lab = Lab(tmp_path)
+    yield lab.start()
+    b = None
+    try:
+        a = (lab.ls, lab.endpoint, lab.credential)
+        b = yield start_server(lab, tmp_path / "other.sqlite")
+        for which in (a, b):
+            yield on(lab, capsys, which, "activate")
+        sold = yield lab.admin(capsys, "clearinghouse", "sell", "--version", "2019", "--cal-type", "per-device",
+                               "--quantity", "10")
+        pack = yield on(lab, capsys, a, "install", "--retail", sold["retail_code"])
+        yield on(lab, capsys, b, "recover", "--retail", sold["retail_code"])     # A's key pack retired there
+        refused = yield on(lab, capsys, a, "convert", pack["key_pack_id"], "--count", "3")
+        assert refused["error"]["code"] == "UNKNOWN_KEY_PACK"
+        [kept] = yield on(lab, capsys, a, "keypacks")
+        assert kept["total"] == 10                  # given back, in the commit that recorded the refusal
+        assert kept["retired_at"] is not None       # and the refusal's check-in retired it
+        assert lab_check(lab, str(tmp_path / "other.sqlite")) == []
+    finally:
+        if b is not None:
+            yield b[0].stopService()
+        yield lab.stop()
+
+
+@pytest_twisted.inlineCallbacks
+def test_the_wizard_s_ops_refuse_bad_input_with_stable_codes(tmp_path, capsys):
+    from tests.harness import Daemon
+    from tsls.clearinghouse.testing import FakeClearinghouse
+    from tsls.errors import TslsError
+
+    daemon = Daemon(tmp_path, clearinghouse=FakeClearinghouse())
+    yield daemon.start()
+    try:
+        admin = yield daemon.admin()
+        yield admin.request("activate", method="automatic", contact={"first_name": "A", "last_name": "B",
+                                                                     "company": "C", "country_region": "D"})
+        hostile = [
+            ("convert_cals", {"key_pack_id": "", "count": 1}), ("convert_cals", {"key_pack_id": "X", "count": -1}),
+            ("convert_cals", {"key_pack_id": "X" * 35, "count": 2**70}), ("convert_cals", {"key_pack_id": 5}),
+            ("rebuild_database", {"confirm": "yes"}),
+            ("migrate_cals", {"reason": "x", "route": "automatic"}),
+            ("migrate_cals", {"reason": "replaced", "route": "automatic", "source": {"license_server_id": 5}}),
+            ("migrate_cals", {"reason": "replaced", "route": "automatic", "source": {"license_server_id": "A",
+                                                                                    "os": ["2019"]}}),
+            ("migrate_cals", {"reason": "not_working", "route": 5}),
+            ("migrate_cals", {"reason": "not_working", "route": "automatic", "purchase": {"program": "x"}}),
+            ("migrate_cals", {"reason": "not_working", "route": "web", "key_pack_id": "short"}),
+            ("migrate_cals", {"reason": "not_working", "route": "web", "source": [], "key_pack_id": "A" * 35}),
+            ("uninstall_key_packs", {"key_pack_ids": [1, 2]}), ("uninstall_key_packs", {"key_pack_ids": ["nope"]}),
+            ("source_uninstall_failed", {"source": "S", "key_pack_ids": "x", "message": "m"}),
+            ("install_key_pack", {"key_pack_id": "A" * 35, "purchase": {}}),
+            ("install_key_pack", {"key_pack_id": "Ä" * 35}),
+        ]
+        codes = set()
+        for op, fields in hostile:
+            try:
+                yield admin.request(op, **fields)
+            except TslsError as e:
+                codes.add(e.code.value)
+            else:
+                raise AssertionError(f"{op} {fields} was accepted")
+        assert codes <= {"BAD_REQUEST", "NOT_FOUND", "MISTYPED_CODE", "CONFIRMATION_REQUIRED", "INVALID_PURCHASE"}, codes
+        assert (yield admin.request("list_key_packs")) == []
+    finally:
+        yield daemon.stop()

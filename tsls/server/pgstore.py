@@ -230,6 +230,17 @@ MIGRATIONS = {
     CREATE TRIGGER count_licenses AFTER INSERT OR UPDATE OF kind, status OR DELETE ON licenses
         FOR EACH ROW EXECUTE FUNCTION tsls_count_licenses()
     """,
+    # Licenses are never deleted, except by the administrator's confirmed rebuild of the database (the
+    # Manage RDS CALs wizard, docs/wizard.md), which says so for its own transaction only.
+    5: """
+    CREATE OR REPLACE FUNCTION tsls_no_delete() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        IF current_setting('tsls.rebuild', true) = 'on' THEN
+            RETURN OLD;
+        END IF;
+        RAISE EXCEPTION 'licenses are never deleted';
+    END $$;
+    """,
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 
@@ -663,6 +674,7 @@ class PgLicenseStore(EngineCommon):
         self._packs = None
 
     def delete_all_cals(self) -> tuple[int, int]:
+        self._w("SELECT set_config('tsls.rebuild', 'on', true)")         # this transaction only
         licenses = len(self._x("DELETE FROM licenses RETURNING id").fetchall())
         self._w("DELETE FROM per_user_logons")
         packs = len(self._x("DELETE FROM key_packs RETURNING id").fetchall())
