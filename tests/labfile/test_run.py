@@ -684,15 +684,36 @@ do = "expect"
 key_pack = "more"
 total = 2
 issued = 2
+
+[[step]]
+at = "+1h"
+do = "migrate"
+purchase = "cals"
+to = "LS2"
+reason = "replaced"
+
+[[step]]
+at = "+1h"
+do = "expect"
+key_pack = "cals"
+total = 5
+issued = 0
+
+[[step]]
+at = "+1h"
+do = "expect"
+license_server = "LS1"
+present = ["KEY_PACK_UNINSTALLED"]
 """
 
 
 @pytest_twisted.ensureDeferred
-async def test_scopes_discovery_a_per_user_share_a_logon_rate_and_convert(tmp_path):
+async def test_scopes_discovery_a_per_user_share_a_logon_rate_convert_and_migrate(tmp_path):
     # LS1 a workgroup, LS2 a forest license server; half of fleet mixed logs on through the Per User
     # host; TS02 lists LS1 and finds LS2 in the lab's directory (LS1, a workgroup server, is not
     # published), and moves on to LS2 once LS1 is killed; its fleet logs on at 1 logon per lab hour.
-    # Then 3 of LS2's 5 Per Device CALs (2 issued) become Per User CALs; 4 cannot.
+    # Then 3 of LS2's 5 Per Device CALs (2 issued) become Per User CALs; 4 cannot. LS1 is replaced:
+    # its purchase migrates to LS2 and is uninstalled on LS1.
     lab = tmp_path / "deployment.toml"
     lab.write_text(DEPLOYMENT)
     (tmp_path / "run").mkdir()
@@ -705,6 +726,8 @@ async def test_scopes_discovery_a_per_user_share_a_logon_rate_and_convert(tmp_pa
     assert records[0]["kind"] == "started" and records[0]["discovered"] == {"TS02": ["LS1", "LS2"]}
     assert [(r["key_pack"], r["into"], r["cal_type"]) for r in records if r.get("do") == "convert"
             and r["kind"] == "step" and r.get("outcome") == "converted"] == [("more", "more-per-user", "per_user")]
+    [migrated] = [r for r in records if r.get("do") == "migrate" and r["kind"] == "step"]
+    assert (migrated["source"], migrated["license_server"], migrated["source_running"]) == ("LS1", "LS2", True)
     paced = [(r["lab"][11:16], r["device"], r["round"]) for r in records if r["kind"] == "logon"
              and r["device"].startswith("roaming")]
     assert paced == [("05:00", "roaming-001", 1), ("06:00", "roaming-002", 1), ("07:00", "roaming-001", 2),

@@ -202,3 +202,13 @@ def test_a_convert_step_names_the_new_key_pack_for_later_steps():
     assert found[0] == (55, "step[5].into", "'cals' already names a key pack: give the converted CALs a new name")
     found, _ = problems(text.replace('do = "convert"', 'do = "convert"\nlicense_server = "LS1"'))
     assert found[0][1] == "step[5].license_server"
+
+
+def test_a_migrate_step_moves_a_purchase_for_later_steps():
+    text = GOOD + '\n[[step]]\nat = "+1d"\ndo = "migrate"\npurchase = "cals"\nto = "LS2"\nreason = "not-working"\n' \
+                  '\n[[step]]\nat = "+1h"\ndo = "expect"\nkey_pack = "cals"\nlicense_server = "LS2"\ntotal = 5\n'
+    assert schema.loads(text).steps[4].args == {"purchase": "cals", "to": "LS2", "reason": "not_working"}
+    found, _ = problems(text.replace('to = "LS2"', 'to = "LS1"').replace('"not-working"', '"lost"'))
+    assert [f[1:] for f in found] == [("step[5].to", "purchase 'cals' is on LS1 already then"),
+                                      ("step[5].reason", "unknown reason 'lost'; expected replaced or not-working"),
+                                      ("step[6].key_pack", "purchase 'cals' is installed on LS1, not LS2")]

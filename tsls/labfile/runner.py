@@ -221,6 +221,8 @@ class LabRun:
         self.state = LabHostState(lambda: self.now)
         self.codes: dict[str, str] = {}          # purchase -> retail code (never journaled)
         self.pack_names: dict[str, str] = {}     # key pack ID -> purchase
+        self.moved: dict[str, str] = {}          # purchase -> the license server it was migrated to
+        self.server_ids: dict[str, str] = {}     # license server -> its license server ID, once activated
         self.clock_behind: set[str] = set()
         self.ch_url = ""
         self._closed = False
@@ -426,7 +428,7 @@ class LabRun:
 
     async def do_recover(self, step: Planned) -> None:
         purchase = self.lab.purchase(step.args["purchase"])
-        result = await self.admin(purchase.license_server, "recover", purchase=self._purchase_body(purchase))
+        result = await self.admin(self._pack_server(purchase.name), "recover", purchase=self._purchase_body(purchase))
         for pack in result.get("key_packs", []):
             self.pack_names[pack["key_pack_id"]] = purchase.name
         self.note("step", step=step.step, do="recover", purchase=purchase.name, license_server=purchase.license_server,
@@ -434,6 +436,8 @@ class LabRun:
 
     def _pack_server(self, name: str) -> str:
         """The license server a key pack (a purchase, or the CALs a convert step named) is on."""
+        if name in self.moved:
+            return self.moved[name]
         for step in self.lab.steps:
             if step.do == "convert" and step.args.get("into") == name:
                 return self._pack_server(step.args["key_pack"])
@@ -453,9 +457,43 @@ class LabRun:
         self.note("step", step=step.step, do="convert", key_pack=name, license_server=server, count=step.args["count"],
                   into=self.pack_names[new["key_pack_id"]], cal_type=new["cal_type"], outcome="converted")
 
+    async def do_migrate(self, step: Planned) -> None:
+        """The wizard's Migrate CALs (docs/wizard.md), automatic route, run on the target ``to``: the
+        purchase moves there through the Clearinghouse. A running source (``replaced``) is named and
+        its key packs of the purchase are uninstalled; a source that is down is named by its OS and
+        license server ID, and keeps its CALs until its next Clearinghouse contact (event 93 on the target);
+        ``not_working`` names nothing."""
+        purchase = self.lab.purchase(step.args["purchase"])
+        source, target = self._pack_server(purchase.name), step.args["to"]
+        reason = step.args.get("reason", "replaced")
+        running = self.daemons[source].state == "running" and source in self.admins
+        named = {}
+        if reason == "replaced":
+            if running:
+                status = await self.admin(source, "status")
+                named = {"license_server_id": status["activation"]["license_server_id"], "running": True}
+            else:
+                named = {"license_server_id": self.server_ids.get(source), "running": False,
+                         "os": self.lab.license_server(source).version.value}
+        result = await self.admin(target, "migrate_cals", reason=reason, route="automatic",
+                                  source={k: v for k, v in named.items() if v is not None},
+                                  purchase=self._purchase_body(purchase))
+        self.pack_names[result["key_pack"]["key_pack_id"]] = purchase.name
+        self.moved[purchase.name] = target
+        removed = None
+        if reason == "replaced" and running:
+            reference = result["key_pack"]["purchase"]
+            ids = [p["key_pack_id"] for p in await self.admin(source, "list_key_packs")
+                   if p["purchase"] == reference and p.get("retired_at") is None]
+            removed = len(await self.admin(source, "uninstall_key_packs", key_pack_ids=ids))
+        self.note("step", step=step.step, do="migrate", purchase=purchase.name, license_server=target, source=source,
+                  reason=reason, source_running=running, source_key_packs_removed=removed, outcome="migrated")
+
     async def do_activate(self, step: Planned) -> None:
         name = step.args["license_server"]
-        await self.admin(name, "activate", method="automatic", contact=CONTACT)
+        answer = await self.admin(name, "activate", method="automatic", contact=CONTACT)
+        if isinstance(answer, dict) and answer.get("license_server_id"):
+            self.server_ids[name] = answer["license_server_id"]
         self.note("step", step=step.step, do="activate", license_server=name, outcome="activated", why=step.why or None)
 
     async def do_deactivate(self, step: Planned) -> None:
@@ -639,7 +677,8 @@ class LabRun:
         self._fault(step, license_server=name, outcome="rebuilt with an empty database")
         spec = self.lab.license_server(name)
         if spec.activated:       # what the file says of the server is set up again; purchases wait for recover
-            await self.admin(name, "activate", method="automatic", contact=CONTACT)
+            answer = await self.admin(name, "activate", method="automatic", contact=CONTACT)
+            self.server_ids[name] = answer.get("license_server_id")
         if spec.security_group:
             await self.admin(name, "set_policy", security_group=True)
         if spec.scope is not None:

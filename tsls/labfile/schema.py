@@ -467,6 +467,7 @@ KINDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "install": (("purchase",), ("expect_error",)),
     "recover": (("purchase",), ("expect_error",)),
     "convert": (("key_pack", "count"), ("into", "expect_error")),
+    "migrate": (("purchase", "to"), ("reason", "expect_error")),
     "activate": (("license_server",), ("expect_error",)),
     "deactivate": (("license_server",), ("expect_error",)),
     "policy": (("license_server", "security_group"), ()),
@@ -534,6 +535,14 @@ def _step(r: _Reader, table: tuple, previous: int, names: _Names) -> Step | None
             args[key] = r.count(key)
         elif key == "times":
             args[key] = r.count(key, lo=1, hi=MAX_TIMES)
+        elif key == "to":
+            args[key] = r.reference(key, names.license_servers, "license server")
+        elif key == "reason":
+            args[key] = r.get(key, str)
+            if args[key] is not None and args[key].replace("-", "_") not in ("replaced", "not_working"):
+                r.problem(key, f"unknown reason {args[key]!r}; expected replaced or not-working")
+            elif args[key] is not None:
+                args[key] = args[key].replace("-", "_")
         elif key == "count":
             args[key] = r.count(key, lo=1)
         elif key == "into":
@@ -587,6 +596,10 @@ def _step(r: _Reader, table: tuple, previous: int, names: _Names) -> Step | None
             args[key] = _outcomes(r, key, _WAVE_EXPECT if do == "wave" else _CONNECT_EXPECT, names)
     if do == "wave" and args.get("fleet") and args.get("through"):
         _check_per_user_share(r, names.fleet_specs[args["fleet"]], args["through"], names)
+    if do == "migrate" and args.get("purchase") and args.get("to"):       # its CALs live on the target from now on
+        if names.purchase_server.get(args["purchase"]) == args["to"]:
+            r.problem("to", f"purchase {args['purchase']!r} is on {args['to']} already then")
+        names.purchase_server[args["purchase"]] = args["to"]
     if do == "convert" and args.get("into") and args.get("key_pack"):      # later steps may name the new key pack
         names.converted.add(args["into"])
         names.purchase_server[args["into"]] = names.purchase_server.get(args["key_pack"])
