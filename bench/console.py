@@ -25,7 +25,6 @@ import argparse
 import http.cookiejar
 import json
 import os
-import shutil
 import subprocess
 import sys
 import threading
@@ -110,11 +109,7 @@ def run(duration: float, repeat: int, connections: int, pipeline: int, work: har
     for n in range(repeat):
         order = CONFIGS[n % 3:] + CONFIGS[:n % 3]
         for name, console, watch in order:
-            directory = work.file(f"{n}-{name.replace(' ', '-').replace(',', '')}")
-            os.makedirs(directory, mode=0o700)
-            db = os.path.join(directory, "ledger.sqlite")
-            shutil.copyfile(template, db)
-            os.chmod(db, 0o600)
+            db = harness.private_ledger(template, work.file(f"{n}-{name.replace(' ', '-').replace(',', '')}"))
             result = measure(db, console, watch, connections, pipeline, duration)
             runs[name].append(result)
             extra = ""
@@ -201,11 +196,7 @@ def table(result: dict) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="bench.console", description=__doc__.split("\n\n")[0])
-    p.add_argument("--duration", type=float, default=5.0, help="seconds of load per run (default: %(default)s)")
-    p.add_argument("--repeat", type=int, default=3, help="rounds; medians are reported (default: %(default)s)")
-    p.add_argument("--connections", type=int, default=100, help="(default: %(default)s)")
-    p.add_argument("--pipeline", type=int, default=16, help="requests in flight per connection (default: %(default)s)")
-    p.add_argument("--json", action="store_true", help="print the figures as JSON")
+    harness.add_load_options(p, 5.0)
     p.add_argument("--reads", type=int, metavar="N", help="instead: time each page's reads and a scrape on a "
                    "ledger of N licenses")
     args = p.parse_args(argv)
@@ -220,13 +211,9 @@ def main(argv=None) -> int:
                 print(f"{name:<45} {ms:8.1f} ms")
             print(f"\n{args.reads:,} licenses; {harness.machine()}")
         return 0
-    with harness.Workdir() as work:
-        result = run(args.duration, args.repeat, args.connections, args.pipeline, work,
-                     log=(lambda *a: print(*a, file=sys.stderr)) if args.json else print)
-    result["machine"] = harness.machine()
-    if args.json:
-        print(json.dumps(result, indent=2))
-    else:
+    result = harness.figures(args.json, lambda work, log: run(args.duration, args.repeat, args.connections,
+                                                               args.pipeline, work, log=log))
+    if not args.json:
         print()
         print(table(result))
         watched = result["rows"]["console watched"]

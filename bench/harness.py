@@ -121,6 +121,43 @@ def shown(cmd: list[str]) -> str:
     return shlex.join(out)
 
 
+def add_load_options(p, duration: float, duration_help: str = "seconds of load per run") -> None:
+    """The options every load benchmark takes: how long, how many rounds, how much load, JSON out."""
+    p.add_argument("--duration", type=float, default=duration, help=f"{duration_help} (default: %(default)s)")
+    p.add_argument("--repeat", type=int, default=3, help="rounds; medians are reported (default: %(default)s)")
+    p.add_argument("--connections", type=int, default=100, help="(default: %(default)s)")
+    p.add_argument("--pipeline", type=int, default=16, help="requests in flight per connection (default: %(default)s)")
+    p.add_argument("--json", action="store_true", help="print the figures as JSON")
+
+
+def progress(as_json: bool):
+    """Where a benchmark says how it is going: stderr when stdout carries the JSON figures."""
+    return (lambda *a: print(*a, file=sys.stderr)) if as_json else print
+
+
+def figures(as_json: bool, run) -> dict:
+    """run(work, log) in a fresh Workdir, with the machine added to its figures; printed as JSON if asked."""
+    with Workdir() as work:
+        result = run(work, progress(as_json))
+    result["machine"] = machine()
+    if as_json:
+        print(json.dumps(result, indent=2))
+    return result
+
+
+def private_copy(source: str, db: str) -> str:
+    """A copy of a template database at db, readable by its owner only (tsls refuses one others can read)."""
+    shutil.copyfile(source, db)
+    os.chmod(db, 0o600)
+    return db
+
+
+def private_ledger(source: str, directory: str) -> str:
+    """A copy of source as ledger.sqlite in a new private directory of its own (admin.secret goes beside it)."""
+    os.makedirs(directory, mode=0o700)
+    return private_copy(source, os.path.join(directory, "ledger.sqlite"))
+
+
 def median(values):
     return statistics.median(values) if values else 0.0
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -128,11 +127,7 @@ def run(duration: float, repeat: int, connections: int, pipeline: int, work: har
             for name, engine, daemons in order:
                 tag = f"r{n}{engine}{daemons}"
                 if engine == "sqlite":
-                    directory = work.file(tag)
-                    os.makedirs(directory, mode=0o700)
-                    db = os.path.join(directory, "ledger.sqlite")
-                    shutil.copyfile(template, db)
-                    os.chmod(db, 0o600)
+                    db = harness.private_ledger(template, work.file(tag))
                     result = measure(db, 1, connections, pipeline, duration, work, tag)
                 else:
                     db = pg_database(c, tag)
@@ -195,7 +190,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     with harness.Workdir(keep=args.keep, base=os.environ.get("TSLS_BENCH_DIR")) as work:
         result = run(args.duration, args.repeat, args.connections, args.pipeline, work,
-                     log=(lambda *a: print(*a, file=sys.stderr)) if args.json else print)
+                     log=harness.progress(args.json))
     if args.json:
         print(json.dumps(result, indent=2))
     else:

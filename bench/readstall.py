@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -145,11 +144,7 @@ def run(licenses: int, duration: float, repeat: int, connections: int, pipeline:
     for n in range(repeat):
         order = [("nobody reading", False), ("administrator", True)]
         for name, admin in (order if n % 2 == 0 else order[::-1]):
-            directory = work.file(f"{n}-{int(admin)}")     # its own directory: admin.secret goes beside the db
-            os.makedirs(directory, mode=0o700)
-            db = os.path.join(directory, "ledger.sqlite")
-            shutil.copyfile(source, db)
-            os.chmod(db, 0o600)
+            db = harness.private_ledger(source, work.file(f"{n}-{int(admin)}"))
             result = measure(db, admin, duration, connections, pipeline, work)
             runs[name].append(result)
             extra = ""
@@ -181,19 +176,12 @@ def run(licenses: int, duration: float, repeat: int, connections: int, pipeline:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="bench.readstall", description=__doc__.split("\n\n")[0])
     p.add_argument("--licenses", type=int, default=1_000_000, help="licenses in the ledger (default: %(default)s)")
-    p.add_argument("--duration", type=float, default=15.0, help="seconds of measured load per run (default: %(default)s)")
-    p.add_argument("--repeat", type=int, default=3, help="rounds; medians are reported (default: %(default)s)")
-    p.add_argument("--connections", type=int, default=100, help="(default: %(default)s)")
-    p.add_argument("--pipeline", type=int, default=16, help="requests in flight per connection (default: %(default)s)")
-    p.add_argument("--json", action="store_true", help="print the figures as JSON")
+    harness.add_load_options(p, 15.0, "seconds of measured load per run")
     args = p.parse_args(argv)
     started = time.perf_counter()
-    with harness.Workdir() as work:
-        result = run(args.licenses, args.duration, args.repeat, args.connections, args.pipeline, work,
-                     log=(lambda *a: print(*a, file=sys.stderr)) if args.json else print)
-    result["machine"] = harness.machine()
+    result = harness.figures(args.json, lambda work, log: run(args.licenses, args.duration, args.repeat,
+                                                               args.connections, args.pipeline, work, log=log))
     if args.json:
-        print(json.dumps(result, indent=2))
         return 0
     print()
     print("| run | durable grants/s | p50 / p99 ms | server CPU per grant |")

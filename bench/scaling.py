@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import socket
 import sys
 import tempfile
@@ -47,9 +46,7 @@ def template(cache: str, licenses: int, log=print) -> str:
 def fresh_copy(src: str, work: harness.Workdir, name: str) -> str:
     dst = work.file(name)
     remove(dst)             # a WAL left beside an older copy would be replayed onto this one
-    shutil.copyfile(src, dst)
-    os.chmod(dst, 0o600)    # tsls refuses a database other users can read
-    return dst
+    return harness.private_copy(src, dst)
 
 
 def remove(db: str) -> None:
@@ -183,7 +180,7 @@ def main(argv=None) -> int:
                    help="where the generated databases are kept (default: %(default)s)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
-    log = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
+    log = harness.progress(args.json)
     started = time.perf_counter()
     small = template(args.cache, SMALL, log)
     large = template(args.cache, args.licenses, log)

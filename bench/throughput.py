@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import sys
 import time
 
@@ -46,9 +44,7 @@ def run(duration: float, repeat: int, pipeline: int, template: str, work: harnes
             def cmd_for(endpoint):
                 return harness.load_command(endpoint, connections, depth, duration=duration, mix=mix, report=report)
             runs["baseline"].append(measure(harness.baseline(), cmd_for))
-            db = work.file(f"ledger-{connections}-{depth}-{n}.sqlite")
-            shutil.copyfile(template, db)
-            os.chmod(db, 0o600)     # tsls refuses a database other users can read
+            db = harness.private_copy(template, work.file(f"ledger-{connections}-{depth}-{n}.sqlite"))
             runs["license server"].append(measure(harness.license_server(db), cmd_for))
         row = {"connections": connections, "pipeline": depth, "mix": mix, "report": report}
         for name, results in runs.items():
@@ -101,7 +97,7 @@ def main(argv=None) -> int:
         template = work.file("template.sqlite")
         dbgen.generate(template, 1000)
         rows = run(args.duration, args.repeat, args.pipeline, template, work,
-                   log=(lambda *a: print(*a, file=sys.stderr)) if args.json else print)
+                   log=harness.progress(args.json))
     if args.json:
         print(json.dumps({"machine": harness.machine(), "rows": rows}, indent=2))
     else:

@@ -14,9 +14,7 @@ and their medians reported.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -59,9 +57,7 @@ def run(commit: str, duration: float, repeat: int, connections: int, pipeline: i
             if name == "baseline":
                 server = harness.baseline()
             else:
-                db = work.file(f"{name}-{n}.sqlite")
-                shutil.copyfile(templates[name], db)
-                os.chmod(db, 0o600)
+                db = harness.private_copy(templates[name], work.file(f"{name}-{n}.sqlite"))
                 server = harness.Server(["bench.daemon", "--db", db, "--log", os.devnull], name,
                                         cwd=tree if name == "before" else None)
             result = measure(server, connections, pipeline, duration)
@@ -90,19 +86,12 @@ def run(commit: str, duration: float, repeat: int, connections: int, pipeline: i
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="bench.versus", description=__doc__.split("\n\n")[0])
     p.add_argument("commit", help="the older commit (anything git names: a hash, main~3)")
-    p.add_argument("--duration", type=float, default=4.0, help="seconds of load per run (default: %(default)s)")
-    p.add_argument("--repeat", type=int, default=3, help="rounds; medians are reported (default: %(default)s)")
-    p.add_argument("--connections", type=int, default=100, help="(default: %(default)s)")
-    p.add_argument("--pipeline", type=int, default=16, help="requests in flight per connection (default: %(default)s)")
-    p.add_argument("--json", action="store_true", help="print the figures as JSON")
+    harness.add_load_options(p, 4.0)
     args = p.parse_args(argv)
     started = time.perf_counter()
-    with harness.Workdir() as work:
-        result = run(args.commit, args.duration, args.repeat, args.connections, args.pipeline, work,
-                     log=(lambda *a: print(*a, file=sys.stderr)) if args.json else print)
-    result["machine"] = harness.machine()
+    result = harness.figures(args.json, lambda work, log: run(args.commit, args.duration, args.repeat,
+                                                               args.connections, args.pipeline, work, log=log))
     if args.json:
-        print(json.dumps(result, indent=2))
         return 0
     print("\n| server | answers/s (median) | to the baseline, each round (median) | p99 ms | p99 to the baseline's | "
           "server CPU per answer |\n|---|---:|---|---:|---:|---:|")

@@ -23,8 +23,6 @@ import argparse
 import functools
 import hashlib
 import hmac
-import os
-import shutil
 import sys
 
 NAMES = ("quiet-grants", "iso-cache", "hmac-digest", "no-log")
@@ -80,9 +78,7 @@ def main(argv=None) -> int:
         for n in range(args.repeat):
             base.append(measure(harness.baseline(), cmd_for)["throughput"])
             for name, what in variants:
-                db = work.file(f"ledger-{n}.sqlite")
-                shutil.copyfile(template, db)
-                os.chmod(db, 0o600)     # tsls refuses a database other users can read
+                db = harness.private_copy(template, work.file(f"ledger-{n}.sqlite"))
                 server = harness.license_server(db)
                 if what:
                     server.args += ["--what-if", what]
