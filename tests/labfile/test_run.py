@@ -3,6 +3,7 @@ hosts through real socket relays, the journal and the expectations."""
 import glob
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -738,3 +739,65 @@ async def test_scopes_discovery_a_per_user_share_a_logon_rate_convert_and_migrat
              and r["device"].startswith("mixed")}
     assert mixed == {("TS01", "mixed-001", "permanent"), ("TSU", "mixed-002", "per_user"),
                      ("TS01", "mixed-003", "permanent"), ("TSU", "mixed-004", "per_user")}
+
+
+RDP_CLIENTS = """\
+[lab]
+name = "two desks, one a real RDP client"
+start = "2025-01-06"
+
+[[license_server]]
+name = "LS1"
+
+[[session_host]]
+name = "TS01"
+license_servers = ["LS1"]
+
+[[fleet]]
+name = "desks"
+devices = 2
+rdp = 1
+
+[[purchase]]
+name = "cals"
+license_server = "LS1"
+quantity = 5
+
+[[step]]
+at = "0d"
+do = "install"
+purchase = "cals"
+
+[[step]]
+at = "+1h"
+do = "wave"
+fleet = "desks"
+through = ["TS01"]
+times = 2
+expect = { permanent = 2 }
+
+[[step]]
+at = "+1h"
+do = "expect"
+key_pack = "cals"
+issued = 2
+licensed = "desks"
+"""
+
+
+@pytest.mark.skipif(not (shutil.which("xfreerdp") and shutil.which("xvfb-run")),
+                    reason="xfreerdp and xvfb-run are not installed (.ci/run installs freerdp2-x11 xvfb xauth)")
+@pytest_twisted.ensureDeferred
+async def test_a_fleet_device_can_be_a_real_rdp_client(tmp_path):
+    # desks-001 is xfreerdp through TS01's `tsls-ts rdp`: a temporary license, then the permanent CAL.
+    lab = tmp_path / "rdp.toml"
+    lab.write_text(RDP_CLIENTS)
+    (tmp_path / "run").mkdir()
+    run, results, journal = await play(str(lab), tmp_path / "run")
+    assert [r.why for r in results if not r.ok] == []
+    assert all(not d.alive for d in run.daemons.values())
+    with open(journal) as f:
+        logons = [json.loads(line) for line in f if '"kind":"logon"' in line]
+    assert [(r["device"], r["round"], r.get("rdp"), r["outcome"]) for r in logons] == [
+        ("desks-002", 1, None, "temporary"), ("desks-001", 1, "new_license", "temporary"),
+        ("desks-002", 2, None, "permanent"), ("desks-001", 2, "upgrade_license", "permanent")]

@@ -212,3 +212,13 @@ def test_a_migrate_step_moves_a_purchase_for_later_steps():
     assert [f[1:] for f in found] == [("step[5].to", "purchase 'cals' is on LS1 already then"),
                                       ("step[5].reason", "unknown reason 'lost'; expected replaced or not-working"),
                                       ("step[6].key_pack", "purchase 'cals' is installed on LS1, not LS2")]
+
+
+def test_a_fleet_may_have_a_few_real_rdp_clients():
+    lab = schema.loads(GOOD.replace("devices = 4", "devices = 4\nrdp = 2"))
+    assert lab.fleet("desks").rdp_machines() == {"desks-001", "desks-002"}
+    found, _ = problems(GOOD.replace("devices = 4", "devices = 4\nrdp = 5"))
+    assert found == [(19, "fleet[1].rdp", "5 RDP clients among 4 devices")]
+    found, _ = problems(GOOD.replace("devices = 4", "devices = 4\nrdp = 1")
+                        .replace('name = "TS01"', 'name = "TS01"\ngroup = true'))
+    assert [f[1] for f in found] == ["step[3].through"]

@@ -53,8 +53,11 @@ class _Output(protocol.ProcessProtocol):
 class Daemon:
     """One ``tsls`` daemon process: ``argv`` after ``tsls``; its output kept in ``log_path``."""
 
-    def __init__(self, reactor, name: str, argv: list[str], log_path: str, part: str = "license_server") -> None:
+    def __init__(self, reactor, name: str, argv: list[str], log_path: str, part: str = "license_server",
+                 module: str = "tsls.cli") -> None:
         self.reactor, self.name, self.argv, self.log_path, self.part = reactor, name, argv, log_path, part
+        self.module = module             # tsls.cli, or clients.tssim for `tsls-ts rdp` (part "rdp")
+        self.lines: list = []            # callables given each line after the ready one
         self.transport = None
         self.port: int | None = None
         self.stderr = ""
@@ -71,7 +74,7 @@ class Daemon:
         self._ready = defer.Deferred()
         self.port = None
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        self.transport = self.reactor.spawnProcess(_Output(self), sys.executable, [sys.executable, "-m", "tsls.cli", *self.argv],
+        self.transport = self.reactor.spawnProcess(_Output(self), sys.executable, [sys.executable, "-m", self.module, *self.argv],
                                                    env=env)
         self.state = "running"
         ready = self._ready
@@ -89,6 +92,9 @@ class Daemon:
         if port is not None and self._ready is not None and not self._ready.called:
             self.port = port
             self._ready.callback(port)
+            return
+        for listener in list(self.lines):
+            listener(text)
 
     def ended(self, reason) -> None:
         self.state = "ended"

@@ -9,12 +9,13 @@ clock file it reads. So the same file and seed give the same journal, license ID
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import sys
 
 import attrs
-from twisted.internet import defer
+from twisted.internet import defer, utils
 from twisted.python.failure import Failure
 
 from clients.connection import LicenseConnection, connect
@@ -38,6 +39,7 @@ REQUEST_TIMEOUT = 30.0       # an administrator's request; a logon's is LOGON_TI
 LOGON_TIMEOUT = 3.0          # a license server that has not answered a session host in this long is down for the wave
 PIPELINE = 64                # a session host's logons in flight on one connection
 LIST_LIMIT = 100_000
+RDP_TIMEOUT = 60.0           # one real RDP client's connection, xvfb-run's start included
 CONTACT = {"first_name": "Lab", "last_name": "Operator", "company": "Test Lab", "country_region": "United States"}
 
 
@@ -272,6 +274,7 @@ class LabRun:
                 links.append(link)
             self.hosts[host.name] = SessionHost(self.reactor, host, links, self.devices, self.state)
             self.hosts[host.name].users = users
+        await self._start_rdp_fronts()
         self.note("started", license_servers=[ls.name for ls in self.lab.license_servers],
                   session_hosts=[h.name for h in self.lab.session_hosts], seed=self.lab.seed,
                   **({"discovered": discovered} if discovered else {}))
@@ -565,13 +568,19 @@ class LabRun:
 
     async def _wave_round(self, step: Planned, hosts: list, assigned: list[list[str]], round_: int, last: list) -> None:
         """One round of a wave (or of a batch of it) for these devices of each host; the last round's rows
-        go to ``last``."""
+        go to ``last``. The fleet's RDP clients connect after the simulated devices, one at a time, host by
+        host, in fleet order."""
         times, report = step.args.get("times", 1), step.args.get("report", True)
-        shares = [host.begin(assigned[i]) for i, host in enumerate(hosts)]
+        rdp = self.lab.fleet(step.args["fleet"]).rdp_machines()
+        shares = [host.begin([m for m in assigned[i] if m not in rdp]) for i, host in enumerate(hosts)]
         await self._ask_license_servers(shares, report)
-        for share in shares:
-            host = share.host
-            for row in host.finish(share):
+        results = [(share.host, host_rows) for share in shares for host_rows in [share.host.finish(share)]]
+        for i, host in enumerate(hosts):
+            clients = [m for m in assigned[i] if m in rdp]
+            if clients:
+                results.append((host, [await self._rdp_logon(host, m) for m in clients]))
+        for host, rows in results:
+            for row in rows:
                 row["served_by"] = host.names.get(row.get("served_by"))
                 if round_ == times:
                     last.append(row)
@@ -580,10 +589,67 @@ class LabRun:
                 if self.log_logons:
                     lic = row.get("license") or {}
                     self.note("logon", step=step.step, round=round_, host=host.name, device=row["machine"],
+                              **({"rdp": row["rdp"]} if "rdp" in row else {}),
                               outcome=outcome, answer=row.get("outcome"), served_by=row["served_by"],
                               reason=row.get("reason"), license_id=lic.get("license_id"), license=lic.get("kind"),
                               expires=lic.get("expires_at"),
                               key_pack=self.pack_names.get(lic.get("key_pack_id"), lic.get("key_pack_id")))
+
+    async def _rdp_logon(self, host: "SessionHost", machine: str) -> dict:
+        """A real RDP client (xfreerdp, headless under xvfb-run) connects to the host's ``tsls-ts rdp``
+        with the device's name as its client host name; it keeps its CAL in its own configuration
+        directory, as a Windows client keeps it in the registry. The row is what `tsls-ts rdp` said."""
+        daemon = self.daemons[f"rdp:{host.name}"]
+        config = os.path.join(self.workdir, "rdp-clients", machine)
+        os.makedirs(config, exist_ok=True)
+        said = defer.Deferred()
+
+        def listen(text):
+            try:
+                record = json.loads(text)
+            except ValueError:
+                return
+            if isinstance(record, dict) and record.get("machine") == machine and not said.called:
+                said.callback(record)
+        daemon.lines.append(listen)
+        try:
+            _, err, status = await utils.getProcessOutputAndValue(
+                "xvfb-run", ["-a", "xfreerdp", f"/v:127.0.0.1:{daemon.port}", "/sec:tls", "/cert:ignore",
+                             f"/u:{host.users[machine]}", "/p:lab", f"/client-hostname:{machine}", "/auth-only",
+                             "/timeout:20000"],
+                env={**os.environ, "XDG_CONFIG_HOME": config}, reactor=self.reactor).addTimeout(RDP_TIMEOUT, self.reactor)
+            record = await said.addTimeout(RDP_TIMEOUT, self.reactor)
+        except defer.TimeoutError:
+            raise TslsError(Code.SERVER_TIMEOUT, f"the RDP client {machine} did not finish within {RDP_TIMEOUT:.0f} s")
+        finally:
+            daemon.lines.remove(listen)
+        cal_path = os.path.join(config, "freerdp", "licenses", hashlib.sha1(machine.encode()).hexdigest() + ".cal")
+        lic = None
+        if record.get("outcome") in ("new_license", "upgrade_license", "valid_client") and os.path.exists(cal_path):
+            with open(cal_path, "rb") as f:
+                lic = json.loads(f.read())
+            self.devices.put(machine, host.version, lic)
+            return {"machine": machine, "user": host.users[machine], "served_by": None, "outcome": record["outcome"],
+                    "license": lic, "reason": None, "rdp": record["outcome"]}
+        return {"machine": machine, "user": host.users[machine], "served_by": None, "outcome": "refused",
+                "license": None, "reason": record.get("code") or record.get("outcome"), "rdp": record.get("outcome")}
+
+    async def _start_rdp_fronts(self) -> None:
+        """A `tsls-ts rdp` process for every session host a fleet's RDP clients go through, listening on an
+        ephemeral port its ready line gives, with the host's name, version, mode and links."""
+        wanted = [name for name in dict.fromkeys(h for p in self.steps if p.kind == "wave"
+                                                 and self.lab.fleet(p.args["fleet"]).rdp for h in p.args["through"])]
+        for name in wanted:
+            host = self.hosts[name]
+            state = os.path.join(self.workdir, f"rdp-{name}")
+            os.makedirs(state, exist_ok=True)
+            daemon = Daemon(self.reactor, f"rdp:{name}", [], os.path.join(self.workdir, f"rdp-{name}.log"), part="rdp",
+                            module="clients.tssim")
+            self.daemons[daemon.name] = daemon
+            servers = [arg for endpoint in host.servers for arg in ("--server", endpoint)]
+            await daemon.start(["--name", name, "--version", host.version, "--mode", host.mode, *servers,
+                                "--state-dir", state, "--connect-timeout", str(LOGON_TIMEOUT), "--timeout",
+                                str(LOGON_TIMEOUT), "--json", "rdp", "--listen", "tcp:0:interface=127.0.0.1"])
 
     async def _ask_license_servers(self, shares: list[_Share], report: bool) -> None:
         """Every host asks the first license server on its list for its pending devices, then the second

@@ -22,6 +22,7 @@ _SPAN = re.compile(r"(\+?)(\d{1,6})(ms|s|m|h|d|w)")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 MAX_DEVICES = 1_000_000
 MAX_TIMES = 1000
+MAX_RDP = 20           # real RDP clients (each an xfreerdp process) per fleet: a few, not a load
 
 OUTCOMES = ("permanent", "temporary", "per_user", "grace", "offline", "refused")
 
@@ -73,6 +74,10 @@ class FleetSpec:
     prefix: str
     users: int | None = None     # how many people share the devices; None: one user per device
     per_user: float | None = None   # the share of its devices whose people log on through Per User hosts
+    rdp: int = 0                 # its first `rdp` devices are real RDP clients (xfreerdp) through `tsls-ts rdp`
+
+    def rdp_machines(self) -> set[str]:
+        return set(self.machines()[:self.rdp])
 
     def machines(self) -> list[str]:
         width = max(3, len(str(self.devices)))
@@ -387,8 +392,11 @@ def _parse(doc: dict, check: _Check) -> Lab | None:
         if per_user is not None and not 0 <= per_user <= 1:
             r.problem("per_user", f"a share from 0 to 1 (0.25 is a quarter of the devices), not {per_user}")
             per_user = None
+        rdp = r.count("rdp", default=0, hi=MAX_RDP)
+        if rdp > devices:
+            r.problem("rdp", f"{rdp} RDP clients among {devices} devices")
         fleets.append((table, FleetSpec(name, devices, prefix if prefix is not None else f"{name}-", users,
-                                        None if per_user is None else float(per_user))))
+                                        None if per_user is None else float(per_user), rdp)))
         r.finish()
     fleet_names = _unique(check, fleets, "fleet")
     prefixes: dict[str, str] = {}
@@ -423,7 +431,8 @@ def _parse(doc: dict, check: _Check) -> Lab | None:
     names = _Names(ls_names, host_names, fleet_names, purchase_names, product_names,
                    {p.name: p.license_server for _, p in purchases},
                    {f.name: f for _, f in fleets if f.name is not None},
-                   {h.name for _, h in hosts if h.mode is CalType.PER_USER})
+                   {h.name for _, h in hosts if h.mode is CalType.PER_USER},
+                   group_hosts={h.name for _, h in hosts if h.group})
     steps = []
     at = 0
     for table, r in check.readers(doc, "step"):
@@ -460,6 +469,7 @@ class _Names:
     fleet_specs: dict = attrs.field(factory=dict)
     per_user_hosts: set = attrs.field(factory=set)
     converted: set = attrs.field(factory=set)        # key packs named by convert steps (into), so far
+    group_hosts: set = attrs.field(factory=set)
 
 
 # Each kind of step: its required fields and its optional ones (besides at, do, note).
@@ -596,6 +606,11 @@ def _step(r: _Reader, table: tuple, previous: int, names: _Names) -> Step | None
             args[key] = _outcomes(r, key, _WAVE_EXPECT if do == "wave" else _CONNECT_EXPECT, names)
     if do == "wave" and args.get("fleet") and args.get("through"):
         _check_per_user_share(r, names.fleet_specs[args["fleet"]], args["through"], names)
+        if names.fleet_specs[args["fleet"]].rdp:
+            grouped = [h for h in args["through"] if h in names.group_hosts]
+            if grouped:
+                r.problem("through", f"fleet {args['fleet']!r} has RDP clients and {grouped[0]} registers in the "
+                                     "security group: `tsls-ts rdp` proves one secret, a lab host holds one per server")
     if do == "migrate" and args.get("purchase") and args.get("to"):       # its CALs live on the target from now on
         if names.purchase_server.get(args["purchase"]) == args["to"]:
             r.problem("to", f"purchase {args['purchase']!r} is on {args['to']} already then")
