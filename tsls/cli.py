@@ -77,7 +77,7 @@ def _parser() -> argparse.ArgumentParser:
     lab.add_argument("--clearinghouse-listen", default=DEFAULT_CH_LISTEN, metavar="ENDPOINT",
                      help="the mock Clearinghouse's Twisted endpoint; tcp:0:... takes a free port, which the lab's "
                           "license server is given and the ready line shows (default: %(default)s)")
-    lab.add_argument("--console-listen", default=DEFAULT_CONSOLE_LISTEN,
+    lab.add_argument("--console-listen", default=DEFAULT_CONSOLE_LISTEN, metavar="ENDPOINT",
                      help="the web console and /metrics (docs/console.md); 'none' for no console "
                           "(default: %(default)s)")
 
