@@ -219,16 +219,21 @@ class Activations:
             deleted, licenses = store.delete_all_cals()
             store.add_events([Event(now, EventId.DATABASE_REBUILT, f"license server database rebuilt: {deleted} "
                                     f"key pack(s) and {licenses} issued license(s) deleted")])
-            purchases = []
+            purchases: list[tuple[dict, set]] = []      # each purchase to recover, with the key packs it had
             for p in packs:
                 if p.retired_at is None:
                     wanted = purchase_request(p.purchase, p.product_version, p.cal_type, None)
-                    if wanted not in purchases:
-                        purchases.append(wanted)
+                    same = next((ids for w, ids in purchases if w == wanted), None)
+                    if same is None:
+                        purchases.append((wanted, {p.key_pack_id}))
+                    else:
+                        same.add(p.key_pack_id)
             return deleted, licenses, purchases
         deleted, licenses, purchases = yield self.writer.submit(job)
         recovered, failed = [], []
-        for purchase in purchases:
+        for purchase, ids in purchases:
+            if ids <= {p["key_pack_id"] for p in recovered}:
+                continue            # its key packs came back with another recovery of the same purchase
             try:
                 answer = yield self.recover(purchase)
                 seen = {p["key_pack_id"] for p in recovered}
