@@ -49,11 +49,14 @@ class Daemon:
         self.lab_clock = lab_clock
         self.service = None
 
+    def service_options(self) -> dict:
+        """What the daemon's LicenseServerService is given besides its listener, ledger and Clearinghouse."""
+        return {"clock": self.clock, "seed": "1", "lab_clock": self.lab_clock, "version": self.version}
+
     @defer.inlineCallbacks
     def start(self):
         self.service = LicenseServerService(reactor, "tcp:0:interface=127.0.0.1", self.path, self.clearinghouse,
-                                            clock=self.clock, seed="1", lab_clock=self.lab_clock,
-                                            version=self.version)
+                                            **self.service_options())
         self.service.startService()
         port = yield self.service.listener.listening
         self.endpoint = f"tcp:127.0.0.1:{port.getHost().port}"

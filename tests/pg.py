@@ -136,9 +136,9 @@ class Cluster:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
-def pg_cluster():
-    """One PostgreSQL server for the whole run (initdb costs a second or two)."""
+def started_cluster() -> Cluster:
+    """A running cluster in a directory of its own (the test is skipped without PostgreSQL's server
+    binaries); if it does not start, its log is printed and it is removed."""
     bindir = binaries()
     if bindir is None:
         pytest.skip("PostgreSQL's server binaries (initdb, pg_ctl) are not installed: apt-get install postgresql "
@@ -150,6 +150,13 @@ def pg_cluster():
         print(cluster.log())
         cluster.remove()
         raise
+    return cluster
+
+
+@pytest.fixture(scope="session")
+def pg_cluster():
+    """One PostgreSQL server for the whole run (initdb costs a second or two)."""
+    cluster = started_cluster()
     yield cluster
     cluster.remove()
 
@@ -165,13 +172,8 @@ def pg(pg_cluster, monkeypatch):
 @pytest.fixture
 def pg_own_cluster(monkeypatch):
     """A cluster of the test's own, for tests that restart or stop PostgreSQL."""
-    bindir = binaries()
-    if bindir is None:
-        pytest.skip("PostgreSQL's server binaries (initdb, pg_ctl) are not installed: apt-get install postgresql "
-                    "(.ci/run does)")
-    cluster = Cluster(bindir)
+    cluster = started_cluster()
     try:
-        cluster.init()
         monkeypatch.setenv("PGPASSWORD", cluster.password)
         yield cluster
     finally:

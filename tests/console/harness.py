@@ -4,24 +4,20 @@ from __future__ import annotations
 import json
 
 import treq
-from twisted.internet import defer, reactor
+from twisted.internet import defer
 
 from tests.harness import Daemon, with_timeout
-from tsls.server.service import LicenseServerService
 
 
 class ConsoleDaemon(Daemon):
+    def service_options(self) -> dict:
+        return {**super().service_options(), "console_listen": "tcp:0:interface=127.0.0.1"}
+
     @defer.inlineCallbacks
     def start(self):
-        self.service = LicenseServerService(reactor, "tcp:0:interface=127.0.0.1", self.path, self.clearinghouse,
-                                            clock=self.clock, seed="1", lab_clock=self.lab_clock,
-                                            console_listen="tcp:0:interface=127.0.0.1")
-        self.service.startService()
-        port = yield self.service.listener.listening
-        self.endpoint = f"tcp:127.0.0.1:{port.getHost().port}"
+        yield super().start()
         yield self.service.console_listener.listening
         self.url = self.service.console.base_url
-        self.connections = []
 
     @defer.inlineCallbacks
     def link(self, role="admin"):

@@ -1,7 +1,6 @@
 """The console's tests (tests/console/test_console.py) again, with the license server on PostgreSQL:
 its read store (tsls.server.readstore.PgReadStore) answers the same as on SQLite."""
 import pytest
-from twisted.internet import defer, reactor
 
 from tests.console.harness import ConsoleDaemon
 from tests.console.test_console import (  # noqa: F401  (collected here again, with the daemon below)
@@ -10,7 +9,6 @@ from tests.console.test_console import (  # noqa: F401  (collected here again, w
     test_reports_and_history_match_the_ledger, test_session_hosts_and_the_policy_switch_go_through_the_same_operations,
     test_the_dashboard_agrees_with_the_protocols_status, test_the_licenses_page_pages_sorts_filters_and_searches)
 from tests.harness import running
-from tsls.server.service import LicenseServerService
 
 
 class PgConsoleDaemon(ConsoleDaemon):
@@ -19,17 +17,8 @@ class PgConsoleDaemon(ConsoleDaemon):
         self.path = dsn
         self.credential_path = str(tmp_path / "admin.secret")
 
-    @defer.inlineCallbacks
-    def start(self):
-        self.service = LicenseServerService(reactor, "tcp:0:interface=127.0.0.1", self.path, self.clearinghouse,
-                                            seed="1", credential_path=self.credential_path,
-                                            console_listen="tcp:0:interface=127.0.0.1")
-        self.service.startService()
-        port = yield self.service.listener.listening
-        self.endpoint = f"tcp:127.0.0.1:{port.getHost().port}"
-        yield self.service.console_listener.listening
-        self.url = self.service.console.base_url
-        self.connections = []
+    def service_options(self) -> dict:
+        return {**super().service_options(), "credential_path": self.credential_path}
 
 
 @pytest.fixture

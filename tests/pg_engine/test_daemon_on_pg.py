@@ -26,7 +26,6 @@ from tests.server.test_paging import (  # noqa: F401
     test_key_packs_terminal_servers_and_usage_page_too, test_licenses_page_by_license_id_with_the_total_until_the_list_ends,
     test_pages_show_each_license_as_the_whole_list_does, test_rows_written_between_pages_do_not_shift_the_next_page,
     test_tsls_admin_exports_every_row_and_a_table_says_how_many_it_shows)
-from tsls.server.service import LicenseServerService
 
 
 class PgDaemon(Daemon):
@@ -37,15 +36,8 @@ class PgDaemon(Daemon):
         self.path = dsn
         self.credential_path = str(tmp_path / "admin.secret")
 
-    @defer.inlineCallbacks
-    def start(self):
-        self.service = LicenseServerService(reactor, "tcp:0:interface=127.0.0.1", self.path, self.clearinghouse,
-                                            clock=self.clock, seed="1", lab_clock=self.lab_clock,
-                                            credential_path=self.credential_path)
-        self.service.startService()
-        port = yield self.service.listener.listening
-        self.endpoint = f"tcp:127.0.0.1:{port.getHost().port}"
-        self.connections = []
+    def service_options(self) -> dict:
+        return {**super().service_options(), "credential_path": self.credential_path}
 
 
 @pytest.fixture

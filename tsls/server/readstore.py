@@ -247,31 +247,31 @@ class Snapshot:
                                (limit,))
         return [_license(r) for r in rows]
 
+    def _per_day(self, key: str, at: str, value: str, rows: str, params=()) -> list[tuple]:
+        """(key, day start, value) of the rows grouped by key and by the day of their time ``at``, oldest first."""
+        return self.run(f"SELECT {key}, {at} - {at} % {DAY}, {value} FROM {rows} GROUP BY 1, 2 ORDER BY 2",
+                        params).fetchall()
+
     def issued_per_day(self) -> list[tuple[str, int, int]]:
         """(product version, day start, permanent CALs issued that day)."""
-        rows = self.run(f"SELECT product_version, issued_at - issued_at % {DAY}, count(*) FROM licenses "
-                               "WHERE kind = 'permanent' GROUP BY 1, 2 ORDER BY 2")
-        return rows.fetchall()
+        return self._per_day("product_version", "issued_at", "count(*)", "licenses WHERE kind = 'permanent'")
 
     def released_per_day(self) -> list[tuple[str, int, int]]:
         """(product version, day start, permanent CALs that left the pool that day: expired or revoked)."""
-        rows = self.run(f"SELECT product_version, at - at % {DAY}, count(*) FROM "
-                               "(SELECT l.product_version, e.at FROM events e JOIN licenses l ON l.id = e.license_id "
-                               "WHERE e.event_id IN (?, ?) AND l.kind = 'permanent') AS released GROUP BY 1, 2 ORDER BY 2",
-                               (int(EventId.LICENSE_EXPIRED), int(EventId.CAL_REVOKED)))
-        return rows.fetchall()
+        return self._per_day("product_version", "at", "count(*)",
+                             "(SELECT l.product_version, e.at FROM events e JOIN licenses l ON l.id = e.license_id "
+                             "WHERE e.event_id IN (?, ?) AND l.kind = 'permanent') AS released",
+                             (int(EventId.LICENSE_EXPIRED), int(EventId.CAL_REVOKED)))
 
     def installed_per_day(self) -> list[tuple[str, int, int]]:
         """(product version, day start, Per Device CALs installed that day)."""
-        rows = self.run(f"SELECT product_version, installed_at - installed_at % {DAY}, CAST(sum(total) AS BIGINT) "
-                               "FROM key_packs WHERE cal_type = 'per_device' GROUP BY 1, 2 ORDER BY 2")
-        return rows.fetchall()
+        return self._per_day("product_version", "installed_at", "CAST(sum(total) AS BIGINT)",
+                             "key_packs WHERE cal_type = 'per_device'")
 
     def refusals_per_day(self) -> list[tuple[str, int, int]]:
         """(refusal code, day start, refused logons that day). A refusal's message starts with its code."""
-        rows = self.run(f"SELECT {self.CODE_OF_MESSAGE}, at - at % {DAY}, count(*) "
-                               "FROM events WHERE event_id = ? GROUP BY 1, 2 ORDER BY 2", (int(EventId.LOGON_REFUSED),))
-        return rows.fetchall()
+        return self._per_day(self.CODE_OF_MESSAGE, "at", "count(*)", "events WHERE event_id = ?",
+                             (int(EventId.LOGON_REFUSED),))
 
 
 class PgReadStore:

@@ -74,9 +74,8 @@ def licensing(kind, body):
     return struct.pack("<BBH", kind, 0x83, len(body) + 4) + body
 
 
-def parse_server_licensing(pdu: bytes):
-    """(bMsgType, message) of a server licensing PDU (a TPKT payload)."""
-    data = wire.parse_x224_data(pdu)
+def send_data_indication(data: bytes) -> bytes:
+    """The user data of an MCS Send Data Indication (an X.224 data payload)."""
     r = wire.Reader(data, "send data indication")
     assert r.u8() >> 2 == 26
     r.u16be(), r.u16be(), r.u8()
@@ -84,6 +83,12 @@ def parse_server_licensing(pdu: bytes):
     length = ((first & 0x7F) << 8 | r.u8()) if first & 0x80 else first
     payload = r.take(length)
     r.end()
+    return payload
+
+
+def parse_server_licensing(pdu: bytes):
+    """(bMsgType, message) of a server licensing PDU (a TPKT payload)."""
+    payload = send_data_indication(wire.parse_x224_data(pdu))
     flags, message = wire.split_security_header(payload)
     assert flags & wire.SEC_LICENSE_PKT
     kind = message[0]
@@ -179,13 +184,7 @@ def server_pdu(pdu: bytes):
     data = wire.parse_x224_data(pdu)
     if data[0] >> 2 == wire.DISCONNECT_ULTIMATUM:
         return ("ultimatum", ((data[0] & 3) << 1) | (data[1] >> 7))     # a 6-bit choice, a 3-bit reason (PER)
-    r = wire.Reader(data, "send data indication")
-    assert r.u8() >> 2 == 26
-    r.u16be(), r.u16be(), r.u8()
-    first = r.u8()
-    length = ((first & 0x7F) << 8 | r.u8()) if first & 0x80 else first
-    payload = r.take(length)
-    r.end()
+    payload = send_data_indication(data)
     if struct.unpack_from("<H", payload)[0] & wire.SEC_LICENSE_PKT:
         return ("licensing", *parse_server_licensing(pdu))
     total, pdu_type, source = struct.unpack_from("<HHH", payload)
