@@ -82,8 +82,10 @@ def test_the_readme_farm(tmp_path, capsys):
         assert status == 0 and [s["status"] for s in d["servers"]] == ["NOT_CONNECTABLE", "VALID_LS"]
         assert "is not available" in d["messages"][0]
 
-        _, recovered = yield lsadmin(2, "recover", "--retail", a["retail_code"])      # the migration
-        assert [p["total"] for p in recovered["key_packs"]] == [5]
+        _, migrated = yield lsadmin(2, "migrate", "--reason", "not_working", "--retail", a["retail_code"])
+        assert migrated["key_pack"]["total"] == 5 and migrated["source_running"] is False    # event 93 on ls2
+        _, events = yield lsadmin(2, "events")
+        assert 93 in [e["event_id"] for e in events]
         _, packs = yield lsadmin(2, "keypacks")
         assert sorted((p["total"], p["issued"]) for p in packs) == [(5, 0), (5, 2)]
         _, purchases = yield lsadmin(1, "clearinghouse", "purchases")
