@@ -115,6 +115,14 @@ async def test_deactivation_forgets_the_id_and_refuses_to_run_twice(server):
 
 
 @pytest_twisted.ensureDeferred
+async def test_the_purchase_history_says_how_many_suite_cals_were_added_and_how_many_there_are(server):
+    await server.products.add_licenses("BackOffice", 0, 5)
+    await server.products.add_licenses("BackOffice", 0, 3)
+    messages = [e["message"] for e in await server.products.history()]
+    assert messages[-2:] == ["5 BackOffice CALs added (5 in all)", "3 BackOffice CALs added (8 in all)"]
+
+
+@pytest_twisted.ensureDeferred
 async def test_licenses_added_to_a_named_product_follow_its_mode(server):
     await server.products.add_product("SQL", "SQLSRV01", 2)
     added = await server.products.add_licenses("SQL", 3, 4)

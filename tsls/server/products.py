@@ -99,7 +99,8 @@ class ProductLicensing:
             if name == SUITE:
                 total = store.suite_licenses() + seats
                 store.set_suite_licenses(total)
-                store.add_events([Event(now, EventId.PRODUCT_LICENSES_ADDED, f"{seats} {SUITE} CALs added: {total}")])
+                store.add_events([Event(now, EventId.PRODUCT_LICENSES_ADDED,
+                                        f"{seats} {SUITE} CALs added ({total} in all)")])
                 return self._products(store)
             product = store.product(name)
             if product is None:
