@@ -91,3 +91,30 @@ async def test_an_installation_issues_one_key_pack_of_the_quantity_asked(ch):
     pack = IssuedKeyPack.from_json(answer["key_pack"])
     assert (pack.purchase, pack.product_version, pack.cal_type, pack.quantity) == (
         ref, ProductVersion.W2003, CalType.PER_DEVICE, 3)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_conversion_gives_a_key_pack_of_the_other_type_and_leaves_the_rest(ch):
+    server = me(await ch.client.activate(PRODUCT, CONTACT))
+    ref = PurchaseRef(Program.RETAIL, retail_code="C" * 25)
+    await ch.sell(ref, 5)
+    old = IssuedKeyPack.from_json((await ch.client.install(server, ref, quantity=5))["key_pack"])
+    assert await refused(ch.client.convert(server, old.key_pack_id, 6)) is Code.NOT_ENOUGH_CALS
+    assert await refused(ch.client.convert(server, "Z" * 35, 1)) is Code.UNKNOWN_KEY_PACK
+    answer = await ch.client.convert(server, old.key_pack_id, 2)
+    new = IssuedKeyPack.from_json(answer["key_pack"])
+    assert (new.cal_type, new.quantity, new.purchase) == (CalType.PER_USER, 2, ref)
+    assert answer["converted"] == {"key_pack_id": old.key_pack_id, "quantity": 3}
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_migration_needs_a_known_reason_and_gives_every_installed_cal(ch):
+    source = me(await ch.client.activate(PRODUCT, CONTACT))
+    target = me(await ch.client.activate("12345-678-1234567-99999", CONTACT))
+    ref = PurchaseRef(Program.RETAIL, retail_code="M" * 25)
+    await ch.sell(ref, 5)
+    await ch.client.install(source, ref, quantity=5)
+    assert await refused(ch.client.migrate(target, ref.to_json(), "bored")) is Code.BAD_REQUEST
+    answer = await ch.client.migrate(target, ref.to_json(), "not_working")
+    assert IssuedKeyPack.from_json(answer["key_pack"]).quantity == 5
+    assert await refused(ch.client.install_key_pack(target, "Z" * 35)) is Code.UNKNOWN_KEY_PACK
