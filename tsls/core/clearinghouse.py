@@ -175,6 +175,18 @@ class Recovery:
     retired: tuple[IssuedPack, ...] = ()
 
 
+def _installed_sale(sale: Sale | None, server_version: ProductVersion | None) -> Sale:
+    """The sale a recovery or a migration moves: sold, installed, and of CALs ``server_version`` (if
+    given) can host."""
+    if sale is None:
+        raise TslsError(Code.UNKNOWN_PURCHASE, "no purchase with that license information was sold")
+    if server_version is not None:
+        check_server_hosts(server_version, sale.purchase.product_version)
+    if sale.installed == 0:
+        raise TslsError(Code.NOT_FOUND, "this purchase was never installed: install it instead")
+    return sale
+
+
 def recover(sale: Sale | None, server: Server, live: tuple[IssuedPack, ...],
             server_version: ProductVersion | None = None) -> Recovery:
     """A rebuilt license server gets back every CAL of the purchase that was installed [§4]. A recovery
@@ -182,12 +194,7 @@ def recover(sale: Sale | None, server: Server, live: tuple[IssuedPack, ...],
     packs it has; otherwise every key pack of the purchase still live elsewhere is retired (the old
     server learns it at its next contact) and one key pack of the installed quantity is issued.
     CALs newer than ``server_version`` are refused, as by ``install``."""
-    if sale is None:
-        raise TslsError(Code.UNKNOWN_PURCHASE, "no purchase with that license information was sold")
-    if server_version is not None:
-        check_server_hosts(server_version, sale.purchase.product_version)
-    if sale.installed == 0:
-        raise TslsError(Code.NOT_FOUND, "this purchase was never installed: install it instead")
+    sale = _installed_sale(sale, server_version)
     held = tuple(p for p in live if p.license_server_id == server.license_server_id)
     if sale.bound_to == server.license_server_id and sum(p.quantity for p in held) == sale.installed:
         return Recovery(sale, kept=held)
@@ -246,12 +253,7 @@ def migrate(sale: Sale | None, target: Server, live: tuple[IssuedPack, ...], rea
     recovery it moves the binding and never adds CALs: every live key pack of the purchase elsewhere is
     retired (the move on record) and one key pack of the installed quantity issued to the target. With
     reason REPLACED the source is named: the purchase must be bound to it (PURCHASE_BOUND otherwise)."""
-    if sale is None:
-        raise TslsError(Code.UNKNOWN_PURCHASE, "no purchase with that license information was sold")
-    if server_version is not None:
-        check_server_hosts(server_version, sale.purchase.product_version)
-    if sale.installed == 0:
-        raise TslsError(Code.NOT_FOUND, "this purchase was never installed: install it instead")
+    sale = _installed_sale(sale, server_version)
     if sale.bound_to == target.license_server_id:
         raise TslsError(Code.ALREADY_MIGRATED, "this purchase is already on this license server")
     if reason is MigrationReason.REPLACED:

@@ -32,12 +32,31 @@ _COLUMNS = ('id, kind, status, hwid, machine, "user", terminal_server, product_v
             "issued_at, expires_at, renewals")
 
 
-class ReadStore:
-    def __init__(self, path: str) -> None:
-        self.path = path
+class _PerThread:
+    """A connection of its own for each reader thread; close() closes every one opened."""
+
+    def __init__(self) -> None:
         self._local = threading.local()
-        self._opened: list[sqlite3.Connection] = []
+        self._opened: list = []
         self._lock = threading.Lock()
+
+    def _keep(self, db):
+        self._local.db = db
+        with self._lock:
+            self._opened.append(db)
+        return db
+
+    def close(self) -> None:
+        with self._lock:
+            opened, self._opened = self._opened, []
+        for db in opened:
+            db.close()
+
+
+class ReadStore(_PerThread):
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self.path = path
 
     def _db(self) -> sqlite3.Connection:
         db = getattr(self._local, "db", None)
@@ -45,9 +64,7 @@ class ReadStore:
             uri = "file:" + urllib.parse.quote(self.path) + "?mode=ro"
             db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
             db.execute("PRAGMA query_only=ON")
-            self._local.db = db
-            with self._lock:
-                self._opened.append(db)
+            self._keep(db)
         return db
 
     @contextlib.contextmanager
@@ -59,12 +76,6 @@ class ReadStore:
             yield Snapshot(db)
         finally:
             db.execute("COMMIT")
-
-    def close(self) -> None:
-        with self._lock:
-            opened, self._opened = self._opened, []
-        for db in opened:
-            db.close()
 
 
 class Snapshot:
@@ -274,24 +285,20 @@ class Snapshot:
                              (int(EventId.LOGON_REFUSED),))
 
 
-class PgReadStore:
+class PgReadStore(_PerThread):
     """The same reads on the PostgreSQL engine (tsls.server.pgstore): a connection per reader thread,
     made by the engine's Connector (its password kept apart), each read one REPEATABLE READ READ ONLY
     transaction. A connection that failed is dropped, and the next read makes a new one."""
 
     def __init__(self, connector) -> None:
+        super().__init__()
         self.connector = connector
-        self._local = threading.local()
-        self._opened: list = []
-        self._lock = threading.Lock()
 
     @contextlib.contextmanager
     def snapshot(self):
         db = getattr(self._local, "db", None)
         if db is None or db.closed:
-            db = self._local.db = self.connector.connect(autocommit=True)
-            with self._lock:
-                self._opened.append(db)
+            db = self._keep(self.connector.connect(autocommit=True))
         db.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         try:
             yield PgSnapshot(db)
@@ -302,12 +309,6 @@ class PgReadStore:
                 db.close()
             raise
         db.execute("COMMIT")
-
-    def close(self) -> None:
-        with self._lock:
-            opened, self._opened = self._opened, []
-        for db in opened:
-            db.close()
 
 
 class PgSnapshot(Snapshot):
