@@ -178,3 +178,16 @@ def pg_own_cluster(monkeypatch):
         yield cluster
     finally:
         cluster.remove()
+
+
+class OnPostgres:
+    """Mixed into a test daemon (tests.harness.Daemon or a subclass): its ledger in the PostgreSQL
+    database ``dsn``, its administrator credential in a file beside the test's other files."""
+
+    def __init__(self, dsn, tmp_path, *args, **kwargs):
+        super().__init__(tmp_path, *args, **kwargs)
+        self.path = dsn
+        self.credential_path = str(tmp_path / "admin.secret")
+
+    def service_options(self) -> dict:
+        return {**super().service_options(), "credential_path": self.credential_path}

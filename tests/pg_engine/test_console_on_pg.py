@@ -9,16 +9,11 @@ from tests.console.test_console import (  # noqa: F401  (collected here again, w
     test_reports_and_history_match_the_ledger, test_session_hosts_and_the_policy_switch_go_through_the_same_operations,
     test_the_dashboard_agrees_with_the_protocols_status, test_the_licenses_page_pages_sorts_filters_and_searches)
 from tests.harness import running
+from tests.pg import OnPostgres
 
 
-class PgConsoleDaemon(ConsoleDaemon):
-    def __init__(self, dsn, tmp_path):
-        super().__init__(tmp_path)
-        self.path = dsn
-        self.credential_path = str(tmp_path / "admin.secret")
-
-    def service_options(self) -> dict:
-        return {**super().service_options(), "credential_path": self.credential_path}
+class PgConsoleDaemon(OnPostgres, ConsoleDaemon):
+    """tests.console.harness.ConsoleDaemon with its ledger in a PostgreSQL database."""
 
 
 @pytest.fixture

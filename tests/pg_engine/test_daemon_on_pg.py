@@ -7,6 +7,7 @@ import pytest_twisted
 from twisted.internet import defer, reactor
 
 from tests.harness import Daemon, activate_and_install, logon, running
+from tests.pg import OnPostgres
 from tests.server.test_auth import (  # noqa: F401  (collected here again, with the daemon below)
     test_a_challenge_answers_one_hello_only, test_a_registered_terminal_server_must_prove_its_name,
     test_an_admin_without_the_credential_changes_nothing, test_secrets_never_reach_the_log,
@@ -28,16 +29,8 @@ from tests.server.test_paging import (  # noqa: F401
     test_tsls_admin_exports_every_row_and_a_table_says_how_many_it_shows)
 
 
-class PgDaemon(Daemon):
+class PgDaemon(OnPostgres, Daemon):
     """tests.harness.Daemon with its ledger in a PostgreSQL database."""
-
-    def __init__(self, dsn, tmp_path, clearinghouse=None, **kwargs):
-        super().__init__(tmp_path, clearinghouse, **kwargs)
-        self.path = dsn
-        self.credential_path = str(tmp_path / "admin.secret")
-
-    def service_options(self) -> dict:
-        return {**super().service_options(), "credential_path": self.credential_path}
 
 
 @pytest.fixture
