@@ -715,6 +715,7 @@ async def test_scopes_discovery_a_per_user_share_a_logon_rate_convert_and_migrat
     # published), and moves on to LS2 once LS1 is killed; its fleet logs on at 1 logon per lab hour.
     # Then 3 of LS2's 5 Per Device CALs (2 issued) become Per User CALs; 4 cannot. LS1 is replaced:
     # its purchase migrates to LS2 and is uninstalled on LS1.
+    # Played twice: the same journal (license IDs, lab times of the paced logons, ...).
     lab = tmp_path / "deployment.toml"
     lab.write_text(DEPLOYMENT)
     (tmp_path / "run").mkdir()
@@ -722,6 +723,10 @@ async def test_scopes_discovery_a_per_user_share_a_logon_rate_convert_and_migrat
     assert [r.why for r in results if not r.ok] == []
     with open(journal) as f:
         records = [json.loads(line) for line in f]
+    (tmp_path / "again").mkdir()
+    _, _, again = await play(str(lab), tmp_path / "again")
+    with open(journal) as f, open(again) as g:
+        assert comparable(f) == comparable(g)
     assert [(r["license_server"], r["scope"]) for r in records if r.get("do") == "role"] == \
         [("LS1", "workgroup"), ("LS2", "forest")]
     assert records[0]["kind"] == "started" and records[0]["discovered"] == {"TS02": ["LS1", "LS2"]}
