@@ -136,6 +136,7 @@ class RdpFront(Protocol, TimeoutMixin):
         self.challenge = b""
         self.pending: Issue | None = None
         self.presented: dict | None = None
+        self.replacing = False          # the client presented a license tsls cannot read
         self.machine = ""
         self.busy = False
 
@@ -311,10 +312,13 @@ class RdpFront(Protocol, TimeoutMixin):
         try:
             self.presented = parse_cal(info.license)
         except ProtocolError as e:
-            self._refuse(Refuse(wire.ERR_INVALID_CLIENT, "INVALID_LICENSE",
-                                f"{e.message}; delete the client's license store to get a new one"))
-            return
-        self.machine = self.presented.get("machine") or self.client_name
+            # A license the terminal server cannot read (another vendor's, a damaged store) counts as none: the
+            # device is licensed afresh, as `tsls-ts` does with a license its license server cannot read
+            # [§9, FAQ08]. The new license replaces it after the challenge, as an upgrade would.
+            log.info("RDP client {peer} presented a license tsls cannot read ({why}); licensing it afresh",
+                     peer=self.summary["peer"], why=e.message)
+            self.presented, self.replacing = None, True
+        self.machine = (self.presented or {}).get("machine") or self.client_name
         self._ask(hwid)
 
     def _send_challenge(self) -> None:
@@ -360,7 +364,7 @@ class RdpFront(Protocol, TimeoutMixin):
         elif isinstance(answer, Valid):
             self._send_licensing(wire.error_alert(wire.STATUS_VALID_CLIENT, wire.ST_NO_TRANSITION))
             self._licensed("valid_client", message=answer.why)
-        elif self.presented is not None:
+        elif self.presented is not None or self.replacing:
             self.pending = answer       # an upgrade is sent once the client has met a challenge
             self._send_challenge()
         else:

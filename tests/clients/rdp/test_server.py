@@ -208,12 +208,17 @@ def test_a_wrong_hwid_mac_is_refused():
     assert licensing.asked == [] and drv.close()["code"] == "INVALID_MAC"
 
 
-def test_a_license_tsls_did_not_issue_is_an_invalid_client():
-    drv = Driver(FakeLicensing(server.Valid("x")))
+def test_a_license_tsls_cannot_read_is_replaced_by_a_new_one():
+    licensing = FakeLicensing(server.Issue(LICENSE))
+    drv = Driver(licensing)
     client = mirror.LicensingClient(cal=b"\x30\x82 an X.509 license from a real Windows server")
-    assert _alert(drv.licensing(client.on_license_request(drv.to_licensing()))) == wire.ErrorAlert(
-        wire.ERR_INVALID_CLIENT, wire.ST_TOTAL_ABORT)
-    assert drv.close()["code"] == "INVALID_LICENSE"
+    [(kind, challenge)] = drv.licensing(client.on_license_request(drv.to_licensing()))
+    assert kind == wire.PLATFORM_CHALLENGE
+    assert [a["presented"] for a in licensing.asked] == [None]       # asked as a device with no license
+    [(kind, body)] = drv.licensing(client.on_platform_challenge(challenge))
+    assert kind == wire.UPGRADE_LICENSE
+    assert json.loads(client.on_new_license(body)) == LICENSE
+    assert drv.close()["outcome"] == "upgrade_license"
 
 
 def test_a_challenge_response_with_a_wrong_mac_is_refused():
