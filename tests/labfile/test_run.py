@@ -277,6 +277,63 @@ def test_ctrl_c_stops_every_daemon_the_lab_started(tmp_path):
     assert all(_gone(pid) for pid in daemons)
 
 
+def _lines_until(stream, ending, timeout=120):
+    """Lines of a child's ``stream`` up to and including the one containing ``ending`` (a wait on the
+    output, at most ``timeout`` seconds per read, never a sleep). Read from the descriptor, not the
+    buffered file, so a select never misses lines already buffered."""
+    import selectors
+    text = ""
+    with selectors.DefaultSelector() as selector:
+        selector.register(stream, selectors.EVENT_READ)
+        while ending not in text:
+            assert selector.select(timeout=timeout), f"no output within {timeout} s; so far: {text}"
+            chunk = os.read(stream.fileno(), 65536)
+            assert chunk, f"the output ended before {ending!r}: {text}"
+            text += chunk.decode()
+    return text.splitlines()
+
+
+def test_keep_and_console_the_kept_lab_is_watched_in_the_console_until_ctrl_c(tmp_path):
+    import http.cookiejar
+    import signal
+    import urllib.request
+    work = tmp_path / "w"
+    proc = subprocess.Popen([sys.executable, "-m", "tsls.cli", "lab", "run", SMALL, "--work-dir", str(work),
+                             "--console", "--keep"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, bufsize=1)
+    try:
+        lines = _lines_until(proc.stdout, "lab kept running; Ctrl-C to stop")
+        links = [line for line in lines if line.startswith("console LS1 ")]
+        assert len(links) == 2                 # one at start, a fresh one once kept
+        assert "PASSED" in lines
+        endpoint = links[-1].split("(")[1].split(")")[0]
+        daemons = _children(proc.pid)
+        assert len(daemons) == 2                # the Clearinghouse and LS1, still up
+        browser = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+        with browser.open(links[-1].rsplit(" ", 1)[1], timeout=30) as answer:
+            assert answer.status == 200
+        with browser.open(links[-1].rsplit(" ", 1)[1].split("/login")[0] + "/api/dashboard", timeout=30) as answer:
+            dashboard = json.loads(answer.read())
+        status = json.loads(subprocess.run(
+            [sys.executable, "-m", "clients.admin", "--server", endpoint, "--credential",
+             str(work / "LS1" / "admin.secret"), "--json", "status"], cwd=ROOT, capture_output=True, text=True,
+            timeout=60, check=True).stdout)
+        issued = sum(p["issued"] for p in status["key_packs"])
+        assert issued == 20
+        assert sum(bar["issued"] for bar in dashboard["cals"]) == issued
+        assert dashboard["now"][:10] == "2025-03-07" or dashboard["lab_clock"]
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0
+    assert "stopping the lab's daemons" in err
+    assert all(_gone(pid) for pid in daemons)
+    with open(work / "journal.jsonl") as f:
+        assert "token=" not in f.read()        # the links stay out of the journal
+
+
 LINKS_AND_PER_USER = """\
 [lab]
 name = "slowed and reset links, a Per User host"

@@ -30,6 +30,10 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--no-logons", action="store_true", help="journal steps and waves but not each logon")
     run.add_argument("--progress", action="store_true",
                      help="print a line per step on stderr even when it is not a terminal (a bar when it is)")
+    run.add_argument("--console", action="store_true",
+                     help="each license server also serves the web console; print a one-time login link for each")
+    run.add_argument("--keep", action="store_true",
+                     help="at the end leave the daemons running (Ctrl-C or SIGTERM stops them)")
     return p
 
 
@@ -83,12 +87,18 @@ def run(lab, steps, args) -> int:
         return INVALID
     journal_path = args.journal or os.path.join(workdir, "journal.jsonl")
     journal = Journal(journal_path)
-    lab_run = LabRun(reactor, lab, steps, workdir, journal, progress_bar(lines=args.progress), log_logons=not args.no_logons)
-    outcome = {"code": BROKEN, "interrupted": False}
+    def console(name, endpoint, url):
+        print(f"console {name} ({endpoint}): {url}", flush=True)
+
+    lab_run = LabRun(reactor, lab, steps, workdir, journal, progress_bar(lines=args.progress),
+                     log_logons=not args.no_logons, console=console if args.console else None)
+    outcome = {"code": BROKEN, "interrupted": False, "kept": False}
+    if args.console:
+        print("console links are for one login each, within 10 minutes (tsls-admin console gives more)", flush=True)
 
     async def play():
         try:
-            results = await lab_run.play()
+            results = await lab_run.play(keep=args.keep)
         except TslsError as e:
             if not outcome["interrupted"]:
                 print(f"tsls lab: the lab could not be played: {e.code.value}: {e.message}", file=sys.stderr)
@@ -103,7 +113,13 @@ def run(lab, steps, args) -> int:
         else:
             print(summary(lab, results, lab_run.counts, args.file))
             outcome["code"] = OK if all(r.ok for r in results) else FAILED
-        print(f"journal: {journal_path}\ndaemons' data and logs: {workdir}")
+        print(f"journal: {journal_path}\ndaemons' data and logs: {workdir}", flush=True)
+        if args.keep and not lab_run._closed:
+            outcome["kept"] = True
+            if args.console:
+                await lab_run.console_links()
+            print("lab kept running; Ctrl-C to stop", flush=True)
+            await defer.Deferred()          # until Ctrl-C or SIGTERM stops the reactor
 
     def finish(_):
         if reactor.running and not outcome["interrupted"]:
@@ -111,9 +127,11 @@ def run(lab, steps, args) -> int:
 
     def interrupted():
         # Ctrl-C: the reactor is shutting down; stop every daemon before it does.
-        if not lab_run._closed:
+        if not lab_run._closed and not outcome["kept"]:
             print("\ntsls lab: interrupted; stopping the lab's daemons", file=sys.stderr)
             outcome["code"], outcome["interrupted"] = BROKEN, True
+        elif outcome["kept"] and not lab_run._closed:
+            print("\ntsls lab: stopping the lab's daemons", file=sys.stderr)
         return defer.ensureDeferred(lab_run.close())
 
     reactor.callWhenRunning(lambda: defer.ensureDeferred(play()).addBoth(finish))

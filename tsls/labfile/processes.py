@@ -15,9 +15,9 @@ READY_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
 
 
-def ready_port(line: str, part: str) -> int | None:
-    """The port of ``part`` ("license_server" or "clearinghouse") in a daemon's ready line, the JSON
-    line it prints once every port is bound: {"event": "ready", ..., "license_server": {"port": N, ...}}."""
+def ready_record(line: str) -> dict | None:
+    """A daemon's ready line, the JSON line it prints once every port is bound:
+    {"event": "ready", ..., "license_server": {"port": N, ...}, "console": {"url": ...}}; None otherwise."""
     text = line.strip()
     if not text.startswith("{"):
         return None
@@ -25,9 +25,13 @@ def ready_port(line: str, part: str) -> int | None:
         record = json.loads(text)
     except ValueError:
         return None
-    if not isinstance(record, dict) or record.get("event") != "ready":
-        return None
-    port = (record.get(part) or {}).get("port")
+    return record if isinstance(record, dict) and record.get("event") == "ready" else None
+
+
+def ready_port(line: str, part: str) -> int | None:
+    """The port of ``part`` ("license_server" or "clearinghouse") in a daemon's ready line."""
+    record = ready_record(line)
+    port = ((record or {}).get(part) or {}).get("port")
     return port if isinstance(port, int) else None
 
 
@@ -60,6 +64,7 @@ class Daemon:
         self.lines: list = []            # callables given each line after the ready one
         self.transport = None
         self.port: int | None = None
+        self.ready: dict = {}            # the ready line's record (console.url when it serves the console)
         self.stderr = ""
         self.state = "new"          # running, stopped (SIGSTOP), ended
         self._ready: defer.Deferred | None = None
@@ -90,7 +95,7 @@ class Daemon:
             self._log.write(text + "\n")
         port = ready_port(text, self.part)
         if port is not None and self._ready is not None and not self._ready.called:
-            self.port = port
+            self.port, self.ready = port, ready_record(text)
             self._ready.callback(port)
             return
         for listener in list(self.lines):

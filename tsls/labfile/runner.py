@@ -207,10 +207,13 @@ async def _pipelined(conn, requests: list[tuple[str, dict]], window: int = PIPEL
 
 class LabRun:
     def __init__(self, reactor, lab: Lab, steps: list[Planned], workdir: str, journal: Journal,
-                 progress=None, log_logons: bool = True) -> None:
+                 progress=None, log_logons: bool = True, console=None) -> None:
         self.reactor, self.lab, self.steps, self.workdir, self.journal = reactor, lab, steps, workdir, journal
         self.progress = progress or (lambda *a: None)
         self.log_logons = log_logons
+        # console(name, endpoint, link): the license servers serve the web console; called with a one-time
+        # login link each time one starts (and by console_links). Links stay out of the journal.
+        self.console = console
         self.at = 0
         self.results: list[Result] = []
         self.counts: dict[str, int] = {}
@@ -238,16 +241,30 @@ class LabRun:
 
     # --- the whole run ----------------------------------------------------------------------------
 
-    async def play(self) -> list[Result]:
+    async def play(self, keep: bool = False) -> list[Result]:
+        """Start the lab and play every step; then stop everything, unless ``keep`` (the caller closes)."""
+        played = False
         try:
             await self.start()
             for number, step in enumerate(self.steps, 1):
                 await self.advance(step.at)
                 self.progress(number, len(self.steps), iso(self.now), step)
                 await self.run_step(step)
+            played = True
         finally:
-            await self.close()
+            if not (keep and played):
+                await self.close()
         return self.results
+
+    async def console_links(self) -> None:
+        """A fresh one-time console login link for each running license server, given to ``console``."""
+        for ls in self.lab.license_servers:
+            if self.daemons[ls.name].state == "running" and ls.name in self.admins:
+                await self._console_link(ls.name)
+
+    async def _console_link(self, name: str) -> None:
+        link = await self.admin(name, "console_link", role="admin")
+        self.console(name, f"tcp:127.0.0.1:{self.daemons[name].port}", link["url"])
 
     async def start(self) -> None:
         os.makedirs(self.workdir, exist_ok=True)
@@ -306,10 +323,11 @@ class LabRun:
         os.makedirs(data, exist_ok=True)
         daemon = self.daemons.get(name) or Daemon(self.reactor, name, [], os.path.join(self.workdir, f"{name}.log"))
         self.daemons[name] = daemon
+        console = ["--console-listen", "tcp:0:interface=127.0.0.1"] if self.console else []
         await daemon.start(["server", "--data-dir", data, "--listen", f"tcp:{port}:interface=127.0.0.1",
                             "--seed", f"{self.lab.seed}:{name}", "--lab-start", iso(self.lab.start),
                             "--server-version", self.lab.license_server(name).version.value,
-                            "--clearinghouse-url", self.ch_url])
+                            "--clearinghouse-url", self.ch_url, *console])
         for (host, server), link in self.links.items():
             if server == name:
                 link.upstream_port = daemon.port
@@ -318,6 +336,8 @@ class LabRun:
         self.admins[name] = conn
         self.clock_behind.add(name)
         await self._catch_up(name)
+        if self.console:
+            await self._console_link(name)
 
     def _timed(self, d):
         return defer.ensureDeferred(d).addTimeout(REQUEST_TIMEOUT, self.reactor)
