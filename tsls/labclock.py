@@ -20,6 +20,19 @@ class LabClock:
     def callLater(self, delay, f, *args, **kw):
         return self._clock.callLater(delay, f, *args, **kw)
 
+    @property
+    def start(self) -> float | None:
+        """The instant the offset counts from when this clock stands still (``--lab-start``), else None."""
+        return self._clock.at if isinstance(self._clock, StillClock) else None
+
+    @property
+    def on_real_time(self) -> bool:
+        return not isinstance(self._clock, (StillClock, FileClock))
+
+    def stand_at(self, at: float, reactor) -> None:
+        """Count the offset from ``at`` instead of real time (a database's kept lab start)."""
+        self._clock = StillClock(at, reactor)
+
 
 class StillClock:
     """A clock that stands at one instant until a LabClock over it is moved: the clock of a lab file

@@ -163,3 +163,39 @@ def test_a_failed_expiry_sweep_is_logged_and_the_next_one_runs(tmp_path):
         del service.writer.submit
         yield service.stopService()
     assert len(calls) == 2 and len(failures) == 2
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_lab_database_reopened_with_lab_clock_opens_at_the_labs_last_date(tmp_path):
+    # Made with --lab-start (a lab file's daemon), moved a month; reopened with --lab-clock: the kept
+    # start counts again, not today, so nothing jumps years ahead and no CAL expires.
+    from tsls.core.labtime import parse_date
+    from tsls.core.model import iso
+    from tsls.labclock import StillClock
+    from tsls.server.store import LicenseStore
+    start = parse_date("2025-01-06T08:00:00Z")
+    first = Daemon(tmp_path, lab_clock=LabClock(StillClock(start, reactor)))
+    yield first.start()
+    try:
+        admin = yield first.admin()
+        yield activate_and_install(admin, quantity=3)
+        ts = yield first.terminal_server()
+        yield cals_for(ts, 3)
+        moved = yield admin.request("set_clock", to="+30d")
+    finally:
+        yield first.stop()
+    store = LicenseStore.open(first.path)
+    try:
+        assert store.lab_clock_start() == start
+    finally:
+        store.close()
+    again = Daemon(tmp_path, lab_clock=LabClock(reactor))
+    yield again.start()
+    try:
+        admin = yield again.admin()
+        status = yield admin.request("status")
+        assert status["now"] == moved["now"] == iso(start + 30 * 86400)
+        active = yield admin.request("list_licenses", kind="permanent", status="active")
+        assert len(active) == 3
+    finally:
+        yield again.stop()

@@ -74,6 +74,15 @@ class EngineCommon:
     def set_lab_clock_offset(self, offset: float) -> None:
         self._set("lab_clock_offset", repr(offset))
 
+    def lab_clock_start(self) -> float | None:
+        """The instant the lab clock stood at when the offset was counted from it (``--lab-start``), or
+        None when the offset counts from real time (``--lab-clock``)."""
+        value = self._get("lab_clock_start")
+        return None if value is None else float(value)
+
+    def set_lab_clock_start(self, at: float) -> None:
+        self._set("lab_clock_start", repr(at))
+
     def suite_licenses(self) -> int:
         return int(self._get("suite_licenses") or 0)
 

@@ -89,6 +89,7 @@ class LicenseServerService(MultiService):
         self.credential_path = credential_path or os.path.join(os.path.dirname(os.path.abspath(db_path)), "admin.secret")
         write_secret(self.credential_path, identity.admin_secret)
         if lab_clock is not None:
+            _keep_lab_start(store, lab_clock, reactor)
             lab_clock.offset = store.lab_clock_offset()
         clock = lab_clock or clock or reactor
         self.writer = BatchWriter(reactor, clock, store)
@@ -184,3 +185,16 @@ def _publish(path: str, port, scope) -> None:
     host = port.getHost()
     if directory.publish(path, Published(f"tcp:{host.host}:{host.port}", scope)):
         log.info("published in the directory {path} as tcp:{host}:{port}", path=path, host=host.host, port=host.port)
+
+
+def _keep_lab_start(store, lab_clock: LabClock, reactor) -> None:
+    """The offset a database keeps counts from the instant its lab clock started: the lab's start
+    (``--lab-start``, a StillClock, kept in the database) or real time. A database made with
+    ``--lab-start`` and reopened with ``--lab-clock`` counts from its kept start again, so it opens at the
+    lab's last date instead of today + the offset (where the sweep would expire every CAL)."""
+    if lab_clock.start is not None:
+        if store.lab_clock_start() != lab_clock.start:
+            with store.transaction():
+                store.set_lab_clock_start(lab_clock.start)
+    elif lab_clock.on_real_time and store.lab_clock_start() is not None:
+        lab_clock.stand_at(store.lab_clock_start(), reactor)
