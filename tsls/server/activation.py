@@ -294,7 +294,7 @@ class Activations:
     def source_uninstall_failed(self, source: object, key_pack_ids: object, message: object) -> defer.Deferred:
         """On the target: removing the migrated key packs from the source failed (event 90)."""
         text = f"removing key pack(s) {', '.join(map(str, key_pack_ids or []))[:600]} from source license server " \
-               f"{str(source)[:64]} failed: {str(message)[:300]}; remove them there by hand (tsls-admin uninstall)"
+               f"{str(source)[:64]} failed: {str(message)[:300]}; remove them there by hand (op uninstall_key_packs)"
 
         def job(store, now):
             store.add_events([Event(now, EventId.SOURCE_UNINSTALL_FAILED, text)])
