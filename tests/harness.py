@@ -129,6 +129,22 @@ class Lab:
         yield self.ch.stopService()
 
     @defer.inlineCallbacks
+    def start_another_server(self, db):
+        """Another license server on the same Clearinghouse: (service, endpoint, credential path), the shape
+        ``admin_on`` takes; ``(lab.ls, lab.endpoint, lab.credential)`` is the first one."""
+        server = LicenseServerService(reactor, "tcp:0:interface=127.0.0.1", str(db), ClearinghouseClient(self.ch_url),
+                                      credential_path=str(db) + ".secret")
+        server.startService()
+        port = yield server.listener.listening
+        yield server.checked_in
+        return server, f"tcp:127.0.0.1:{port.getHost().port}", server.credential_path
+
+    def admin_on(self, capsys, server, *argv):
+        """``admin`` against one of the lab's license servers (from then on, until switched again)."""
+        self.endpoint, self.credential = server[1], server[2]
+        return self.admin(capsys, *argv)
+
+    @defer.inlineCallbacks
     def admin(self, capsys, *argv):
         """Run one tsls-admin command; return its --json output."""
         capsys.readouterr()

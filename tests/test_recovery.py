@@ -19,23 +19,6 @@ def lab_check(lab, *servers):
 
 
 @pytest_twisted.inlineCallbacks
-def start_server(lab, db):
-    server = LicenseServerService(reactor, "tcp:0:interface=127.0.0.1", str(db), ClearinghouseClient(lab.ch_url),
-                                  credential_path=str(db) + ".secret")
-    server.startService()
-    port = yield server.listener.listening
-    yield server.checked_in
-    return server, f"tcp:127.0.0.1:{port.getHost().port}", server.credential_path
-
-
-@pytest_twisted.inlineCallbacks
-def as_server(lab, capsys, which, *argv):
-    lab.endpoint, lab.credential = which[1], which[2]
-    result = yield lab.admin(capsys, *argv)
-    return result
-
-
-@pytest_twisted.inlineCallbacks
 def test_recovery_moves_cals_and_the_lab_check_reports_double_circulation(tmp_path, capsys):
     lab = Lab(tmp_path)
     yield lab.start()
@@ -43,22 +26,22 @@ def test_recovery_moves_cals_and_the_lab_check_reports_double_circulation(tmp_pa
     b = None
     try:
         a = (lab.ls, lab.endpoint, lab.credential)
-        yield as_server(lab, capsys, a, "activate")
+        yield lab.admin_on(capsys, a, "activate")
         sold = yield lab.admin(capsys, "clearinghouse", "sell", "--version", "2003", "--cal-type", "per-device",
                                "--quantity", "5")
         code = sold["retail_code"]
-        yield as_server(lab, capsys, a, "install", "--retail", code)
+        yield lab.admin_on(capsys, a, "install", "--retail", code)
         assert lab_check(lab, a_db) == []
 
-        b = yield start_server(lab, b_db)
-        yield as_server(lab, capsys, b, "activate")
-        recovered = yield as_server(lab, capsys, b, "recover", "--retail", code)
+        b = yield lab.start_another_server(b_db)
+        yield lab.admin_on(capsys, b, "activate")
+        recovered = yield lab.admin_on(capsys, b, "recover", "--retail", code)
         assert [p["total"] for p in recovered["key_packs"]] == [5]
-        again = yield as_server(lab, capsys, b, "recover", "--retail", code)        # already held: the same pack
+        again = yield lab.admin_on(capsys, b, "recover", "--retail", code)        # already held: the same pack
         assert [p["key_pack_id"] for p in again["key_packs"]] == [p["key_pack_id"] for p in recovered["key_packs"]]
-        packs = yield as_server(lab, capsys, b, "keypacks")
+        packs = yield lab.admin_on(capsys, b, "keypacks")
         assert [(p["total"], p["available"]) for p in packs] == [(5, 5)]
-        recovered_events = yield as_server(lab, capsys, b, "events", "--event-id", "1114")
+        recovered_events = yield lab.admin_on(capsys, b, "events", "--event-id", "1114")
         assert len(recovered_events) == 1 and "5 CALs of purchase" in recovered_events[0]["message"]
 
         # A has not contacted the Clearinghouse since: 10 CALs circulate, and that is on record.
@@ -78,22 +61,22 @@ def test_recovery_moves_cals_and_the_lab_check_reports_double_circulation(tmp_pa
         port = yield lab.ls.listener.listening
         yield lab.ls.checked_in
         a = (lab.ls, f"tcp:127.0.0.1:{port.getHost().port}", lab.ls.credential_path)
-        packs = yield as_server(lab, capsys, a, "keypacks")
+        packs = yield lab.admin_on(capsys, a, "keypacks")
         assert [(p["total"], p["available"], p["retired_at"] is not None) for p in packs] == [(5, 0, True)]
-        events = yield as_server(lab, capsys, a, "events", "--event-id", "1115")
+        events = yield lab.admin_on(capsys, a, "events", "--event-id", "1115")
         assert len(events) == 1 and "retired" in events[0]["message"]
         assert lab_check(lab, a_db, b_db) == []
 
         # Back again onto A: B's pack is retired at the Clearinghouse; A never holds more than 5 available.
-        back = yield as_server(lab, capsys, a, "recover", "--retail", code)
+        back = yield lab.admin_on(capsys, a, "recover", "--retail", code)
         assert [p["total"] for p in back["key_packs"]] == [5]
-        packs = yield as_server(lab, capsys, a, "keypacks")
+        packs = yield lab.admin_on(capsys, a, "keypacks")
         assert sum(p["available"] for p in packs) == 5
         assert "on record" in lab_check(lab, a_db, b_db)[0]
         # B's next contact, though refused (the purchase is bound to A now), retires B's key pack.
-        refused = yield as_server(lab, capsys, b, "install", "--retail", code)
+        refused = yield lab.admin_on(capsys, b, "install", "--retail", code)
         assert refused["error"]["code"] == "PURCHASE_BOUND"
-        packs = yield as_server(lab, capsys, b, "keypacks")
+        packs = yield lab.admin_on(capsys, b, "keypacks")
         assert [p["available"] for p in packs] == [0]
         assert lab_check(lab, a_db, b_db) == []
         purchases = yield lab.admin(capsys, "clearinghouse", "purchases")

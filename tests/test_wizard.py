@@ -134,23 +134,6 @@ def test_converting_needs_a_2012_or_later_license_server(tmp_path, capsys):
 
 
 @pytest_twisted.inlineCallbacks
-def start_server(lab, db):
-    server = LicenseServerService(reactor, "tcp:0:interface=127.0.0.1", str(db), ClearinghouseClient(lab.ch_url),
-                                  credential_path=str(db) + ".secret")
-    server.startService()
-    port = yield server.listener.listening
-    yield server.checked_in
-    return server, f"tcp:127.0.0.1:{port.getHost().port}", server.credential_path
-
-
-@pytest_twisted.inlineCallbacks
-def on(lab, capsys, which, *argv):
-    lab.endpoint, lab.credential = which[1], which[2]
-    result = yield lab.admin(capsys, *argv)
-    return result
-
-
-@pytest_twisted.inlineCallbacks
 def test_migrate_cals_from_another_license_server_by_each_route(tmp_path, capsys):
     lab = Lab(tmp_path)
     yield lab.start()
@@ -158,48 +141,48 @@ def test_migrate_cals_from_another_license_server_by_each_route(tmp_path, capsys
     b = None
     try:
         a = (lab.ls, lab.endpoint, lab.credential)
-        b = yield start_server(lab, b_db)
+        b = yield lab.start_another_server(b_db)
         for which in (a, b):
-            yield on(lab, capsys, which, "activate")
-        a_id = (yield on(lab, capsys, a, "status"))["activation"]["license_server_id"]
-        b_id = (yield on(lab, capsys, b, "status"))["activation"]["license_server_id"]
+            yield lab.admin_on(capsys, which, "activate")
+        a_id = (yield lab.admin_on(capsys, a, "status"))["activation"]["license_server_id"]
+        b_id = (yield lab.admin_on(capsys, b, "status"))["activation"]["license_server_id"]
         codes = []
         for _ in range(3):
             sold = yield lab.admin(capsys, "clearinghouse", "sell", "--version", "2019", "--cal-type", "per-device",
                                    "--quantity", "5")
             codes.append(sold["retail_code"])
-            yield on(lab, capsys, a, "install", "--retail", sold["retail_code"])
+            yield lab.admin_on(capsys, a, "install", "--retail", sold["retail_code"])
 
         # 1. automatic, the source being replaced and running: its key pack is removed there (event 89)
-        refused = yield on(lab, capsys, b, "migrate", "--reason", "replaced", "--retail", codes[0])
+        refused = yield lab.admin_on(capsys, b, "migrate", "--reason", "replaced", "--retail", codes[0])
         assert refused["error"]["code"] == "BAD_REQUEST"            # the source is named
-        moved = yield on(lab, capsys, b, "migrate", "--reason", "replaced", "--source-server", a[1],
+        moved = yield lab.admin_on(capsys, b, "migrate", "--reason", "replaced", "--source-server", a[1],
                          "--source-credential", a[2], "--retail", codes[0])
         assert moved["key_pack"]["total"] == 5 and moved["source_running"] is True
         [removed] = moved["source_removed"]
         assert removed["retired_at"] is not None
-        assert len((yield on(lab, capsys, a, "events", "--event-id", "89"))) == 1
+        assert len((yield lab.admin_on(capsys, a, "events", "--event-id", "89"))) == 1
         assert lab_check(lab, str(b_db)) == []
-        again = yield on(lab, capsys, b, "migrate", "--reason", "not-working", "--retail", codes[0])
+        again = yield lab.admin_on(capsys, b, "migrate", "--reason", "not-working", "--retail", codes[0])
         assert again["error"]["code"] == "ALREADY_MIGRATED"
 
         # 2. telephone, the source offline (named by its OS and license server ID): event 93, on record
         issued = yield lab.admin(capsys, "clearinghouse", "migrate", "--license-server-id", b_id, "--reason",
                                  "replaced", "--source-license-server-id", a_id, "--retail", codes[1])
         kp = issued["key_pack"]["key_pack_id"]
-        refused = yield on(lab, capsys, b, "migrate", "--reason", "replaced", "--route", "telephone",
+        refused = yield lab.admin_on(capsys, b, "migrate", "--reason", "replaced", "--route", "telephone",
                            "--source-license-server-id", a_id, "--key-pack-id", kp)
         assert refused["error"]["code"] == "BAD_REQUEST"            # offline: its OS too
-        moved = yield on(lab, capsys, b, "migrate", "--reason", "replaced", "--route", "telephone",
+        moved = yield lab.admin_on(capsys, b, "migrate", "--reason", "replaced", "--route", "telephone",
                          "--source-license-server-id", a_id, "--source-os", "2019",
                          "--key-pack-id", phonecodes.grouped(kp))
         assert (moved["key_pack"]["key_pack_id"], moved["source_running"]) == (kp, False)
-        assert len((yield on(lab, capsys, b, "events", "--event-id", "93"))) == 1
+        assert len((yield lab.admin_on(capsys, b, "events", "--event-id", "93"))) == 1
 
         # 3. automatic, the source no longer works: event 93; A still holds its key packs: on record
-        moved = yield on(lab, capsys, b, "migrate", "--reason", "not_working", "--retail", codes[2])
+        moved = yield lab.admin_on(capsys, b, "migrate", "--reason", "not_working", "--retail", codes[2])
         assert moved["key_pack"]["total"] == 5
-        assert len((yield on(lab, capsys, b, "events", "--event-id", "93"))) == 2
+        assert len((yield lab.admin_on(capsys, b, "events", "--event-id", "93"))) == 2
         problems = lab_check(lab, str(b_db))
         assert len(problems) == 2 and all("double circulation" in p and "on record at the Clearinghouse" in p
                                           and "NOT on record" not in p for p in problems)
@@ -209,7 +192,7 @@ def test_migrate_cals_from_another_license_server_by_each_route(tmp_path, capsys
         yield defer.ensureDeferred(conn.hello_admin(read_secret(b[2])))
         yield conn.request("source_uninstall_failed", source=a_id, key_pack_ids=["X" * 35], message="refused")
         yield defer.ensureDeferred(conn.close())
-        [failed] = yield on(lab, capsys, b, "events", "--event-id", "90")
+        [failed] = yield lab.admin_on(capsys, b, "events", "--event-id", "90")
         assert a_id in failed["message"] and "refused" in failed["message"]
     finally:
         if b is not None:
@@ -224,16 +207,16 @@ def test_a_conversion_the_clearinghouse_refuses_gives_the_cals_back(tmp_path, ca
     b = None
     try:
         a = (lab.ls, lab.endpoint, lab.credential)
-        b = yield start_server(lab, tmp_path / "other.sqlite")
+        b = yield lab.start_another_server(tmp_path / "other.sqlite")
         for which in (a, b):
-            yield on(lab, capsys, which, "activate")
+            yield lab.admin_on(capsys, which, "activate")
         sold = yield lab.admin(capsys, "clearinghouse", "sell", "--version", "2019", "--cal-type", "per-device",
                                "--quantity", "10")
-        pack = yield on(lab, capsys, a, "install", "--retail", sold["retail_code"])
-        yield on(lab, capsys, b, "recover", "--retail", sold["retail_code"])     # A's key pack retired there
-        refused = yield on(lab, capsys, a, "convert", pack["key_pack_id"], "--count", "3")
+        pack = yield lab.admin_on(capsys, a, "install", "--retail", sold["retail_code"])
+        yield lab.admin_on(capsys, b, "recover", "--retail", sold["retail_code"])     # A's key pack retired there
+        refused = yield lab.admin_on(capsys, a, "convert", pack["key_pack_id"], "--count", "3")
         assert refused["error"]["code"] == "UNKNOWN_KEY_PACK"
-        [kept] = yield on(lab, capsys, a, "keypacks")
+        [kept] = yield lab.admin_on(capsys, a, "keypacks")
         assert kept["total"] == 10                  # given back, in the commit that recorded the refusal
         assert kept["retired_at"] is not None       # and the refusal's check-in retired it
         assert lab_check(lab, str(tmp_path / "other.sqlite")) == []
