@@ -11,6 +11,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor
 
+from tests.labfile.labs import fleet, host, install, lab, purchase, server, step, wave
 from tsls.labfile.cli import load
 from tsls.labfile.journal import Journal, comparable
 from tsls.labfile.runner import LabRun, summary
@@ -28,6 +29,16 @@ async def play(path, where, seed=None):
     return run, results, journal_path
 
 
+async def play_holding(text, path):
+    """Write the lab ``text`` to ``path`` and play it in a new directory "run" beside it; every
+    expectation must hold."""
+    path.write_text(text)
+    (path.parent / "run").mkdir()
+    run, results, journal = await play(str(path), path.parent / "run")
+    assert [r.why for r in results if not r.ok] == []
+    return run, results, journal
+
+
 @pytest.mark.parametrize("path", EXAMPLES, ids=[os.path.basename(p) for p in EXAMPLES])
 @pytest_twisted.ensureDeferred
 async def test_example_lab_holds_every_expectation(path, tmp_path):
@@ -36,78 +47,22 @@ async def test_example_lab_holds_every_expectation(path, tmp_path):
     assert all(not d.alive for d in run.daemons.values())
 
 
-REPLAY = """\
-[lab]
-name = "replayed"
-start = "2025-01-06"
-seed = 5
-
-[[license_server]]
-name = "LS1"
-
-[[license_server]]
-name = "LS2"
-
-[[session_host]]
-name = "TS01"
-license_servers = ["LS1", "LS2"]
-
-[[session_host]]
-name = "TS02"
-license_servers = ["LS2", "LS1"]
-
-[[session_host]]
-name = "TS03"
-license_servers = ["LS1", "LS2"]
-
-[[fleet]]
-name = "desks"
-devices = 30
-
-[[purchase]]
-name = "a"
-license_server = "LS1"
-quantity = 12
-
-[[purchase]]
-name = "b"
-license_server = "LS2"
-quantity = 12
-
-[[step]]
-at = "0d"
-do = "install"
-purchase = "a"
-
-[[step]]
-at = "0d"
-do = "install"
-purchase = "b"
-
-[[step]]
-at = "+1h"
-do = "wave"
-fleet = "desks"
-through = ["TS01", "TS02", "TS03"]
-times = 2
-
-[[step]]
-at = "+1d"
-do = "cut"
-session_host = "TS02"
-license_server = "LS2"
-
-[[step]]
-at = "+1h"
-do = "kill"
-license_server = "LS1"
-
-[[step]]
-at = "60d"
-do = "wave"
-fleet = "desks"
-through = ["TS01", "TS02", "TS03"]
-"""
+REPLAY = lab("replayed",
+             server(),
+             server("LS2"),
+             host("TS01", ["LS1", "LS2"]),
+             host("TS02", ["LS2", "LS1"]),
+             host("TS03", ["LS1", "LS2"]),
+             fleet(devices=30),
+             purchase("a", quantity=12),
+             purchase("b", license_server="LS2", quantity=12),
+             install(name="a"),
+             install(name="b"),
+             wave(through=["TS01", "TS02", "TS03"], times=2),
+             step("+1d", "cut", session_host="TS02", license_server="LS2"),
+             step("+1h", "kill", license_server="LS1"),
+             wave("60d", through=["TS01", "TS02", "TS03"]),
+             seed=5)
 
 
 @pytest_twisted.ensureDeferred
@@ -130,40 +85,13 @@ async def test_same_file_and_seed_give_the_same_journal_and_another_seed_does_no
     assert [r.get("expires") for r in other if r["kind"] == "logon"] != [r.get("expires") for r in logons]
 
 
-FAILING = """\
-[lab]
-name = "expects too much"
-start = "2025-01-06"
-
-[[license_server]]
-name = "LS1"
-
-[[session_host]]
-name = "TS01"
-license_servers = ["LS1"]
-
-[[fleet]]
-name = "desks"
-devices = 3
-
-[[purchase]]
-name = "cals"
-license_server = "LS1"
-quantity = 2
-
-[[step]]
-at = "0d"
-do = "install"
-purchase = "cals"
-
-[[step]]
-at = "+1h"
-do = "wave"
-fleet = "desks"
-through = ["TS01"]
-times = 2
-expect = { permanent = 3 }
-"""
+FAILING = lab("expects too much",
+              server(),
+              host(),
+              fleet(),
+              purchase(quantity=2),
+              install(),
+              wave(times=2, expect={"permanent": 3}))
 
 
 def test_a_failing_expectation_exits_non_zero_and_says_which_and_why(tmp_path):
@@ -254,9 +182,17 @@ def _gone(pid):
         return True
 
 
+def _ctrl_c(proc, daemons):
+    """SIGINT to a ``tsls lab run``: its exit status and stderr once it exited, every daemon gone."""
+    import signal
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert all(_gone(pid) for pid in daemons)
+    return proc.returncode, err
+
+
 def test_ctrl_c_stops_every_daemon_the_lab_started(tmp_path):
     import selectors
-    import signal
     path = os.path.join(ROOT, "examples", "labs", "cal-expiry.toml")
     proc = subprocess.Popen([sys.executable, "-m", "tsls.cli", "lab", "run", path, "--work-dir", str(tmp_path / "w"),
                              "--progress"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -267,14 +203,12 @@ def test_ctrl_c_stops_every_daemon_the_lab_started(tmp_path):
         assert "1/" in proc.stderr.readline()
         daemons = _children(proc.pid)
         assert len(daemons) == 2                            # the Clearinghouse and LS1
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=60)
+        status, err = _ctrl_c(proc, daemons)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 3
+    assert status == 3
     assert "interrupted; stopping the lab's daemons" in err
-    assert all(_gone(pid) for pid in daemons)
 
 
 def _lines_until(stream, ending, timeout=120):
@@ -295,7 +229,6 @@ def _lines_until(stream, ending, timeout=120):
 
 def test_keep_and_console_the_kept_lab_is_watched_in_the_console_until_ctrl_c(tmp_path):
     import http.cookiejar
-    import signal
     import urllib.request
     work = tmp_path / "w"
     proc = subprocess.Popen([sys.executable, "-m", "tsls.cli", "lab", "run", SMALL, "--work-dir", str(work),
@@ -321,281 +254,84 @@ def test_keep_and_console_the_kept_lab_is_watched_in_the_console_until_ctrl_c(tm
         issued = sum(p["issued"] for p in status["key_packs"])
         assert issued == 20
         assert sum(bar["issued"] for bar in dashboard["cals"]) == issued
-        assert dashboard["now"][:10] == "2025-03-07" or dashboard["lab_clock"]
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=60)
+        assert dashboard["now"] == status["now"]
+        code, err = _ctrl_c(proc, daemons)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 0
+    assert code == 0
     assert "stopping the lab's daemons" in err
-    assert all(_gone(pid) for pid in daemons)
     with open(work / "journal.jsonl") as f:
         assert "token=" not in f.read()        # the links stay out of the journal
 
 
-LINKS_AND_PER_USER = """\
-[lab]
-name = "slowed and reset links, a Per User host"
-start = "2025-01-06"
-
-[[license_server]]
-name = "LS1"
-
-[[session_host]]
-name = "TS01"
-license_servers = ["LS1"]
-
-[[session_host]]
-name = "TSU"
-mode = "per-user"
-license_servers = ["LS1"]
-
-[[fleet]]
-name = "desks"
-devices = 4
-
-[[fleet]]
-name = "roamers"
-devices = 3
-users = 2
-
-[[purchase]]
-name = "devices"
-license_server = "LS1"
-quantity = 4
-
-[[purchase]]
-name = "users"
-license_server = "LS1"
-cal_type = "per-user"
-quantity = 1
-
-[[step]]
-at = "0d"
-do = "install"
-purchase = "devices"
-
-[[step]]
-at = "0d"
-do = "install"
-purchase = "users"
-
-[[step]]
-at = "+1h"
-do = "slow"
-session_host = "TS01"
-license_server = "LS1"
-delay = "50ms"
-for = "1h"
-
-[[step]]
-at = "+1m"
-do = "wave"
-fleet = "desks"
-through = ["TS01"]
-times = 2
-expect = { permanent = 4, served_by = { LS1 = 4 } }
-
-[[step]]
-at = "+2h"
-do = "reset"
-session_host = "TS01"
-license_server = "LS1"
-
-[[step]]
-at = "+1m"
-do = "revoke"
-license_server = "LS1"
-device = "desks-001"
-
-[[step]]
-at = "+1m"
-do = "wave"
-fleet = "roamers"
-through = ["TSU"]
-expect = { per_user = 3 }
-
-[[step]]
-at = "+1m"
-do = "expect"
-key_pack = "devices"
-issued = 3
-present = ["PER_USER_LOGON", "CAL_REVOKED"]
-"""
+LINKS_AND_PER_USER = lab("slowed and reset links, a Per User host",
+                         server(),
+                         host(),
+                         host("TSU", mode="per-user"),
+                         fleet(devices=4),
+                         fleet("roamers", users=2),
+                         purchase("devices", quantity=4),
+                         purchase("users", cal_type="per-user", quantity=1),
+                         install(name="devices"),
+                         install(name="users"),
+                         step("+1h", "slow", session_host="TS01", license_server="LS1", delay="50ms", **{"for": "1h"}),
+                         wave("+1m", times=2, expect={"permanent": 4, "served_by": {"LS1": 4}}),
+                         step("+2h", "reset", session_host="TS01", license_server="LS1"),
+                         step("+1m", "revoke", license_server="LS1", device="desks-001"),
+                         wave("+1m", fleet="roamers", through=["TSU"], expect={"per_user": 3}),
+                         step("+1m", "expect", key_pack="devices", issued=3, present=["PER_USER_LOGON", "CAL_REVOKED"]))
 
 
 @pytest_twisted.ensureDeferred
 async def test_slowed_and_reset_links_per_user_hosts_and_revocation(tmp_path):
-    lab = tmp_path / "links.toml"
-    lab.write_text(LINKS_AND_PER_USER)
-    (tmp_path / "run").mkdir()
-    run, results, journal = await play(str(lab), tmp_path / "run")
-    assert [r.why for r in results if not r.ok] == []
+    run, results, journal = await play_holding(LINKS_AND_PER_USER, tmp_path / "links.toml")
     with open(journal) as f:
         faults = [(r["do"], r.get("link"), r.get("delay_ms")) for r in map(json.loads, f) if r["kind"] == "fault"]
     assert faults == [("slow", "TS01->LS1", 50), ("heal", "TS01->LS1", None), ("reset", "TS01->LS1", None)]
 
 
-REBUILT = """\
-[lab]
-name = "a license server rebuilt, its CALs recovered"
-start = "2025-01-06"
-
-[[license_server]]
-name = "LS1"
-
-[[session_host]]
-name = "TS01"
-license_servers = ["LS1"]
-
-[[fleet]]
-name = "desks"
-devices = 3
-
-[[fleet]]
-name = "after"
-devices = 2
-
-[[purchase]]
-name = "cals"
-license_server = "LS1"
-quantity = 5
-
-[[step]]
-at = "0d"
-do = "install"
-purchase = "cals"
-
-[[step]]
-at = "+1h"
-do = "wave"
-fleet = "desks"
-through = ["TS01"]
-times = 2
-expect = { permanent = 3 }
-
-[[step]]
-at = "+1d"
-do = "rebuild"
-license_server = "LS1"
-
-[[step]]
-at = "+1h"
-do = "expect"
-license_server = "LS1"
-total = 0
-
-[[step]]
-at = "+1h"
-do = "recover"
-purchase = "cals"
-
-[[step]]
-at = "+1h"
-do = "wave"
-fleet = "after"
-through = ["TS01"]
-times = 2
-expect = { permanent = 2 }
-
-[[step]]
-at = "+1h"
-do = "expect"
-key_pack = "cals"
-total = 5
-issued = 2
-present = ["KEY_PACK_INSTALLED"]
-"""
+REBUILT = lab("a license server rebuilt, its CALs recovered",
+              server(),
+              host(),
+              fleet(),
+              fleet("after", 2),
+              purchase(quantity=5),
+              install(),
+              wave(times=2, expect={"permanent": 3}),
+              step("+1d", "rebuild", license_server="LS1"),
+              step("+1h", "expect", license_server="LS1", total=0),
+              step("+1h", "recover", purchase="cals"),
+              wave(fleet="after", times=2, expect={"permanent": 2}),
+              step("+1h", "expect", key_pack="cals", total=5, issued=2, present=["KEY_PACK_INSTALLED"]))
 
 
 @pytest_twisted.ensureDeferred
 async def test_a_rebuilt_license_server_recovers_its_purchase(tmp_path):
-    lab = tmp_path / "rebuilt.toml"
-    lab.write_text(REBUILT)
-    (tmp_path / "run").mkdir()
-    run, results, journal = await play(str(lab), tmp_path / "run")
-    assert [r.why for r in results if not r.ok] == []
+    run, results, journal = await play_holding(REBUILT, tmp_path / "rebuilt.toml")
     with open(journal) as f:
         records = [json.loads(line) for line in f]
     assert [r["outcome"] for r in records if r.get("do") in ("rebuild", "recover")] == [
         "rebuilt with an empty database", "recovered"]
 
 
-SECURITY_GROUP = """\
-[lab]
-name = "the Terminal Server Computers group"
-start = "2025-01-06"
-
-[[license_server]]
-name = "LS1"
-security_group = true
-
-[[session_host]]
-name = "TS-MEMBER"
-license_servers = ["LS1"]
-group = true
-
-[[session_host]]
-name = "TS-ROGUE"
-license_servers = ["LS1"]
-
-[[fleet]]
-name = "desks"
-devices = 4
-
-[[purchase]]
-name = "cals"
-license_server = "LS1"
-quantity = 4
-
-[[step]]
-at = "0d"
-do = "install"
-purchase = "cals"
-
-[[step]]
-at = "+1h"
-do = "wave"
-fleet = "desks"
-through = ["TS-MEMBER", "TS-ROGUE"]
-times = 2
-expect = { permanent = 2, refused = 2, refused_by = { NOT_IN_GROUP = 2 } }
-
-[[step]]
-at = "+1h"
-do = "expect"
-license_server = "LS1"
-present = ["NOT_IN_GROUP"]
-
-[[step]]
-at = "+1d"
-note = "a new database: the registration, the group and the policy are set again"
-do = "rebuild"
-license_server = "LS1"
-
-[[step]]
-at = "+1h"
-do = "recover"
-purchase = "cals"
-
-[[step]]
-at = "+100d"
-do = "wave"
-fleet = "desks"
-through = ["TS-MEMBER", "TS-ROGUE"]
-times = 2
-expect = { refused_by = { NOT_IN_GROUP = 2 } }
-"""
+SECURITY_GROUP = lab("the Terminal Server Computers group",
+                     server(security_group=True),
+                     host("TS-MEMBER", group=True),
+                     host("TS-ROGUE"),
+                     fleet(devices=4),
+                     purchase(quantity=4),
+                     install(),
+                     wave(through=["TS-MEMBER", "TS-ROGUE"], times=2, expect={"permanent": 2, "refused": 2, "refused_by": {"NOT_IN_GROUP": 2}}),
+                     step("+1h", "expect", license_server="LS1", present=["NOT_IN_GROUP"]),
+                     step("+1d", "rebuild", note="a new database: the registration, the group and the policy are set again", license_server="LS1"),
+                     step("+1h", "recover", purchase="cals"),
+                     wave("+100d", through=["TS-MEMBER", "TS-ROGUE"], times=2, expect={"refused_by": {"NOT_IN_GROUP": 2}}))
 
 
 @pytest_twisted.ensureDeferred
 async def test_only_session_hosts_in_the_group_get_licenses(tmp_path):
-    lab = tmp_path / "group.toml"
-    lab.write_text(SECURITY_GROUP)
-    (tmp_path / "run").mkdir()
-    run, results, journal = await play(str(lab), tmp_path / "run")
-    assert [r.why for r in results if not r.ok] == []
+    run, results, journal = await play_holding(SECURITY_GROUP, tmp_path / "group.toml")
     with open(journal) as f:
         text = f.read()
     secret = next(iter(run.hosts["TS-MEMBER"].secrets.values()))
@@ -603,166 +339,34 @@ async def test_only_session_hosts_in_the_group_get_licenses(tmp_path):
     assert text.count('"do":"register"') == 2       # at the start, and again after the rebuild
 
 
-DEPLOYMENT = """\
-[lab]
-name = "scopes, a directory"
-start = "2025-01-06"
-
-[[license_server]]
-name = "LS1"
-scope = "workgroup"
-
-[[license_server]]
-name = "LS2"
-scope = "forest"
-
-[[session_host]]
-name = "TS01"
-license_servers = ["LS1"]
-
-[[session_host]]
-name = "TS02"
-license_servers = ["LS1"]
-discover = true
-
-[[session_host]]
-name = "TSU"
-mode = "per-user"
-license_servers = ["LS2"]
-
-[[fleet]]
-name = "desks"
-devices = 2
-
-[[fleet]]
-name = "roaming"
-devices = 2
-
-[[fleet]]
-name = "mixed"
-devices = 4
-per_user = 0.5
-
-[[purchase]]
-name = "cals"
-license_server = "LS1"
-quantity = 5
-
-[[purchase]]
-name = "more"
-license_server = "LS2"
-quantity = 5
-
-[[purchase]]
-name = "people"
-license_server = "LS2"
-cal_type = "per-user"
-quantity = 5
-
-[[step]]
-at = "0d"
-do = "install"
-purchase = "cals"
-
-[[step]]
-at = "0d"
-do = "install"
-purchase = "people"
-
-[[step]]
-at = "0d"
-do = "install"
-purchase = "more"
-
-[[step]]
-at = "+1h"
-do = "wave"
-fleet = "desks"
-through = ["TS01"]
-times = 2
-expect = { permanent = 2 }
-
-[[step]]
-at = "+1h"
-do = "wave"
-fleet = "mixed"
-through = ["TS01", "TSU"]
-times = 2
-expect = { permanent = 2, per_user = 2 }
-
-[[step]]
-at = "+1h"
-do = "expect"
-present = ["POLICY_CHANGED"]
-
-[[step]]
-at = "+1h"
-do = "kill"
-license_server = "LS1"
-
-[[step]]
-at = "+1h"
-do = "wave"
-fleet = "roaming"
-through = ["TS02"]
-times = 2
-rate = 1
-expect = { permanent = 2, served_by = { LS2 = 2 } }
-
-[[step]]
-at = "+4h"
-do = "restart"
-license_server = "LS1"
-
-[[step]]
-at = "+1h"
-do = "convert"
-key_pack = "more"
-count = 4
-expect_error = "NOT_ENOUGH_CALS"
-
-[[step]]
-at = "+1h"
-do = "convert"
-key_pack = "more"
-count = 3
-into = "more-per-user"
-
-[[step]]
-at = "+1h"
-do = "expect"
-key_pack = "more-per-user"
-total = 3
-issued = 0
-present = ["KEY_PACK_CONVERTED"]
-
-[[step]]
-at = "+1h"
-do = "expect"
-key_pack = "more"
-total = 2
-issued = 2
-
-[[step]]
-at = "+1h"
-do = "migrate"
-purchase = "cals"
-to = "LS2"
-reason = "replaced"
-
-[[step]]
-at = "+1h"
-do = "expect"
-key_pack = "cals"
-total = 5
-issued = 0
-
-[[step]]
-at = "+1h"
-do = "expect"
-license_server = "LS1"
-present = ["KEY_PACK_UNINSTALLED"]
-"""
+DEPLOYMENT = lab("scopes, a directory",
+                 server(scope="workgroup"),
+                 server("LS2", scope="forest"),
+                 host(),
+                 host("TS02", discover=True),
+                 host("TSU", ["LS2"], mode="per-user"),
+                 fleet(devices=2),
+                 fleet("roaming", 2),
+                 fleet("mixed", 4, per_user=0.5),
+                 purchase(quantity=5),
+                 purchase("more", license_server="LS2", quantity=5),
+                 purchase("people", license_server="LS2", cal_type="per-user", quantity=5),
+                 install(),
+                 install(name="people"),
+                 install(name="more"),
+                 wave(times=2, expect={"permanent": 2}),
+                 wave(fleet="mixed", through=["TS01", "TSU"], times=2, expect={"permanent": 2, "per_user": 2}),
+                 step("+1h", "expect", present=["POLICY_CHANGED"]),
+                 step("+1h", "kill", license_server="LS1"),
+                 wave(fleet="roaming", through=["TS02"], times=2, rate=1, expect={"permanent": 2, "served_by": {"LS2": 2}}),
+                 step("+4h", "restart", license_server="LS1"),
+                 step("+1h", "convert", key_pack="more", count=4, expect_error="NOT_ENOUGH_CALS"),
+                 step("+1h", "convert", key_pack="more", count=3, into="more-per-user"),
+                 step("+1h", "expect", key_pack="more-per-user", total=3, issued=0, present=["KEY_PACK_CONVERTED"]),
+                 step("+1h", "expect", key_pack="more", total=2, issued=2),
+                 step("+1h", "migrate", purchase="cals", to="LS2", reason="replaced"),
+                 step("+1h", "expect", key_pack="cals", total=5, issued=0),
+                 step("+1h", "expect", license_server="LS1", present=["KEY_PACK_UNINSTALLED"]))
 
 
 @pytest_twisted.ensureDeferred
@@ -773,15 +377,11 @@ async def test_scopes_discovery_a_per_user_share_a_logon_rate_convert_and_migrat
     # Then 3 of LS2's 5 Per Device CALs (2 issued) become Per User CALs; 4 cannot. LS1 is replaced:
     # its purchase migrates to LS2 and is uninstalled on LS1.
     # Played twice: the same journal (license IDs, lab times of the paced logons, ...).
-    lab = tmp_path / "deployment.toml"
-    lab.write_text(DEPLOYMENT)
-    (tmp_path / "run").mkdir()
-    run, results, journal = await play(str(lab), tmp_path / "run")
-    assert [r.why for r in results if not r.ok] == []
+    run, results, journal = await play_holding(DEPLOYMENT, tmp_path / "deployment.toml")
     with open(journal) as f:
         records = [json.loads(line) for line in f]
     (tmp_path / "again").mkdir()
-    _, _, again = await play(str(lab), tmp_path / "again")
+    _, _, again = await play(str(tmp_path / "deployment.toml"), tmp_path / "again")
     with open(journal) as f, open(again) as g:
         assert comparable(f) == comparable(g)
     assert [(r["license_server"], r["scope"]) for r in records if r.get("do") == "role"] == \
@@ -803,48 +403,14 @@ async def test_scopes_discovery_a_per_user_share_a_logon_rate_convert_and_migrat
                      ("TS01", "mixed-003", "permanent"), ("TSU", "mixed-004", "per_user")}
 
 
-RDP_CLIENTS = """\
-[lab]
-name = "two desks, one a real RDP client"
-start = "2025-01-06"
-
-[[license_server]]
-name = "LS1"
-
-[[session_host]]
-name = "TS01"
-license_servers = ["LS1"]
-
-[[fleet]]
-name = "desks"
-devices = 2
-rdp = 1
-
-[[purchase]]
-name = "cals"
-license_server = "LS1"
-quantity = 5
-
-[[step]]
-at = "0d"
-do = "install"
-purchase = "cals"
-
-[[step]]
-at = "+1h"
-do = "wave"
-fleet = "desks"
-through = ["TS01"]
-times = 2
-expect = { permanent = 2 }
-
-[[step]]
-at = "+1h"
-do = "expect"
-key_pack = "cals"
-issued = 2
-licensed = "desks"
-"""
+RDP_CLIENTS = lab("two desks, one a real RDP client",
+                  server(),
+                  host(),
+                  fleet(devices=2, rdp=1),
+                  purchase(quantity=5),
+                  install(),
+                  wave(times=2, expect={"permanent": 2}),
+                  step("+1h", "expect", key_pack="cals", issued=2, licensed="desks"))
 
 
 @pytest.mark.skipif(not (shutil.which("xfreerdp") and shutil.which("xvfb-run")),
@@ -852,11 +418,7 @@ licensed = "desks"
 @pytest_twisted.ensureDeferred
 async def test_a_fleet_device_can_be_a_real_rdp_client(tmp_path):
     # desks-001 is xfreerdp through TS01's `tsls-ts rdp`: a temporary license, then the permanent CAL.
-    lab = tmp_path / "rdp.toml"
-    lab.write_text(RDP_CLIENTS)
-    (tmp_path / "run").mkdir()
-    run, results, journal = await play(str(lab), tmp_path / "run")
-    assert [r.why for r in results if not r.ok] == []
+    run, results, journal = await play_holding(RDP_CLIENTS, tmp_path / "rdp.toml")
     assert all(not d.alive for d in run.daemons.values())
     with open(journal) as f:
         logons = [json.loads(line) for line in f if '"kind":"logon"' in line]

@@ -1,59 +1,21 @@
 """Lab files are checked before anything starts: every problem names its line and field."""
 import pytest
 
+from tests.labfile.labs import fleet, host, install, lab, purchase, server, step, wave
 from tsls.labfile import plan, schema
 from tsls.labfile.schema import LabFileError
 
-GOOD = """\
-[lab]
-name = "two servers"
-start = "2025-01-06"
-seed = 3
-
-[[license_server]]
-name = "LS1"
-
-[[license_server]]
-name = "LS2"
-
-[[session_host]]
-name = "TS01"
-license_servers = ["LS1", "LS2"]
-
-[[fleet]]
-name = "desks"
-devices = 4
-
-[[purchase]]
-name = "cals"
-license_server = "LS1"
-quantity = 5
-
-[[step]]
-at = "0d"
-do = "install"
-purchase = "cals"
-
-[[step]]
-at = "+1h"
-do = "cut"
-session_host = "TS01"
-license_server = "LS1"
-for = "2d"
-
-[[step]]
-at = "+1h"
-do = "wave"
-fleet = "desks"
-through = ["TS01"]
-expect = { temporary = 4, served_by = { LS2 = 4 } }
-
-[[step]]
-at = "30d"
-do = "expect"
-key_pack = "cals"
-issued = 0
-"""
+GOOD = lab("two servers",
+           server(),
+           server("LS2"),
+           host("TS01", ["LS1", "LS2"]),
+           fleet(devices=4),
+           purchase(quantity=5),
+           install(),
+           step("+1h", "cut", session_host="TS01", license_server="LS1", **{"for": "2d"}),
+           wave(expect={"temporary": 4, "served_by": {"LS2": 4}}),
+           step("30d", "expect", key_pack="cals", issued=0),
+           seed=3)
 
 
 def problems(text):
