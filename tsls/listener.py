@@ -3,6 +3,21 @@ from __future__ import annotations
 
 from twisted.application.service import Service
 from twisted.internet import defer
+from twisted.internet.endpoints import serverFromString
+
+# Connections the kernel holds for us before we accept them. Twisted's default, 50, is too few for a lab whose
+# terminal servers all connect at once: past it Linux drops the handshake's last packet, the client believes it
+# is connected and retransmits its first request for up to a minute (1,000 simulated terminal servers starting
+# together timed out their hello). Linux caps it at net.core.somaxconn (4096 on current kernels).
+BACKLOG = 1024
+
+
+def server_endpoint(reactor, description: str):
+    """``serverFromString`` with tsls's listen backlog for tcp, ssl and unix endpoints that name none."""
+    kind = description.split(":", 1)[0]
+    if kind in ("tcp", "tcp6", "ssl", "unix") and "backlog=" not in description:
+        description += f":backlog={BACKLOG}"
+    return serverFromString(reactor, description)
 
 
 class Listener(Service):

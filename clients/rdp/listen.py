@@ -10,10 +10,10 @@ import json
 import os
 
 from twisted.internet import defer, ssl
-from twisted.internet.endpoints import serverFromString
 
 from clients.rdp import crypto
 from clients.rdp.server import LicenseServerLicensing, RdpFrontFactory
+from tsls.listener import server_endpoint
 from tsls.certs import new_key, private_pem, self_signed_pem
 from tsls.core.model import ProductVersion
 from tsls.files import write_private
@@ -49,7 +49,7 @@ def make_factory(terminal_server, state, state_dir: str) -> RdpFrontFactory:
 
 def listen(reactor, factory: RdpFrontFactory, endpoint: str = DEFAULT_LISTEN):
     """Fires with the listening port."""
-    return serverFromString(reactor, endpoint).listen(factory)
+    return server_endpoint(reactor, endpoint).listen(factory)
 
 
 async def serve(reactor, terminal_server, state, state_dir: str, endpoint: str | None, connections: int | None,

@@ -4,12 +4,11 @@ from __future__ import annotations
 import os
 
 from twisted.application.service import MultiService, Service
-from twisted.internet.endpoints import serverFromString
 from twisted.web.server import Site
 
 from tsls.clearinghouse.http import ApiChannel, ApiResource, Clearinghouse
 from tsls.clearinghouse.store import ClearinghouseStore
-from tsls.listener import Listener
+from tsls.listener import Listener, server_endpoint
 from tsls.public import write_secret
 from tsls.server import auth
 
@@ -52,5 +51,5 @@ def make_service(reactor, endpoint: str, db_path: str, clock=None, credential_pa
     site = Site(ApiResource(Clearinghouse(store, clock or reactor, secret)))
     site.noisy = False
     site.protocol = ApiChannel
-    Listener("clearinghouse", serverFromString(reactor, endpoint), site).setServiceParent(top)
+    Listener("clearinghouse", server_endpoint(reactor, endpoint), site).setServiceParent(top)
     return top

@@ -6,11 +6,10 @@ import os
 from twisted.application.internet import TimerService
 from twisted.application.service import MultiService, Service
 from twisted.logger import Logger
-from twisted.internet.endpoints import serverFromString
 
 from tsls.labclock import LabClock
 from tsls.public import write_secret
-from tsls.listener import Listener
+from tsls.listener import Listener, server_endpoint
 from tsls.server.app import LicenseServer, load_identity
 from tsls.server.records import event_json
 from tsls.server.protocol import LicenseFactory
@@ -125,7 +124,7 @@ class LicenseServerService(MultiService):
                 from tsls.server.readstore import PgReadStore
                 reads = PgReadStore(store.connector)
             self.console = self._console(reactor, console_listen, reads, factory)
-        self.listener = Listener("license server", serverFromString(reactor, endpoint), factory)
+        self.listener = Listener("license server", server_endpoint(reactor, endpoint), factory)
         self.listener.setServiceParent(self)
         if publish_to is not None:      # PublishLS: in the simulated directory, once the port is bound
             with store.transaction():
@@ -140,7 +139,7 @@ class LicenseServerService(MultiService):
         factory.observe = console.metrics.observe
         self.server.activation.clearinghouse = console.counted(self.server.activation.clearinghouse)
         _ConsoleService(console).setServiceParent(self)
-        self.console_listener = Listener("console", serverFromString(reactor, endpoint), site(console))
+        self.console_listener = Listener("console", server_endpoint(reactor, endpoint), site(console))
         self.console_listener.setServiceParent(self)
         secure = endpoint.split(":", 1)[0] == "ssl"
         self.console_listener.listening_hook = lambda port: console.listening(port, secure)
