@@ -108,17 +108,59 @@ def load_command(endpoint: str, connections: int, pipeline: int, duration: float
     return cmd + list(extra)
 
 
-def run_load(cmd: list[str], timeout: float = 600) -> dict:
-    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
-    if done.returncode != 0:
-        raise RuntimeError(f"load failed ({done.returncode}): {done.stderr.strip() or done.stdout.strip()}")
-    return json.loads(done.stdout)
+def run_load(cmd: list[str], timeout: float = 600, on_start=None) -> dict:
+    """Run a load command and return its JSON summary. ``on_start()`` is called when its timed run
+    starts: at once, or when a load with ``--prepare`` says its preparation is over."""
+    if on_start is None or "--prepare" not in cmd:
+        if on_start is not None:
+            on_start()
+        done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+        out, err, code = done.stdout, done.stderr, done.returncode
+    else:
+        with subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+            said = []
+            for line in proc.stderr:        # the load says one line when its preparation is over
+                said.append(line)
+                if line.startswith("tsls-load: prepared"):
+                    on_start()
+                    break
+            try:
+                out, rest = proc.communicate(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                raise
+            err, code = "".join(said) + rest, proc.returncode
+    if code != 0:
+        raise RuntimeError(f"load failed ({code}): {err.strip() or out.strip()}")
+    return json.loads(out)
 
 
 def shown(cmd: list[str]) -> str:
     """A command as a person would type it from the repository's root."""
     out = [".venv/bin/python" if c == PYTHON else c for c in cmd]
     return shlex.join(out)
+
+
+# The two workloads of issue 14's targets, as load options: every answer a durable grant.
+#   first:   a new device's first logon gets a temporary license (a license row and an event written);
+#   upgrade: a device presents its reported (validated) temporary license and gets a permanent CAL from a
+#            key pack (the CAL inserted, the temporary license marked upgraded, the pack's Issued counted).
+#            The load generator logs --prepare devices on and reports them before the clock starts.
+WORKLOADS = ("first", "upgrade")
+PREPARE = 60_000
+
+
+def workload_load(workload: str, prepare: int = PREPARE) -> dict:
+    """load_command's keyword arguments for a workload."""
+    if workload == "first":
+        return {"mix": "first=1"}
+    return {"mix": "upgrade=1", "extra": ("--prepare", str(prepare))}
+
+
+def check_workload(workload: str, result: dict, name: str) -> None:
+    """Every answer of an upgrade run was an upgrade (a run that outlasts its prepared devices is not)."""
+    if workload == "upgrade" and set(result["outcomes"]) - {"upgraded"}:
+        raise RuntimeError(f"{name}: not every answer was an upgrade ({result['outcomes']}): raise --prepare")
 
 
 def add_load_options(p, duration: float, duration_help: str = "seconds of load per run") -> None:

@@ -1,14 +1,16 @@
 """Before and after, in the same run: durable grants of the license server at an older commit and at
 this checkout, each against the baseline of the same round, at 100 connections x 16 in flight.
 
-    python -m bench.versus COMMIT [--duration 4] [--repeat 3] [--connections 100] [--pipeline 16] [--json]
+    python -m bench.versus COMMIT [--workload first|upgrade] [--duration 4] [--repeat 3] [--connections 100]
+                                  [--pipeline 16] [--json]
 
 COMMIT's tree is extracted (git archive) into a work directory and its own ``bench.daemon`` and
 ``bench.dbgen`` run from there (with this checkout's virtualenv), so each version runs on a ledger
 of 1,000 licenses made by its own schema. Each round runs the baseline (bench.baseline), the
 daemon at COMMIT and the daemon here, in an order that rotates, each in fresh processes, driven by
 this checkout's load generator with first logons (every answer a temporary license committed before
-it leaves). Ratios are taken within each round (the machine is shared: its load comes and goes),
+it leaves) or, with ``--workload upgrade``, upgrades (each device presents its reported temporary
+license and gets a permanent CAL; the load generator prepares the devices before the clock starts). Ratios are taken within each round (the machine is shared: its load comes and goes),
 and their medians reported.
 """
 from __future__ import annotations
@@ -36,17 +38,23 @@ def template(tree: str, path: str) -> str:
     return path
 
 
-def measure(server: harness.Server, connections: int, pipeline: int, duration: float) -> dict:
+def measure(server: harness.Server, connections: int, pipeline: int, duration: float, workload: str = "first",
+            prepare: int = harness.PREPARE) -> dict:
     with server:
-        cpu = server.cpu_seconds()
-        result = harness.run_load(harness.load_command(server.endpoint, connections, pipeline, duration=duration))
-        result["server_cpu_us"] = (server.cpu_seconds() - cpu) / max(result["answers"], 1) * 1e6
+        cmd = harness.load_command(server.endpoint, connections, pipeline, duration=duration,
+                                   **harness.workload_load(workload, prepare))
+        start = []
+        result = harness.run_load(cmd, on_start=lambda: start.append(server.cpu_seconds()))
+        result["server_cpu_us"] = (server.cpu_seconds() - start[0]) / max(result["answers"], 1) * 1e6
     if result["refusals"] or result["unanswered"]:
         raise RuntimeError(f"{server.name}: refused or dropped requests")
+    if server.name != "baseline":
+        harness.check_workload(workload, result, server.name)
     return result
 
 
-def run(commit: str, duration: float, repeat: int, connections: int, pipeline: int, work, log=print) -> dict:
+def run(commit: str, duration: float, repeat: int, connections: int, pipeline: int, work, log=print,
+        workload: str = "first", prepare: int = harness.PREPARE) -> dict:
     tree = checkout(commit, work)
     templates = {"before": template(tree, work.file("before.sqlite")),
                  "after": template(harness.ROOT, work.file("after.sqlite"))}
@@ -60,11 +68,12 @@ def run(commit: str, duration: float, repeat: int, connections: int, pipeline: i
                 db = harness.private_copy(templates[name], work.file(f"{name}-{n}.sqlite"))
                 server = harness.Server(["bench.daemon", "--db", db, "--log", os.devnull], name,
                                         cwd=tree if name == "before" else None)
-            result = measure(server, connections, pipeline, duration)
+            result = measure(server, connections, pipeline, duration, workload, prepare)
             runs[name].append(result)
             log(f"round {n + 1} {name:<9} {result['throughput']:>8,.0f}/s p99 {result['latency_ms']['p99']:8.1f} ms "
                 f"CPU {result['server_cpu_us']:.0f} µs per answer")
-    out = {"commit_before": commit, "connections": connections, "pipeline": pipeline, "rows": {}}
+    out = {"commit_before": commit, "workload": workload, "connections": connections, "pipeline": pipeline,
+           "rows": {}}
     for name in names:
         rs = runs[name]
         out["rows"][name] = {"answers_per_s": harness.median([r["throughput"] for r in rs]),
@@ -87,10 +96,15 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="bench.versus", description=__doc__.split("\n\n")[0])
     p.add_argument("commit", help="the older commit (anything git names: a hash, main~3)")
     harness.add_load_options(p, 4.0)
+    p.add_argument("--workload", choices=harness.WORKLOADS, default="first",
+                   help="first logons, or upgrades to permanent CALs (default: %(default)s)")
+    p.add_argument("--prepare", type=int, default=harness.PREPARE,
+                   help="devices prepared for --workload upgrade (default: %(default)s)")
     args = p.parse_args(argv)
     started = time.perf_counter()
     result = harness.figures(args.json, lambda work, log: run(args.commit, args.duration, args.repeat,
-                                                               args.connections, args.pipeline, work, log=log))
+                                                               args.connections, args.pipeline, work, log=log,
+                                                               workload=args.workload, prepare=args.prepare))
     if args.json:
         return 0
     print("\n| server | answers/s (median) | to the baseline, each round (median) | p99 ms | p99 to the baseline's | "
@@ -101,7 +115,7 @@ def main(argv=None) -> int:
         p99 = "-" if name == "baseline" else f"{r['p99_ratio']:.1f}"
         print(f"| {name} | {r['answers_per_s']:,.0f} | {ratio} | {r['p99_ms']:.1f} | {p99} | {r['server_cpu_us']:.0f} µs |")
     print(f"\nafter / before, each round: {', '.join(f'{x:.3f}' for x in result['after_to_before_each_round'])} "
-          f"(median {result['after_to_before']:.3f}); before = {args.commit}")
+          f"(median {result['after_to_before']:.3f}); before = {args.commit}; workload {args.workload}")
     print(f"{result['machine']}; {time.perf_counter() - started:.0f} s")
     return 0
 

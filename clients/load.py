@@ -8,6 +8,9 @@ logging M client devices and users on with a mix the lab chooses, for a duration
   gets a permanent CAL once its temporary license was reported, or keeps its CAL);
 - ``renewal``: a device holding a permanent CAL presents it (``existing``, or ``renewed`` when the
   CAL is within 7 days of expiry: move a lab clock to see those);
+- ``upgrade``: a device whose temporary license was reported presents it and gets a permanent CAL
+  from a key pack (``upgraded``); with ``--prepare N``, N devices get and report their temporary
+  licenses before the clock starts, so a run can be all upgrades (``--mix upgrade=1``);
 - ``per_user``: a user logs on through a Per User terminal server (recorded, nothing counted).
 
 As a real terminal server does, it reports each successful logon with a temporary license
@@ -18,6 +21,7 @@ kind, refusals by code, throughput and latency percentiles; ``--json`` prints th
     tsls-load --terminal-servers 100 --devices 100000 --duration 30 --pipeline 8
     tsls-load --count 1000 --mix first=1 --no-report --json
     tsls-load --terminal-servers 20 --versions 2003,2008R2 --mix first=2,repeat=6,renewal=1,per_user=1
+    tsls-load --prepare 50000 --mix upgrade=1 --duration 5
 """
 from __future__ import annotations
 
@@ -41,7 +45,7 @@ from tsls.core.model import ProductVersion
 from tsls.errors import Code, TslsError
 from tsls.public import hardware_id
 
-KINDS = ("first", "repeat", "renewal", "per_user")
+KINDS = ("first", "repeat", "renewal", "upgrade", "per_user")
 REPORT = "report"                 # the logon_succeeded that follows a logon with a temporary license
 DEFAULT_MIX = "first=3,repeat=6,renewal=1"
 DRAIN_TIMEOUT = 60.0              # after the end, how long answers still in flight are waited for
@@ -60,6 +64,7 @@ class LoadConfig:
     users: int | None = None                 # Per User logons draw from this many users (default: devices)
     duration: float | None = None
     count: int | None = None                 # logons to send (reports that follow them are extra)
+    prepare: int = 0                         # devices logged on and reported before the run is timed
     mix: tuple[tuple[str, float], ...] = tuple((k, float(v)) for k, v in (("first", 3), ("repeat", 6), ("renewal", 1)))
     pipeline: int = 1
     report: bool = True
@@ -115,6 +120,8 @@ class Devices:
         self.busy = bytearray(count)        # a request for this device is in flight
         self.tokens: dict[int, bytes] = {}  # the JSON of the token each device presents
         self.cal_holders: list[int] = []
+        self.validated: list[int] = []      # devices holding a reported temporary license (upgrade draws these)
+        self._validated_at: dict[int, int] = {}
         self._fields: dict[int, bytes] = {}
 
     def fields(self, i: int) -> bytes:
@@ -150,6 +157,11 @@ class Devices:
             return None
         return self._idle(lambda: self.cal_holders[self.rng.randrange(len(self.cal_holders))])
 
+    def validated_idle(self) -> int | None:
+        if not self.validated:
+            return None
+        return self._idle(lambda: self.validated[self.rng.randrange(len(self.validated))])
+
     def any_idle(self) -> int | None:
         return self._idle(lambda: self.rng.randrange(self.count))
 
@@ -161,6 +173,14 @@ class Devices:
                 self.cal_holders.append(i)
         elif before != PERMANENT:
             self.held[i] = VALIDATED if lic["validated"] else TEMPORARY
+        if self.held[i] == VALIDATED and i not in self._validated_at:
+            self._validated_at[i] = len(self.validated)
+            self.validated.append(i)
+        elif self.held[i] != VALIDATED and i in self._validated_at:     # upgraded: out of the pool
+            at, last = self._validated_at.pop(i), self.validated.pop()
+            if last != i:
+                self.validated[at] = last
+                self._validated_at[last] = at
         self.tokens[i] = json.dumps(lic["token"]).encode()
 
 
@@ -252,8 +272,12 @@ class Load:
         self.outstanding = 0                # devices with a request in flight or a report to send
         self.done = defer.Deferred()
         self._drain = None
+        self.notice = None                      # called with a line to show a person (the CLI: stderr)
+        self.preparing = config.prepare > 0    # logging devices on (and reporting them) before the timed run
+        self._prepare_left = config.prepare
+        self._prepared: defer.Deferred | None = None
         w = config.weights()
-        kinds = [k for k in ("first", "repeat", "renewal") if w.get(k, 0) > 0]
+        kinds = [k for k in ("first", "repeat", "renewal", "upgrade") if w.get(k, 0) > 0]
         self._device_kinds = kinds or ["first"]
         total = sum(w[k] for k in kinds)
         acc, self._device_cumulative = 0.0, []
@@ -268,6 +292,14 @@ class Load:
         """(what, device), or (None, None) when the run is ending or no device is idle."""
         if self.stopping:
             return None, None
+        if self.preparing:
+            device = self.devices.new() if self._prepare_left and not per_user else None
+            if device is None:
+                return None, None
+            self._prepare_left -= 1
+            self.outstanding += 1
+            self.devices.busy[device] = 1
+            return "first", device
         count = self.config.count
         if count is not None and self.logons >= count:
             self.stop()
@@ -284,6 +316,10 @@ class Load:
                         what = kind
                         break
             device = None
+            if what == "upgrade":
+                device = devices.validated_idle()
+                if device is None:          # none left (or none idle): the device's next logon is a repeat
+                    what = "repeat"
             if what == "renewal":
                 device = devices.cal_holder_idle()
                 if device is None:
@@ -326,7 +362,7 @@ class Load:
             lic = result.get("license")
             if lic:
                 self.devices.keep(device, lic)
-                if (what is not REPORT and self.config.report and lic["kind"] == "temporary"
+                if (what is not REPORT and (self.config.report or self.preparing) and lic["kind"] == "temporary"
                         and not lic["validated"]):
                     conn.followups.append(device)      # the device stays busy until it is reported
                     return
@@ -337,6 +373,11 @@ class Load:
     def _release(self, device: int) -> None:
         self.devices.busy[device] = 0
         self.outstanding -= 1
+        if self.preparing:
+            if (not self.outstanding and (not self._prepare_left or self.stopping) and self._prepared is not None
+                    and not self._prepared.called):
+                self._prepared.callback(None)
+            return
         if self.stalled and not self.stopping:
             stalled = self.stalled.pop()
             if stalled.load is not None:
@@ -394,6 +435,30 @@ class Load:
         if not self.done.called:
             self.done.callback(None)
 
+    async def _prepare(self, conns) -> None:
+        """Log ``prepare`` new devices on and report each, pipelined, before the clock starts; what
+        they were asked and answered is not counted in the run's figures."""
+        self._prepared = defer.Deferred()
+        started = time.perf_counter()
+        for conn in conns:
+            conn.window = self.config.pipeline
+            conn.load = self
+        for conn in conns:
+            if conn.load is not None:
+                conn.fill()
+        if self.outstanding or self._prepare_left:
+            await self._prepared
+        self.preparing = False
+        self.stalled.clear()
+        for conn in conns:
+            conn.load = None
+        self.stats = Stats()
+        if self.stopping:       # every connection was lost while preparing
+            self._finish()
+        elif self.notice is not None:
+            self.notice(f"tsls-load: prepared {self.config.prepare:,} devices (logged on and reported) in "
+                        f"{time.perf_counter() - started:.1f} s; the run starts now")
+
     async def run(self, progress=None) -> dict:
         config = self.config
         per_user = config.per_user_count()
@@ -416,6 +481,11 @@ class Load:
                 await defer.gatherResults(hellos, consumeErrors=True)
             except defer.FirstError as e:
                 e.subFailure.raiseException()
+            if self.preparing:
+                try:
+                    await self._prepare(conns)
+                except defer.CancelledError:    # Ctrl-C while preparing
+                    self.interrupt()
             self.stats.started = time.perf_counter()
             if config.duration is not None:
                 timer = self.reactor.callLater(config.duration, self.stop)
@@ -573,8 +643,11 @@ def parser() -> argparse.ArgumentParser:
     end = p.add_mutually_exclusive_group()
     end.add_argument("--duration", type=float, metavar="SECONDS", help="send for this long (default: 10)")
     end.add_argument("--count", type=int, metavar="LOGONS", help="send this many logons, then stop")
-    p.add_argument("--mix", default=DEFAULT_MIX, help="weights of first, repeat, renewal and per_user logons "
+    p.add_argument("--mix", default=DEFAULT_MIX, help="weights of first, repeat, renewal, upgrade and per_user logons "
                    "(default: %(default)s)")
+    p.add_argument("--prepare", type=int, default=0, metavar="N",
+                   help="before the run is timed, log N new devices on and report each (for --mix upgrade=1); "
+                   "not counted in the figures (default: %(default)s)")
     p.add_argument("--pipeline", type=_positive, default=1, metavar="P",
                    help="requests in flight on each connection; 1 waits for each answer (default: %(default)s)")
     p.add_argument("--no-report", dest="report", action="store_false",
@@ -604,6 +677,7 @@ def config_from(args) -> LoadConfig:
     config = LoadConfig(server=args.server, terminal_servers=args.terminal_servers, versions=versions,
                         per_user_servers=args.per_user_servers, devices=args.devices, users=args.users,
                         duration=duration, count=args.count, mix=mix, pipeline=args.pipeline, report=args.report,
+                        prepare=args.prepare,
                         seed=args.seed, prefix=prefix, connect_timeout=args.connect_timeout,
                         answer_timeout=args.timeout)
     k = config.per_user_count()
@@ -612,14 +686,20 @@ def config_from(args) -> LoadConfig:
         raise TslsError(Code.BAD_REQUEST, f"--per-user-servers must be from 0 to {config.terminal_servers}")
     if weights.get("per_user", 0) > 0 and k == 0:
         raise TslsError(Code.BAD_REQUEST, "the mix has per_user logons but no terminal server runs in Per User mode")
-    if k < config.terminal_servers and not any(weights.get(kind, 0) > 0 for kind in ("first", "repeat", "renewal")):
-        raise TslsError(Code.BAD_REQUEST, "Per Device terminal servers need first, repeat or renewal in the mix")
+    if k < config.terminal_servers and not any(weights.get(kind, 0) > 0
+                                               for kind in ("first", "repeat", "renewal", "upgrade")):
+        raise TslsError(Code.BAD_REQUEST, "Per Device terminal servers need first, repeat, renewal or upgrade in the mix")
+    if not 0 <= config.prepare <= config.devices:
+        raise TslsError(Code.BAD_REQUEST, f"--prepare must be from 0 to --devices ({config.devices})")
     return config
 
 
-async def run_load(reactor, config: LoadConfig, progress=None) -> dict:
-    """Run one load against a license server and return its summary."""
-    return await Load(reactor, config).run(progress)
+async def run_load(reactor, config: LoadConfig, progress=None, notice=None) -> dict:
+    """Run one load against a license server and return its summary; ``notice(line)`` is told when
+    the preparation (``prepare``) is over and the timed run starts."""
+    load = Load(reactor, config)
+    load.notice = notice
+    return await load.run(progress)
 
 
 def main(argv=None) -> int:
@@ -628,7 +708,8 @@ def main(argv=None) -> int:
     async def body(reactor):
         config = config_from(args)
         show = args.progress if args.progress is not None else sys.stderr.isatty()
-        result = await run_load(reactor, config, ProgressBar() if show else None)
+        result = await run_load(reactor, config, ProgressBar() if show else None,
+                                notice=lambda line: print(line, file=sys.stderr, flush=True))
         if args.json:
             print(json.dumps(result, indent=2, sort_keys=True))
         else:

@@ -52,3 +52,27 @@ def test_a_mix_names_known_kinds_only():
     with pytest.raises(TslsError) as e:
         parse_mix("first=1,sideways=2")
     assert e.value.code is Code.BAD_REQUEST
+
+
+@pytest_twisted.inlineCallbacks
+def test_prepared_devices_are_upgraded_and_the_preparation_is_not_counted(daemon):
+    admin = yield daemon.admin()
+    yield activate_and_install(admin, quantity=30)
+    # 20 devices log on and are reported before the run; the run is 12 upgrades, each presenting a
+    # reported temporary license and getting a permanent CAL.
+    summary = yield load(daemon, terminal_servers=2, devices=20, prepare=20, count=12, mix=parse_mix("upgrade=1"),
+                         pipeline=4)
+    assert summary["requests"] == summary["answers"] == 12
+    assert summary["outcomes"] == {"upgraded": 12} and summary["grants"] == 12 and summary["refusals"] == {}
+    packs = yield admin.request("list_key_packs")
+    assert packs[0]["issued"] == 12
+    temporaries = yield admin.request("list_licenses", kind="temporary")
+    assert len(temporaries) == 20 and all(lic["validated"] for lic in temporaries)
+
+
+@pytest_twisted.inlineCallbacks
+def test_upgrades_fall_back_to_repeats_when_no_reported_device_is_left(daemon):
+    admin = yield daemon.admin()
+    yield activate_and_install(admin, quantity=30)
+    summary = yield load(daemon, terminal_servers=1, devices=3, prepare=3, count=5, mix=parse_mix("upgrade=1"))
+    assert summary["outcomes"] == {"upgraded": 3, "existing": 2}
