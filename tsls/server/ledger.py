@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import attrs
 from twisted.internet import defer
 
 from tsls.core import events, licensing, wmi
@@ -13,6 +12,7 @@ from tsls.core.model import License, LicenseKind, LicenseStatus, ProductVersion
 from tsls.errors import Code, TslsError
 from tsls.jsonshapes import license_json
 from tsls.server import paging, tokens
+from tsls.server.writer import writes_last
 from tsls.server.storage import Identity, LicenseFilter
 
 
@@ -32,8 +32,8 @@ class Ledger:
                 registered = ts.authenticated and store.registration(ts.name)
                 check_security_group(store.security_group_policy(), ts, bool(registered and registered.in_group))
                 presented = None if token is None else tokens.verify(self.identity.secret, token, hwid)
-                world = attrs.evolve(store.world(hwid, store.activation().activated, self.identity.seed),
-                                     prevent_upgrade=store.prevent_upgrade_policy())
+                world = store.world(hwid, store.activation().activated, self.identity.seed,
+                                    store.prevent_upgrade_policy())
                 decision = licensing.device_logon(ts, Logon(hwid, machine, user, presented), world, now)
             except TslsError as e:
                 store.add_events(events.for_refusal(e.code, e.message, now, ts.name, hwid, user))
@@ -47,7 +47,7 @@ class Ledger:
                 store.record_per_user(now, user, hwid, machine, ts.name)
             return self._answer(decision, world)
 
-        return self.writer.submit(job)
+        return self.writer.submit(writes_last(job))
 
     def licensing_info(self, ts: TerminalServer) -> defer.Deferred:
         """What the RD Licensing Diagnoser asks a license server about one session host: activation, the
@@ -70,7 +70,7 @@ class Ledger:
             world = store.world(hwid, store.activation().activated, self.identity.seed)
             return self._answer(store.apply(licensing.report_logon(license_id, hwid, world, now)), world)
 
-        return self.writer.submit(job)
+        return self.writer.submit(writes_last(job))
 
     def _answer(self, decision, world) -> dict:
         lic = decision.license

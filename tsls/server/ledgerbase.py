@@ -109,8 +109,8 @@ class EngineCommon:
             ref = self._purchases[text] = PurchaseRef.from_json(json.loads(text))
         return ref
 
-    def world(self, hwid: str, activated: bool, seed: str) -> World:
-        return World(activated, self.key_packs(), self.licenses_of(hwid), seed)
+    def world(self, hwid: str, activated: bool, seed: str, prevent_upgrade: bool = False) -> World:
+        return World(activated, self.key_packs(), self.licenses_of(hwid), seed, prevent_upgrade)
 
     def apply(self, decision: Decision) -> Decision:
         """Write the decision's changes; return it with the inserted license's id filled in."""

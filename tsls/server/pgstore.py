@@ -699,6 +699,12 @@ class PgLicenseStore(EngineCommon):
         """Kept until the batch commits (one INSERT for them all); a refused request drops its own."""
         self._pending.extend(new)
 
+    @contextlib.contextmanager
+    def held_events(self):
+        """A batch's jobs (the writer): their events are inserted together once they are done."""
+        yield
+        self._flush_events()
+
     def _flush_events(self) -> None:
         pending, self._pending = self._pending, []
         if not pending:

@@ -191,6 +191,9 @@ class LicenseStore(EngineCommon):
     def __init__(self, connection: sqlite3.Connection) -> None:
         self.db = connection
         self.new_events: list = []      # events written in the open transaction, published after COMMIT
+        # While the writer runs a batch's jobs (``held_events``), events are kept here and written
+        # with one executemany when its jobs are done; a request undone drops its own.
+        self._pending: list | None = None
         # Every request reads the key packs, the activation and a few settings; they change rarely,
         # so they are kept here, one entry per table. Temporary triggers (this connection's own, not
         # in the schema) drop a table's entry whenever any statement on this connection writes it; a
@@ -247,6 +250,7 @@ class LicenseStore(EngineCommon):
         """The read store's queries (tsls.server.readstore) on this connection, inside the open batch:
         for a daemon run without a read store (tests of the operations on one connection)."""
         from tsls.server.readstore import Snapshot
+        self._write_pending()
         return Snapshot(self.db)
 
     # --- transactions ---------------------------------------------------------------------------
@@ -395,15 +399,50 @@ class LicenseStore(EngineCommon):
     # --- the event log ----------------------------------------------------------------------------
 
     def add_events(self, new) -> None:
+        if self._pending is not None:
+            self._pending.extend(new)
+            return
         for e in new:
-            cursor = self.db.execute(
-                "INSERT INTO events (at, event_id, name, message, terminal_server, hwid, user, license_id) "
-                "VALUES (?,?,?,?,?,?,?,?)",
-                (e.at, int(e.event_id), e.event_id.name, e.message, e.terminal_server, e.hwid, e.user, e.license_id))
+            cursor = self.db.execute(_INSERT_EVENT_NO_ID, _event_values(e))
             self.new_events.append((cursor.lastrowid, e))
+
+    @contextlib.contextmanager
+    def held_events(self):
+        """A batch's jobs: the events they add are written together when they are done (one
+        executemany, their row ids given explicitly), not one INSERT each."""
+        self._pending = []
+        try:
+            yield
+            self._write_pending()
+        finally:
+            self._pending = None
+
+    def events_mark(self) -> int:
+        return 0 if self._pending is None else len(self._pending)
+
+    def drop_events(self, mark: int) -> None:
+        """Forget the held events added since ``mark`` (a request that is undone)."""
+        if self._pending is not None:
+            del self._pending[mark:]
+
+    def _write_pending(self) -> None:
+        pending = self._pending
+        if not pending:
+            return
+        self._pending = []
+        first = self.db.execute("SELECT coalesce(max(id), 0) + 1 FROM events").fetchone()[0]
+        rows = [(first + i, *_event_values(e)) for i, e in enumerate(pending)]
+        self.db.executemany(_INSERT_EVENT, rows)
+        self.new_events.extend(zip(range(first, first + len(pending)), pending))
+
+    def changes(self) -> int:
+        """Rows this connection has written since it opened (the writer's check that a request
+        run without a savepoint wrote nothing before it failed)."""
+        return self.db.total_changes
 
     def events(self, which: EventFilter = EventFilter(), limit: int = 1000) -> list[tuple]:
         """(row id, Event) pairs, the newest ``limit`` that match, oldest first."""
+        self._write_pending()
         where, params = event_conditions(which, "?")
         if which.event_ids is not None:
             where.append(f"event_id IN ({','.join('?' * len(which.event_ids))})")
@@ -537,6 +576,15 @@ _COLUMNS_NO_ID = ("kind, status, hwid, machine, user, terminal_server, product_v
                   "issued_at, expires_at, renewals")
 _COLUMNS = "id, " + _COLUMNS_NO_ID
 
+_INSERT_EVENT = ("INSERT INTO events (id, at, event_id, name, message, terminal_server, hwid, user, license_id) "
+                 "VALUES (?,?,?,?,?,?,?,?,?)")
+_INSERT_EVENT_NO_ID = ("INSERT INTO events (at, event_id, name, message, terminal_server, hwid, user, license_id) "
+                       "VALUES (?,?,?,?,?,?,?,?)")
+
+
+def _event_values(e) -> tuple:
+    return (e.at, int(e.event_id), e.event_id.name, e.message, e.terminal_server, e.hwid, e.user, e.license_id)
+
 
 _CACHED_TABLES = ("key_packs", "meta", "activation", "terminal_servers")
 
@@ -553,15 +601,18 @@ class _Savepoint:
         self.store = store
 
     def __enter__(self) -> None:
+        if self.store._pending:
+            self.store._write_pending()     # earlier requests' events are not this one's to undo
         self.store.db.execute("SAVEPOINT request")
-        self.mark = len(self.store.new_events)
+        self.mark = (len(self.store.new_events), self.store.events_mark())
 
     def __exit__(self, kind, value, tb) -> bool:
         store = self.store
         if kind is None:
             store.db.execute("RELEASE request")
             return False
-        del store.new_events[self.mark:]
+        del store.new_events[self.mark[0]:]
+        store.drop_events(self.mark[1])
         store._forget()
         store.db.execute("ROLLBACK TO request")
         store.db.execute("RELEASE request")

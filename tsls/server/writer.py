@@ -2,7 +2,9 @@
 
 Requests that arrive while a batch is committing wait in a queue; the next batch takes them all
 and shares one durable COMMIT. Each request runs inside its own savepoint, so a refusal undoes
-only its own writes. No answer leaves before the COMMIT that holds its writes has returned.
+only its own writes, except a request that decides before it writes (``writes_last``: a logon),
+which needs none. The events a batch adds are written together once its jobs are done. No answer
+leaves before the COMMIT that holds its writes has returned.
 
 A batch's jobs run in the reactor's thread, one after another; only its COMMIT (the fsync, the one
 slow step) runs in the writer's thread, and the reactor goes on reading requests meanwhile. Jobs
@@ -12,6 +14,7 @@ cost about a sixth of the throughput (docs/performance.md). One thread uses the 
 """
 from __future__ import annotations
 
+import contextlib
 from collections import deque
 from typing import Callable
 
@@ -23,6 +26,22 @@ from twisted.python.threadpool import ThreadPool
 from tsls.errors import Code, TslsError
 
 MAX_BATCH = 512
+
+
+def writes_last(job: Callable) -> Callable:
+    """Mark a job that writes nothing until its decision is complete (its refusals write only events,
+    which the store holds until the batch's jobs are done): it runs without a savepoint."""
+    job.writes_last = True
+    return job
+
+
+class PartlyWritten(Exception):
+    """A job run without a savepoint failed after writing: only rolling back its batch undoes it."""
+
+
+@contextlib.contextmanager
+def _nothing():
+    yield
 
 
 class BatchWriter:
@@ -111,9 +130,30 @@ class BatchWriter:
 
     def _jobs(self, jobs, now) -> list:
         store = self._store
+        held = getattr(store, "held_events", None)
+        with held() if held is not None else _nothing():
+            return self._each(store, jobs, now)
+
+    def _each(self, store, jobs, now) -> list:
         results = []
         store.sweep(now)
+        # A job marked ``writes_last`` decides before it writes anything, so a refusal has nothing to
+        # undo and needs no savepoint; a store that counts its writes (``changes``) proves it: should
+        # such a job fail after writing, the whole batch is rolled back rather than keep part of it.
+        changes = getattr(store, "changes", None)
         for job in jobs:
+            if changes is not None and getattr(job, "writes_last", False):
+                mark, written = store.events_mark(), changes()
+                try:
+                    result = job(store, now)
+                except Exception as e:
+                    if changes() != written:
+                        raise PartlyWritten("a request failed after it had written; the batch is rolled back") from e
+                    store.drop_events(mark)
+                    results.append((False, e if isinstance(e, TslsError) else Failure()))
+                else:
+                    results.append((not isinstance(result, TslsError), result))
+                continue
             try:
                 with store.savepoint():
                     result = job(store, now)
