@@ -25,15 +25,15 @@ def key_pack_json(p: KeyPack) -> dict:
 
 def license_json(lic: License, key_pack_id: str | None = None, token: str | None = None, with_wmi: bool = False) -> dict:
     """``with_wmi``: add Win32_TSIssuedLicense's numbers (the administrator's lists; docs/wmi.md)."""
-    out = {
+    out = {     # ``_value_`` is ``.value`` without the enum property's lookup (every grant's answer)
         "license_id": lic.id,
-        "kind": lic.kind.value,
-        "status": lic.status.value,
+        "kind": lic.kind._value_,
+        "status": lic.status._value_,
         "hwid": lic.hwid,
         "machine": lic.machine,
         "user": lic.user,
         "terminal_server": lic.terminal_server,
-        "product_version": lic.product_version.value,
+        "product_version": lic.product_version._value_,
         "key_pack_id": key_pack_id,
         "validated": lic.validated,
         "issued_at": iso(lic.issued_at),

@@ -266,3 +266,23 @@ def test_a_returning_device_with_no_seat_free_is_refused():
     with pytest.raises(TslsError) as e:
         ledger.logon(now=cal.expires_at + DAY)
     assert e.value.code is Code.NO_LICENSE_AVAILABLE
+
+
+def test_the_reason_a_logon_gets_no_cal_follows_everything_it_depends_on_with_the_same_key_packs():
+    """The reason is kept per tuple of key packs (the shell passes the same one until a pack changes):
+    the activation, the policy and the terminal server's version still change it."""
+    from tsls.core.licensing import World, device_logon
+
+    packs = (pack(version=ProductVersion.W2008, total=1, issued=1), pack(2, version=ProductVersion.W2012))
+
+    def reason(version=ProductVersion.W2008, activated=True, prevent_upgrade=False, packs=packs):
+        ts = TerminalServer("TS01", version, CalType.PER_DEVICE)
+        return device_logon(ts, logon(), World(activated, packs, (), "0", prevent_upgrade), NOW).reason
+
+    for _ in range(2):
+        assert reason() is None
+        assert reason(prevent_upgrade=True) is Code.UPGRADE_PREVENTED
+        assert reason(activated=False) is Code.NOT_ACTIVATED
+        assert reason(ProductVersion.W2016) is Code.NO_LICENSE_AVAILABLE
+        assert reason(packs=(packs[0],)) is Code.NO_LICENSE_AVAILABLE
+        assert reason(packs=(pack(cal_type=CalType.PER_USER),)) is Code.MODE_MISMATCH

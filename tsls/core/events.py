@@ -78,18 +78,28 @@ _BY_REASON = {
     Code.NOT_IN_GROUP: EventId.NOT_IN_GROUP,
 }
 
+# The same tables keyed by the members' names: a str hashes in C, an Enum member in Python (every
+# decision is looked up here).
+_BY_OUTCOME_NAME = {outcome.name: event_id for outcome, event_id in _BY_OUTCOME.items()}
+_BY_REASON_NAME = {code.name: event_id for code, event_id in _BY_REASON.items()}
+
 
 def for_decision(decision: Decision, now: int, terminal_server: str | None = None,
                  hwid: str | None = None, user: str | None = None) -> tuple[Event, ...]:
     """Events a decision is worth: a change of state, or a warning why a device got less."""
     lic = decision.license
-    base = dict(terminal_server=terminal_server or (lic and lic.terminal_server),
-                hwid=hwid or (lic and lic.hwid), user=user or (lic and lic.user), license_id=lic and lic.id)
+    if lic is not None:
+        terminal_server, hwid, user = terminal_server or lic.terminal_server, hwid or lic.hwid, user or lic.user
+        license_id = lic.id
+    else:
+        terminal_server, hwid, user, license_id = terminal_server or None, hwid or None, user or None, None
+    by_outcome = _BY_OUTCOME_NAME.get(decision.outcome._name_)
+    by_reason = None if decision.reason is None else _BY_REASON_NAME.get(decision.reason._name_)
     out = []
-    if decision.outcome in _BY_OUTCOME:
-        out.append(Event(now, _BY_OUTCOME[decision.outcome], decision.message, **base))
-    if decision.reason in _BY_REASON:
-        out.append(Event(now, _BY_REASON[decision.reason], decision.message, **base))
+    if by_outcome is not None:
+        out.append(Event(now, by_outcome, decision.message, terminal_server, hwid, user, license_id))
+    if by_reason is not None:
+        out.append(Event(now, by_reason, decision.message, terminal_server, hwid, user, license_id))
     return tuple(out)
 
 

@@ -121,7 +121,7 @@ def device_logon(ts: TerminalServer, logon: Logon, world: World, now: int) -> De
     _check_presented(logon, world.held)
     if ts.mode is CalType.PER_USER:
         if _mode_mismatch(CalType.PER_USER, world.packs):
-            return _per_device(ts, logon, world, now, why=(Code.MODE_MISMATCH, _mismatch_message(ts)))
+            return _per_device(ts, logon, world, now, why=(Code.MODE_MISMATCH, _mismatch_message(ts.mode)))
         return Decision(Outcome.PER_USER, None, message=f"Per User logon of {logon.user!r} recorded")
     return _per_device(ts, logon, world, now, why=_why_no_permanent(ts, world))
 
@@ -328,27 +328,46 @@ def _mode_mismatch(mode: CalType, packs) -> bool:
     return bool(packs) and all(p.cal_type is not mode for p in packs)
 
 
-def _mismatch_message(ts: TerminalServer) -> str:
-    other = "Per User" if ts.mode is CalType.PER_DEVICE else "Per Device"
-    mode = "Per Device" if ts.mode is CalType.PER_DEVICE else "Per User"
+def _mismatch_message(mode: CalType) -> str:
+    """``mode``: the terminal server's licensing mode."""
+    other = "Per User" if mode is CalType.PER_DEVICE else "Per Device"
+    mode = "Per Device" if mode is CalType.PER_DEVICE else "Per User"
     return f"the terminal server is in {mode} mode but only {other} CALs are installed"
 
 
 def _why_no_permanent(ts: TerminalServer, world: World) -> tuple[Code, str] | None:
-    """Why a Per Device logon cannot get a permanent CAL now, or None if it can."""
+    """Why a Per Device logon cannot get a permanent CAL now, or None if it can. It depends only on
+    the key packs, the activation, the policy and the terminal server's version, and the shell hands
+    every logon the same tuple of key packs until one changes: the answer is kept for that tuple."""
+    packs = world.packs
+    key = (id(packs), ts.version._value_, world.activated, world.prevent_upgrade)
+    hit = _WHY.get(key)
+    if hit is not None and hit[0] is packs:     # the tuple held here, so its id is not another's
+        return hit[1]
+    why = _why_no_permanent_now(ts.version, world)
+    if len(_WHY) >= 256:
+        _WHY.clear()
+    _WHY[key] = (packs, why)
+    return why
+
+
+_WHY: dict = {}
+
+
+def _why_no_permanent_now(version: ProductVersion, world: World) -> tuple[Code, str] | None:
     if not world.activated:
         return Code.NOT_ACTIVATED, "the license server is not activated, so it issues only temporary licenses"
     if _mode_mismatch(CalType.PER_DEVICE, world.packs):
-        return Code.MODE_MISMATCH, _mismatch_message(ts)
-    serving = _serving(world.packs, CalType.PER_DEVICE, ts.version, world.prevent_upgrade)
+        return Code.MODE_MISMATCH, _mismatch_message(CalType.PER_DEVICE)
+    serving = _serving(world.packs, CalType.PER_DEVICE, version, world.prevent_upgrade)
     if world.prevent_upgrade and not any(p.available for p in serving) and any(
-            p.available for p in _serving(world.packs, CalType.PER_DEVICE, ts.version)):
+            p.available for p in _serving(world.packs, CalType.PER_DEVICE, version)):
         return Code.UPGRADE_PREVENTED, (f"the Prevent License Upgrade policy is on and no Per Device CAL for Windows "
-                                        f"Server {ts.version.value} is free: a newer CAL is not given")
+                                        f"Server {version.value} is free: a newer CAL is not given")
     if not serving:
-        return Code.NO_LICENSE_AVAILABLE, f"no Per Device CALs for Windows Server {ts.version.value} or newer are installed"
+        return Code.NO_LICENSE_AVAILABLE, f"no Per Device CALs for Windows Server {version.value} or newer are installed"
     if all(p.available == 0 for p in serving):
-        return Code.NO_LICENSE_AVAILABLE, f"all Per Device CALs for Windows Server {ts.version.value} or newer are issued"
+        return Code.NO_LICENSE_AVAILABLE, f"all Per Device CALs for Windows Server {version.value} or newer are issued"
     return None
 
 

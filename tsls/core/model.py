@@ -40,14 +40,13 @@ class ProductVersion(enum.Enum):
     W2022 = "2022"
     W2025 = "2025"
 
+    # The CAL generation, which orders "same or newer" [§3, §9]: VERSIONS[v].generation, set on each
+    # member below the table (a plain attribute: the rules compare it several times per logon).
+    rank: int
+
     @property
     def info(self) -> "VersionInfo":
         return VERSIONS[self]
-
-    @property
-    def rank(self) -> int:
-        """The CAL generation, which orders "same or newer" [§3, §9]."""
-        return VERSIONS[self].generation
 
     @property
     def label(self) -> str:
@@ -115,6 +114,9 @@ VERSIONS: dict[ProductVersion, VersionInfo] = {
     V.W2025: VersionInfo("Windows Server 2025", 7, (10, 0)),
 }
 del V
+for _version, _info in VERSIONS.items():
+    _version.rank = _info.generation
+del _version, _info
 
 
 # --- The compatibility rules [§9, RDSCAL; NOLS]; docs/versions.md has them as tables -------------------

@@ -74,11 +74,13 @@ class Ledger:
 
     def _answer(self, decision, world) -> dict:
         lic = decision.license
-        out = {"outcome": decision.outcome.value, "reason": decision.reason and decision.reason.value,
+        reason = decision.reason
+        out = {"outcome": decision.outcome._value_, "reason": reason and reason._value_,
                "message": decision.message, "license": None}
-        referral = licensing.refer(decision.reason, self.referrals)
-        if referral:
-            out["referral"] = list(referral)
+        if self.referrals:
+            referral = licensing.refer(reason, self.referrals)
+            if referral:
+                out["referral"] = list(referral)
         if lic is not None:
             pack = None if lic.key_pack is None else next((p.key_pack_id for p in world.packs if p.id == lic.key_pack), None)
             out["license"] = license_json(lic, pack, tokens.sign(self.identity.secret, lic.id, lic.hwid))

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 
-import attrs
-
 from tsls.core import events
 from tsls.core.activation import Problem
 from tsls.core.licensing import Decision, World, expire
@@ -119,7 +117,9 @@ class EngineCommon:
             written = self._write(change)
             if change.license is decision.license:
                 result = written
-        return decision if result is decision.license else attrs.evolve(decision, license=result)
+        if result is decision.license:
+            return decision
+        return Decision(decision.outcome, result, decision.reason, decision.changes, decision.message)
 
     def sweep(self, now: int) -> list[Decision]:
         """Expire every license whose time is up, so what any request reads is current."""

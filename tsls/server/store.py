@@ -379,8 +379,9 @@ class LicenseStore(EngineCommon):
 
     def _write(self, change: Change) -> License:
         lic = change.license
-        values = (lic.kind.value, lic.status.value, lic.hwid, lic.machine, lic.user, lic.terminal_server,
-                  lic.product_version.value, lic.key_pack, int(lic.validated), lic.issued_at, lic.expires_at,
+        # ``_value_``, not ``.value``: the same text, without the enum property's Python-level lookup
+        values = (lic.kind._value_, lic.status._value_, lic.hwid, lic.machine, lic.user, lic.terminal_server,
+                  lic.product_version._value_, lic.key_pack, int(lic.validated), lic.issued_at, lic.expires_at,
                   lic.renewals)
         if lic.id == 0:
             cursor = self.db.execute(f"INSERT INTO licenses ({_COLUMNS_NO_ID}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", values)
