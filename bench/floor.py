@@ -1,7 +1,7 @@
 """The floor: a first logon's unavoidable steps timed alone, in this process, with no sockets, no
 Twisted and no other load, to set beside the daemon's CPU per grant (bench.throughput, bench.versus).
 
-    python -m bench.floor [--grants 20000] [--batch 400] [--repeat 3] [--json]
+    python -m bench.floor [--grants 20000] [--batch 400] [--repeat 3] [--workload first|upgrade] [--json]
 
 Each step is what every durable grant must do in this design (the pure core deciding, SQLite in WAL
 with synchronous=FULL, one COMMIT per batch), run for --grants new devices, in batches of --batch
@@ -9,7 +9,8 @@ with synchronous=FULL, one COMMIT per batch), run for --grants new devices, in b
 licenses), and timed per grant:
 
 - parse: ``json.loads`` of the logon request line;
-- read: the device's licenses and the key packs (``store.world``) and the policies;
+- read: the device's licenses and the key packs (``store.world``) and the policies (with ``--workload
+  upgrade``, the presented token's HMAC checked too);
 - decide: ``licensing.device_logon`` (the pure core);
 - write: the license row (``store.apply``) and its event (``store.add_events``, held for the batch); a
   logon decides before it writes, so it runs without a savepoint (tsls.server.writer.writes_last);
@@ -34,10 +35,11 @@ from bench import dbgen, harness
 STEPS = ("parse", "read", "decide", "write", "events", "answer", "commit")
 
 
-def run_once(grants: int, batch: int, work: harness.Workdir, n: int) -> dict:
+def run_once(grants: int, batch: int, work: harness.Workdir, n: int, workload: str = "first") -> dict:
     from tsls.core import events, licensing
     from tsls.core.licensing import Logon, TerminalServer
     from tsls.core.model import CalType, ProductVersion
+    from tsls.server import tokens
     from tsls.server.app import load_identity
     from tsls.server.ledger import Ledger
     from tsls.server.store import LicenseStore
@@ -51,6 +53,19 @@ def run_once(grants: int, batch: int, work: harness.Workdir, n: int) -> dict:
     ledger = Ledger(None, identity)
     ts = TerminalServer("TS01", ProductVersion.W2003, CalType.PER_DEVICE)
     now = int(time.time())
+    hwids = [f"{n:02d}{i:038x}" for i in range(grants)]
+    presented = [None] * grants
+    if workload == "upgrade":       # untimed: each device logs on and its logon is reported
+        for first in range(0, grants, batch):
+            with store.transaction(), store.held_events():
+                for i in range(first, min(first + batch, grants)):
+                    world = store.world(hwids[i], True, identity.seed)
+                    decision = store.apply(licensing.device_logon(ts, Logon(hwids[i], f"PC{i}", f"user{i}"), world,
+                                                                  now))
+                    store.apply(licensing.report_logon(decision.license.id, hwids[i],
+                                                       store.world(hwids[i], True, identity.seed), now))
+                    presented[i] = tokens.sign(identity.secret, decision.license.id, hwids[i])
+        store.new_events.clear()
     spent = dict.fromkeys(STEPS, 0.0)
     clock = time.perf_counter
     cpu = time.thread_time()
@@ -62,18 +77,20 @@ def run_once(grants: int, batch: int, work: harness.Workdir, n: int) -> dict:
         held = store.held_events()
         held.__enter__()
         for i in range(done, done + size):
-            line = json.dumps({"id": i, "op": "logon", "hwid": f"{n:02d}{i:038x}", "machine": f"PC{i}",
-                               "user": f"user{i}", "license": None}).encode()
+            line = json.dumps({"id": i, "op": "logon", "hwid": hwids[i], "machine": f"PC{i}",
+                               "user": f"user{i}", "license": presented[i]}).encode()
             t0 = clock()
             request = json.loads(line)
             t1 = clock()
             store.registration(ts.name)
             store.security_group_policy()
+            token = request["license"]
+            license_id = None if token is None else tokens.verify(identity.secret, token, request["hwid"])
             world = store.world(request["hwid"], store.activation().activated, identity.seed,
                                 store.prevent_upgrade_policy())
             t2 = clock()
-            decision = licensing.device_logon(ts, Logon(request["hwid"], request["machine"], request["user"], None),
-                                              world, now)
+            decision = licensing.device_logon(ts, Logon(request["hwid"], request["machine"], request["user"],
+                                                        license_id), world, now)
             t3 = clock()
             decision = store.apply(decision)
             store.add_events(events.for_decision(decision, now, ts.name, request["hwid"], request["user"]))
@@ -104,10 +121,13 @@ def main(argv=None) -> int:
     p.add_argument("--grants", type=int, default=20_000, help="grants per run (default: %(default)s)")
     p.add_argument("--batch", type=int, default=400, help="grants per COMMIT (default: %(default)s)")
     p.add_argument("--repeat", type=int, default=3, help="runs; medians are reported (default: %(default)s)")
+    p.add_argument("--workload", choices=("first", "upgrade"), default="first",
+                   help="first logons, or upgrades: devices whose reported temporary license is presented and "
+                        "upgraded to a permanent CAL (prepared untimed) (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = p.parse_args(argv)
     with harness.Workdir() as work:
-        runs = [run_once(args.grants, args.batch, work, n) for n in range(args.repeat)]
+        runs = [run_once(args.grants, args.batch, work, n, args.workload) for n in range(args.repeat)]
     result = {step: harness.median([r[step] for r in runs]) for step in STEPS}
     result["total"] = sum(result[step] for step in STEPS)
     result["cpu"] = harness.median([r["cpu"] for r in runs])
@@ -117,7 +137,8 @@ def main(argv=None) -> int:
     for step in (*STEPS, "total"):
         print(f"{step:<9} {result[step]:7.1f} µs per grant")
     print(f"CPU time of the whole loop (this thread, the timing included): {result['cpu']:.1f} µs per grant")
-    print(f"\n{args.grants:,} first logons in batches of {args.batch}, median of {args.repeat}; {harness.machine()}")
+    what = "first logons" if args.workload == "first" else "upgrades"
+    print(f"\n{args.grants:,} {what} in batches of {args.batch}, median of {args.repeat}; {harness.machine()}")
     return 0
 
 

@@ -1,4 +1,5 @@
 """The SQLite engine of the storage seam, on real SQLite files."""
+import contextlib
 import json
 
 import attrs
@@ -110,3 +111,26 @@ def test_the_license_counts_status_reads_follow_every_write_and_a_migrated_ledge
                                                  "permanent:revoked": 1, "permanent:expired": 2}
     store.close()
     assert check_ledger(path) == []
+
+
+def test_a_grant_keeps_the_cached_key_packs_in_step_with_the_table(tmp_path):
+    store = LicenseStore.open(str(tmp_path / "ls.sqlite"))
+    ref = PurchaseRef(Program.RETAIL, retail_code="A" * 25)
+    with store.transaction():
+        one = store.add_key_pack("K1".ljust(35, "0"), ref, ProductVersion.W2003, CalType.PER_DEVICE, 5, 0)
+        two = store.add_key_pack("K2".ljust(35, "0"), ref, ProductVersion.W2003, CalType.PER_DEVICE, 5, 0)
+        assert [p.issued for p in store.key_packs()] == [0, 0]
+    with store.transaction():
+        cal = _cal("h1", two.id)
+        store.apply(Decision(Outcome.UPGRADED, cal, changes=(Change(cal, pack_delta=+1),)))
+        kept = store.key_packs()
+        assert [p.issued for p in kept] == [0, 1]
+        store._forget()
+        assert store.key_packs() == kept            # as the table has them
+    with store.transaction():
+        with contextlib.suppress(ValueError), store.savepoint():
+            cal = _cal("h2", one.id)
+            store.apply(Decision(Outcome.UPGRADED, cal, changes=(Change(cal, pack_delta=+1),)))
+            raise ValueError("undone")
+        assert [p.issued for p in store.key_packs()] == [0, 1]
+    store.close()

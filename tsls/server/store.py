@@ -12,6 +12,8 @@ import contextlib
 import json
 import sqlite3
 
+import attrs
+
 from tsls.core.activation import Activation, ActivationMethod, ActivationStatus
 from tsls.core.licensing import Change
 from tsls.core.model import CalType, KeyPack, License, ProductVersion, PurchaseRef
@@ -390,7 +392,13 @@ class LicenseStore(EngineCommon):
             self.db.execute(f"UPDATE licenses SET ({_COLUMNS_NO_ID}) = (?,?,?,?,?,?,?,?,?,?,?,?) WHERE id = ?",
                             (*values, lic.id))
         if change.pack_delta:
+            packs = self._cache.get("key_packs")
             self.db.execute("UPDATE key_packs SET issued = issued + ? WHERE id = ?", (change.pack_delta, lic.key_pack))
+            if packs is not None:
+                # The trigger dropped the cached key packs; what changed is known: keep them in step
+                # rather than read them all again at the next logon (every upgrade writes one).
+                self._cache["key_packs"] = tuple(
+                    attrs.evolve(p, issued=p.issued + change.pack_delta) if p.id == lic.key_pack else p for p in packs)
         return lic
 
     def _due(self, now: int):
