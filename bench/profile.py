@@ -28,7 +28,11 @@ def main(argv=None) -> int:
     p.add_argument("--pipeline", type=int, default=16)
     p.add_argument("--duration", type=float, default=8.0)
     p.add_argument("--licenses", type=int, default=1000, help="licenses already in the database")
-    p.add_argument("--mix", default="first=1")
+    p.add_argument("--mix", default=None, help="the load's mix (default: the workload's)")
+    p.add_argument("--workload", choices=harness.WORKLOADS, default="first",
+                   help="first logons, or upgrades of devices prepared (logged on and reported) first: "
+                        "with cprofile the preparation is in the profile too (default: %(default)s)")
+    p.add_argument("--prepare", type=int, default=harness.PREPARE, help="devices prepared for --workload upgrade")
     p.add_argument("--report", action="store_true", help="report logons (logon_succeeded), so repeats upgrade")
     p.add_argument("--profiler", choices=["py-spy", "cprofile"], default="py-spy")
     p.add_argument("--py-spy", default=shutil.which("py-spy") or "py-spy", help="the py-spy program")
@@ -54,8 +58,11 @@ def main(argv=None) -> int:
                                         "--duration", str(int(args.duration))],
                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
                 time.sleep(0.5)
+            load = harness.workload_load(args.workload, args.prepare)
+            if args.mix is not None:
+                load["mix"] = args.mix
             cmd = harness.load_command(server.endpoint, args.connections, args.pipeline, duration=args.duration,
-                                       mix=args.mix, report=args.report)
+                                       report=args.report, **load)
             result = harness.run_load(cmd)
             if spy is not None:
                 _, err = spy.communicate()

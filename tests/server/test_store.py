@@ -134,3 +134,26 @@ def test_a_grant_keeps_the_cached_key_packs_in_step_with_the_table(tmp_path):
             raise ValueError("undone")
         assert [p.issued for p in store.key_packs()] == [0, 1]
     store.close()
+
+
+def test_an_update_the_core_says_the_old_of_writes_what_differs_and_the_row_ends_as_the_license(tmp_path):
+    store = LicenseStore.open(str(tmp_path / "ls.sqlite"))
+    with store.transaction():
+        pack = store.add_key_pack("K1".ljust(35, "0"), PurchaseRef(Program.RETAIL, retail_code="A" * 25),
+                                  ProductVersion.W2003, CalType.PER_DEVICE, 5, 0)
+        new = _cal("h1", pack.id)
+        cal = store.apply(Decision(Outcome.UPGRADED, new, changes=(Change(new, 1),))).license
+        statements = []
+        store.db.set_trace_callback(statements.append)
+        renewed = attrs.evolve(cal, expires_at=500, renewals=1)
+        store.apply(Decision(Outcome.RENEWED, renewed, changes=(Change(renewed, was=cal),)))
+        store.apply(Decision(Outcome.VALIDATED, renewed, changes=(Change(renewed, was=renewed),)))   # nothing differs
+        gone = attrs.evolve(renewed, status=LicenseStatus.REVOKED)
+        store.apply(Decision(Outcome.REVOKED, gone, changes=(Change(gone, -1, was=renewed),)))
+        store.db.set_trace_callback(None)
+        assert store.license(cal.id) == gone
+        updates = sorted({s for s in statements if s.startswith("UPDATE licenses")})     # (triggers repeat one)
+        assert updates == ['UPDATE licenses SET "expires_at" = 500, "renewals" = 1 WHERE id = 1',
+                           """UPDATE licenses SET "status" = 'revoked' WHERE id = 1"""]
+        assert store.key_packs()[0].issued == 0
+    store.close()

@@ -97,6 +97,7 @@ class Change:
 
     license: License
     pack_delta: int = 0
+    was: License | None = None      # for an update, the license as read: the store writes only what differs
 
 
 @attrs.frozen
@@ -160,7 +161,7 @@ def _per_device(ts, logon, world, now, why) -> Decision:
         )
         changes = [Change(cal, pack_delta=+1)]
         if temporary.status is LicenseStatus.ACTIVE:
-            changes.append(Change(attrs.evolve(temporary, status=LicenseStatus.UPGRADED)))
+            changes.append(Change(attrs.evolve(temporary, status=LicenseStatus.UPGRADED), was=temporary))
         return Decision(Outcome.UPGRADED, cal, None, tuple(changes), f"permanent CAL issued from key pack {pack.key_pack_id}")
 
     if temporary.live(now):
@@ -180,7 +181,7 @@ def report_logon(license_id: int, hwid: str, world: World, now: int) -> Decision
     if lic.kind is LicenseKind.PERMANENT or lic.validated:
         return Decision(Outcome.VALIDATED, lic, message="nothing to validate")
     validated = attrs.evolve(lic, validated=True)
-    return Decision(Outcome.VALIDATED, validated, changes=(Change(validated),), message="temporary license validated")
+    return Decision(Outcome.VALIDATED, validated, changes=(Change(validated, was=lic),), message="temporary license validated")
 
 
 def expire(lic: License, now: int) -> Decision | None:
@@ -189,7 +190,7 @@ def expire(lic: License, now: int) -> Decision | None:
         return None
     gone = attrs.evolve(lic, status=LicenseStatus.EXPIRED)
     delta = -1 if lic.kind is LicenseKind.PERMANENT else 0
-    return Decision(Outcome.EXPIRED, gone, changes=(Change(gone, pack_delta=delta),), message="license expired")
+    return Decision(Outcome.EXPIRED, gone, changes=(Change(gone, pack_delta=delta, was=lic),), message="license expired")
 
 
 # A license server without a CAL of the kind asked for refers the request to another license server it
@@ -256,7 +257,7 @@ def revoke(lic: License | None, packs, revoked, now: int) -> Decision:
             f"after {iso(next_at)}",
             revoked=len(holding), installed=installed, limit=limit, next_allowed_at=iso(next_at))
     gone = attrs.evolve(lic, status=LicenseStatus.REVOKED)
-    return Decision(Outcome.REVOKED, gone, changes=(Change(gone, pack_delta=-1),),
+    return Decision(Outcome.REVOKED, gone, changes=(Change(gone, pack_delta=-1, was=lic),),
                     message=f"CAL {lic.id} revoked; {limit - len(holding) - 1} more may be revoked now")
 
 
@@ -286,7 +287,7 @@ def _keep_or_renew(cal: License, seed: str, now: int) -> Decision:
         return Decision(Outcome.EXISTING, cal, message="the device's CAL")
     renewals = cal.renewals + 1
     renewed = attrs.evolve(cal, renewals=renewals, expires_at=now + cal_lifetime(seed, cal.hwid, cal.product_version, renewals))
-    return Decision(Outcome.RENEWED, renewed, changes=(Change(renewed),), message="CAL renewed")
+    return Decision(Outcome.RENEWED, renewed, changes=(Change(renewed, was=cal),), message="CAL renewed")
 
 
 def _reclaim_lapsed(held, world: World, version: ProductVersion, now: int) -> Decision | None:
@@ -306,7 +307,7 @@ def _reclaim_lapsed(held, world: World, version: ProductVersion, now: int) -> De
     renewals = old.renewals + 1
     renewed = attrs.evolve(old, status=LicenseStatus.ACTIVE, key_pack=pack.id, renewals=renewals,
                            expires_at=now + cal_lifetime(world.seed, old.hwid, old.product_version, renewals))
-    return Decision(Outcome.RENEWED, renewed, changes=(Change(renewed, pack_delta=+1),),
+    return Decision(Outcome.RENEWED, renewed, changes=(Change(renewed, pack_delta=+1, was=old),),
                     message=f"expired CAL {old.id} renewed from key pack {pack.key_pack_id}")
 
 

@@ -8,11 +8,12 @@ rows of licenses due to expire), ``_write(change)``, ``key_packs``, ``licenses_o
 """
 from __future__ import annotations
 
+import functools
 import json
 
 from tsls.core import events
 from tsls.core.activation import Problem
-from tsls.core.licensing import Decision, World, expire
+from tsls.core.licensing import Change, Decision, World, expire
 from tsls.core.model import KeyPack, License, LicenseKind, LicenseStatus, ProductVersion, PurchaseRef
 from tsls.core.perseat import Product, ProductMode
 from tsls.core.reports import Scope
@@ -169,6 +170,31 @@ def event_conditions(which: EventFilter, place: str, quote=lambda c: c) -> tuple
         where.append(f"at >= {place}")
         params.append(which.since)
     return where, params
+
+
+# --- writing a license ------------------------------------------------------------------------------
+
+# The licenses table's columns after its id, named as License's attributes, in both schemas' order.
+LICENSE_COLUMNS = ("kind", "status", "hwid", "machine", "user", "terminal_server", "product_version", "key_pack",
+                   "validated", "issued_at", "expires_at", "renewals")
+
+
+def changed_columns(change: Change) -> tuple[int, ...] | None:
+    """The positions in LICENSE_COLUMNS an update changes, when the core said what the license was
+    (``Change.was``), or None: write them all. An upgrade's temporary license changes its status only,
+    and an UPDATE that leaves the device's and the version's columns out leaves their indexes alone."""
+    was = change.was
+    if was is None:
+        return None
+    lic = change.license
+    return tuple(i for i, name in enumerate(LICENSE_COLUMNS) if getattr(lic, name) != getattr(was, name))
+
+
+@functools.lru_cache(maxsize=256)
+def update_sql(changed: tuple[int, ...], place: str) -> str:
+    """UPDATE licenses SET each changed column (in ``place``, the engine's placeholder) WHERE id."""
+    sets = ", ".join(f'"{LICENSE_COLUMNS[i]}" = {place}' for i in changed)
+    return f"UPDATE licenses SET {sets} WHERE id = {place}"
 
 
 # --- rows to values ---------------------------------------------------------------------------------

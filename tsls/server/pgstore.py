@@ -34,8 +34,8 @@ from tsls.core.model import CalType, KeyPack, License, ProductVersion, PurchaseR
 from tsls.core.perseat import LicensedBy, Product
 from tsls.errors import Code, TslsError
 from tsls.server.check import ledger_problems
-from tsls.server.ledgerbase import (EngineCommon, call_row, event_conditions, event_row, license_conditions,
-                                    license_row, product_row)
+from tsls.server.ledgerbase import (EngineCommon, call_row, changed_columns, event_conditions, event_row,
+                                    license_conditions, license_row, product_row, update_sql)
 from tsls.server.storage import ClearinghouseCall, EventFilter, LicenseFilter, Registration, SeatAssignment
 from tsls.sqlite import StoreError
 
@@ -618,7 +618,11 @@ class PgLicenseStore(EngineCommon):
             row = self._x(f"INSERT INTO licenses ({_COLUMNS_NO_ID}) VALUES ({_PLACES}) RETURNING id", values).fetchone()
             lic = attrs.evolve(lic, id=row[0])
         else:
-            self._w(f"UPDATE licenses SET ({_COLUMNS_NO_ID}) = ({_PLACES}) WHERE id = %s", (*values, lic.id))
+            changed = changed_columns(change)
+            if changed is None:
+                self._w(f"UPDATE licenses SET ({_COLUMNS_NO_ID}) = ({_PLACES}) WHERE id = %s", (*values, lic.id))
+            elif changed:
+                self._w(update_sql(changed, "%s"), (*[values[i] for i in changed], lic.id))
         if change.pack_delta and self._packs is not None:
             self._packs = tuple(attrs.evolve(p, issued=p.issued + change.pack_delta) if p.id == lic.key_pack else p
                                 for p in self._packs)

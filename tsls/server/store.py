@@ -18,8 +18,8 @@ from tsls.core.activation import Activation, ActivationMethod, ActivationStatus
 from tsls.core.licensing import Change
 from tsls.core.model import CalType, KeyPack, License, ProductVersion, PurchaseRef
 from tsls.core.perseat import LicensedBy, Product
-from tsls.server.ledgerbase import (EngineCommon, call_row, event_conditions, event_row, license_conditions,
-                                    license_row, product_row)
+from tsls.server.ledgerbase import (EngineCommon, call_row, changed_columns, event_conditions, event_row,
+                                    license_conditions, license_row, product_row, update_sql)
 from tsls.server.storage import ClearinghouseCall, EventFilter, LicenseFilter, Registration, SeatAssignment
 from tsls.sqlite import open_database
 
@@ -389,8 +389,12 @@ class LicenseStore(EngineCommon):
             cursor = self.db.execute(f"INSERT INTO licenses ({_COLUMNS_NO_ID}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", values)
             lic = license_row((cursor.lastrowid, *values))      # the license as written, with its id
         else:
-            self.db.execute(f"UPDATE licenses SET ({_COLUMNS_NO_ID}) = (?,?,?,?,?,?,?,?,?,?,?,?) WHERE id = ?",
-                            (*values, lic.id))
+            changed = changed_columns(change)
+            if changed is None:
+                self.db.execute(f"UPDATE licenses SET ({_COLUMNS_NO_ID}) = (?,?,?,?,?,?,?,?,?,?,?,?) WHERE id = ?",
+                                (*values, lic.id))
+            elif changed:
+                self.db.execute(update_sql(changed, "?"), (*[values[i] for i in changed], lic.id))
         if change.pack_delta:
             packs = self._cache.get("key_packs")
             self.db.execute("UPDATE key_packs SET issued = issued + ? WHERE id = ?", (change.pack_delta, lic.key_pack))
