@@ -300,3 +300,54 @@ def test_a_plain_logon_reaches_the_ledger_with_its_fields():
                           b'{"id":2,"op":"logon","hwid":"h","machine":"m","user":"u","license":null}\n'
                           b'{"id":3,"op":"logon","hwid":"' + b"h" * 128 + b'","machine":"m","user":"u","license":"t"}\n')
     assert calls == [("h", "m", "u", None), ("h", "m", "u", None), ("h" * 128, "m", "u", "t")]
+
+
+# --- the idle timer and the reading state, now reset and updated once per batch of lines --------------------
+
+def test_every_complete_request_restarts_the_idle_timer_and_a_blank_line_too():
+    clock = Clock()
+    protocol, transport = connect(LicenseFactory(Server(), clock=clock, idle_timeout=300))
+    for data in (HELLO, b'{"id":1,"op":"challenge"}\n{"id":2,"op":"challenge"}\n', b"\n", b'{"id":3,"op":"x"}\n'):
+        clock.advance(299)
+        protocol.dataReceived(data)
+        assert not transport.disconnecting
+    clock.advance(299)
+    assert not transport.disconnecting
+    clock.advance(1)
+    assert transport.disconnecting and replies(transport)[-1]["error"]["code"] == "IDLE_TIMEOUT"
+
+
+def test_a_half_closed_last_request_without_its_newline_restarts_the_timer_and_the_close_waits_for_its_answer():
+    clock = Clock()
+    server = Server()
+    protocol, transport = connect(LicenseFactory(server, clock=clock, idle_timeout=300))
+    protocol.dataReceived(HELLO)
+    clock.advance(299)
+    protocol.dataReceived(b'{"id":1,"op":"logon","hwid":"h","machine":"m","user":"u"}')
+    protocol.readConnectionLost()
+    clock.advance(299)
+    assert not transport.disconnecting and len(server.waiting) == 1
+    server.waiting[0].callback({"outcome": "existing"})
+    assert transport.disconnecting and [r["id"] for r in replies(transport)] == [0, 1]
+
+
+def test_lines_held_back_by_the_in_flight_bound_are_taken_as_answers_leave():
+    from tests.server.test_limits import turns
+    from tsls.server.protocol import MAX_IN_FLIGHT
+
+    clock, server = Clock(), Server()
+    protocol, transport = connect(LicenseFactory(server, clock=clock))
+    protocol.dataReceived(HELLO)
+    protocol.dataReceived(b"".join(b'{"id":%d,"op":"logon","hwid":"h","machine":"m","user":"u"}\n' % i
+                                   for i in range(1, MAX_IN_FLIGHT + 11)))
+    turns(clock)
+    assert len(server.waiting) == MAX_IN_FLIGHT and transport.producerState == "paused"
+    for n in range(10):
+        server.waiting[n].callback({"outcome": "existing"})
+        turns(clock)
+        assert len(server.waiting) == MAX_IN_FLIGHT + n + 1      # each answer gone lets one more line in
+        assert transport.producerState == "paused"             # still at the bound, or lines waiting
+    server.waiting[10].callback({"outcome": "existing"})
+    turns(clock)
+    assert transport.producerState == "producing"               # nothing left in the buffer: reading again
+    assert [r["id"] for r in replies(transport)] == list(range(12))

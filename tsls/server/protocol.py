@@ -351,6 +351,8 @@ class LicenseProtocol(Protocol, TimeoutMixin):
                 budget -= 1
                 line, self._pos = bytes(buf[self._pos:end]), end + 1
                 self._line(line)
+            if budget < LINES_PER_ROUND:
+                self.resetTimeout()         # lines taken: once for all of them (at one moment)
             if self._pos and (self._pos >= len(buf) or self._pos > MAX_LINE):
                 del buf[:self._pos]
                 self._pos = 0
@@ -361,6 +363,7 @@ class LicenseProtocol(Protocol, TimeoutMixin):
                     last = bytes(buf[self._pos:])       # the last request may lack its newline
                     buf.clear()
                     self._pos = 0
+                    self.resetTimeout()
                     self._line(last)
                     self._closing = True
         finally:
@@ -389,7 +392,6 @@ class LicenseProtocol(Protocol, TimeoutMixin):
         self._pos = 0
 
     def _line(self, line: bytes) -> None:
-        self.resetTimeout()
         line = line.rstrip(b"\r")
         if not line.strip():
             return
@@ -470,8 +472,9 @@ class LicenseProtocol(Protocol, TimeoutMixin):
             data = answers.popleft().data
             if not self._closed:
                 self.transport.write(data)
-        if not self._processing:
-            self._process()
+        if not self._processing and (self._pos < len(self._buffer) or not self._reading or self._closing
+                                     or self._read_closed):
+            self._process()     # lines waiting, reading paused, or closing: an answer gone may let them go on
 
     def _maybe_close(self) -> None:
         if self._closing and not self._answers:
@@ -492,6 +495,10 @@ class LicenseProtocol(Protocol, TimeoutMixin):
 
     def _dispatch(self, request: dict):
         op = request.get("op")
+        if type(op) is str and self._hello_pending is None:
+            handler = _ROLE_OPS.get(self.role, _NONE).get(op)      # the common case, first
+            if handler is not None:
+                return handler(self, request)
         if not isinstance(op, str):
             raise TslsError(Code.BAD_REQUEST, "every request needs an 'op' (a string)")
         if self._hello_pending is not None:
@@ -842,10 +849,8 @@ _OPS = {
     ("admin", "console_link"): LicenseProtocol.op_console_link,
 }
 
-
-def _observed(result, observe, op, started):
-    observe(op, result, started)
-    return result
+_ROLE_OPS = {role: {o: handler for (r, o), handler in _OPS.items() if r == role} for role, _ in _OPS}
+_NONE: dict = {}
 
 
 def _reactor():
