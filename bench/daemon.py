@@ -82,7 +82,7 @@ def main(argv=None) -> int:
     from twisted.internet import reactor
     from twisted.logger import globalLogBeginner, textFileLogObserver
 
-    from tsls.server.service import LicenseServerService
+    from tsls.server.service import LicenseServerService, tune_gc
 
     from bench import whatif
 
@@ -105,6 +105,7 @@ def main(argv=None) -> int:
 
     def start():
         service.startService()
+        tune_gc()               # as tsls server does
         if profile is not None:
             profile.enable()
 

@@ -363,7 +363,10 @@ def main(argv=None) -> int:
             reactor.stop()
 
     def run():
+        from tsls.server.service import tune_gc
+
         top.startService()
+        tune_gc()
         defer.ensureDeferred(start(top, daemons, args)).addCallbacks(announce, cannot_listen)
 
     reactor.callWhenRunning(run)

@@ -351,3 +351,16 @@ def test_lines_held_back_by_the_in_flight_bound_are_taken_as_answers_leave():
     turns(clock)
     assert transport.producerState == "producing"               # nothing left in the buffer: reading again
     assert [r["id"] for r in replies(transport)] == list(range(12))
+
+
+# --- the daemon's process: the collector tuned once started --------------------------------------------------
+
+def test_tune_gc_freezes_what_start_up_built_and_collects_the_young_less_often():
+    import subprocess
+    import sys
+
+    # in a process of its own: frozen objects are never collected, which the test process must not suffer
+    script = ("import gc\nfrom tsls.server.service import GC_THRESHOLD, tune_gc\nbefore = gc.get_freeze_count()\n"
+              "tune_gc()\nprint(before, gc.get_freeze_count() > 10_000, gc.get_threshold() == GC_THRESHOLD)")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.split() == ["0", "True", "True"]

@@ -752,7 +752,7 @@ class LicenseProtocol(Protocol, TimeoutMixin):
         past that it is told TOO_SLOW and dropped, rather than held in memory without bound."""
         if self._closed:
             return
-        data = json.dumps({"id": rid, "event": event}, separators=(",", ":")).encode() + b"\n"
+        data = _line_of({"id": rid, "event": event})
         if self._peer_slow:
             self._behind += len(data)
             if self._behind > FOLLOW_BACKLOG:

@@ -1,6 +1,7 @@
 """Wiring: the license server as a Twisted service. Nothing here decides anything."""
 from __future__ import annotations
 
+import gc
 import os
 
 from twisted.application.internet import TimerService
@@ -21,6 +22,19 @@ from tsls.server.writer import BatchWriter
 
 SWEEP_EVERY = 60.0
 SUMMARY_EVERY = 60.0        # seconds between log lines summing up the routine grant events
+GC_THRESHOLD = (10_000, 20, 20)     # the young generation collected every 10,000 allocations, not 700
+
+
+def tune_gc() -> None:
+    """For a daemon's process, once its services have started (``tsls server``, bench.daemon; never
+    in tests, which start many daemons in one process): what start-up built (modules, the ledger's
+    caches) is frozen out of the collector's reach, and the collector runs less often. Python's
+    defaults spent about a tenth of a grant's CPU collecting at 100 connections x 16 in flight (gen 1
+    and 2 passes over the in-flight requests and everything alive); memory is still freed by
+    reference counts as before, only cyclic garbage waits a little longer. No full collection first:
+    with a large ledger in memory it would cost start-up a second."""
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLD)
 
 
 def is_dsn(database: str) -> bool:
