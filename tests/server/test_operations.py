@@ -21,9 +21,10 @@ class CommitFails:
     def __init__(self, db):
         self._db = db
         self.failing = False
+        self.fail_on = None         # a statement that starts so fails too (a write failing midway)
 
     def execute(self, sql, *args):
-        if self.failing and sql == "COMMIT":
+        if (self.failing and sql == "COMMIT") or (self.fail_on and sql.startswith(self.fail_on)):
             raise sqlite3.OperationalError("database or disk is full")
         return self._db.execute(sql, *args)
 
@@ -169,3 +170,38 @@ async def test_a_pending_activation_is_asked_again_with_its_key_and_never_replac
     assert server.store.clearinghouse_call(pending.key).state == "done"
     status = await server.status()
     assert (status["activation"]["method"], status["activation"]["license_server_id"]) == ("telephone", phoned)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_logon_whose_write_fails_leaves_nothing_and_one_that_wrote_takes_its_batch_back(server):
+    """A logon runs without a savepoint (it decides before it writes): a write that fails first leaves
+    nothing; one that fails after another write rolls its whole batch back (STORAGE_ERROR)."""
+    from tsls.core.activation import Activation, ActivationMethod, ActivationStatus
+    from tsls.core.licensing import TerminalServer
+    from tsls.core.model import CalType, ProductVersion, Program, PurchaseRef
+
+    store, now = server.store, 1_800_000_000
+    with store.transaction():
+        store.save_activation(Activation(ActivationStatus.ACTIVATED, "L" * 35, ActivationMethod.AUTOMATIC, now))
+        store.add_key_pack("K1".ljust(35, "0"), PurchaseRef(Program.RETAIL, retail_code="A" * 25), ProductVersion.W2003,
+                           CalType.PER_DEVICE, 5, now)
+    ts = TerminalServer("TS01", ProductVersion.W2003, CalType.PER_DEVICE)
+    logon = server.ledger.logon
+
+    def written():
+        return ([(lic.kind.value, lic.status.value) for lic in store.licenses()],
+                [e.event_id.name for _, e in store.events()], store.key_packs()[0].issued)
+
+    store.db.fail_on = "INSERT INTO licenses"
+    assert (await refused(logon(ts, "h1", "PC1", "alice", None))).code is Code.INTERNAL_ERROR
+    assert written() == ([], [], 0)
+    store.db.fail_on = None
+    temporary = (await logon(ts, "h1", "PC1", "alice", None))["license"]
+    await server.ledger.report_logon(ts, "h1", temporary["token"])
+
+    store.db.fail_on = "UPDATE licenses"        # after the permanent CAL's INSERT
+    assert (await refused(logon(ts, "h1", "PC1", "alice", temporary["token"]))).code is Code.STORAGE_ERROR
+    assert written() == ([("temporary", "active")], ["TEMPORARY_ISSUED"], 0)
+    store.db.fail_on = None
+    assert (await logon(ts, "h1", "PC1", "alice", temporary["token"]))["outcome"] == "upgraded"
+    assert written() == ([("temporary", "upgraded"), ("permanent", "active")], ["TEMPORARY_ISSUED", "CAL_ISSUED"], 1)
