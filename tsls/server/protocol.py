@@ -220,11 +220,11 @@ _DUMP_LINE = orjson.OPT_APPEND_NEWLINE | orjson.OPT_PASSTHROUGH_DATACLASS | orjs
 
 def _line_of(value) -> bytes:
     """``value`` as one line of compact JSON with its newline: the bytes ``json.dumps(value,
-    separators=(",", ":"))`` writes, by orjson (6x faster for a grant's answer) when it writes the same. The rest
-    goes the standard library's way: what orjson will not write (an integer past 64 bits, a key
-    that is not a string, a dataclass...) and text with a character past "~" (json.dumps escapes
-    them, \\u00e9; orjson writes UTF-8, and DEL as it is). Floats: the same number, though orjson
-    may spell a very small one otherwise (0.00001 where json.dumps writes 1e-05)."""
+    separators=(",", ":"))`` writes, by orjson (6x faster for a grant's answer) when it writes the
+    same. The rest goes the standard library's way: what orjson will not write (an integer past 64
+    bits, a key that is not a string, a dataclass...) and text with a character past "~" (json.dumps
+    escapes them, \\u00e9; orjson writes UTF-8, and DEL as it is). Floats: the same number, though
+    orjson may spell a very small one otherwise (0.00001 where json.dumps writes 1e-05)."""
     try:
         data = _dumps(value, option=_DUMP_LINE)
     except TypeError:
