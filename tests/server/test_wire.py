@@ -67,7 +67,7 @@ REFUSED = [
     (b'{"id":1,"op":"logon","hwid":"\xc0\xaf"}', Code.BAD_JSON, "not a JSON object"),          # overlong
     (b'{"id":1,"op":"logon","hwid":"\xf4\x90\x80\x80"}', Code.BAD_JSON, "not a JSON object"),  # past U+10FFFF
     (b'{"id":1,"op":"logon","hwid":"\x01"}', Code.BAD_JSON, "not a JSON object"),              # a control character
-    (nested(MAX_DEPTH), Code.BAD_REQUEST, "nest"),
+    (nested(MAX_DEPTH + 1), Code.BAD_REQUEST, "nest"),           # one level past what docs/protocol.md allows
     (nested(900), Code.BAD_REQUEST, "nest"),
     (nested(1025), Code.BAD_JSON, "nest"),
     (nested(5000), Code.BAD_JSON, "nest"),
@@ -98,7 +98,7 @@ TAKEN = [
     b'{"id":1,"op":"logon","x":9223372036854775807,"y":-9223372036854775808}',
     b'{"id":1,"op":"logon","hwid":"a","hwid":"b"}',                     # a key twice: the last one
     b' \t{"id":"x","op":"logon","n":[1,[2,{"a":null}]],"t":true,"f":false}\r\t ',
-    nested(MAX_DEPTH - 1),                                              # the deepest _unfit takes
+    nested(MAX_DEPTH),                                                  # the deepest docs/protocol.md allows
 ]
 
 

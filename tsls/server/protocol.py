@@ -134,7 +134,7 @@ def _unfit(value) -> str | None:
         elif isinstance(v, float):
             if v != v or v in (float("inf"), float("-inf")):
                 return "a number is not finite"
-        elif depth >= MAX_DEPTH:
+        elif depth > MAX_DEPTH:
             return f"a request may nest objects and arrays at most {MAX_DEPTH} deep"
         elif isinstance(v, dict):
             stack.extend((k, depth) for k in v)
@@ -173,7 +173,7 @@ def _plain(value, depth: int) -> bool:
         return True
     if t is int:
         return -INT64 <= value < INT64
-    if t is float or depth >= MAX_DEPTH:
+    if t is float or depth > MAX_DEPTH:
         return False
     if t is dict:
         value = value.values()
