@@ -65,7 +65,7 @@ def test_licenses_page_by_license_id_with_the_total_until_the_list_ends(daemon):
 
 @pytest_twisted.inlineCallbacks
 def test_pages_show_each_license_as_the_whole_list_does(daemon):
-    """A page's licenses are encoded by the database (readstore.licenses_json_after); they must read
+    """A page's licenses are encoded by the database (readstore.licenses_json_joined); they must read
     exactly as the list without a cursor shows them: a CAL from a key pack, a revoked one, odd names."""
     ad, ts = yield ledger(daemon, 30)
     for device in ("cal-1", "cal-2"):

@@ -110,9 +110,8 @@ class Ledger:
             which = _license_filter(filters, packs)
             if which is None:
                 return paging.answer("licenses", [], 0, limit, None)
-            rows = [(i, text[:-1] + _WMI[kind, status]) for i, kind, status, text in
-                    snap.licenses_json_after(which, after, limit + 1)]
-            return paging.answer_json("licenses", rows, snap.count_licenses(which), limit)
+            items, last, _, more = snap.licenses_json_joined(which, after, limit, _WMI)
+            return paging.answer_joined("licenses", items, last, more, snap.count_licenses(which))
         return self.reads.read(view)
 
     def revoke(self, license_id: int) -> defer.Deferred:

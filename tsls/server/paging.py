@@ -66,10 +66,7 @@ def answer(which: str, rows: list, total: int, limit: int, key, newest_first: bo
                               separators=(",", ":")).encode())
 
 
-def answer_json(which: str, rows: list[tuple[int, str]], total: int, limit: int) -> Encoded:
-    """Like ``answer``, for (key, the row as JSON text) pairs the database encoded."""
-    more = len(rows) > limit
-    rows = rows[:limit]
-    cursor = json.dumps(encode(which, rows[-1][0]) if more else None)
-    return Encoded(('{"items":[' + ",".join(text for _, text in rows) + f'],"total":{int(total)},"next_cursor":'
-                    + cursor + "}").encode())
+def answer_joined(which: str, items: str, last_key, more: bool, total: int) -> Encoded:
+    """Like ``answer``, for a page the database encoded and joined (its items' JSON, comma-separated)."""
+    cursor = json.dumps(encode(which, last_key) if more else None)
+    return Encoded(('{"items":[' + items + f'],"total":{int(total)},"next_cursor":' + cursor + "}").encode())
