@@ -16,7 +16,6 @@ import cProfile
 import json
 import os
 import sys
-import time
 
 
 class NoClearinghouse:
@@ -29,35 +28,44 @@ class NoClearinghouse:
         return lambda *a, **kw: defer.fail(TslsError(Code.CLEARINGHOUSE_UNREACHABLE, "no Clearinghouse in benchmarks"))
 
 
-def _time_batches(writer) -> list:
-    """Wrap the writer's batch step (bench only): for each batch, its size, the time its jobs took in
-    the reactor's thread, and the time from handing its COMMIT to the writer's thread until the
-    reactor had the result."""
-    batches = []
-    run = writer._run_then_commit
+class Timings:
+    """The writer's figures (bench only; BatchWriter.timings): for each batch its size, how long its
+    jobs and its COMMIT took in the reactor's thread; for each fsync of the WAL (writer's thread)
+    how many batches it made durable and how long it took; for each checkpoint (its own thread) the
+    frames in the WAL, the frames it copied and how long it took."""
 
-    def timed(jobs, now):
-        started = time.perf_counter()
-        d = run(jobs, now)
-        ran = time.perf_counter()
+    def __init__(self) -> None:
+        self.batches: list = []
+        self.syncs: list = []
+        self.checkpoints: list = []
+        self.wal_bytes = 0
 
-        def done(result):
-            batches.append((len(jobs), ran - started, time.perf_counter() - ran))
-            return result
-        return d.addBoth(done)
-    writer._run_then_commit = timed
-    return batches
+    def batch(self, size: int, jobs: float, commit: float) -> None:
+        self.batches.append((size, jobs, commit))
 
+    def sync(self, batches: int, seconds: float) -> None:
+        self.syncs.append((batches, seconds))
 
-def _summary(batches: list) -> dict:
-    def ms(values, q):
-        values = sorted(values)
-        return round(values[min(len(values) - 1, int(q * len(values)))] * 1000, 2) if values else 0.0
-    jobs = [b[1] for b in batches]
-    commits = [b[2] for b in batches]
-    return {"batches": len(batches), "mean_size": sum(b[0] for b in batches) / max(len(batches), 1),
-            "jobs_ms_p50": ms(jobs, 0.5), "commit_ms_p50": ms(commits, 0.5), "commit_ms_p90": ms(commits, 0.9),
-            "commit_ms_max": ms(commits, 1.0)}
+    def checkpoint(self, frames: int, copied: int, seconds: float) -> None:
+        self.checkpoints.append((frames, copied, seconds))
+
+    def summary(self) -> dict:
+        def ms(values, q):
+            values = sorted(values)
+            return round(values[min(len(values) - 1, int(q * len(values)))] * 1000, 2) if values else 0.0
+        batches, syncs, checkpoints = self.batches, self.syncs, self.checkpoints
+        jobs = [b[1] for b in batches]
+        commits = [b[2] for b in batches]
+        fsyncs = [s[1] for s in syncs]
+        took = [c[2] for c in checkpoints]
+        return {"batches": len(batches), "mean_size": sum(b[0] for b in batches) / max(len(batches), 1),
+                "jobs_ms_p50": ms(jobs, 0.5), "commit_ms_p50": ms(commits, 0.5), "commit_ms_p90": ms(commits, 0.9),
+                "commit_ms_max": ms(commits, 1.0), "fsyncs": len(syncs),
+                "batches_per_fsync": sum(s[0] for s in syncs) / max(len(syncs), 1),
+                "fsync_ms_p50": ms(fsyncs, 0.5), "fsync_ms_p90": ms(fsyncs, 0.9), "fsync_ms_max": ms(fsyncs, 1.0),
+                "checkpoints": len(checkpoints), "checkpoint_ms_p50": ms(took, 0.5), "checkpoint_ms_max": ms(took, 1.0),
+                "checkpoint_frames_max": max((c[0] for c in checkpoints), default=0),
+                "wal_mb": round(self.wal_bytes / 2**20, 1)}
 
 
 def main(argv=None) -> int:
@@ -69,8 +77,8 @@ def main(argv=None) -> int:
                    help="run with changes proposed for files outside the benchmark's reach (bench.whatif)")
     p.add_argument("--pragma", action="append", default=[], metavar="NAME=VALUE",
                    help="an SQLite PRAGMA run on the ledger's connection after it opens (experiments)")
-    p.add_argument("--timings", metavar="PATH", help="at exit, write to PATH (JSON) how long each batch's jobs and "
-                   "its COMMIT took")
+    p.add_argument("--timings", metavar="PATH", help="at exit, write to PATH (JSON) how long the batches' jobs, "
+                   "COMMITs, fsyncs and checkpoints took, and the WAL's size")
     p.add_argument("--store-stats", metavar="PATH", help="at exit, write to PATH (JSON) the PostgreSQL store's "
                    "round trips and COMMITs (bench.postgres)")
     p.add_argument("--console", action="store_true", help="serve the web console and /metrics on an ephemeral "
@@ -98,9 +106,11 @@ def main(argv=None) -> int:
                                    credential_path=credential)
     for pragma in args.pragma:
         service.writer._store.db.execute(f"PRAGMA {pragma}")
-    batches = _time_batches(service.writer) if args.timings else None
-    # The reactor's thread runs everything but the COMMITs (tsls/server/writer.py), so it is the
-    # thread to profile; the writer's thread only waits in SQLite's COMMIT.
+    timings = None
+    if args.timings:
+        timings = service.writer.timings = Timings()
+    # The reactor's thread runs everything but the fsyncs and checkpoints (tsls/server/writer.py),
+    # so it is the thread to profile; the writer's threads only wait on the disk.
     profile = cProfile.Profile() if args.cprofile else None
 
     def start():
@@ -122,9 +132,11 @@ def main(argv=None) -> int:
             store = service.writer._store
             with open(args.store_stats, "w") as f:
                 json.dump({"round_trips": store.round_trips, "commits": store.commits}, f)
-        if batches is not None:
+        if timings is not None:
+            if os.path.exists(args.db + "-wal"):
+                timings.wal_bytes = os.path.getsize(args.db + "-wal")     # its largest extent (never shrinks)
             with open(args.timings, "w") as f:
-                json.dump(_summary(batches), f)
+                json.dump(timings.summary(), f)
         if profile is not None:
             profile.disable()
             profile.dump_stats(args.cprofile)

@@ -6,6 +6,7 @@ import errno
 import os
 import pathlib
 import sqlite3
+import struct
 
 from tsls import files
 from tsls.errors import Code
@@ -64,6 +65,52 @@ def open_database(path: str, migrations: dict[int, str], what: str, tables: tupl
         db.close()
         raise
     return db
+
+
+class WalFile:
+    """The -wal (and -shm) file of a database open in WAL mode, for a writer whose connection runs
+    with synchronous=NORMAL and makes its COMMITs durable itself: ``sync()`` fdatasyncs the WAL
+    through a descriptor of its own (an fsync makes durable every write made to the file before it
+    started, whichever descriptor made it), and ``backlog()`` says how many frames wait for a
+    checkpoint. ``sync()`` and ``backlog()`` use no SQLite connection, so any thread may call them.
+
+    ``sync``: the function that syncs a descriptor (os.fdatasync; tests hold or fail it)."""
+
+    def __init__(self, path: str, sync=os.fdatasync) -> None:
+        self._sync = sync
+        self.fd = os.open(f"{path}-wal", os.O_RDWR | os.O_CLOEXEC)      # SQLite made it: never create it here
+        try:
+            self._shm = os.open(f"{path}-shm", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            os.close(self.fd)
+            raise
+        # SQLite syncs a new WAL's directory entry on its first sync of the file; tsls syncs the file
+        # itself, so it syncs the directory once here (the entry must survive a crash as the frames do).
+        directory = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+
+    def sync(self) -> None:
+        """Every frame written to the WAL before this call is on disk when it returns (OSError if not)."""
+        self._sync(self.fd)
+
+    def backlog(self) -> int:
+        """Frames in the WAL not yet copied to the database by a checkpoint: mxFrame (offset 16 of the
+        wal-index header) less nBackfill (offset 96, the checkpoint info), native byte order, as
+        https://sqlite.org/walformat.html lays out the -shm file. A torn read only mistimes a
+        checkpoint; if the header cannot be read, the WAL file's size stands for it (too often, never
+        too rarely)."""
+        header = os.pread(self._shm, 100, 0)
+        if len(header) < 100:
+            return (os.fstat(self.fd).st_size - 32) // 4120
+        frames, backfilled = struct.unpack_from("=I", header, 16)[0], struct.unpack_from("=I", header, 96)[0]
+        return max(frames - backfilled, 0)
+
+    def close(self) -> None:
+        os.close(self._shm)
+        os.close(self.fd)
 
 
 def _inspect(path: str, migrations: dict[int, str], what: str, tables: tuple[str, ...]) -> None:

@@ -5,10 +5,13 @@ snapshot, or a PostgreSQL REPEATABLE READ READ ONLY transaction: tsls.server.rea
 pool of reader threads, never inside the writer's batch and never in the reactor's thread; the
 reader's SQL releases the GIL, so a long export or a status poll costs grants only its Python.
 
-It starts once the writer's next batch has committed: a job that reads and writes nothing marks its
-place, so a connection that pipelines a change and then a read sees its change, and what is due
-to expire has expired (each batch sweeps first), as when reads were jobs; but the read itself, a
-scan of a million rows, say, runs outside the batch, and no logon waits for it.
+It starts once the writer's next batch is durable (its fsync done, tsls/server/writer.py): a job
+that reads and writes nothing marks its place, so a connection that pipelines a change and then a
+read sees its change, and what is due to expire has expired (each batch sweeps first), as when
+reads were jobs; but the read itself, a scan of a million rows, say, runs outside the batch, and no
+logon waits for it. On SQLite its snapshot, opened after that fsync, holds everything committed by
+then: it may also show a later batch whose COMMIT returned but whose fsync has not completed (whose
+answers have not left yet); only a crash of the machine in that instant could take that back.
 
 The reader threads run at a lower CPU priority than the rest of the daemon (READER_NICENESS): where
 the machine is busy, as when an export, the daemon and the terminal servers share two cores, the

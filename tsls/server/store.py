@@ -1,8 +1,9 @@
 """SQLite storage for the license server: ``LicenseStore`` implements the storage seam
 (``tsls.server.storage.LedgerStore``) on one SQLite file.
 
-Plain synchronous code, used by one thread at a time (the writer runs each batch's requests in
-the reactor's thread and its COMMIT in its own). It reads the world the core needs, and writes
+Plain synchronous code, used by one thread at a time (the writer runs each batch's requests and its
+COMMIT in the reactor's thread; only ``sync`` and the checkpoints run in threads of their own, on
+descriptors and a connection of their own). It reads the world the core needs, and writes
 back the changes a core ``Decision`` lists; it decides nothing itself. All of the license
 server's SQL is here (and the read-only invariant checks in tsls/server/check.py).
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sqlite3
 
 import attrs
@@ -21,7 +23,7 @@ from tsls.core.perseat import LicensedBy, Product
 from tsls.server.ledgerbase import (EngineCommon, call_row, changed_columns, event_conditions, event_row,
                                     license_conditions, license_row, product_row, update_sql)
 from tsls.server.storage import ClearinghouseCall, EventFilter, LicenseFilter, Registration, SeatAssignment
-from tsls.sqlite import open_database
+from tsls.sqlite import WalFile, open_database
 
 # Migration N brings a database from version N-1 to N. Never edit one that has shipped: add one.
 MIGRATIONS = {
@@ -182,13 +184,20 @@ SCHEMA_VERSION = max(MIGRATIONS)
 # A page cache that holds them keeps a grant's cost nearly flat as the ledger grows (SQLite's
 # default is 2 MB), and checkpointing every 10,000 WAL pages (about 40 MB) instead of every 1,000
 # writes each hot page back once per checkpoint rather than at almost every COMMIT. Neither
-# touches durability: every COMMIT still fsyncs the WAL. docs/performance.md has the figures.
+# touches durability: every COMMIT is still followed by an fsync of the WAL before its answer.
+# Under the writer, the checkpoints run from a connection of their own in a thread of their own
+# (``checkpoint``), never inside a COMMIT. docs/performance.md has the figures.
 CACHE_KIB = 128 * 1024
 CHECKPOINT_PAGES = 10_000
 
 
 class LicenseStore(EngineCommon):
     """The SQLite engine of ``tsls.server.storage.LedgerStore``."""
+
+    path: str | None = None
+    wal: WalFile | None = None              # the -wal file, synced by ``sync`` (synchronous=NORMAL)
+    _checkpointer: sqlite3.Connection | None = None
+    checkpoint_pages = CHECKPOINT_PAGES
 
     def __init__(self, connection: sqlite3.Connection) -> None:
         self.db = connection
@@ -207,24 +216,40 @@ class LicenseStore(EngineCommon):
         self._data_version = None
 
     @classmethod
-    def open(cls, path: str, initialise: bool = False) -> "LicenseStore":
-        """``initialise``: make a new database in a zero-length file rather than refuse it."""
+    def open(cls, path: str, initialise: bool = False, sync=os.fdatasync) -> "LicenseStore":
+        """``initialise``: make a new database in a zero-length file rather than refuse it.
+
+        The connection runs with synchronous=NORMAL: a COMMIT hands its WAL frames to the operating
+        system and returns without an fsync; ``transaction()`` then syncs the WAL itself (``sync``:
+        os.fdatasync, or a test's stand-in), and the writer syncs it in a thread of its own while the
+        next batch runs (tsls/server/writer.py)."""
         db = open_database(path, MIGRATIONS, "license server", ("key_packs", "licenses", "meta"), initialise)
+        wal = None
         try:
+            db.execute("PRAGMA synchronous=NORMAL")
             db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
             db.execute(f"PRAGMA wal_autocheckpoint={CHECKPOINT_PAGES}")
             # Per Server connections live as long as the daemon: this connection's own table, inside
             # its transactions but never in the file.
             db.execute("CREATE TEMP TABLE product_connections (id INTEGER PRIMARY KEY, product TEXT NOT NULL, "
                        "session INTEGER NOT NULL)")
+            wal = WalFile(path, sync)       # the migrations' reads have opened (made) the -wal and -shm files
             store = cls(db)
+            store.path = path
+            store.wal = wal
             store._watch()
         except BaseException:
+            if wal is not None:
+                wal.close()
             db.close()
             raise
         return store
 
     def close(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.close()
+        if self.wal is not None:
+            self.wal.close()
         self.db.close()
 
     def _watch(self) -> None:
@@ -259,6 +284,20 @@ class LicenseStore(EngineCommon):
 
     @contextlib.contextmanager
     def transaction(self):
+        """One durable transaction: when the block ends, its COMMIT has returned and the WAL has been
+        synced (unless the connection was set to synchronous=OFF, as a test's throwaway file may be)."""
+        self.begin()
+        try:
+            yield
+        except BaseException:
+            self.rollback()
+            raise
+        self.commit()
+        if self.db.execute("PRAGMA synchronous").fetchone()[0]:
+            self.sync()
+
+    def begin(self) -> None:
+        """BEGIN IMMEDIATE; then ``commit`` (not yet durable: ``sync``) or ``rollback``."""
         self.db.execute("BEGIN IMMEDIATE")
         self.new_events = []
         if self._cached:
@@ -266,13 +305,15 @@ class LicenseStore(EngineCommon):
             if version != self._data_version:       # another connection committed since we last looked
                 self._data_version = version
                 self._forget()
-        try:
-            yield
-        except BaseException:
-            self._forget()
-            self.db.execute("ROLLBACK")
-            self.new_events = []
-            raise
+
+    def rollback(self) -> None:
+        self._forget()
+        self.db.execute("ROLLBACK")
+        self.new_events = []
+
+    def commit(self) -> None:
+        """COMMIT: the transaction's frames, its commit frame last, are written to the WAL (no fsync)
+        when this returns. A failed COMMIT is rolled back here, so the next BEGIN works."""
         try:
             self.db.execute("COMMIT")
         except BaseException:
@@ -280,6 +321,32 @@ class LicenseStore(EngineCommon):
             if self.db.in_transaction:      # a failed COMMIT may leave it open: the next BEGIN must work
                 self.db.execute("ROLLBACK")
             raise
+
+    def sync(self) -> None:
+        """Make every transaction committed so far durable (fdatasync of the WAL; OSError if the disk
+        fails). Uses no connection: the writer calls it from its own thread while the reactor's
+        thread runs the next batch."""
+        if self.wal is not None:
+            self.wal.sync()
+
+    def checkpoint_in_background(self) -> None:
+        """The writer takes over checkpoints: this connection never runs one inside a COMMIT
+        (wal_autocheckpoint=0); ``checkpoint`` runs one from a connection of its own when
+        ``checkpoint_due``."""
+        self.db.execute("PRAGMA wal_autocheckpoint=0")
+        checkpointer = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        # NORMAL (as FULL): SQLite syncs the WAL before a checkpoint copies it and the database after.
+        checkpointer.execute("PRAGMA synchronous=NORMAL")
+        self._checkpointer = checkpointer
+
+    def checkpoint_due(self) -> bool:
+        """More than ``checkpoint_pages`` frames wait in the WAL (any thread may ask)."""
+        return self.wal is not None and self.wal.backlog() >= self.checkpoint_pages
+
+    def checkpoint(self) -> tuple[int, int]:
+        """A PASSIVE checkpoint (waits for no reader or writer): (frames in the WAL, frames copied)."""
+        busy, frames, copied = self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        return frames, copied
 
     def savepoint(self) -> "_Savepoint":
         """One request inside a shared transaction: a refusal undoes only its own writes."""

@@ -1,20 +1,70 @@
 """Group commit: every request that touches the ledger runs here, one batch at a time.
 
-Requests that arrive while a batch is committing wait in a queue; the next batch takes them all
-and shares one durable COMMIT. Each request runs inside its own savepoint, so a refusal undoes
+Requests that arrive while a batch runs wait in a queue; the next batch takes them all (up to
+MAX_BATCH) and shares one COMMIT. Each request runs inside its own savepoint, so a refusal undoes
 only its own writes, except a request that decides before it writes (``writes_last``: a logon),
 which needs none. The events a batch adds are written together once its jobs are done. No answer
-leaves before the COMMIT that holds its writes has returned.
+leaves before the transaction that holds its writes is durable.
 
-A batch's jobs run in the reactor's thread, one after another; only its COMMIT (the fsync, the one
-slow step) runs in the writer's thread, and the reactor goes on reading requests meanwhile. Jobs
-are Python, which holds the GIL in either thread: running them in the writer's thread, as tsls
+SQLite (the pipeline). A batch's jobs and its COMMIT run in the reactor's thread; the fsync that
+makes it durable runs in the writer's thread while the reactor's thread runs the next batch:
+
+    reactor:  [jobs 1][COMMIT 1][jobs 2][COMMIT 2][jobs 3][COMMIT 3] ...
+    writer:                     [fsync  (1)     ][fsync (2, 3)     ] ...
+    answers:                                    ^ batch 1          ^ batches 2 and 3
+
+- The writer's connection runs in WAL mode with synchronous=NORMAL. SQLite then writes every frame
+  of a transaction to the -wal file, its commit frame last, before COMMIT returns, but does not
+  fsync it ("Writers sync the WAL on every transaction commit if PRAGMA synchronous is set to FULL
+  but omit this sync if PRAGMA synchronous is set to NORMAL", https://sqlite.org/wal.html). So the
+  COMMIT is a write() of a few pages and returns in well under a millisecond.
+- Right after a batch's COMMIT, the writer's thread fdatasyncs the -wal file through a descriptor
+  of its own (tsls.sqlite.WalFile; an fsync flushes the file's writes made before it started,
+  through any descriptor). A batch's answers (its Deferreds, and ``on_events`` for followers) are
+  released only when an fsync that STARTED after that batch's COMMIT returned has completed: its
+  frames, commit frame included, are then on disk, and recovery after a crash replays them. At most
+  one fsync is in flight: batches that commit meanwhile wait for the next one and share it.
+- Checkpoints never run in the reactor's thread. The writer's connection has wal_autocheckpoint=0;
+  after an fsync, when more than CHECKPOINT_PAGES frames wait (tsls/server/store.py), a PASSIVE
+  checkpoint runs from a connection of its own in a thread of its own (so fsyncs go on during it:
+  a checkpoint with a million licenses writes thousands of scattered pages). With synchronous=NORMAL
+  SQLite syncs the WAL before a checkpoint copies it and the database after ("the WAL file is
+  synchronized before each checkpoint and the database file is synchronized after each completed
+  checkpoint", https://sqlite.org/pragma.html#pragma_synchronous); it may copy frames of batches not
+  yet synced by us, which only makes them durable sooner. Once a checkpoint has copied every frame,
+  the writer's next COMMIT restarts the WAL from its start, with a new salt; SQLite syncs that new
+  header itself (the same page: "the WAL file header is synchronized when a WAL file begins to be
+  reused after a checkpoint"), once per restart, inside that COMMIT. Frames left from before the
+  restart no longer match the salt and are never replayed. The WAL thus stays near
+  CHECKPOINT_PAGES frames (about 40 MB) unless a reader holds a snapshot for long.
+- A process killed (kill -9) loses nothing that COMMIT wrote: the frames are in the operating
+  system's cache. The fsync is for the machine's crash or power loss.
+- A COMMIT that fails is rolled back (tsls.server.store.LicenseStore.commit), its batch answered
+  STORAGE_ERROR ("nothing was changed": SQLite acknowledged no commit frame, and its frames, if any,
+  are overwritten by the next transaction), and the next batch may begin, as before the pipeline:
+  the batches committed before it are not touched and still get their fsync.
+- An fsync that fails (OSError) is another matter: after it, Linux may have dropped the dirty
+  pages it could not write and a later fsync would report success. Whatever was committed but not
+  yet synced can no longer be trusted, so those batches are answered STORAGE_ERROR (their change
+  may or may not survive), and the writer refuses every later request with STORAGE_UNAVAILABLE
+  until the daemon is restarted (it stays up, and says why in its log once). A failed checkpoint
+  is taken the same way (SQLite's own sync of the WAL is part of it).
+
+Jobs are Python, which holds the GIL in either thread: running them in the writer's thread, as tsls
 first did, made every SQLite statement hand the GIL back and forth between the two threads, and
-cost about a sixth of the throughput (docs/performance.md). One thread uses the store at a time.
+cost about a sixth of the throughput (docs/performance.md). The fsync and the checkpoint release the
+GIL for their whole duration. One thread uses the writer's connection at a time (the reactor's;
+``close`` at stop).
+
+PostgreSQL (``store.jobs_in_thread``): every statement is a network round trip, so a whole batch,
+COMMIT included (synchronous_commit), runs in the writer's thread, and the next batch starts when it
+returns. ``threaded=False`` (tests of the layers above, with no reactor running) runs each batch at
+once in the calling thread inside ``store.transaction()``, which syncs before it returns.
 """
 from __future__ import annotations
 
 import contextlib
+import time
 from collections import deque
 from typing import Callable
 
@@ -55,78 +105,121 @@ class BatchWriter:
         self._store = store
         self.on_events = on_events          # called in the reactor with the events each batch committed
         self._queue: deque = deque()
-        self._running = False
+        self._running = False               # a batch is in the writer's thread (PostgreSQL)
         self._idle: list[defer.Deferred] = []
         self._pool = ThreadPool(1, 1, name="tsls-writer")
         self._stopped = False
         self._threaded = threaded
+        # The SQLite pipeline: COMMIT in the reactor's thread, fsync in the writer's (module docstring).
+        self._pipelined = threaded and hasattr(store, "checkpoint_in_background") and not getattr(store, "jobs_in_thread", False)
+        self._scheduled = None              # the reactor's call that runs the next batch
+        self._unsynced: list = []           # (batch, outcome) committed, waiting for an fsync to start
+        self._syncing: list | None = None   # (batch, outcome) the fsync in flight covers
+        self._checkpointing: defer.Deferred | None = None
+        self._checkpoints = ThreadPool(1, 1, name="tsls-checkpoint") if self._pipelined else None
+        self._broken: TslsError | None = None     # once storage failed: every later request refused
+        # Bench only (bench/daemon.py --timings): called with (size, jobs s, COMMIT s) after each
+        # batch's COMMIT, (batches, fsync s) after each fsync, (frames, copied, s) after each checkpoint.
+        self.timings = None
 
     def start(self) -> None:
         self._pool.start()
+        if self._pipelined:
+            self._store.checkpoint_in_background()
+            self._checkpoints.start()
 
     def submit(self, job: Callable) -> defer.Deferred:
-        """Run ``job(store, now)`` in the next batch; fire with its result once committed.
+        """Run ``job(store, now)`` in the next batch; fire with its result once durably committed.
 
         A job refuses by raising TslsError (its writes are undone) or by returning one (its writes,
         such as the event that records the refusal, are kept)."""
         if self._stopped:
             return defer.fail(TslsError(Code.SHUTTING_DOWN, "the license server is shutting down"))
+        if self._broken is not None:
+            return defer.fail(self._broken)
         d = defer.Deferred()
         self._queue.append((job, d))
-        if not self._running:
+        if self._pipelined:
+            if self._scheduled is None:
+                # The next turn of the reactor: requests read meanwhile join the batch.
+                self._scheduled = self._reactor.callLater(0, self._next_batch)
+        elif not self._running:
             self._next_batch()
         return d
 
+    def _take(self):
+        batch = [self._queue.popleft() for _ in range(min(len(self._queue), MAX_BATCH))]
+        return batch, [job for job, _ in batch], int(self.clock.seconds())
+
     def _next_batch(self) -> None:
+        if self._pipelined:
+            return self._next_pipelined()
         if not self._queue:
             self._running = False
-            idle, self._idle = self._idle, []
-            for d in idle:
-                d.callback(None)
+            self._check_idle()
             return
         self._running = True
-        batch = [self._queue.popleft() for _ in range(min(len(self._queue), MAX_BATCH))]
-        now = int(self.clock.seconds())
-        jobs = [job for job, _ in batch]
-        if self._threaded and getattr(self._store, "jobs_in_thread", False):
+        batch, jobs, now = self._take()
+        if self._threaded:
             # A store whose every statement is a network round trip (PostgreSQL) runs the whole batch
             # in the writer's thread, so the reactor never waits on the database.
             done = threads.deferToThreadPool(self._reactor, self._pool, self._run, jobs, now)
-        elif self._threaded:
-            done = self._run_then_commit(jobs, now)
         else:
             done = defer.maybeDeferred(self._run, jobs, now)
         done.addBoth(self._deliver, batch)
+        done.addBoth(lambda _: self._next_batch())
 
     def _run(self, jobs, now):
-        """The whole batch at once, COMMIT included, in the calling thread."""
+        """The whole batch at once, COMMIT (and its sync) included, in the calling thread."""
         store = self._store
         with store.transaction():
             results = self._jobs(jobs, now)
         return store.new_events, results
 
-    def _run_then_commit(self, jobs, now) -> defer.Deferred:
-        """The batch's jobs here, then its COMMIT in the writer's thread; fires once committed."""
+    def _next_pipelined(self) -> None:
+        """One batch: its jobs and COMMIT here, in the reactor's thread; its answers wait for the fsync."""
+        self._scheduled = None
+        if not self._queue or self._broken is not None:
+            self._check_idle()
+            return
+        batch, jobs, now = self._take()
+        outcome = self._run_then_commit(jobs, now)
+        if isinstance(outcome, Failure):
+            self._deliver(outcome, batch)       # nothing of it was committed: nothing to wait for
+        else:
+            self._unsynced.append((batch, outcome))
+            self._sync()
+        if self._queue and self._scheduled is None and self._broken is None:
+            self._scheduled = self._reactor.callLater(0, self._next_batch)
+        self._check_idle()
+
+    def _run_then_commit(self, jobs, now):
+        """The batch's jobs and its COMMIT (not yet durable): (new events, results), or a Failure
+        when nothing was committed."""
         store = self._store
-        transaction = store.transaction()
+        timings = self.timings
+        started = time.perf_counter() if timings is not None else 0.0
         try:
-            transaction.__enter__()
+            store.begin()
         except Exception:
-            return defer.fail()
+            return Failure()
         try:
             results = self._jobs(jobs, now)
         except BaseException:
             failure = Failure()
             try:
-                transaction.__exit__(failure.type, failure.value, failure.getTracebackObject())   # ROLLBACK
+                store.rollback()
             except BaseException:
                 failure = Failure()         # the rollback failed too: that is what is reported
-            return defer.fail(failure)
-
-        def commit():
-            transaction.__exit__(None, None, None)
-            return store.new_events, results
-        return threads.deferToThreadPool(self._reactor, self._pool, commit)
+            return failure
+        ran = time.perf_counter() if timings is not None else 0.0
+        try:
+            store.commit()
+        except Exception:
+            return Failure()
+        if timings is not None:
+            timings.batch(len(jobs), ran - started, time.perf_counter() - ran)
+        return store.new_events, results
 
     def _jobs(self, jobs, now) -> list:
         store = self._store
@@ -186,18 +279,106 @@ class BatchWriter:
                 d.callback(value)
             else:
                 d.errback(value)
-        self._next_batch()
+
+    def _sync(self) -> None:
+        """Start an fsync for every batch committed so far, unless one is in flight (then they share
+        the next one). Called only after those batches' COMMITs returned, so the fsync starts after."""
+        if self._syncing is not None or not self._unsynced or self._broken is not None:
+            return
+        covered, self._unsynced = self._unsynced, []
+        self._syncing = covered
+        done = threads.deferToThreadPool(self._reactor, self._pool, self._sync_in_thread)
+        done.addBoth(self._synced, covered)
+
+    def _sync_in_thread(self):
+        started = time.perf_counter()
+        self._store.sync()
+        return time.perf_counter() - started, self._checkpointing is None and self._store.checkpoint_due()
+
+    def _synced(self, result, covered) -> None:
+        self._syncing = None
+        if isinstance(result, Failure):
+            self._break(result, "an fsync of the ledger's WAL failed", covered)
+            return
+        took, checkpoint = result
+        if self.timings is not None:
+            self.timings.sync(len(covered), took)
+        if self._broken is not None:        # a checkpoint failed while this fsync ran: it proves nothing
+            self._fail_unsynced(covered)
+            return
+        for batch, outcome in covered:
+            self._deliver(outcome, batch)
+        self._sync()
+        if checkpoint and self._checkpointing is None:
+            self._checkpoint()
+        self._check_idle()
+
+    def _checkpoint(self) -> None:
+        def run():
+            started = time.perf_counter()
+            frames, copied = self._store.checkpoint()
+            return frames, copied, time.perf_counter() - started
+
+        def done(result):
+            self._checkpointing = None
+            if isinstance(result, Failure):
+                self._break(result, "a checkpoint of the ledger's WAL failed", [])
+            elif self.timings is not None:
+                self.timings.checkpoint(*result)
+            self._check_idle()
+        self._checkpointing = threads.deferToThreadPool(self._reactor, self._checkpoints, run)
+        self._checkpointing.addBoth(done)
+
+    def _break(self, failure: Failure, what: str, covered: list) -> None:
+        """Storage failed: what is committed but not synced cannot be trusted; refuse from now on."""
+        if self._broken is None:
+            self.log.failure("{what}: the license server refuses every change from now on; restart it once the "
+                             "disk is sound (changes answered STORAGE_ERROR may or may not have been kept)",
+                             failure, what=what)
+            reason = failure.getErrorMessage()
+            self._broken = TslsError(Code.STORAGE_UNAVAILABLE, f"the license server's storage failed ({what}: "
+                                     f"{reason}); it refuses every change until it is restarted; nothing was changed")
+        self._fail_unsynced(covered)
+        queued, self._queue = self._queue, deque()
+        for _, d in queued:
+            d.errback(self._broken)
+        if self._scheduled is not None:
+            self._scheduled.cancel()
+            self._scheduled = None
+        self._check_idle()
+
+    def _fail_unsynced(self, covered: list) -> None:
+        """Answer STORAGE_ERROR to ``covered`` and to every batch committed since (an fsync in flight
+        answers its own batches when it returns, seeing the writer broken)."""
+        pending, self._unsynced = covered + self._unsynced, []
+        error = TslsError(Code.STORAGE_ERROR, "the license server could not make the change durable (its storage "
+                          "failed); it may or may not have been kept")
+        for batch, _ in pending:
+            for _, d in batch:
+                d.errback(error)
+
+    def _busy(self) -> bool:
+        return bool(self._queue or self._running or self._scheduled is not None or self._syncing is not None
+                    or self._unsynced or self._checkpointing is not None)
+
+    def _check_idle(self) -> None:
+        if self._idle and not self._busy():
+            idle, self._idle = self._idle, []
+            for d in idle:
+                d.callback(None)
 
     def stop(self) -> defer.Deferred:
-        """Refuse new work, let queued work commit, then stop the thread and close the store."""
+        """Refuse new work, let queued work commit and be synced, then stop the threads and close the store."""
         self._stopped = True
         d = defer.Deferred()
-        if self._running:
+        if self._busy():
             self._idle.append(d)
         else:
             d.callback(None)
 
         def close(_):
+            if self._checkpoints is not None:
+                self._checkpoints.stop()        # idle by now: no checkpoint in flight
             done = threads.deferToThreadPool(self._reactor, self._pool, self._store.close)
             done.addBoth(lambda r: (self._pool.stop(), r)[1])
             return done

@@ -1,0 +1,192 @@
+"""The SQLite writer's pipeline (tsls/server/writer.py) on a real ledger file: a batch's answers wait
+for an fsync of the WAL that started after its COMMIT, the next batch runs meanwhile, and a failed
+fsync stops every later change. The fsync is the store's ``sync`` seam, held or failed by the test;
+the reactor is a queue the test turns by hand (the writer's threads post to it), so nothing sleeps."""
+import errno
+import os
+import queue
+import sqlite3
+import threading
+import time
+
+import pytest
+from twisted.internet.task import Clock
+
+from tsls.core.licensing import TerminalServer
+from tsls.core.model import CalType, ProductVersion
+from tsls.errors import Code, TslsError
+from tsls.server.app import load_identity
+from tsls.server.ledger import Ledger
+from tsls.server.store import LicenseStore
+from tsls.server.writer import BatchWriter
+
+TS = TerminalServer("TS01", ProductVersion.W2003, CalType.PER_DEVICE)
+WAIT = 10
+
+
+class Reactor:
+    """What the writer asks of a reactor: calls for its next turn, and calls posted by its threads."""
+
+    def __init__(self) -> None:
+        self.calls: queue.Queue = queue.Queue()
+
+    def callLater(self, delay, f, *args):
+        call = Call(f, args)
+        self.calls.put(call)
+        return call
+
+    def callFromThread(self, f, *args):
+        self.calls.put(Call(f, args))
+
+    def until(self, done) -> None:
+        """Turn until ``done()``, at most WAIT seconds (``done`` may wait on the writer's threads)."""
+        deadline = time.monotonic() + WAIT
+        while not done():
+            try:
+                call = self.calls.get(timeout=0.01)
+            except queue.Empty:
+                assert time.monotonic() < deadline, "the writer never got there"
+                continue
+            call()
+
+
+class Call:
+    def __init__(self, f, args) -> None:
+        self.f, self.args, self.cancelled = f, args, False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+    def __call__(self) -> None:
+        if not self.cancelled:
+            self.f(*self.args)
+
+
+class HeldSync:
+    """The store's fsync: real, but each call first waits for a permit the test gives (``allow``)."""
+
+    def __init__(self) -> None:
+        self.permits = threading.Semaphore(0)
+        self.calls = 0
+        self.holding = False        # set once the writer runs (the identity is written before)
+
+    def __call__(self, fd) -> None:
+        if not self.holding:
+            return os.fdatasync(fd)
+        self.calls += 1
+        assert self.permits.acquire(timeout=WAIT), "the test never let the fsync go"
+        os.fdatasync(fd)
+
+    def allow(self, n: int = 1) -> None:
+        for _ in range(n):
+            self.permits.release()
+
+
+def outcome(d):
+    """The Deferred's result now (None while it has none)."""
+    box = []
+    d.addBoth(lambda r: (box.append(r), r)[1])
+    return box[0] if box else None
+
+
+@pytest.fixture
+def ledger_on(tmp_path):
+    made = []
+
+    def make(sync):
+        path = str(tmp_path / "ls.sqlite")
+        store = LicenseStore.open(path, sync=sync)
+        identity = load_identity(store, "1")     # a durable transaction of its own, before the writer starts
+        if isinstance(sync, HeldSync):
+            sync.holding = True
+        reactor = Reactor()
+        clock = Clock()
+        clock.advance(1_800_000_000)
+        writer = BatchWriter(reactor, clock, store)
+        writer.start()
+        made.append((reactor, writer, sync))
+        return reactor, writer, Ledger(writer, identity), path
+
+    yield make
+    for reactor, writer, sync in made:
+        if isinstance(sync, HeldSync):
+            sync.allow(100)                          # a test that failed midway must not hold the stop
+        stopped = []
+        writer.stop().addBoth(stopped.append)
+        reactor.until(lambda: stopped)          # the threads stopped and the store closed
+
+
+def licenses_in(path) -> int:
+    """What another connection sees committed (durable or not)."""
+    db = sqlite3.connect(path)
+    try:
+        return db.execute("SELECT count(*) FROM licenses").fetchone()[0]
+    finally:
+        db.close()
+
+
+def test_answers_wait_for_an_fsync_begun_after_their_commit_while_the_next_batches_run(ledger_on):
+    held = HeldSync()
+    reactor, writer, ledger, path = ledger_on(held)
+    first = ledger.logon(TS, "11" * 20, "PC1", "alice", None)
+    reactor.until(lambda: held.calls == 1)           # batch 1 committed; its fsync started, and is held
+    assert licenses_in(path) == 1
+    assert outcome(first) is None                    # no answer before the fsync
+
+    second = ledger.logon(TS, "22" * 20, "PC2", "bob", None)
+    reactor.until(lambda: licenses_in(path) == 2)    # batch 2's jobs ran and its COMMIT returned meanwhile
+    third = ledger.logon(TS, "33" * 20, "PC3", "carol", None)
+    reactor.until(lambda: licenses_in(path) == 3)    # and batch 3's
+    assert held.calls == 1                           # one fsync in flight at most: 2 and 3 wait for the next
+    assert (outcome(first), outcome(second), outcome(third)) == (None, None, None)
+
+    held.allow(2)
+    reactor.until(lambda: outcome(first) is not None)
+    assert outcome(first)["outcome"] == "temporary_issued"
+    reactor.until(lambda: outcome(third) is not None)
+    assert outcome(second)["outcome"] == outcome(third)["outcome"] == "temporary_issued"
+    assert held.calls == 2                           # batches 2 and 3 shared the second fsync
+
+
+def test_a_batch_committed_while_an_fsync_runs_is_not_answered_by_that_fsync(ledger_on):
+    held = HeldSync()
+    reactor, writer, ledger, path = ledger_on(held)
+    first = ledger.logon(TS, "11" * 20, "PC1", "alice", None)
+    reactor.until(lambda: held.calls == 1)
+    second = ledger.logon(TS, "22" * 20, "PC2", "bob", None)
+    reactor.until(lambda: licenses_in(path) == 2)
+    held.allow(1)                                    # the first fsync returns...
+    reactor.until(lambda: outcome(first) is not None)
+    assert outcome(first)["outcome"] == "temporary_issued"
+    reactor.until(lambda: held.calls == 2)           # ...and the one for batch 2, begun after its COMMIT, is held
+    assert outcome(second) is None
+    held.allow(1)
+    reactor.until(lambda: outcome(second) is not None)
+    assert outcome(second)["outcome"] == "temporary_issued"
+
+
+def test_a_failed_fsync_answers_storage_error_then_every_change_is_refused_as_unavailable(ledger_on):
+    fails = threading.Event()
+
+    def sync(fd):
+        if fails.is_set():
+            raise OSError(errno.EIO, "Input/output error")
+        os.fdatasync(fd)
+
+    reactor, writer, ledger, path = ledger_on(sync)
+    granted = ledger.logon(TS, "11" * 20, "PC1", "alice", None)
+    reactor.until(lambda: outcome(granted) is not None)
+    assert outcome(granted)["outcome"] == "temporary_issued"
+
+    fails.set()
+    lost = ledger.logon(TS, "22" * 20, "PC2", "bob", None)
+    reactor.until(lambda: outcome(lost) is not None)
+    error = outcome(lost).value
+    assert isinstance(error, TslsError) and error.code is Code.STORAGE_ERROR
+    assert "may or may not" in error.message
+
+    fails.clear()                                    # a later fsync might well "succeed": it proves nothing
+    later = ledger.logon(TS, "33" * 20, "PC3", "carol", None)
+    error = outcome(later).value
+    assert error.code is Code.STORAGE_UNAVAILABLE and "restarted" in error.message
+    assert licenses_in(path) == 2                    # the refused logon never ran
