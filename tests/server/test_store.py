@@ -1,8 +1,10 @@
 """The SQLite engine of the storage seam, on real SQLite files."""
 import contextlib
+import sqlite3
 import json
 
 import attrs
+import pytest
 
 from tsls.core.activation import Activation, ActivationMethod, ActivationStatus
 from tsls.core.events import Event, EventId
@@ -156,4 +158,52 @@ def test_an_update_the_core_says_the_old_of_writes_what_differs_and_the_row_ends
         assert updates == ['UPDATE licenses SET "expires_at" = 500, "renewals" = 1 WHERE id = 1',
                            """UPDATE licenses SET "status" = 'revoked' WHERE id = 1"""]
         assert store.key_packs()[0].issued == 0
+    store.close()
+
+
+def test_a_batch_writes_its_grants_issued_once_per_key_pack_when_its_jobs_end(tmp_path):
+    store = LicenseStore.open(str(tmp_path / "ls.sqlite"))
+    ref = PurchaseRef(Program.RETAIL, retail_code="A" * 25)
+    with store.transaction():
+        one = store.add_key_pack("K1".ljust(35, "0"), ref, ProductVersion.W2003, CalType.PER_DEVICE, 5, 0)
+        two = store.add_key_pack("K2".ljust(35, "0"), ref, ProductVersion.W2003, CalType.PER_DEVICE, 1, 0)
+
+    def table():
+        return [n for (n,) in store.db.execute("SELECT issued FROM key_packs ORDER BY id")]
+
+    def grant(hwid, pack):
+        cal = _cal(hwid, pack.id)
+        return store.apply(Decision(Outcome.UPGRADED, cal, changes=(Change(cal, pack_delta=+1),))).license
+
+    statements = []
+    with store.transaction():
+        with store.held_events():
+            store.key_packs()
+            store.db.set_trace_callback(statements.append)
+            grant("h1", one)
+            grant("h2", one)
+            assert store.changes() == store.db.total_changes + 2     # the held changes count as written
+            grant("h3", two)
+            assert [p.issued for p in store.key_packs()] == [2, 1]     # the decisions read them at once
+            assert table() == [0, 0]                                  # the table when the jobs end
+        assert table() == [2, 1]
+        assert sorted({s for s in statements if s.startswith("UPDATE key_packs")}) == [     # (triggers repeat one)
+            "UPDATE key_packs SET issued = issued + 1 WHERE id = 2", "UPDATE key_packs SET issued = issued + 2 WHERE id = 1"]
+        store.db.set_trace_callback(None)
+        with store.held_events():
+            with pytest.raises(sqlite3.IntegrityError):                # a pack's CHECK still refuses at once
+                with store.savepoint():
+                    grant("h4", two)
+            grant("h5", one)
+            with contextlib.suppress(ValueError), store.savepoint():      # earlier requests' changes stay
+                grant("h6", one)
+                raise ValueError("undone")
+            assert table() == [3, 1]
+            assert [p.issued for p in store.key_packs()] == [3, 1]
+    store._forget()
+    assert [p.issued for p in store.key_packs()] == table() == [3, 1]
+    with pytest.raises(ValueError), store.transaction(), store.held_events():     # a batch rolled back
+        grant("h7", one)
+        raise ValueError("undone")
+    assert [p.issued for p in store.key_packs()] == table() == [3, 1]
     store.close()

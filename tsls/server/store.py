@@ -14,8 +14,6 @@ import json
 import os
 import sqlite3
 
-import attrs
-
 from tsls.core.activation import Activation, ActivationMethod, ActivationStatus
 from tsls.core.licensing import Change
 from tsls.core.model import CalType, KeyPack, License, ProductVersion, PurchaseRef
@@ -205,6 +203,11 @@ class LicenseStore(EngineCommon):
         # While the writer runs a batch's jobs (``held_events``), events are kept here and written
         # with one executemany when its jobs are done; a request undone drops its own.
         self._pending: list | None = None
+        # Likewise, while a batch's jobs run, the grants' changes to key packs' Issued are added up here
+        # (key pack id -> change) and written with one UPDATE per key pack when its jobs are done; the
+        # cached key packs (which every decision reads) are kept in step at once.
+        self._issued: dict[int, int] = {}
+        self._held = 0                  # how many changes were ever held there (``changes``)
         # Every request reads the key packs, the activation and a few settings; they change rarely,
         # so they are kept here, one entry per table. Temporary triggers (this connection's own, not
         # in the schema) drop a table's entry whenever any statement on this connection writes it; a
@@ -266,6 +269,7 @@ class LicenseStore(EngineCommon):
 
     def _forget(self) -> None:
         self._cache.clear()
+        self._issued.clear()        # undone with what was written: its key packs are read again
 
     def _keyed(self, table: str) -> dict:
         """The cache of one table whose entries are looked up by key (a throwaway dict when uncached)."""
@@ -419,6 +423,7 @@ class LicenseStore(EngineCommon):
     def key_packs(self) -> tuple[KeyPack, ...]:
         packs = self._cache.get("key_packs")
         if packs is None:
+            self._write_issued()
             rows = self.db.execute("SELECT id, key_pack_id, purchase, product_version, cal_type, total, issued, "
                                    "installed_at, retired_at FROM key_packs ORDER BY id")
             packs = tuple(KeyPack(r[0], r[1], self._purchase(r[2]), ProductVersion(r[3]), CalType(r[4]), r[5], r[6],
@@ -462,15 +467,43 @@ class LicenseStore(EngineCommon):
                                 (*values, lic.id))
             elif changed:
                 self.db.execute(update_sql(changed, "?"), (*[values[i] for i in changed], lic.id))
-        if change.pack_delta:
+        delta = change.pack_delta
+        if delta:
             packs = self._cache.get("key_packs")
-            self.db.execute("UPDATE key_packs SET issued = issued + ? WHERE id = ?", (change.pack_delta, lic.key_pack))
-            if packs is not None:
-                # The trigger dropped the cached key packs; what changed is known: keep them in step
-                # rather than read them all again at the next logon (every upgrade writes one).
-                self._cache["key_packs"] = tuple(
-                    attrs.evolve(p, issued=p.issued + change.pack_delta) if p.id == lic.key_pack else p for p in packs)
+            if packs is None:
+                self._write_issued()
+                self.db.execute("UPDATE key_packs SET issued = issued + ? WHERE id = ?", (delta, lic.key_pack))
+                return lic
+            pack = lic.key_pack
+            kept = []
+            for p in packs:
+                if p.id == pack:
+                    issued = p.issued + delta
+                    if self._pending is None or not 0 <= issued <= p.total:
+                        # not in a batch, or one the table's CHECK refuses: written (and refused) now
+                        self._write_issued()
+                        self.db.execute("UPDATE key_packs SET issued = issued + ? WHERE id = ?", (delta, pack))
+                    else:
+                        self._issued[pack] = self._issued.get(pack, 0) + delta
+                        self._held += 1
+                    p = KeyPack(p.id, p.key_pack_id, p.purchase, p.product_version, p.cal_type, p.total, issued,
+                                p.installed_at, p.retired_at)
+                kept.append(p)
+            # What changed is known: the cached key packs are kept in step (an UPDATE's trigger drops
+            # them) rather than read them all again at the next logon (every upgrade changes one).
+            self._cache["key_packs"] = tuple(kept)
         return lic
+
+    def _write_issued(self) -> None:
+        """Write the key packs' Issued changes held for the batch: one UPDATE per key pack."""
+        if not self._issued:
+            return
+        held, self._issued = self._issued, {}
+        packs = self._cache.get("key_packs")
+        self.db.executemany("UPDATE key_packs SET issued = issued + ? WHERE id = ?",
+                            [(delta, pack) for pack, delta in held.items() if delta])
+        if packs is not None:
+            self._cache["key_packs"] = packs        # they already count these changes
 
     def _due(self, now: int):
         return self.db.execute(f"SELECT {_COLUMNS} FROM licenses WHERE status = 'active' AND expires_at <= ?",
@@ -506,6 +539,8 @@ class LicenseStore(EngineCommon):
             del self._pending[mark:]
 
     def _write_pending(self) -> None:
+        """Write what the batch's jobs held: the key packs' Issued and the events."""
+        self._write_issued()
         pending = self._pending
         if not pending:
             return
@@ -516,9 +551,9 @@ class LicenseStore(EngineCommon):
         self.new_events.extend(zip(range(first, first + len(pending)), pending))
 
     def changes(self) -> int:
-        """Rows this connection has written since it opened (the writer's check that a request
-        run without a savepoint wrote nothing before it failed)."""
-        return self.db.total_changes
+        """Rows this connection has written since it opened, and changes to Issued held for the batch
+        (the writer's check that a request run without a savepoint wrote nothing before it failed)."""
+        return self.db.total_changes + self._held
 
     def events(self, which: EventFilter = EventFilter(), limit: int = 1000) -> list[tuple]:
         """(row id, Event) pairs, the newest ``limit`` that match, oldest first."""
@@ -681,8 +716,8 @@ class _Savepoint:
         self.store = store
 
     def __enter__(self) -> None:
-        if self.store._pending:
-            self.store._write_pending()     # earlier requests' events are not this one's to undo
+        if self.store._pending or self.store._issued:
+            self.store._write_pending()     # earlier requests' events and Issued are not this one's to undo
         self.store.db.execute("SAVEPOINT request")
         self.mark = (len(self.store.new_events), self.store.events_mark())
 

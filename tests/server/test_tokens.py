@@ -1,0 +1,23 @@
+"""The license a device stores and presents (tsls.server.tokens)."""
+import hashlib
+import hmac
+
+import pytest
+
+from tsls.errors import Code, TslsError
+from tsls.server import tokens
+
+
+def test_a_token_is_the_license_id_and_its_hmac_over_the_id_and_the_device_with_each_servers_secret():
+    secrets = [bytes(range(32)), b"\x00" * 32, b"another secret of another server"]
+    for n in range(50):
+        secret, hwid = secrets[n % 3], f"{n:040x}"
+        mac = hmac.new(secret, f"{n}|{hwid}".encode(), hashlib.sha256).hexdigest()[:32]
+        assert tokens.sign(secret, n, hwid) == f"TSLS1.{n}.{mac}"
+        assert tokens.verify(secret, f"TSLS1.{n}.{mac}", hwid) == n
+        for wrong in (secrets[(n + 1) % 3], secret + b"x"):
+            with pytest.raises(TslsError) as e:
+                tokens.verify(wrong, f"TSLS1.{n}.{mac}", hwid)
+            assert e.value.code is Code.INVALID_LICENSE
+        with pytest.raises(TslsError):
+            tokens.verify(secret, f"TSLS1.{n}.{mac}", hwid + "0")
