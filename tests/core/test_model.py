@@ -44,3 +44,13 @@ def test_unknown_enum_values_name_the_choices():
     with pytest.raises(TslsError, match="2003"):
         ProductVersion.parse("1995")
     assert CalType.parse("per-device") is CalType.PER_DEVICE
+
+
+def test_a_license_with_another_status_is_the_license_evolved_every_other_field_kept():
+    import attrs
+
+    from tsls.core.model import License, LicenseKind, LicenseStatus
+    fields = attrs.fields(License)
+    lic = License(*[f"value of {f.name}" for f in fields])       # each field told apart from the others
+    for status in LicenseStatus:
+        assert lic.with_status(status) == attrs.evolve(lic, status=status)

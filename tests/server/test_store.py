@@ -207,3 +207,16 @@ def test_a_batch_writes_its_grants_issued_once_per_key_pack_when_its_jobs_end(tm
         raise ValueError("undone")
     assert [p.issued for p in store.key_packs()] == table() == [3, 1]
     store.close()
+
+
+def test_what_an_update_changes_is_every_column_that_differs_from_the_license_as_read():
+    from tsls.server.ledgerbase import LICENSE_COLUMNS, changed_columns
+    was = License(7, LicenseKind.TEMPORARY, LicenseStatus.ACTIVE, "h", "m", "u", "ts", ProductVersion.W2003, None,
+                  False, 1, 2, 0)
+    assert changed_columns(Change(was)) is None
+    assert changed_columns(Change(was, was=was)) == ()
+    other = License(7, LicenseKind.PERMANENT, LicenseStatus.EXPIRED, "h2", "m2", "u2", "ts2", ProductVersion.W2008, 3,
+                    True, 4, 5, 6)
+    for n, name in enumerate(LICENSE_COLUMNS):
+        assert changed_columns(Change(attrs.evolve(was, **{name: getattr(other, name)}), was=was)) == (n,)
+    assert changed_columns(Change(other, was=was)) == tuple(range(len(LICENSE_COLUMNS)))

@@ -153,15 +153,11 @@ def _per_device(ts, logon, world, now, why) -> Decision:
     if why is None and (temporary.validated or not temporary.live(now)):
         pack = _choose_pack(world.packs, ts.version, world.prevent_upgrade)
         lifetime = cal_lifetime(world.seed, logon.hwid, pack.product_version, 0)
-        cal = License(
-            id=0, kind=LicenseKind.PERMANENT, status=LicenseStatus.ACTIVE, hwid=logon.hwid,
-            machine=logon.machine, user=logon.user, terminal_server=ts.name,
-            product_version=pack.product_version, key_pack=pack.id, validated=True,
-            issued_at=now, expires_at=now + lifetime,
-        )
+        cal = License(0, LicenseKind.PERMANENT, LicenseStatus.ACTIVE, logon.hwid, logon.machine, logon.user, ts.name,
+                      pack.product_version, pack.id, True, now, now + lifetime)  # (positional: on every upgrade's path)
         changes = [Change(cal, pack_delta=+1)]
         if temporary.status is LicenseStatus.ACTIVE:
-            changes.append(Change(attrs.evolve(temporary, status=LicenseStatus.UPGRADED), was=temporary))
+            changes.append(Change(temporary.with_status(LicenseStatus.UPGRADED), was=temporary))
         return Decision(Outcome.UPGRADED, cal, None, tuple(changes), f"permanent CAL issued from key pack {pack.key_pack_id}")
 
     if temporary.live(now):
@@ -188,7 +184,7 @@ def expire(lic: License, now: int) -> Decision | None:
     """A license whose time is up: a permanent CAL's seat goes back to its key pack [§1]."""
     if lic.status is not LicenseStatus.ACTIVE or now < lic.expires_at:
         return None
-    gone = attrs.evolve(lic, status=LicenseStatus.EXPIRED)
+    gone = lic.with_status(LicenseStatus.EXPIRED)
     delta = -1 if lic.kind is LicenseKind.PERMANENT else 0
     return Decision(Outcome.EXPIRED, gone, changes=(Change(gone, pack_delta=delta, was=lic),), message="license expired")
 
@@ -256,7 +252,7 @@ def revoke(lic: License | None, packs, revoked, now: int) -> Decision:
             f"{len(holding)} of the installed {installed} are already revoked; the next revocation is allowed "
             f"after {iso(next_at)}",
             revoked=len(holding), installed=installed, limit=limit, next_allowed_at=iso(next_at))
-    gone = attrs.evolve(lic, status=LicenseStatus.REVOKED)
+    gone = lic.with_status(LicenseStatus.REVOKED)
     return Decision(Outcome.REVOKED, gone, changes=(Change(gone, pack_delta=-1, was=lic),),
                     message=f"CAL {lic.id} revoked; {limit - len(holding) - 1} more may be revoked now")
 

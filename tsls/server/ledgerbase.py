@@ -9,7 +9,9 @@ rows of licenses due to expire), ``_write(change)``, ``key_packs``, ``licenses_o
 from __future__ import annotations
 
 import functools
+import itertools
 import json
+import operator
 
 from tsls.core import events
 from tsls.core.activation import Problem
@@ -186,8 +188,11 @@ def changed_columns(change: Change) -> tuple[int, ...] | None:
     was = change.was
     if was is None:
         return None
-    lic = change.license
-    return tuple(i for i, name in enumerate(LICENSE_COLUMNS) if getattr(lic, name) != getattr(was, name))
+    return tuple(itertools.compress(_POSITIONS, map(operator.ne, _LICENSE_VALUES(change.license), _LICENSE_VALUES(was))))
+
+
+_LICENSE_VALUES = operator.attrgetter(*LICENSE_COLUMNS)      # a license's values in LICENSE_COLUMNS' order
+_POSITIONS = range(len(LICENSE_COLUMNS))
 
 
 @functools.lru_cache(maxsize=256)

@@ -433,7 +433,7 @@ class LicenseStore(EngineCommon):
         return packs
 
     def licenses_of(self, hwid: str) -> tuple[License, ...]:
-        return tuple(license_row(r) for r in self.db.execute(f"SELECT {_COLUMNS} FROM licenses WHERE hwid = ?", (hwid,)))
+        return tuple(map(license_row, self.db.execute(_LICENSES_OF, (hwid,))))
 
     def license(self, license_id: int) -> License | None:
         row = self.db.execute(f"SELECT {_COLUMNS} FROM licenses WHERE id = ?", (license_id,)).fetchone()
@@ -690,6 +690,7 @@ class LicenseStore(EngineCommon):
 _COLUMNS_NO_ID = ("kind, status, hwid, machine, user, terminal_server, product_version, key_pack, validated, "
                   "issued_at, expires_at, renewals")
 _COLUMNS = "id, " + _COLUMNS_NO_ID
+_LICENSES_OF = f"SELECT {_COLUMNS} FROM licenses WHERE hwid = ?"
 
 _INSERT_EVENT = ("INSERT INTO events (id, at, event_id, name, message, terminal_server, hwid, user, license_id) "
                  "VALUES (?,?,?,?,?,?,?,?,?)")
