@@ -32,7 +32,8 @@ class Timings:
     """The writer's figures (bench only; BatchWriter.timings): for each batch its size, how long its
     jobs and its COMMIT took in the reactor's thread; for each fsync of the WAL (writer's thread)
     how many batches it made durable and how long it took; for each checkpoint (its own thread) the
-    frames in the WAL, the frames it copied and how long it took."""
+    frames in the WAL, the frames it copied and how long it took, the long one beside the batches
+    and the short one no batch runs beside (the pause)."""
 
     def __init__(self) -> None:
         self.batches: list = []
@@ -46,8 +47,8 @@ class Timings:
     def sync(self, batches: int, seconds: float) -> None:
         self.syncs.append((batches, seconds))
 
-    def checkpoint(self, frames: int, copied: int, seconds: float) -> None:
-        self.checkpoints.append((frames, copied, seconds))
+    def checkpoint(self, frames: int, copied: int, seconds: float, paused: bool) -> None:
+        self.checkpoints.append((frames, copied, seconds, paused))
 
     def summary(self) -> dict:
         def ms(values, q):
@@ -57,13 +58,15 @@ class Timings:
         jobs = [b[1] for b in batches]
         commits = [b[2] for b in batches]
         fsyncs = [s[1] for s in syncs]
-        took = [c[2] for c in checkpoints]
+        took = [c[2] for c in checkpoints if not c[3]]
+        paused = [c[2] for c in checkpoints if c[3]]
         return {"batches": len(batches), "mean_size": sum(b[0] for b in batches) / max(len(batches), 1),
                 "jobs_ms_p50": ms(jobs, 0.5), "commit_ms_p50": ms(commits, 0.5), "commit_ms_p90": ms(commits, 0.9),
                 "commit_ms_max": ms(commits, 1.0), "fsyncs": len(syncs),
                 "batches_per_fsync": sum(s[0] for s in syncs) / max(len(syncs), 1),
                 "fsync_ms_p50": ms(fsyncs, 0.5), "fsync_ms_p90": ms(fsyncs, 0.9), "fsync_ms_max": ms(fsyncs, 1.0),
-                "checkpoints": len(checkpoints), "checkpoint_ms_p50": ms(took, 0.5), "checkpoint_ms_max": ms(took, 1.0),
+                "checkpoints": len(took), "checkpoint_ms_p50": ms(took, 0.5), "checkpoint_ms_max": ms(took, 1.0),
+                "pause_ms_p50": ms(paused, 0.5), "pause_ms_max": ms(paused, 1.0),
                 "checkpoint_frames_max": max((c[0] for c in checkpoints), default=0),
                 "wal_mb": round(self.wal_bytes / 2**20, 1)}
 

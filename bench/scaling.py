@@ -78,16 +78,23 @@ def grant_cost(small: str, large: str, licenses: int, duration: float, repeat: i
             runs[count].append({"grants_per_s": result["throughput"], "cpu_us": used / result["grants"] * 1e6,
                                 "p99_ms": result["latency_ms"]["p99"], "jobs_ms_p50": batches["jobs_ms_p50"],
                                 "commit_ms_p50": batches["commit_ms_p50"], "commit_ms_p90": batches["commit_ms_p90"],
+                                "fsync_ms_p50": batches["fsync_ms_p50"], "fsync_ms_p90": batches["fsync_ms_p90"],
+                                "checkpoint_ms_max": batches["checkpoint_ms_max"], "wal_mb": batches["wal_mb"],
                                 "batch": batches["mean_size"]})
             log(f"  {count:>9,} licenses: {result['throughput']:>7,.0f} grants/s, "
                 f"{used / result['grants'] * 1e6:.0f} us CPU per grant, p99 {result['latency_ms']['p99']:.1f} ms; "
                 f"batches of {batches['mean_size']:.0f}: jobs {batches['jobs_ms_p50']:.0f} ms, "
-                f"COMMIT p50 {batches['commit_ms_p50']:.0f} ms, p90 {batches['commit_ms_p90']:.0f} ms")
+                f"COMMIT p50 {batches['commit_ms_p50']:.0f} ms, p90 {batches['commit_ms_p90']:.0f} ms; "
+                f"fsync p50 {batches['fsync_ms_p50']:.0f} ms, p90 {batches['fsync_ms_p90']:.0f} ms "
+                f"({batches['batches_per_fsync']:.1f} batches each); {batches['checkpoints']} checkpoints, "
+                f"longest {batches['checkpoint_ms_max']:.0f} ms, pause longest {batches['pause_ms_max']:.0f} ms; "
+                f"WAL {batches['wal_mb']:.0f} MB at most")
             remove(db)
     out = {}
     for count, rs in runs.items():
         out[count] = {k: harness.median([r[k] for r in rs])
-                      for k in ("grants_per_s", "cpu_us", "p99_ms", "jobs_ms_p50", "commit_ms_p50", "commit_ms_p90", "batch")}
+                      for k in ("grants_per_s", "cpu_us", "p99_ms", "jobs_ms_p50", "commit_ms_p50", "commit_ms_p90",
+                          "fsync_ms_p50", "fsync_ms_p90", "checkpoint_ms_max", "wal_mb", "batch")}
     out["cpu_ratio"] = out[licenses]["cpu_us"] / out[SMALL]["cpu_us"]
     out["time_ratio"] = out[SMALL]["grants_per_s"] / out[licenses]["grants_per_s"]
     out["command"] = harness.shown(cmd).replace(cmd[cmd.index("--server") + 1], "ENDPOINT")
@@ -204,7 +211,9 @@ def main(argv=None) -> int:
               f"x{c['time_ratio']:.2f})")
         for count in (SMALL, args.licenses):
             print(f"  batches with {count:,} licenses: {c[count]['batch']:.0f} grants, jobs {c[count]['jobs_ms_p50']:.0f} ms, "
-                  f"COMMIT p50 {c[count]['commit_ms_p50']:.0f} ms, p90 {c[count]['commit_ms_p90']:.0f} ms")
+                  f"COMMIT p50 {c[count]['commit_ms_p50']:.0f} ms, p90 {c[count]['commit_ms_p90']:.0f} ms, "
+                  f"fsync p50 {c[count]['fsync_ms_p50']:.0f} ms, p90 {c[count]['fsync_ms_p90']:.0f} ms, "
+                  f"longest checkpoint {c[count]['checkpoint_ms_max']:.0f} ms, WAL {c[count]['wal_mb']:.0f} MB at most")
         print(f"start-up with {args.licenses:,} licenses: {start['seconds']:.2f} s to the first answered hello")
         print(f"resident memory with {args.licenses:,} licenses and {mem['connections']:,} connections: "
               f"{mem['under_load_max_mb']:.0f} MB (peak {mem['peak_mb']:.0f} MB)")

@@ -35,8 +35,12 @@ makes it durable runs in the writer's thread while the reactor's thread runs the
   the writer's next COMMIT restarts the WAL from its start, with a new salt; SQLite syncs that new
   header itself (the same page: "the WAL file header is synchronized when a WAL file begins to be
   reused after a checkpoint"), once per restart, inside that COMMIT. Frames left from before the
-  restart no longer match the salt and are never replayed. The WAL thus stays near
-  CHECKPOINT_PAGES frames (about 40 MB) unless a reader holds a snapshot for long.
+  restart no longer match the salt and are never replayed. A checkpoint that runs while batches
+  commit can never copy every frame (they add more), so the WAL would never restart and would grow
+  without end (it did: 0.9 GB in a minute of bench.scaling): the long checkpoint runs beside the
+  batches, then no batch starts while a second one copies the few frames they added (a pause of a
+  few milliseconds, once per CHECKPOINT_PAGES frames). The WAL thus stays near CHECKPOINT_PAGES
+  frames (about 40 MB) unless a reader holds a snapshot for long.
 - A process killed (kill -9) loses nothing that COMMIT wrote: the frames are in the operating
   system's cache. The fsync is for the machine's crash or power loss.
 - A COMMIT that fails is rolled back (tsls.server.store.LicenseStore.commit), its batch answered
@@ -116,10 +120,11 @@ class BatchWriter:
         self._unsynced: list = []           # (batch, outcome) committed, waiting for an fsync to start
         self._syncing: list | None = None   # (batch, outcome) the fsync in flight covers
         self._checkpointing: defer.Deferred | None = None
+        self._quiet = False                 # no batch starts: a checkpoint copies the WAL's last frames
         self._checkpoints = ThreadPool(1, 1, name="tsls-checkpoint") if self._pipelined else None
         self._broken: TslsError | None = None     # once storage failed: every later request refused
         # Bench only (bench/daemon.py --timings): called with (size, jobs s, COMMIT s) after each
-        # batch's COMMIT, (batches, fsync s) after each fsync, (frames, copied, s) after each checkpoint.
+        # batch's COMMIT, (batches, fsync s) after each fsync, (frames, copied, s, paused) after each checkpoint (paused: the short one no batch runs beside).
         self.timings = None
 
     def start(self) -> None:
@@ -179,7 +184,7 @@ class BatchWriter:
     def _next_pipelined(self) -> None:
         """One batch: its jobs and COMMIT here, in the reactor's thread; its answers wait for the fsync."""
         self._scheduled = None
-        if not self._queue or self._broken is not None:
+        if not self._queue or self._broken is not None or self._quiet:
             self._check_idle()
             return
         batch, jobs, now = self._take()
@@ -314,20 +319,36 @@ class BatchWriter:
         self._check_idle()
 
     def _checkpoint(self) -> None:
+        """Two PASSIVE checkpoints. The first, the long one, runs while batches go on committing, so it
+        cannot copy what they add meanwhile, and SQLite restarts the WAL only once every frame is
+        copied. For the second no batch starts (requests queue): it copies the few frames left, and
+        the next batch's COMMIT restarts the WAL from its start, so the WAL stays bounded."""
         def run():
             started = time.perf_counter()
             frames, copied = self._store.checkpoint()
             return frames, copied, time.perf_counter() - started
 
-        def done(result):
+        def first(result):
+            if isinstance(result, Failure):
+                return last(result)
+            if self.timings is not None:
+                self.timings.checkpoint(*result, paused=False)
+            self._quiet = True
+            threads.deferToThreadPool(self._reactor, self._checkpoints, run).addBoth(last)
+
+        def last(result):
             self._checkpointing = None
+            self._quiet = False
             if isinstance(result, Failure):
                 self._break(result, "a checkpoint of the ledger's WAL failed", [])
-            elif self.timings is not None:
-                self.timings.checkpoint(*result)
+                return
+            if self.timings is not None:
+                self.timings.checkpoint(*result, paused=True)
+            if self._queue and self._scheduled is None and self._broken is None:
+                self._scheduled = self._reactor.callLater(0, self._next_batch)
             self._check_idle()
         self._checkpointing = threads.deferToThreadPool(self._reactor, self._checkpoints, run)
-        self._checkpointing.addBoth(done)
+        self._checkpointing.addBoth(first)
 
     def _break(self, failure: Failure, what: str, covered: list) -> None:
         """Storage failed: what is committed but not synced cannot be trusted; refuse from now on."""
