@@ -4,7 +4,7 @@ Twisted and no other load, to set beside the daemon's CPU per grant (bench.throu
     python -m bench.floor [--grants 20000] [--batch 400] [--repeat 3] [--workload first|upgrade] [--json]
 
 Each step is what every durable grant must do in this design (the pure core deciding, SQLite in WAL
-with synchronous=FULL, one COMMIT per batch), run for --grants new devices, in batches of --batch
+with its COMMIT and an fdatasync of the WAL per batch, as ``store.transaction()`` does), run for --grants new devices, in batches of --batch
 (the batch size the daemon reaches at 100 x 16), on a fresh activated ledger (bench.dbgen, 1,000
 licenses), and timed per grant:
 

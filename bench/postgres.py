@@ -5,7 +5,7 @@ daemon on SQLite, on the same machine in the same run; and what a grant costs Po
 
 PostgreSQL is a throwaway cluster of Debian's binaries (tests/pg.py), in a directory on disk beside
 the SQLite file (not in memory), with its defaults for durability: fsync on, synchronous_commit on,
-so every COMMIT waits for its WAL on disk, as SQLite's synchronous=FULL does. Every configuration
+so every COMMIT waits for its WAL on disk, as every SQLite batch's answers wait for its WAL's fsync. Every configuration
 starts from a fresh, activated ledger and is loaded with first logons (``clients.load --mix
 first=1``: every answer a temporary license committed before it leaves), by one load generator
 process per daemon, the terminal servers shared out evenly, for the same time. The order of the

@@ -5,8 +5,8 @@
 For each load, in turn and each in fresh processes: (1) the baseline (bench.baseline: a bare
 Twisted JSON-lines server that parses each line and answers it, no licensing); (2) the license
 server (bench.daemon: the real daemon on a fresh activated database with 1,000 licenses) granting
-a temporary Per Device license to a new device at every logon, each grant committed (WAL,
-synchronous=FULL) before its answer. The same load generator (clients.load, its own process)
+a temporary Per Device license to a new device at every logon, each grant committed and its WAL
+fsynced before its answer. The same load generator (clients.load, its own process)
 drives both; the two share this machine's cores. Each figure is the median of --repeat runs; the
 ratios are of the license server to the baseline measured in the same run. A last pair runs the
 lab mix (first, repeat and renewal logons with reports, so permanent CALs are issued) at 100

@@ -24,7 +24,8 @@ class StoreError(Exception):
 def open_database(path: str, migrations: dict[int, str], what: str, tables: tuple[str, ...] = (),
                   initialise: bool = False) -> sqlite3.Connection:
     """Open ``path`` in WAL mode with synchronous=FULL (a COMMIT that returned survives a crash),
-    and bring its schema up to ``max(migrations)``. Migration N takes version N-1 to N.
+    and bring its schema up to ``max(migrations)``. (The license server's store then switches its
+    connection to synchronous=NORMAL and syncs the WAL itself: ``WalFile``, tsls/server/writer.py.) Migration N takes version N-1 to N.
 
     The database, its directory and its -wal/-shm files must be private to their owner (the
     database holds secrets); a new database is created mode 0600 before SQLite opens it, and

@@ -190,3 +190,33 @@ def test_a_failed_fsync_answers_storage_error_then_every_change_is_refused_as_un
     error = outcome(later).value
     assert error.code is Code.STORAGE_UNAVAILABLE and "restarted" in error.message
     assert licenses_in(path) == 2                    # the refused logon never ran
+
+
+def test_a_read_starts_only_once_the_batch_of_its_place_is_durable(ledger_on):
+    from tsls.server.readstore import ReadStore
+    from tsls.server.reads import Reads
+
+    held = HeldSync()
+    reactor, writer, ledger, path = ledger_on(held)
+    reads = Reads(reactor, writer, ReadStore(path))
+    reads.start()
+    try:
+        ran = threading.Event()
+
+        def view(snapshot, now):
+            ran.set()
+            return snapshot.db.execute("SELECT count(*) FROM licenses").fetchone()[0]
+
+        first = ledger.logon(TS, "11" * 20, "PC1", "alice", None)
+        reactor.until(lambda: held.calls == 1)
+        read = reads.read(view)                      # its place: batch 2, committed while batch 1's fsync is held
+        reactor.until(lambda: writer._unsynced)
+        held.allow(1)
+        reactor.until(lambda: outcome(first) is not None)
+        reactor.until(lambda: held.calls == 2)       # batch 2's own fsync, held
+        assert not ran.is_set() and outcome(read) is None
+        held.allow(1)
+        reactor.until(lambda: outcome(read) is not None)
+        assert outcome(read) == 1
+    finally:
+        reads.stop()
