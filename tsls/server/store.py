@@ -345,7 +345,11 @@ class LicenseStore(EngineCommon):
 
     def checkpoint_due(self) -> bool:
         """More than ``checkpoint_pages`` frames wait in the WAL (any thread may ask)."""
-        return self.wal is not None and self.wal.backlog() >= self.checkpoint_pages
+        return self.checkpoint_left() >= self.checkpoint_pages
+
+    def checkpoint_left(self) -> int:
+        """Frames in the WAL not yet copied by a checkpoint (any thread may ask)."""
+        return 0 if self.wal is None else self.wal.backlog()
 
     def checkpoint(self) -> tuple[int, int]:
         """A PASSIVE checkpoint (waits for no reader or writer): (frames in the WAL, frames copied)."""

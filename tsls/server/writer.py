@@ -37,10 +37,13 @@ makes it durable runs in the writer's thread while the reactor's thread runs the
   reused after a checkpoint"), once per restart, inside that COMMIT. Frames left from before the
   restart no longer match the salt and are never replayed. A checkpoint that runs while batches
   commit can never copy every frame (they add more), so the WAL would never restart and would grow
-  without end (it did: 0.9 GB in a minute of bench.scaling): the long checkpoint runs beside the
-  batches, then no batch starts while a second one copies the few frames they added (a pause of a
-  few milliseconds, once per CHECKPOINT_PAGES frames). The WAL thus stays near CHECKPOINT_PAGES
-  frames (about 40 MB) unless a reader holds a snapshot for long.
+  without end (it did: 0.9 GB in a minute of bench.scaling). So the long checkpoints run beside the
+  batches (up to CHECKPOINT_PASSES, while what is left is large: each has less to copy), then no
+  batch starts while a last one copies what is left, SQLite's sync of the database included: a
+  pause, once per CHECKPOINT_PAGES frames, of 25-40 ms with 1,000 licenses and 75-90 ms with
+  1,000,000 in bench.scaling (one checkpoint beside the batches left pauses of up to 200 ms there).
+  The WAL thus stays bounded (bench.scaling: 60-110 MB at most) unless a reader holds a snapshot
+  for long.
 - A process killed (kill -9) loses nothing that COMMIT wrote: the frames are in the operating
   system's cache. The fsync is for the machine's crash or power loss.
 - A COMMIT that fails is rolled back (tsls.server.store.LicenseStore.commit), its batch answered
@@ -80,6 +83,7 @@ from twisted.python.threadpool import ThreadPool
 from tsls.errors import Code, TslsError
 
 MAX_BATCH = 512
+CHECKPOINT_PASSES = 4       # checkpoints beside the batches, at most, before the short one they wait for
 
 
 def writes_last(job: Callable) -> Callable:
@@ -319,20 +323,27 @@ class BatchWriter:
         self._check_idle()
 
     def _checkpoint(self) -> None:
-        """Two PASSIVE checkpoints. The first, the long one, runs while batches go on committing, so it
-        cannot copy what they add meanwhile, and SQLite restarts the WAL only once every frame is
-        copied. For the second no batch starts (requests queue): it copies the few frames left, and
-        the next batch's COMMIT restarts the WAL from its start, so the WAL stays bounded."""
+        """PASSIVE checkpoints. The long ones run while batches go on committing, so none can copy
+        what the batches add meanwhile, and SQLite restarts the WAL only once every frame is copied.
+        They run again while what is left is large (each has less to copy); then no batch starts
+        (requests queue) while a last one copies the few frames left, and the next batch's COMMIT
+        restarts the WAL from its start, so the WAL stays bounded."""
+        passes = [0]
+
         def run():
             started = time.perf_counter()
             frames, copied = self._store.checkpoint()
             return frames, copied, time.perf_counter() - started
 
-        def first(result):
+        def beside(result):
             if isinstance(result, Failure):
                 return last(result)
             if self.timings is not None:
                 self.timings.checkpoint(*result, paused=False)
+            passes[0] += 1
+            if passes[0] < CHECKPOINT_PASSES and self._store.checkpoint_left() > self._store.checkpoint_pages // 20:
+                threads.deferToThreadPool(self._reactor, self._checkpoints, run).addBoth(beside)
+                return
             self._quiet = True
             threads.deferToThreadPool(self._reactor, self._checkpoints, run).addBoth(last)
 
@@ -348,7 +359,7 @@ class BatchWriter:
                 self._scheduled = self._reactor.callLater(0, self._next_batch)
             self._check_idle()
         self._checkpointing = threads.deferToThreadPool(self._reactor, self._checkpoints, run)
-        self._checkpointing.addBoth(first)
+        self._checkpointing.addBoth(beside)
 
     def _break(self, failure: Failure, what: str, covered: list) -> None:
         """Storage failed: what is committed but not synced cannot be trusted; refuse from now on."""
