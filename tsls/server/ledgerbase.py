@@ -147,9 +147,19 @@ def scope_of(value: str | None) -> Scope:
 
 # --- the filters: (conditions, parameters) in the engine's placeholder, columns quoted as it needs ---
 
+# A device's licenses, said as the three kinds of them SQLite indexes by hardware ID (store.py's migration
+# 8: a temporary license, a live CAL, a CAL that expired or was revoked): the same rows as "hwid = ?",
+# which no index of SQLite's covers alone. Three placeholders, each the hardware ID.
+HWID_CONDITION = ("({hwid} = {place} AND {kind} = 'temporary' OR {hwid} = {place} AND {kind} = 'permanent' AND "
+                  "{status} = 'active' OR {hwid} = {place} AND {kind} = 'permanent' AND {status} != 'active')")
+
+
 def license_conditions(which: LicenseFilter, place: str, quote=lambda c: c) -> tuple[list[str], list]:
     where, params = [], []
-    for column in ("hwid", "machine", "user", "terminal_server", "kind", "status", "product_version", "key_pack"):
+    if which.hwid is not None:
+        where.append(HWID_CONDITION.format(hwid=quote("hwid"), kind=quote("kind"), status=quote("status"), place=place))
+        params.extend((which.hwid,) * 3)
+    for column in ("machine", "user", "terminal_server", "kind", "status", "product_version", "key_pack"):
         value = getattr(which, column)
         if value is not None:
             where.append(f"{quote(column)} = {place}")
