@@ -24,6 +24,7 @@ import threading
 import time
 
 from bench import dbgen, harness
+from tsls.server.store import SCHEMA_VERSION
 
 SMALL = 1000
 WARM_UP = 3.0
@@ -31,7 +32,9 @@ MEMORY_LOAD = 10.0      # seconds of grants on every connection: the page cache 
 
 
 def template(cache: str, licenses: int, log=print) -> str:
-    path = os.path.join(cache, f"ledger-{licenses}.sqlite")
+    # Named by the schema's version: a ledger made by an older schema would be migrated at the daemon's
+    # start, and the start-up figure would time the migration.
+    path = os.path.join(cache, f"ledger-{licenses}-schema{SCHEMA_VERSION}.sqlite")
     stamp = path + ".ok"
     if not (os.path.exists(path) and os.path.exists(stamp)):
         os.makedirs(cache, mode=0o700, exist_ok=True)     # tsls refuses a database others can read
