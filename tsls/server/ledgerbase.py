@@ -186,9 +186,11 @@ def event_conditions(which: EventFilter, place: str, quote=lambda c: c) -> tuple
 
 # --- writing a license ------------------------------------------------------------------------------
 
-# The licenses table's columns after its id, named as License's attributes, in both schemas' order.
+# The licenses table's columns after its id, named as License's attributes, in both schemas' order;
+# quoted for SQL (``user`` is a keyword in PostgreSQL), as both engines take them.
 LICENSE_COLUMNS = ("kind", "status", "hwid", "machine", "user", "terminal_server", "product_version", "key_pack",
                    "validated", "issued_at", "expires_at", "renewals")
+LICENSE_COLUMNS_SQL = ", ".join(f'"{c}"' for c in LICENSE_COLUMNS)
 
 
 def changed_columns(change: Change) -> tuple[int, ...] | None:

@@ -34,8 +34,8 @@ from tsls.core.model import CalType, KeyPack, License, ProductVersion, PurchaseR
 from tsls.core.perseat import LicensedBy, Product
 from tsls.errors import Code, TslsError
 from tsls.server.check import ledger_problems
-from tsls.server.ledgerbase import (EngineCommon, call_row, changed_columns, event_conditions, event_row,
-                                    license_conditions, license_row, product_row, update_sql)
+from tsls.server.ledgerbase import (LICENSE_COLUMNS_SQL, EngineCommon, call_row, changed_columns, event_conditions,
+                                    event_row, license_conditions, license_row, product_row, update_sql)
 from tsls.server.storage import ClearinghouseCall, EventFilter, LicenseFilter, Registration, SeatAssignment
 from tsls.sqlite import StoreError
 
@@ -785,8 +785,7 @@ class PgLicenseStore(EngineCommon):
     def open_connections(self, product: str) -> int:
         return self._x("SELECT count(*) FROM product_connections WHERE product = %s", (product,)).fetchone()[0]
 
-_COLUMNS_NO_ID = ('kind, status, hwid, machine, "user", terminal_server, product_version, key_pack, validated, '
-                  "issued_at, expires_at, renewals")
+_COLUMNS_NO_ID = LICENSE_COLUMNS_SQL
 _COLUMNS = "id, " + _COLUMNS_NO_ID
 _PLACES = ",".join(["%s"] * 12)
 

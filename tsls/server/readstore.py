@@ -19,7 +19,7 @@ from tsls.core.activation import Activation, ActivationMethod, ActivationStatus,
 from tsls.core.reports import Scope
 from tsls.core.events import Event, EventId
 from tsls.core.model import DAY, CalType, KeyPack, License, LicenseKind, LicenseStatus, ProductVersion, PurchaseRef
-from tsls.server.ledgerbase import event_conditions, license_conditions, problem_of, scope_of
+from tsls.server.ledgerbase import LICENSE_COLUMNS_SQL, event_conditions, license_conditions, problem_of, scope_of
 from tsls.server.storage import EventFilter, LicenseFilter
 
 # Columns the licenses page may sort and filter by (the keys are what the page sends).
@@ -28,8 +28,7 @@ LICENSE_SORTS = {"license_id": "id", "kind": "kind", "status": "status", "hwid":
                  "issued_at": "issued_at", "expires_at": "expires_at"}
 LICENSE_EXACT = ("kind", "status", "product_version", "terminal_server")
 SEARCHED = ("hwid", "machine", '"user"', "terminal_server")
-_COLUMNS = ('id, kind, status, hwid, machine, "user", terminal_server, product_version, key_pack, validated, '
-            "issued_at, expires_at, renewals")
+_COLUMNS = "id, " + LICENSE_COLUMNS_SQL
 
 
 class _PerThread:

@@ -18,8 +18,9 @@ from tsls.core.activation import Activation, ActivationMethod, ActivationStatus
 from tsls.core.licensing import Change
 from tsls.core.model import CalType, KeyPack, License, ProductVersion, PurchaseRef
 from tsls.core.perseat import LicensedBy, Product
-from tsls.server.ledgerbase import (HWID_CONDITION, EngineCommon, call_row, changed_columns, event_conditions,
-                                    event_row, license_conditions, license_row, product_row, update_sql)
+from tsls.server.ledgerbase import (HWID_CONDITION, LICENSE_COLUMNS_SQL, EngineCommon, call_row, changed_columns,
+                                    event_conditions, event_row, license_conditions, license_row, product_row,
+                                    update_sql)
 from tsls.server.storage import ClearinghouseCall, EventFilter, LicenseFilter, Registration, SeatAssignment
 from tsls.sqlite import WalFile, open_database
 
@@ -484,8 +485,7 @@ class LicenseStore(EngineCommon):
         if delta:
             packs = self._cache.get("key_packs")
             if packs is None:
-                self._write_issued()
-                self.db.execute("UPDATE key_packs SET issued = issued + ? WHERE id = ?", (delta, lic.key_pack))
+                self._add_issued_now(lic.key_pack, delta)
                 return lic
             pack = lic.key_pack
             kept = []
@@ -494,8 +494,7 @@ class LicenseStore(EngineCommon):
                     issued = p.issued + delta
                     if self._pending is None or not 0 <= issued <= p.total:
                         # not in a batch, or one the table's CHECK refuses: written (and refused) now
-                        self._write_issued()
-                        self.db.execute("UPDATE key_packs SET issued = issued + ? WHERE id = ?", (delta, pack))
+                        self._add_issued_now(pack, delta)
                     else:
                         self._issued[pack] = self._issued.get(pack, 0) + delta
                         self._held += 1
@@ -507,14 +506,18 @@ class LicenseStore(EngineCommon):
             self._cache["key_packs"] = tuple(kept)
         return lic
 
+    def _add_issued_now(self, pack: int, delta: int) -> None:
+        """Change a key pack's Issued at once, after the changes held before it."""
+        self._write_issued()
+        self.db.execute(_ADD_ISSUED, (delta, pack))
+
     def _write_issued(self) -> None:
         """Write the key packs' Issued changes held for the batch: one UPDATE per key pack."""
         if not self._issued:
             return
         held, self._issued = self._issued, {}
         packs = self._cache.get("key_packs")
-        self.db.executemany("UPDATE key_packs SET issued = issued + ? WHERE id = ?",
-                            [(delta, pack) for pack, delta in held.items() if delta])
+        self.db.executemany(_ADD_ISSUED, [(delta, pack) for pack, delta in held.items() if delta])
         if packs is not None:
             self._cache["key_packs"] = packs        # they already count these changes
 
@@ -700,12 +703,12 @@ class LicenseStore(EngineCommon):
         return self.db.execute("SELECT count(*) FROM temp.product_connections WHERE product = ?",
                                (product,)).fetchone()[0]
 
-_COLUMNS_NO_ID = ("kind, status, hwid, machine, user, terminal_server, product_version, key_pack, validated, "
-                  "issued_at, expires_at, renewals")
+_COLUMNS_NO_ID = LICENSE_COLUMNS_SQL
 _COLUMNS = "id, " + _COLUMNS_NO_ID
 _LICENSES_OF = (f"SELECT {_COLUMNS} FROM licenses WHERE "
                 f"{HWID_CONDITION.format(hwid='hwid', kind='kind', status='status', place='?')} ORDER BY id")
 
+_ADD_ISSUED = "UPDATE key_packs SET issued = issued + ? WHERE id = ?"
 _INSERT_EVENT = ("INSERT INTO events (id, at, event_id, name, message, terminal_server, hwid, user, license_id) "
                  "VALUES (?,?,?,?,?,?,?,?,?)")
 _INSERT_EVENT_NO_ID = ("INSERT INTO events (at, event_id, name, message, terminal_server, hwid, user, license_id) "
