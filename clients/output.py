@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+import operator
 import sys
 
 
@@ -33,10 +34,23 @@ def emit(value, as_json: bool, human) -> None:
 
 
 def write_csv(rows: list[dict], columns: list[tuple[str, str]], out=None) -> None:
-    writer = csv.writer(out or sys.stdout)
-    writer.writerow([key for key, _ in columns])
-    for row in rows:
-        writer.writerow(["" if row.get(key) is None else row.get(key) for key, _ in columns])
+    stream = RowStream(columns, "csv", out)
+    stream.write(rows)
+    stream.close()
+
+
+def _cells(columns: list[tuple[str, str]]):
+    """A row's values in the columns' order, fast when every column is there (a missing one is empty;
+    the csv module writes None as an empty field)."""
+    keys = [key for key, _ in columns]
+    every = operator.itemgetter(*keys) if len(keys) > 1 else (lambda row: (row[keys[0]],))
+
+    def cells(row: dict):
+        try:
+            return every(row)
+        except KeyError:
+            return [row.get(key) for key in keys]
+    return cells
 
 
 def rows_out(rows: list[dict], columns: list[tuple[str, str]], fmt: str) -> None:
@@ -61,13 +75,13 @@ class RowStream:
         if fmt == "csv":
             self._csv = csv.writer(self.out)
             self._csv.writerow([key for key, _ in columns])
+            self._cells = _cells(columns)
         elif fmt == "json":
             self.out.write("[")
 
     def write(self, rows: list[dict]) -> None:
         if self.fmt == "csv":
-            for row in rows:
-                self._csv.writerow(["" if row.get(key) is None else row.get(key) for key, _ in self.columns])
+            self._csv.writerows(map(self._cells, rows))
         elif self.fmt == "json":
             for row in rows:
                 self.out.write(("\n" if self.count == 0 else ",\n") + json.dumps(row, sort_keys=True))
