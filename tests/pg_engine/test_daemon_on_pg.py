@@ -23,7 +23,8 @@ from tests.server.test_daemon import (  # noqa: F401
     test_unactivated_server_answers_with_temporary_licenses_and_says_why,
     test_unreachable_clearinghouse_is_a_clear_error_and_licensing_goes_on)
 from tests.server.test_paging import (  # noqa: F401
-    test_a_cursor_not_given_for_that_list_is_refused, test_events_page_oldest_first_or_newest_first,
+    test_a_cursor_not_given_for_that_list_is_refused, test_event_pages_are_byte_for_byte_the_row_by_row_encoding,
+    test_events_page_oldest_first_or_newest_first,
     test_key_packs_terminal_servers_and_usage_page_too, test_licenses_page_by_license_id_with_the_total_until_the_list_ends,
     test_pages_show_each_license_as_the_whole_list_does, test_rows_written_between_pages_do_not_shift_the_next_page,
     test_tsls_admin_exports_every_row_and_a_table_says_how_many_it_shows)

@@ -10,7 +10,11 @@ from twisted.internet import defer, reactor
 
 from clients import admin, connection
 from tests.harness import Daemon, activate_and_install, logon, running, with_timeout
+from tsls.core.events import Event, EventId
 from tsls.errors import Code, TslsError
+from tsls.server import paging
+from tsls.server.records import event_json
+from tsls.server.storage import EventFilter
 
 DEVICES = 2_500
 PAGE = 1_000
@@ -106,6 +110,43 @@ def test_events_page_oldest_first_or_newest_first(daemon):
     assert [e["id"] for p in newest for e in p["items"]] == ids[::-1]
     issued = yield every_page(ad, "list_events", event_id=1101)
     assert sum(len(p["items"]) for p in issued) == issued[0]["total"] == DEVICES
+
+
+ODD = "".join(chr(i) for i in range(1, 128)) + "é Zoë ⌘ \u2028 😀"
+
+
+@pytest_twisted.inlineCallbacks
+def test_event_pages_are_byte_for_byte_the_row_by_row_encoding(daemon):
+    """A page's events are encoded and joined by the database (readstore.events_json_joined); the
+    answer's bytes must be those of the rows fetched one by one and encoded by json.dumps: every
+    ASCII character, accents, beyond the BMP, NULL columns, filters, both directions, the cursor."""
+    ad, ts = yield ledger(daemon, 20)
+    server = daemon.service.server
+    yield server.writer.submit(lambda store, now: store.add_events([
+        Event(now, EventId.LOGON_REFUSED, "NO_LICENSE: " + ODD, ODD, "hw-" + ODD, ODD, 7),
+        Event(now, EventId.POLICY_CHANGED, ODD),
+        Event(now + 1, EventId.CAL_REVOKED, "revoked", "TS01", license_id=12)]))
+
+    def by_row(snap, now, which, after, limit, newest_first):
+        rows = [event_json(row_id, e) for row_id, e in snap.events_after(which, after, limit + 1, newest_first)]
+        return paging.answer("events", rows, snap.count_events(which), limit, lambda r: r["id"], newest_first)
+
+    for filters, since, limit, newest_first in (({}, None, 7, False), ({}, None, 7, True), ({}, None, 100_000, False),
+                                                ({"terminal_server": ODD}, None, 1, False),
+                                                ({"event_id": 1101}, None, 6, True), ({"hwid": "nobody"}, None, 5, False),
+                                                ({}, 2**40, 3, True)):
+        which = EventFilter(event_ids=None if "event_id" not in filters else (filters["event_id"],), since=since,
+                            **{k: v for k, v in filters.items() if k != "event_id"})
+        cursor, pages = "", []
+        while cursor is not None:
+            joined = yield server.records.events_page(filters, since, cursor, limit, newest_first)
+            after = paging.decode("events", cursor, newest_first=newest_first)
+            expected = yield server.reads.read(by_row, which, after, limit, newest_first)
+            assert bytes(joined) == bytes(expected)
+            pages.append(json.loads(joined))
+            cursor = pages[-1]["next_cursor"]
+        if limit < 10 and not filters and since is None:     # every event, several pages (20 logons make 40 and more)
+            assert len(pages) > 3 and sum(len(p["items"]) for p in pages) == pages[0]["total"]
 
 
 @pytest_twisted.inlineCallbacks

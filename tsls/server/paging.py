@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 
 from tsls.errors import Code, TslsError
 
@@ -66,7 +67,21 @@ def answer(which: str, rows: list, total: int, limit: int, key, newest_first: bo
                               separators=(",", ":")).encode())
 
 
-def answer_joined(which: str, items: str, last_key, more: bool, total: int) -> Encoded:
+def answer_joined(which: str, items: str, last_key, more: bool, total: int, newest_first: bool = False) -> Encoded:
     """Like ``answer``, for a page the database encoded and joined (its items' JSON, comma-separated)."""
-    cursor = json.dumps(encode(which, last_key) if more else None)
+    cursor = json.dumps(encode(which, last_key, newest_first) if more else None)
     return Encoded(('{"items":[' + items + f'],"total":{int(total)},"next_cursor":' + cursor + "}").encode())
+
+
+_NOT_ASCII = re.compile(r"[^ -~]+")
+
+
+def ascii_json(text: str) -> str:
+    """JSON text with what is not printable ASCII escaped as ``json.dumps`` escapes it by default
+    (\\uXXXX, surrogate pairs beyond the BMP), for a page the database encoded: the databases leave
+    such characters as they are. The JSON's own characters (and any control character, which the
+    database escaped already) are printable ASCII, so only the inside of strings changes. No copy when
+    the text is ASCII, as nearly every page is (``isascii`` is a flag CPython keeps)."""
+    if text.isascii() and "\x7f" not in text:
+        return text
+    return _NOT_ASCII.sub(lambda m: json.dumps(m.group())[1:-1], text)

@@ -197,8 +197,10 @@ class Snapshot:
     # object twice (an export's reader took 45 ms a page of 10,000 against 25). The last field is a
     # number (renewals), so the only brace at the end is the object's.
     ALL_BUT_LAST = "rtrim({0}, '}}')"
-    # SQLite's group_concat joins the rows in the order the subquery gives them (its ORDER BY).
-    JOINED = "group_concat({}, ',')"
+    QUOTED = "json_quote({})"          # a JSON string, or null for NULL
+    # SQLite's group_concat joins the rows in the order the subquery gives them (its ORDER BY);
+    # PostgreSQL's string_agg is told the order ({1}: ASC or DESC).
+    JOINED = "group_concat({0}, ',')"
 
     def licenses_json_joined(self, which: LicenseFilter, after: int | None, limit: int,
                              endings: dict[tuple[str, str], str]) -> tuple[str, int | None, int, bool]:
@@ -223,7 +225,7 @@ class Snapshot:
         text = self.ALL_BUT_LAST.format(self.AS_TEXT.format(f"{self.JSON_OBJECT}({fields})")) + " || " + ending
         conditions = " AND ".join(["1 = 1", *where])
         joined, last, n = self.run(
-            f"SELECT {self.JOINED.format('j')}, max(id), count(*) FROM (SELECT l.id AS id, {text} AS j "
+            f"SELECT {self.JOINED.format('j', 'ASC')}, max(id), count(*) FROM (SELECT l.id AS id, {text} AS j "
             f"FROM licenses l LEFT JOIN key_packs k ON k.id = l.key_pack WHERE {conditions} ORDER BY l.id LIMIT ?) page",
             (*ending_params, *params, limit)).fetchone()
         more = False
@@ -244,10 +246,43 @@ class Snapshot:
         where, params = self._event_where(which)
         return self.run(f"SELECT count(*) FROM events WHERE {' AND '.join(['1 = 1', *where])}", params).fetchone()[0]
 
+    def events_json_joined(self, which: EventFilter, after: int | None, limit: int,
+                           newest_first: bool = False) -> tuple[str, int | None, int, bool]:
+        """(the events of one page as JSON texts joined by commas, the last one's row ID, how many,
+        whether more match after it), as ``licenses_json_joined``: one row a page, so the reader
+        thread takes the GIL once per page. The text is what ``json.dumps(event_json(...),
+        separators=(",", ":"))`` gives for each row, byte for byte (``paging.ascii_json`` escapes what
+        is not ASCII afterwards, as json.dumps does)."""
+        where, params = self._event_where(which)
+        if after is not None:
+            where.append("id < ?" if newest_first else "id > ?")
+            params.append(after)
+        names = [x for e in EventId for x in (int(e), json.dumps(e.name))]
+        name = "CASE event_id " + " ".join("WHEN ? THEN ?" for _ in EventId) + " ELSE 'null' END"
+        q = self.QUOTED
+        text = (f"""'{{"id":' || id || ',"at":"' || {self.ISO.format('at')} || '","event_id":' || event_id """
+                f"""|| ',"name":' || {name} || ',"message":' || {q.format('message')} """
+                f"""|| ',"terminal_server":' || {q.format('terminal_server')} || ',"hwid":' || {q.format('hwid')} """
+                f"""|| ',"user":' || {q.format('"user"')} """
+                f"""|| ',"license_id":' || coalesce({self.AS_TEXT.format('license_id')}, 'null') || '}}'""")
+        direction = "DESC" if newest_first else "ASC"
+        conditions = " AND ".join(["1 = 1", *where])
+        joined, last, n = self.run(
+            f"SELECT {self.JOINED.format('j', direction)}, {'min' if newest_first else 'max'}(id), count(*) "
+            f"FROM (SELECT id, {text} AS j FROM events WHERE {conditions} ORDER BY id {direction} LIMIT ?) page",
+            (*names, *params, limit)).fetchone()
+        more = False
+        if n == limit:
+            where, params = self._event_where(which)
+            where.append("id < ?" if newest_first else "id > ?")
+            more = self.run(f"SELECT 1 FROM events WHERE {' AND '.join(['1 = 1', *where])} LIMIT 1",
+                            (*params, last)).fetchone() is not None
+        return joined or "", last, n, more
+
     def events_after(self, which: EventFilter, after: int | None, limit: int,
                      newest_first: bool = False) -> list[tuple[int, Event]]:
         """Up to ``limit`` events that match, by row ID from the first past ``after`` (ascending, or
-        descending when ``newest_first``)."""
+        descending when ``newest_first``), row by row (what events_json_joined's pages are tested against)."""
         where, params = self._event_where(which)
         if after is not None:
             where.append("id < ?" if newest_first else "id > ?")
@@ -337,7 +372,8 @@ class PgSnapshot(Snapshot):
     BOOLEAN = "{}"
     AS_TEXT = "CAST({} AS TEXT)"
     ALL_BUT_LAST = "left({0}, -1)"
-    JOINED = "string_agg({}, ',' ORDER BY id)"
+    QUOTED = "coalesce(CAST(to_json({}) AS TEXT), 'null')"
+    JOINED = "string_agg({0}, ',' ORDER BY id {1})"
 
     def run(self, sql: str, params=()):
         if not params:

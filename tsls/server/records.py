@@ -110,8 +110,9 @@ class Records:
         after = paging.decode("events", cursor, newest_first=newest_first)
 
         def view(snap, now):
-            rows = [event_json(row_id, e) for row_id, e in snap.events_after(which, after, limit + 1, newest_first)]
-            return paging.answer("events", rows, snap.count_events(which), limit, lambda r: r["id"], newest_first)
+            items, last, _, more = snap.events_json_joined(which, after, limit, newest_first)
+            return paging.answer_joined("events", paging.ascii_json(items), last, more, snap.count_events(which),
+                                        newest_first)
         return self.reads.read(view)
 
     def set_role(self, role: str) -> defer.Deferred:
