@@ -268,3 +268,8 @@ def test_a_daemon_stuck_inside_a_batch_loses_the_ledger_lock_and_the_others_go_o
     finally:
         stuck.close()
         other.close()
+
+
+def test_a_devices_licenses_are_answered_as_the_sqlite_engine_answers_them(store):
+    from tests.server.test_store import DEVICE_LOOKUPS, device_lookups
+    assert device_lookups(store) == DEVICE_LOOKUPS      # the SQLite engine answers "none" from a set in memory; this one reads SQL

@@ -249,3 +249,91 @@ def test_a_devices_licenses_are_read_through_the_partial_indexes_of_each_kind_on
         plan = " ".join(row[-1] for row in store.db.execute("EXPLAIN QUERY PLAN " + sql, params))
         assert "SCAN" not in plan and "one_temporary" in plan and "one_live_cal" in plan and "licenses_hwid_rest" in plan
     store.close()
+
+
+# --- a device's licenses: the set of devices that have one (LicenseStore._devices) -----------------------
+
+def _give(store, hwid, version=ProductVersion.W2003):
+    """A temporary license for the device (one per version)."""
+    lic = License(0, LicenseKind.TEMPORARY, LicenseStatus.ACTIVE, hwid, "m", "u", "ts", version, None, False, 0, 100)
+    return store.apply(Decision(Outcome.TEMPORARY_ISSUED, lic, changes=(Change(lic),))).license
+
+
+def device_lookups(store) -> list:
+    """What ``licenses_of`` answers through a device's life: no license, one written, one written and
+    undone, after a restart of the transaction. Both engines must answer the same (the PostgreSQL
+    engine's test runs this too)."""
+    seen = []
+    with store.transaction():
+        seen.append(store.licenses_of("none"))
+        first = _give(store, "d1")
+        seen.append(store.licenses_of("d1") == (first,))
+        seen.append(store.licenses_of("d2"))
+    with pytest.raises(RuntimeError):
+        with store.transaction():
+            _give(store, "d2")
+            seen.append(len(store.licenses_of("d2")))
+            raise RuntimeError("undone")
+    with store.transaction():
+        seen.append(store.licenses_of("d2"))            # the write was undone: none, though its bit stays
+        seen.append(store.licenses_of("d1") == (first,))
+        second = _give(store, "d1", ProductVersion.W2008)
+        seen.append(store.licenses_of("d1") == (first, second))
+    seen.append(store.licenses_of("d1") == (first, second))     # outside a transaction: SQL, the same
+    return seen
+
+
+DEVICE_LOOKUPS = [(), True, (), 1, (), True, True, True]
+
+
+def _selects(store):
+    """The SELECTs of licenses the connection runs, as a list that fills."""
+    statements = []
+    store.db.set_trace_callback(lambda sql: statements.append(sql) if "FROM licenses" in sql else None)
+    return statements
+
+
+def test_a_device_without_a_license_is_answered_without_sql_and_one_with_a_license_from_sql(tmp_path):
+    store = LicenseStore.open(str(tmp_path / "ls.sqlite"))
+    assert device_lookups(store) == DEVICE_LOOKUPS
+    selects = _selects(store)
+    with store.transaction():
+        assert store.licenses_of("never seen") == ()
+        assert selects == []                            # certainly none: no SQL
+        assert len(store.licenses_of("d1")) == 2
+        assert len(selects) == 1
+    store.close()
+
+
+def test_the_set_of_devices_is_built_from_the_ledger_and_again_after_another_connection_wrote(tmp_path):
+    path = str(tmp_path / "ls.sqlite")
+    store = LicenseStore.open(path)
+    with store.transaction():
+        given = [_give(store, f"dev{i}") for i in range(5)] + [_give(store, "two\nlines")]
+    store.close()
+
+    store = LicenseStore.open(path)         # built at its first BEGIN, from the table
+    with store.transaction():
+        assert [store.licenses_of(lic.hwid) for lic in given] == [(lic,) for lic in given]
+        assert store.licenses_of("other") == ()
+    other = LicenseStore.open(path)
+    with other.transaction():
+        late = _give(other, "late")
+    other.close()
+    with store.transaction():               # another connection committed: built again
+        assert store.licenses_of("late") == (late,)
+    store.close()
+
+
+def test_a_checkpoint_from_its_own_connection_does_not_make_the_set_of_devices_be_built_again(tmp_path, monkeypatch):
+    store = LicenseStore.open(str(tmp_path / "ls.sqlite"))
+    store.checkpoint_in_background()
+    with store.transaction():
+        _give(store, "d1")
+    builds = []
+    monkeypatch.setattr(store, "_index_devices", lambda: builds.append(1))
+    store.checkpoint()
+    with store.transaction():
+        assert len(store.licenses_of("d1")) == 1
+    assert builds == []
+    store.close()
