@@ -129,23 +129,22 @@ def device_logon(ts: TerminalServer, logon: Logon, world: World, now: int) -> De
 
 def _per_device(ts, logon, world, now, why) -> Decision:
     held = [lic for lic in world.held if lic.hwid == logon.hwid]
-    cal = _best_cal(held, ts.version, now)
-    if cal is not None:
-        return _keep_or_renew(cal, world.seed, now)
-    if why is None:
-        lapsed = _reclaim_lapsed(held, world, ts.version, now)
-        if lapsed is not None:
-            return lapsed
-
-    temporary = next((lic for lic in held if lic.kind is LicenseKind.TEMPORARY and lic.product_version is ts.version), None)
+    if held:
+        cal = _best_cal(held, ts.version, now)
+        if cal is not None:
+            return _keep_or_renew(cal, world.seed, now)
+        if why is None:
+            lapsed = _reclaim_lapsed(held, world, ts.version, now)
+            if lapsed is not None:
+                return lapsed
+        temporary = next((lic for lic in held if lic.kind is LicenseKind.TEMPORARY and lic.product_version is ts.version),
+                         None)
+    else:
+        temporary = None        # the device holds nothing: no CAL to keep, renew or reclaim
     if temporary is None:
         # First logon: a temporary license, whatever the pool holds [§1, KB287687; cc727934].
-        new = License(
-            id=0, kind=LicenseKind.TEMPORARY, status=LicenseStatus.ACTIVE, hwid=logon.hwid,
-            machine=logon.machine, user=logon.user, terminal_server=ts.name,
-            product_version=ts.version, key_pack=None, validated=False,
-            issued_at=now, expires_at=now + TEMPORARY_DAYS * DAY,
-        )
+        new = License(0, LicenseKind.TEMPORARY, LicenseStatus.ACTIVE, logon.hwid, logon.machine, logon.user, ts.name,
+                      ts.version, None, False, now, now + TEMPORARY_DAYS * DAY)     # (positional: every first logon's path)
         return Decision(Outcome.TEMPORARY_ISSUED, new, _code(why), (Change(new),), _text(why, "temporary license issued"))
 
     # Upgrade once the logon with the temporary license was reported successful, or once it has
