@@ -180,6 +180,48 @@ def test_check_reports_what_is_wrong(store, pack, pg):
     assert check_ledger_pg(pg) == [f"key pack {'K' * 35}: issued 1 but 0 live CALs"]
 
 
+def test_a_schema_5_database_gets_its_counts_by_version_and_check_verifies_them(pg):
+    """Migration 6, as SQLite's 9: license_counts by kind, status and product version, kept by the
+    trigger through every write and verified by tsls check; the revoked licenses have an index."""
+    from tsls.server.pgstore import MIGRATIONS, migrate
+    from tsls.server.readstore import PgReadStore
+
+    with raw(pg) as db:
+        migrate(db, "test", {n: MIGRATIONS[n] for n in range(1, 6)})
+        db.execute('INSERT INTO licenses (kind, status, hwid, machine, "user", terminal_server, product_version, '
+                   "key_pack, validated, issued_at, expires_at) VALUES ('temporary', 'active', 'h0', 'm', 'u', 'ts', "
+                   "'2003', NULL, false, 0, 100), ('temporary', 'active', 'h1', 'm', 'u', 'ts', '2008', NULL, false, "
+                   "0, 100)")
+    assert check_ledger_pg(pg) == []
+    store = PgLicenseStore.open(pg)
+    try:
+        with store.transaction():
+            pack = store.add_key_pack("K" * 35, RETAIL, ProductVersion.W2012, CalType.PER_DEVICE, 2, NOW)
+        with store.transaction():
+            store.apply(Decision(Outcome.UPGRADED, None, changes=(
+                Change(cal("a", pack.id, version=ProductVersion.W2012), pack_delta=1),)))
+        with store.transaction():
+            revoked = attrs.evolve(store.licenses(LicenseFilter(hwid="a"))[0], status=LicenseStatus.REVOKED)
+            store.apply(Decision(Outcome.REVOKED, revoked, changes=(Change(revoked, -1),)))
+        assert store.license_counts() == {"temporary:active": 2, "permanent:revoked": 1}
+    finally:
+        store.close()
+    reads = PgReadStore(Connector(pg))
+    try:
+        with reads.snapshot() as snap:
+            assert snap.license_counts() == {("temporary", "active", "2003"): 1, ("temporary", "active", "2008"): 1,
+                                             ("permanent", "revoked", "2012"): 1}
+            assert snap.kind_status_counts() == {"temporary:active": 2, "permanent:revoked": 1}
+            assert [lic.hwid for lic in snap.revoked_holding(0)] == ["a"]
+    finally:
+        reads.close()
+    assert check_ledger_pg(pg) == []
+    with raw(pg) as db:
+        assert db.execute("SELECT to_regclass('licenses_revoked') IS NOT NULL").fetchone()[0]
+        db.execute("UPDATE license_counts SET n = 3 WHERE product_version = '2008'")
+    assert check_ledger_pg(pg) == ["license counts: 3 temporary active 2008 kept for status, 1 in the ledger"]
+
+
 def test_check_on_a_database_that_is_not_tsls(pg):
     assert check_ledger_pg(pg) == ["not a tsls license server database: it has no tsls_schema table"]
 

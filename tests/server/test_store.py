@@ -115,6 +115,59 @@ def test_the_license_counts_status_reads_follow_every_write_and_a_migrated_ledge
     assert check_ledger(path) == []
 
 
+def test_a_schema_8_ledger_gets_its_counts_by_version_and_check_verifies_them(tmp_path):
+    """Migration 9: license_counts by kind, status and product version (the console's dashboard and
+    /metrics read them instead of grouping every license), kept through every write; tsls check
+    compares them with the licenses, and an index finds the revoked licenses."""
+    from tsls.server.check import check_ledger
+    from tsls.server.readstore import ReadStore
+
+    path = str(tmp_path / "ls.sqlite")
+    db = open_database(path, {n: MIGRATIONS[n] for n in range(1, 9)}, "license server")
+    db.execute("INSERT INTO licenses (kind, status, hwid, machine, user, terminal_server, product_version, key_pack, "
+               "validated, issued_at, expires_at) VALUES ('temporary', 'active', 'h0', 'm', 'u', 'ts', '2003', NULL, "
+               "0, 0, 100), ('temporary', 'active', 'h1', 'm', 'u', 'ts', '2008', NULL, 0, 0, 100), "
+               "('temporary', 'upgraded', 'h2', 'm', 'u', 'ts', '2008', NULL, 0, 0, 100)")
+    db.close()
+    assert check_ledger(path) == []              # a schema 8 file, checked as it is (read-only, not migrated)
+    store = LicenseStore.open(path)
+    reads = ReadStore(path)
+
+    def counts():
+        with reads.snapshot() as snap:
+            return snap.license_counts(), snap.kind_status_counts()
+
+    assert counts() == ({("temporary", "active", "2003"): 1, ("temporary", "active", "2008"): 1,
+                         ("temporary", "upgraded", "2008"): 1}, {"temporary:active": 2, "temporary:upgraded": 1})
+    with store.transaction():
+        pack = store.add_key_pack("K" * 35, PurchaseRef(Program.RETAIL, retail_code="R" * 25), ProductVersion.W2012,
+                                  CalType.PER_DEVICE, 5, 0)
+        for hwid in ("a", "b"):
+            cal = attrs.evolve(_cal(hwid, pack.id), product_version=ProductVersion.W2012)
+            store.apply(Decision(Outcome.UPGRADED, cal, changes=(Change(cal, 1),)))
+        revoked = attrs.evolve(store.licenses(LicenseFilter(hwid="a"))[0], status=LicenseStatus.REVOKED)
+        store.apply(Decision(Outcome.REVOKED, revoked, changes=(Change(revoked, -1),)))
+    counted = {(k, s, v): n for k, s, v, n in store.db.execute(
+        "SELECT kind, status, product_version, count(*) FROM licenses GROUP BY 1, 2, 3")}
+    assert counts()[0] == counted == {("temporary", "active", "2003"): 1, ("temporary", "active", "2008"): 1,
+                                      ("temporary", "upgraded", "2008"): 1, ("permanent", "active", "2012"): 1,
+                                      ("permanent", "revoked", "2012"): 1}
+    assert store.license_counts() == counts()[1] == {"temporary:active": 2, "temporary:upgraded": 1,
+                                                     "permanent:active": 1, "permanent:revoked": 1}
+    with reads.snapshot() as snap:
+        assert [lic.hwid for lic in snap.revoked_holding(0)] == ["a"]
+        plan = snap.run("EXPLAIN QUERY PLAN SELECT * FROM licenses WHERE status = 'revoked' AND expires_at > 0")
+        assert "licenses_revoked" in " ".join(str(row) for row in plan)
+    reads.close()
+    store.close()
+    assert check_ledger(path) == []
+    db = sqlite3.connect(path)
+    db.execute("UPDATE license_counts SET n = 3 WHERE product_version = '2008' AND status = 'active'")
+    db.commit()
+    db.close()
+    assert check_ledger(path) == ["license counts: 3 temporary active 2008 kept for status, 1 in the ledger"]
+
+
 def test_a_grant_keeps_the_cached_key_packs_in_step_with_the_table(tmp_path):
     store = LicenseStore.open(str(tmp_path / "ls.sqlite"))
     ref = PurchaseRef(Program.RETAIL, retail_code="A" * 25)

@@ -29,22 +29,26 @@ def _check(db) -> list[str]:
     if integrity != ["ok"]:
         problems.extend(f"integrity: {line}" for line in integrity)
     counted = db.execute("SELECT 1 FROM sqlite_master WHERE name = 'license_counts'").fetchone() is not None
-    problems.extend(ledger_problems(db.execute, counted))
+    by_version = db.execute("PRAGMA user_version").fetchone()[0] >= 9
+    problems.extend(ledger_problems(db.execute, counted, by_version))
     return problems
 
 
-def ledger_problems(execute, counted: bool = True) -> list[str]:
+def ledger_problems(execute, counted: bool = True, by_version: bool = True) -> list[str]:
     """The ledger's invariants, through ``execute(sql)`` of any engine (the SQL is portable): the
     SQLite file here, PostgreSQL in tsls/server/pgstore.py. ``counted``: the schema keeps
-    license_counts (a file from before that migration, opened read-only, does not)."""
+    license_counts (a file from before that migration, opened read-only, does not); ``by_version``:
+    by kind, status and product version (SQLite's migration 9, PostgreSQL's 6), else by kind and status."""
     problems = []
     if counted:
-        kept = {(k, s): n for k, s, n in execute("SELECT kind, status, n FROM license_counts") if n}
-        actual = {(k, s): n for k, s, n in execute("SELECT kind, status, count(*) FROM licenses GROUP BY kind, status")}
-        for kind, status in sorted(set(kept) | set(actual)):
-            if kept.get((kind, status), 0) != actual.get((kind, status), 0):
-                problems.append(f"license counts: {kept.get((kind, status), 0)} {kind} {status} kept for status, "
-                                f"{actual.get((kind, status), 0)} in the ledger")
+        columns = "kind, status, product_version" if by_version else "kind, status"
+        kept = {tuple(row[:-1]): row[-1] for row in execute(f"SELECT {columns}, n FROM license_counts") if row[-1]}
+        actual = {tuple(row[:-1]): row[-1]
+                  for row in execute(f"SELECT {columns}, count(*) FROM licenses GROUP BY {columns}")}
+        for key in sorted(set(kept) | set(actual)):
+            if kept.get(key, 0) != actual.get(key, 0):
+                problems.append(f"license counts: {kept.get(key, 0)} {' '.join(key)} kept for status, "
+                                f"{actual.get(key, 0)} in the ledger")
     for key_pack_id, total, issued, live in execute(
             "SELECT p.key_pack_id, p.total, p.issued, (SELECT count(*) FROM licenses l WHERE l.key_pack = p.id "
             "AND l.kind = 'permanent' AND l.status = 'active') FROM key_packs p ORDER BY p.id"):

@@ -184,6 +184,12 @@ def event_conditions(which: EventFilter, place: str, quote=lambda c: c) -> tuple
     return where, params
 
 
+# How many licenses of each kind and status, keyed "kind:status", from the counts the triggers keep
+# (by kind, status and product version since SQLite's migration 9, PostgreSQL's 6): both engines.
+KIND_STATUS_COUNTS_SQL = ("SELECT kind || ':' || status, CAST(sum(n) AS BIGINT) FROM license_counts "
+                          "GROUP BY kind, status HAVING sum(n) > 0")
+
+
 # --- writing a license ------------------------------------------------------------------------------
 
 # The licenses table's columns after its id, named as License's attributes, in both schemas' order;

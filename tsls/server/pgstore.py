@@ -34,8 +34,8 @@ from tsls.core.model import CalType, KeyPack, License, ProductVersion, PurchaseR
 from tsls.core.perseat import LicensedBy, Product
 from tsls.errors import Code, TslsError
 from tsls.server.check import ledger_problems
-from tsls.server.ledgerbase import (LICENSE_COLUMNS_SQL, EngineCommon, call_row, changed_columns, event_conditions,
-                                    event_row, license_conditions, license_row, product_row, update_sql)
+from tsls.server.ledgerbase import (KIND_STATUS_COUNTS_SQL, LICENSE_COLUMNS_SQL, EngineCommon, call_row, changed_columns,
+                                    event_conditions, event_row, license_conditions, license_row, product_row, update_sql)
 from tsls.server.storage import ClearinghouseCall, EventFilter, LicenseFilter, Registration, SeatAssignment
 from tsls.sqlite import StoreError
 
@@ -240,6 +240,40 @@ MIGRATIONS = {
         END IF;
         RAISE EXCEPTION 'licenses are never deleted';
     END $$;
+    """,
+    # The counts by product version too (the console's dashboard and /metrics), and an index of the
+    # revoked licenses (the revocation limit), as SQLite's migration 9.
+    6: """
+    DROP TRIGGER count_licenses ON licenses;
+    DROP TABLE license_counts;
+    CREATE TABLE license_counts (
+        kind TEXT NOT NULL,
+        status TEXT NOT NULL,
+        product_version TEXT NOT NULL,
+        n BIGINT NOT NULL CHECK (n >= 0),
+        PRIMARY KEY (kind, status, product_version)
+    );
+    INSERT INTO license_counts SELECT kind, status, product_version, count(*) FROM licenses
+        GROUP BY kind, status, product_version;
+    CREATE OR REPLACE FUNCTION tsls_count_licenses() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        IF TG_OP = 'UPDATE' AND OLD.kind = NEW.kind AND OLD.status = NEW.status
+                AND OLD.product_version = NEW.product_version THEN
+            RETURN NULL;
+        END IF;
+        IF TG_OP IN ('UPDATE', 'DELETE') THEN
+            UPDATE license_counts SET n = n - 1
+                WHERE kind = OLD.kind AND status = OLD.status AND product_version = OLD.product_version;
+        END IF;
+        IF TG_OP IN ('INSERT', 'UPDATE') THEN
+            INSERT INTO license_counts VALUES (NEW.kind, NEW.status, NEW.product_version, 1)
+                ON CONFLICT (kind, status, product_version) DO UPDATE SET n = license_counts.n + 1;
+        END IF;
+        RETURN NULL;
+    END $$;
+    CREATE TRIGGER count_licenses AFTER INSERT OR UPDATE OF kind, status, product_version OR DELETE ON licenses
+        FOR EACH ROW EXECUTE FUNCTION tsls_count_licenses();
+    CREATE INDEX licenses_revoked ON licenses(expires_at) WHERE status = 'revoked'
     """,
 }
 SCHEMA_VERSION = max(MIGRATIONS)
@@ -603,7 +637,7 @@ class PgLicenseStore(EngineCommon):
 
     def license_counts(self) -> dict[str, int]:
         """How many licenses of each kind and status, keyed "kind:status"."""
-        return dict(self._x("SELECT kind || ':' || status, n FROM license_counts WHERE n > 0").fetchall())
+        return dict(self._x(KIND_STATUS_COUNTS_SQL).fetchall())
 
     # --- writing decisions ----------------------------------------------------------------------
 
@@ -868,7 +902,7 @@ def check_ledger_pg(dsn: str, password: str | None = None) -> list[str]:
             return [f"not a tsls license server database: it is a tsls {what} database"]
         if version > SCHEMA_VERSION:
             return [f"schema version {version} is newer than this tsls knows ({SCHEMA_VERSION})"]
-        return ledger_problems(conn.execute, version >= 4)
+        return ledger_problems(conn.execute, version >= 4, version >= 6)
     except psycopg.Error as e:
         return [f"not a usable tsls license server database: {_first_line(e)}"]
     finally:

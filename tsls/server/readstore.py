@@ -19,7 +19,8 @@ from tsls.core.activation import Activation, ActivationMethod, ActivationStatus,
 from tsls.core.reports import Scope
 from tsls.core.events import Event, EventId
 from tsls.core.model import DAY, CalType, KeyPack, License, LicenseKind, LicenseStatus, ProductVersion, PurchaseRef
-from tsls.server.ledgerbase import LICENSE_COLUMNS_SQL, event_conditions, license_conditions, problem_of, scope_of
+from tsls.server.ledgerbase import (KIND_STATUS_COUNTS_SQL, LICENSE_COLUMNS_SQL, event_conditions, license_conditions,
+                                    problem_of, scope_of)
 from tsls.server.storage import EventFilter, LicenseFilter
 
 # Columns the licenses page may sort and filter by (the keys are what the page sends).
@@ -117,13 +118,13 @@ class Snapshot:
 
     def kind_status_counts(self) -> dict[str, int]:
         """How many licenses of each kind and status, keyed "kind:status" (status's figure): read from
-        the counts the triggers keep (migration 7), not by counting every license."""
-        return {f"{k}:{s}": n for k, s, n in self.run("SELECT kind, status, n FROM license_counts WHERE n > 0")}
+        the counts the triggers keep (SQLite migrations 7 and 9), not by counting every license."""
+        return dict(self.run(KIND_STATUS_COUNTS_SQL).fetchall())
 
     def license_counts(self) -> dict[tuple[str, str, str], int]:
-        """(kind, status, product version) -> licenses."""
-        rows = self.run("SELECT kind, status, product_version, count(*) FROM licenses "
-                               "GROUP BY kind, status, product_version")
+        """(kind, status, product version) -> licenses: the counts the triggers keep (migration 9),
+        not a grouping of every license (1.3 s with a million)."""
+        rows = self.run("SELECT kind, status, product_version, n FROM license_counts WHERE n > 0")
         return {(k, s, v): n for k, s, v, n in rows}
 
     def licenses_page(self, exact: dict[str, str], search: str | None, sort: str, descending: bool,

@@ -19,9 +19,9 @@ from tsls.core.activation import Activation, ActivationMethod, ActivationStatus
 from tsls.core.licensing import Change
 from tsls.core.model import CalType, KeyPack, License, ProductVersion, PurchaseRef
 from tsls.core.perseat import LicensedBy, Product
-from tsls.server.ledgerbase import (HWID_CONDITION, LICENSE_COLUMNS_SQL, EngineCommon, call_row, changed_columns,
-                                    event_conditions, event_row, license_conditions, license_row, product_row,
-                                    update_sql)
+from tsls.server.ledgerbase import (HWID_CONDITION, KIND_STATUS_COUNTS_SQL, LICENSE_COLUMNS_SQL, EngineCommon, call_row,
+                                    changed_columns, event_conditions, event_row, license_conditions, license_row,
+                                    product_row, update_sql)
 from tsls.server.storage import ClearinghouseCall, EventFilter, LicenseFilter, Registration, SeatAssignment
 from tsls.sqlite import WalFile, open_database
 
@@ -184,6 +184,44 @@ MIGRATIONS = {
     8: """
     DROP INDEX licenses_hwid;
     CREATE INDEX licenses_hwid_rest ON licenses(hwid) WHERE kind = 'permanent' AND status != 'active';
+    """,
+    # The counts by product version too, so that the console's dashboard and /metrics read a few rows
+    # instead of grouping every license (1.3 s with a million); a grant's trigger runs the same
+    # statements as before, on a longer key. The revoked licenses that still count against the
+    # revocation limit are found through an index of the revoked ones (few) instead of a scan.
+    9: """
+    DROP TRIGGER license_counts_insert;
+    DROP TRIGGER license_counts_update;
+    DROP TRIGGER license_counts_delete;
+    DROP TABLE license_counts;
+    CREATE TABLE license_counts (
+        kind TEXT NOT NULL,
+        status TEXT NOT NULL,
+        product_version TEXT NOT NULL,
+        n INTEGER NOT NULL CHECK (n >= 0),
+        PRIMARY KEY (kind, status, product_version)
+    ) WITHOUT ROWID;
+    INSERT INTO license_counts SELECT kind, status, product_version, count(*) FROM licenses
+        GROUP BY kind, status, product_version;
+    CREATE TRIGGER license_counts_insert AFTER INSERT ON licenses BEGIN
+        INSERT OR IGNORE INTO license_counts VALUES (NEW.kind, NEW.status, NEW.product_version, 0);
+        UPDATE license_counts SET n = n + 1
+            WHERE kind = NEW.kind AND status = NEW.status AND product_version = NEW.product_version;
+    END;
+    CREATE TRIGGER license_counts_update AFTER UPDATE OF kind, status, product_version ON licenses
+        WHEN OLD.kind IS NOT NEW.kind OR OLD.status IS NOT NEW.status
+             OR OLD.product_version IS NOT NEW.product_version BEGIN
+        UPDATE license_counts SET n = n - 1
+            WHERE kind = OLD.kind AND status = OLD.status AND product_version = OLD.product_version;
+        INSERT OR IGNORE INTO license_counts VALUES (NEW.kind, NEW.status, NEW.product_version, 0);
+        UPDATE license_counts SET n = n + 1
+            WHERE kind = NEW.kind AND status = NEW.status AND product_version = NEW.product_version;
+    END;
+    CREATE TRIGGER license_counts_delete AFTER DELETE ON licenses BEGIN
+        UPDATE license_counts SET n = n - 1
+            WHERE kind = OLD.kind AND status = OLD.status AND product_version = OLD.product_version;
+    END;
+    CREATE INDEX licenses_revoked ON licenses(expires_at) WHERE status = 'revoked';
     """,
 }
 SCHEMA_VERSION = max(MIGRATIONS)
@@ -503,7 +541,7 @@ class LicenseStore(EngineCommon):
 
     def license_counts(self) -> dict[str, int]:
         """How many licenses of each kind and status, keyed "kind:status"."""
-        return dict(self.db.execute("SELECT kind || ':' || status, n FROM license_counts WHERE n > 0"))
+        return dict(self.db.execute(KIND_STATUS_COUNTS_SQL))
 
     # --- writing decisions ----------------------------------------------------------------------
 
