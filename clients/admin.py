@@ -697,7 +697,12 @@ def _print_cal_usage(r: dict) -> None:
 
 
 def _print_usage(r: dict) -> None:
-    print(f"Per User usage {r['start']} .. {r['end']}")
+    if r["start"] is None:
+        print("Per User usage: no Per User logon yet")
+    elif not r["users_seen"]:
+        print(f"Per User usage {r['start']} .. {r['end']}: no Per User logon in this period")
+    else:
+        print(f"Per User usage {r['start']} .. {r['end']}")
     print(f"Per User CALs installed: {r['per_user_cals_installed']}   users seen: {r['users_seen']}   "
           f"peak per day: {r['peak_users_per_day']}   over installed: {r['users_over_installed']}")
     print()

@@ -11,7 +11,7 @@ from tsls.core.model import DAY, CalType, KeyPack, ProductVersion
 
 @attrs.frozen
 class UsageReport:
-    start: int
+    start: int | None                     # None: no start asked for, and no Per User logon yet
     end: int
     installed: int                        # Per User CALs installed (never decremented)
     users: tuple[tuple[str, int, int], ...]   # (user, logons, last seen)
@@ -29,7 +29,8 @@ class UsageReport:
 
 def per_user_usage(logons, packs: tuple[KeyPack, ...], start: int | None, end: int) -> UsageReport:
     """``logons`` are (at, user, ...) rows with start <= at < end. With no ``start`` (the whole log),
-    the report starts on the day of its first logon, or at ``end`` when there is none: never at 1970."""
+    the report starts on the day of its first logon, never at 1970; with no logon either, it has no
+    start (None): there is no period to show yet."""
     seen: dict[str, list[int]] = {}
     days: dict[int, set[str]] = {}
     for at, user, *_ in logons:
@@ -39,7 +40,7 @@ def per_user_usage(logons, packs: tuple[KeyPack, ...], start: int | None, end: i
         days.setdefault(at - at % DAY, set()).add(user)
     installed = sum(p.total for p in packs if p.cal_type is CalType.PER_USER)
     if start is None:
-        start = min(days, default=end)
+        start = min(days, default=None)
     return UsageReport(
         start=start, end=end, installed=installed,
         users=tuple((u, c, last) for u, (c, last) in sorted(seen.items())),
