@@ -192,6 +192,56 @@ def test_a_failed_fsync_answers_storage_error_then_every_change_is_refused_as_un
     assert licenses_in(path) == 2                    # the refused logon never ran
 
 
+class Waiter:
+    """What the protocol hands a logon instead of taking a Deferred (its ``_Logon`` slot)."""
+
+    def __init__(self) -> None:
+        self.told = []
+
+    def callback(self, result) -> None:
+        self.told.append(("answer", result))
+
+    def errback(self, error) -> None:
+        self.told.append(("error", error))
+
+
+def test_a_waiter_is_told_as_a_deferred_would_be_once_the_fsync_after_its_commit_returned(ledger_on):
+    held = HeldSync()
+    reactor, writer, ledger, path = ledger_on(held)
+    granted, refused = Waiter(), Waiter()
+    assert ledger.logon(TS, "11" * 20, "PC1", "alice", None, granted) is None
+    reactor.until(lambda: held.calls == 1)
+    assert licenses_in(path) == 1 and granted.told == []        # committed, not yet durable: nothing told
+    held.allow(1)
+    reactor.until(lambda: granted.told)
+    [(how, answer)] = granted.told
+    assert how == "answer" and answer["outcome"] == "temporary_issued"
+
+    ledger.logon(TS, "11" * 20, "PC1", "alice", "TSLS1.1." + "0" * 32, refused)
+    held.allow(1)
+    reactor.until(lambda: refused.told)
+    [(how, error)] = refused.told
+    assert how == "error" and error.code is Code.INVALID_LICENSE
+
+
+def test_a_waiter_is_told_storage_error_after_a_failed_fsync_and_unavailable_at_once_after(ledger_on):
+    fails = threading.Event()
+
+    def sync(fd):
+        if fails.is_set():
+            raise OSError(errno.EIO, "Input/output error")
+        os.fdatasync(fd)
+
+    reactor, writer, ledger, path = ledger_on(sync)
+    fails.set()
+    lost, later = Waiter(), Waiter()
+    ledger.logon(TS, "22" * 20, "PC2", "bob", None, lost)
+    reactor.until(lambda: lost.told)
+    assert lost.told[0][0] == "error" and lost.told[0][1].code is Code.STORAGE_ERROR
+    assert ledger.logon(TS, "33" * 20, "PC3", "carol", None, later) is None
+    assert later.told[0][0] == "error" and later.told[0][1].code is Code.STORAGE_UNAVAILABLE   # at once
+
+
 def test_a_read_starts_only_once_the_batch_of_its_place_is_durable(ledger_on):
     from tsls.server.readstore import ReadStore
     from tsls.server.reads import Reads

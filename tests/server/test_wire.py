@@ -294,12 +294,40 @@ def test_a_logon_with_a_bad_field_is_refused_as_before(fields, message):
 def test_a_plain_logon_reaches_the_ledger_with_its_fields():
     server = Server()
     calls = []
-    server.logon = lambda *args: calls.append(args[1:]) or defer.succeed({})
+    server.logon = lambda *args: calls.append(args[1:5]) or defer.succeed({})
     protocol, transport = connect(LicenseFactory(server, clock=Clock()))
     protocol.dataReceived(HELLO + b'{"id":1,"op":"logon","hwid":"h","machine":"m","user":"u"}\n'
                           b'{"id":2,"op":"logon","hwid":"h","machine":"m","user":"u","license":null}\n'
                           b'{"id":3,"op":"logon","hwid":"' + b"h" * 128 + b'","machine":"m","user":"u","license":"t"}\n')
     assert calls == [("h", "m", "u", None), ("h", "m", "u", None), ("h" * 128, "m", "u", "t")]
+
+
+def test_a_logon_is_answered_through_its_slot_in_request_order_without_a_deferred():
+    server = Server()
+    told = []
+    server.logon = lambda *args: told.append(args[-1])      # the slot to tell; nothing returned
+    protocol, transport = connect(LicenseFactory(server, clock=Clock()))
+    protocol.dataReceived(HELLO + b'{"id":1,"op":"logon","hwid":"h","machine":"m","user":"u"}\n'
+                          b'{"id":2,"op":"challenge"}\n'
+                          b'{"id":3,"op":"logon","hwid":"h2","machine":"m","user":"u"}\n')
+    assert [r["id"] for r in replies(transport)] == [0]      # the challenge waits behind the first logon
+    told[1].errback(TslsError(Code.INVALID_LICENSE, "no"))
+    told[0].callback({"outcome": "temporary_issued"})
+    answers = replies(transport)
+    assert [r["id"] for r in answers] == [0, 1, 2, 3]
+    assert answers[1]["result"] == {"outcome": "temporary_issued"} and "nonce" in answers[2]["result"]
+    assert answers[3]["error"]["code"] == "INVALID_LICENSE"
+
+
+def test_a_logon_whose_ledger_fails_is_answered_internal_error():
+    server = Server()
+
+    def fails(*args):
+        raise RuntimeError("a bug")
+    server.logon = fails
+    protocol, transport = connect(LicenseFactory(server, clock=Clock()))
+    protocol.dataReceived(HELLO + b'{"id":1,"op":"logon","hwid":"h","machine":"m","user":"u"}\n')
+    assert replies(transport)[1]["error"]["code"] == "INTERNAL_ERROR"
 
 
 # --- the idle timer and the reading state, now reset and updated once per batch of lines --------------------

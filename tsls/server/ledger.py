@@ -26,7 +26,9 @@ class Ledger:
 
     # --- terminal servers -------------------------------------------------------------------------
 
-    def logon(self, ts: TerminalServer, hwid: str, machine: str, user: str, token: str | None) -> defer.Deferred:
+    def logon(self, ts: TerminalServer, hwid: str, machine: str, user: str, token: str | None,
+              waiter=None) -> defer.Deferred | None:
+        """``waiter``: told the answer instead of a Deferred returned (tsls.server.writer.BatchWriter.submit)."""
         def job(store, now):
             try:
                 registered = ts.authenticated and store.registration(ts.name)
@@ -47,7 +49,7 @@ class Ledger:
                 store.record_per_user(now, user, hwid, machine, ts.name)
             return self._answer(decision, world)
 
-        return self.writer.submit(writes_last(job))
+        return self.writer.submit(writes_last(job), waiter)
 
     def licensing_info(self, ts: TerminalServer) -> defer.Deferred:
         """What the RD Licensing Diagnoser asks a license server about one session host: activation, the

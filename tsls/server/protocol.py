@@ -213,6 +213,30 @@ class _Slot:
         self.data: bytes | None = None
 
 
+class _Logon(_Slot):
+    """A terminal server's logon's slot, told its answer by the writer as a Deferred would be
+    (``callback``, ``errback``; tsls.server.writer.BatchWriter.submit): every grant's answer, so
+    without a Deferred of its own (about 2 µs each)."""
+    __slots__ = ("protocol", "rid", "started", "observe")
+
+    def __init__(self, protocol, rid, started: float, observe) -> None:
+        self.data = None
+        self.protocol, self.rid, self.started, self.observe = protocol, rid, started, observe
+
+    def callback(self, result) -> None:
+        try:
+            self.protocol._answered(result, self, self.rid, "logon", self.started, self.observe)
+        except BaseException:       # the writer tells a whole batch: nothing here may stop it
+            self.protocol.log.failure("answer to {rid!r} could not be given", rid=self.rid)
+
+    def errback(self, error) -> None:
+        try:
+            failure = error if isinstance(error, Failure) else Failure(error)
+            self.protocol._refused(failure, self, self.rid, "logon", self.started, self.observe)
+        except BaseException:
+            self.protocol.log.failure("answer to {rid!r} could not be given", rid=self.rid)
+
+
 _loads = orjson.loads
 _dumps = orjson.dumps
 _DUMP_LINE = orjson.OPT_APPEND_NEWLINE | orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME
@@ -399,11 +423,23 @@ class LicenseProtocol(Protocol, TimeoutMixin):
         if error is not None:
             self._take_error(error, rid)
             return
-        slot = _Slot()
-        self._answers.append(slot)
         observe = self.factory.observe if self.factory is not None else None
         started = time.perf_counter() if observe is not None else 0.0
         op = request.get("op")
+        if op == "logon" and self.role == "terminal_server" and self._hello_pending is None:
+            # every grant: the writer tells the slot its answer, no Deferred in between
+            slot = _Logon(self, rid, started, observe)
+            self._answers.append(slot)
+            try:
+                later = self.op_logon(request, slot)
+            except BaseException:
+                self._refused(Failure(), slot, rid, op, started, observe)
+                return
+            if later is not None:       # a server that answers with a Deferred all the same
+                later.addCallbacks(slot.callback, slot.errback)
+            return
+        slot = _Slot()
+        self._answers.append(slot)
         try:
             result = self._dispatch(request)
         except BaseException:
@@ -558,7 +594,8 @@ class LicenseProtocol(Protocol, TimeoutMixin):
 
     # terminal servers
 
-    def op_logon(self, request):
+    def op_logon(self, request, waiter=None):
+        """``waiter``: the request's slot (``_Logon``), told the answer (``_line``); otherwise a Deferred."""
         get = request.get
         hwid, machine, user, token = get("hwid"), get("machine"), get("user"), get("license")
         if not (type(hwid) is str and 0 < len(hwid) <= 128 and type(machine) is str and 0 < len(machine) <= 256
@@ -568,7 +605,7 @@ class LicenseProtocol(Protocol, TimeoutMixin):
             hwid, machine, user = (_field(request, "hwid", max_len=128), _field(request, "machine"),
                                    _field(request, "user"))
             token = _field(request, "license", required=False, max_len=512)
-        return self.server.logon(self.terminal_server, hwid, machine, user, token)
+        return self.server.logon(self.terminal_server, hwid, machine, user, token, waiter)
 
     def op_licensing_info(self, request):
         return self.server.licensing_info(self.terminal_server)

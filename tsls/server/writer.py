@@ -137,16 +137,20 @@ class BatchWriter:
             self._store.checkpoint_in_background()
             self._checkpoints.start()
 
-    def submit(self, job: Callable) -> defer.Deferred:
+    def submit(self, job: Callable, waiter=None) -> defer.Deferred | None:
         """Run ``job(store, now)`` in the next batch; fire with its result once durably committed.
 
         A job refuses by raising TslsError (its writes are undone) or by returning one (its writes,
-        such as the event that records the refusal, are kept)."""
-        if self._stopped:
-            return defer.fail(TslsError(Code.SHUTTING_DOWN, "the license server is shutting down"))
-        if self._broken is not None:
-            return defer.fail(self._broken)
-        d = defer.Deferred()
+        such as the event that records the refusal, are kept). ``waiter``: told instead of a new
+        Deferred, through the same two methods, ``callback(result)`` or ``errback(error)`` (a
+        TslsError), and None is returned: a logon's answer needs no Deferred (protocol.py)."""
+        if self._stopped or self._broken is not None:
+            error = self._broken or TslsError(Code.SHUTTING_DOWN, "the license server is shutting down")
+            if waiter is None:
+                return defer.fail(error)
+            waiter.errback(error)
+            return None
+        d = defer.Deferred() if waiter is None else waiter
         self._queue.append((job, d))
         if self._pipelined:
             if self._scheduled is None:
@@ -154,7 +158,7 @@ class BatchWriter:
                 self._scheduled = self._reactor.callLater(0, self._next_batch)
         elif not self._running:
             self._next_batch()
-        return d
+        return d if waiter is None else None
 
     def _take(self):
         batch = [self._queue.popleft() for _ in range(min(len(self._queue), MAX_BATCH))]
