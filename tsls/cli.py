@@ -312,7 +312,9 @@ def main(argv=None) -> int:
     private_umask()             # every file and directory tsls makes is its owner's alone
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["lab"] and argv[1:2] and argv[1] in ("run", "check"):
-        from tsls.labfile.cli import main as lab_file
+        # The lab-file runner is a client of the daemons (it starts them and drives simulated session
+        # hosts against them), so it lives in clients/ (docs/architecture.md); only its command is here.
+        from clients.labfile.cli import main as lab_file
         try:
             return lab_file(argv[1:])
         except BrokenPipeError:         # `tsls lab check FILE | head`: the reader had enough, not an error

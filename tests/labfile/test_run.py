@@ -12,9 +12,9 @@ import pytest_twisted
 from twisted.internet import reactor
 
 from tests.labfile.labs import fleet, host, install, lab, purchase, server, step, wave
-from tsls.labfile.cli import load
-from tsls.labfile.journal import Journal, comparable
-from tsls.labfile.runner import LabRun, summary
+from clients.labfile.cli import load
+from clients.labfile.journal import Journal, comparable
+from clients.labfile.runner import LabRun, summary
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 EXAMPLES = sorted(glob.glob(os.path.join(ROOT, "examples", "labs", "*.toml")))

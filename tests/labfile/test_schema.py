@@ -2,8 +2,8 @@
 import pytest
 
 from tests.labfile.labs import fleet, host, install, lab, purchase, server, step, wave
-from tsls.labfile import plan, schema
-from tsls.labfile.schema import LabFileError
+from clients.labfile import plan, schema
+from clients.labfile.schema import LabFileError
 
 GOOD = lab("two servers",
            server(),

@@ -19,6 +19,12 @@ from twisted.internet import defer, utils
 from twisted.python.failure import Failure
 
 from clients.connection import LicenseConnection, connect
+from clients.labfile import expect
+from clients.labfile.journal import Journal
+from clients.labfile.links import Link
+from clients.labfile.plan import RATE_HOUR, Planned, wave_batches, wave_shares
+from clients.labfile.processes import Daemon
+from clients.labfile.schema import LINK_KINDS, Lab
 from clients.tssim import NOT_CONFIGURED, TRY_NEXT, UNAVAILABLE, DeviceStore, TerminalServer, TerminalServerState
 from tsls.clearinghouse.client import ClearinghouseClient
 from tsls import directory
@@ -27,12 +33,6 @@ from tsls.core.events import EventId
 from tsls.core.reports import Scope
 from tsls.core.model import ProductVersion, Program, iso
 from tsls.errors import Code, TslsError
-from tsls.labfile import expect
-from tsls.labfile.journal import Journal
-from tsls.labfile.links import Link
-from tsls.labfile.plan import RATE_HOUR, Planned, wave_batches, wave_shares
-from tsls.labfile.processes import Daemon
-from tsls.labfile.schema import LINK_KINDS, Lab
 from tsls.public import hardware_id, read_secret
 
 REQUEST_TIMEOUT = 30.0       # an administrator's request; a logon's is LOGON_TIMEOUT

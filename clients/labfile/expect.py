@@ -7,7 +7,7 @@ from collections import Counter
 from tsls.core.events import EventId
 from tsls.core.licensing import RENEWAL_WINDOW
 from tsls.core.model import iso
-from tsls.labfile.schema import OUTCOMES
+from clients.labfile.schema import OUTCOMES
 
 
 def outcome_of(row: dict) -> str:

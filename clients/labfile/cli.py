@@ -10,7 +10,7 @@ import os
 import sys
 import tempfile
 
-from tsls.labfile.schema import LabFileError
+from clients.labfile.schema import LabFileError
 
 OK, FAILED, INVALID, BROKEN = 0, 1, 2, 3
 
@@ -40,7 +40,7 @@ def parser() -> argparse.ArgumentParser:
 def load(path: str, seed: str | None = None):
     import attrs
 
-    from tsls.labfile import plan, schema
+    from clients.labfile import plan, schema
     lab = schema.load(path)
     if seed is not None:
         lab = attrs.evolve(lab, seed=seed)
@@ -77,8 +77,8 @@ def run(lab, steps, args) -> int:
     from twisted.internet import defer, reactor
 
     from tsls.errors import TslsError
-    from tsls.labfile.journal import Journal
-    from tsls.labfile.runner import LabRun, progress_bar, summary
+    from clients.labfile.journal import Journal
+    from clients.labfile.runner import LabRun, progress_bar, summary
 
     workdir = os.path.abspath(args.work_dir or tempfile.mkdtemp(prefix="tsls-lab-"))
     os.makedirs(workdir, mode=0o700, exist_ok=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import attrs
 
 from tsls.core.model import CalType
-from tsls.labfile.schema import Lab, LabFileError, Problem
+from clients.labfile.schema import Lab, LabFileError, Problem
 
 SETUP, FILE, CLOSING = 0, 1, 2
 
