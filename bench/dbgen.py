@@ -66,6 +66,9 @@ def generate(path: str, licenses: int = 1000, packs: int = 4, seed: str = "1") -
         columns = ("id, kind, status, hwid, machine, user, terminal_server, product_version, key_pack, validated, "
                    "issued_at, expires_at, renewals")
         store.db.executemany(f"INSERT INTO licenses ({columns}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", rows())
+        # the store counts the licenses it inserts (schema 10): these, written here, are counted here
+        store.db.execute("INSERT INTO license_counts SELECT kind, status, product_version, count(*) FROM licenses "
+                         "GROUP BY kind, status, product_version")
         store.db.execute(
             "INSERT INTO events (at, event_id, name, message, terminal_server, hwid, user, license_id) "
             "SELECT issued_at, CASE kind WHEN 'temporary' THEN ? ELSE ? END, "

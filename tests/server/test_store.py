@@ -86,7 +86,7 @@ def test_an_event_filter_keeps_the_newest_that_match_oldest_first(tmp_path):
 
 
 def test_the_license_counts_status_reads_follow_every_write_and_a_migrated_ledger(tmp_path):
-    """status reads license_counts (kept by triggers) instead of counting every license; the counts
+    """status reads license_counts (kept by the store and triggers) instead of counting every license; the counts
     equal the ledger's through inserts, changes of status and the migration of an older ledger."""
     from tsls.server.check import check_ledger
 

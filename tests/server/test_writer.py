@@ -114,3 +114,49 @@ def test_events_added_outside_a_batch_are_written_at_once(store):
         store.add_events([_event("now")])
         assert _messages(store) == [(1, "now")]
     assert [(i, e.message) for i, e in store.new_events] == [(1, "now")]
+
+
+# --- license_counts: the licenses a batch inserts are counted by the store when its jobs end (migration 10) ---
+
+def test_a_batchs_inserted_licenses_are_counted_exactly_through_updates_refusals_and_rollbacks(store, tmp_path):
+    from tsls.core.licensing import Change, Decision, Outcome
+    from tsls.core.model import License, LicenseKind, LicenseStatus, ProductVersion
+    from tsls.server.check import check_ledger
+
+    def temporary(hwid, version=ProductVersion.W2003):
+        return License(0, LicenseKind.TEMPORARY, LicenseStatus.ACTIVE, hwid, "m", "u", "ts", version, None, False,
+                       NOW, NOW + 100)
+
+    def give(hwid, version=ProductVersion.W2003):
+        def job(s, now):
+            lic = temporary(hwid, version)
+            return s.apply(Decision(Outcome.TEMPORARY_ISSUED, lic, changes=(Change(lic),))).license
+        return writes_last(job)
+
+    def upgrade_in_same_batch(s, now):          # its count was held, not yet written: the UPDATE's trigger needs it
+        [lic] = s.licenses_of("d1")
+        gone = lic.with_status(LicenseStatus.UPGRADED)
+        s.apply(Decision(Outcome.UPGRADED, gone, changes=(Change(gone, was=lic),)))
+        return s.license_counts()
+
+    def refused_after_insert(s, now):           # in a savepoint: its insert and its count undone
+        lic = temporary("undone")
+        s.apply(Decision(Outcome.TEMPORARY_ISSUED, lic, changes=(Change(lic),)))
+        raise TslsError(Code.NOT_IN_GROUP, "no")
+
+    results, _ = _run(store, give("d1"), give("d2", ProductVersion.W2008), writes_last(upgrade_in_same_batch),
+                      refused_after_insert, give("d3"))
+    assert [ok for ok, _ in results] == [True, True, True, False, True]
+    assert results[2][1] == {"temporary:upgraded": 1, "temporary:active": 1}      # read inside the batch: exact
+    counted = dict(store.db.execute("SELECT kind || ':' || status, count(*) FROM licenses GROUP BY kind, status"))
+    assert store.license_counts() == counted == {"temporary:upgraded": 1, "temporary:active": 2}
+
+    def fails_after_writing(s, now):            # no savepoint: the whole batch is rolled back, its counts too
+        lic = temporary("d4")
+        s.apply(Decision(Outcome.TEMPORARY_ISSUED, lic, changes=(Change(lic),)))
+        raise ValueError("a bug")
+
+    with pytest.raises(PartlyWritten):
+        _run(store, give("d5"), writes_last(fails_after_writing))
+    assert store.license_counts() == counted
+    assert check_ledger(str(tmp_path / "ls.sqlite")) == []

@@ -223,6 +223,12 @@ MIGRATIONS = {
     END;
     CREATE INDEX licenses_revoked ON licenses(expires_at) WHERE status = 'revoked';
     """,
+    # Licenses inserted are counted by the store, which adds a batch's up and writes one row per kind,
+    # status and version when its jobs are done (``_counted``), rather than by a trigger running two
+    # statements inside every grant's INSERT (docs/performance.md). Updates and deletes keep theirs.
+    10: """
+    DROP TRIGGER license_counts_insert;
+    """,
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 
@@ -268,6 +274,10 @@ class LicenseStore(EngineCommon):
         # cached key packs (which every decision reads) are kept in step at once.
         self._issued: dict[int, int] = {}
         self._held = 0                  # how many changes were ever held there (``changes``)
+        # The licenses this connection inserts are counted in license_counts by the store, not by a
+        # trigger (migration 10): while a batch's jobs run, added up here ((kind, status, version) ->
+        # how many) and written with one UPSERT each when its jobs are done; otherwise at once.
+        self._counted: dict[tuple[str, str, str], int] = {}
         # Every request reads the key packs, the activation and a few settings; they change rarely,
         # so they are kept here, one entry per table. Temporary triggers (this connection's own, not
         # in the schema) drop a table's entry whenever any statement on this connection writes it; a
@@ -331,6 +341,7 @@ class LicenseStore(EngineCommon):
     def _forget(self) -> None:
         self._cache.clear()
         self._issued.clear()        # undone with what was written: its key packs are read again
+        self._counted.clear()
 
     def _keyed(self, table: str) -> dict:
         """The cache of one table whose entries are looked up by key (a throwaway dict when uncached)."""
@@ -541,6 +552,7 @@ class LicenseStore(EngineCommon):
 
     def license_counts(self) -> dict[str, int]:
         """How many licenses of each kind and status, keyed "kind:status"."""
+        self._write_counted()
         return dict(self.db.execute(KIND_STATUS_COUNTS_SQL))
 
     # --- writing decisions ----------------------------------------------------------------------
@@ -555,8 +567,17 @@ class LicenseStore(EngineCommon):
                   lic.renewals)
         if lic.id == 0:
             cursor = self.db.execute(f"INSERT INTO licenses ({_COLUMNS_NO_ID}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", values)
+            counted = (values[0], values[1], values[6])
+            if self._pending is None:
+                self.db.execute(_ADD_COUNT, (*counted, 1))
+            else:
+                self._counted[counted] = self._counted.get(counted, 0) + 1
             lic = license_row((cursor.lastrowid, *values))      # the license as written, with its id
         else:
+            was = change.was
+            if self._counted and (was is None or (was.kind._value_, was.status._value_, was.product_version._value_)
+                                  in self._counted):
+                self._write_counted()   # the UPDATE's trigger takes one from the count it was in: written first
             changed = changed_columns(change)
             if changed is None:
                 self.db.execute(f"UPDATE licenses SET ({_COLUMNS_NO_ID}) = (?,?,?,?,?,?,?,?,?,?,?,?) WHERE id = ?",
@@ -592,6 +613,12 @@ class LicenseStore(EngineCommon):
         """Change a key pack's Issued at once, after the changes held before it."""
         self._write_issued()
         self.db.execute(_ADD_ISSUED, (delta, pack))
+
+    def _write_counted(self) -> None:
+        """Write the counts of the licenses inserted in the batch: one UPSERT per kind, status and version."""
+        if self._counted:
+            held, self._counted = self._counted, {}
+            self.db.executemany(_ADD_COUNT, [(*key, n) for key, n in held.items()])
 
     def _write_issued(self) -> None:
         """Write the key packs' Issued changes held for the batch: one UPDATE per key pack."""
@@ -637,8 +664,9 @@ class LicenseStore(EngineCommon):
             del self._pending[mark:]
 
     def _write_pending(self) -> None:
-        """Write what the batch's jobs held: the key packs' Issued and the events."""
+        """Write what the batch's jobs held: the key packs' Issued, the licenses' counts and the events."""
         self._write_issued()
+        self._write_counted()
         pending = self._pending
         if not pending:
             return
@@ -705,6 +733,7 @@ class LicenseStore(EngineCommon):
 
     def delete_all_cals(self) -> tuple[int, int]:
         """Rebuild the database: every key pack, issued license and Per User CAL record deleted."""
+        self._write_counted()       # the DELETE's trigger takes each from its count
         licenses = self.db.execute("DELETE FROM licenses").rowcount
         self.db.execute("DELETE FROM per_user_logons")
         packs = self.db.execute("DELETE FROM key_packs").rowcount
@@ -791,6 +820,8 @@ _LICENSES_OF = (f"SELECT {_COLUMNS} FROM licenses WHERE "
                 f"{HWID_CONDITION.format(hwid='hwid', kind='kind', status='status', place='?')} ORDER BY id")
 
 _ADD_ISSUED = "UPDATE key_packs SET issued = issued + ? WHERE id = ?"
+_ADD_COUNT = ("INSERT INTO license_counts (kind, status, product_version, n) VALUES (?, ?, ?, ?) "
+              "ON CONFLICT (kind, status, product_version) DO UPDATE SET n = n + excluded.n")
 _INSERT_EVENT = ("INSERT INTO events (id, at, event_id, name, message, terminal_server, hwid, user, license_id) "
                  "VALUES (?,?,?,?,?,?,?,?,?)")
 _INSERT_EVENT_NO_ID = ("INSERT INTO events (at, event_id, name, message, terminal_server, hwid, user, license_id) "
@@ -816,7 +847,7 @@ class _Savepoint:
         self.store = store
 
     def __enter__(self) -> None:
-        if self.store._pending or self.store._issued:
+        if self.store._pending or self.store._issued or self.store._counted:
             self.store._write_pending()     # earlier requests' events and Issued are not this one's to undo
         self.store.db.execute("SAVEPOINT request")
         self.mark = (len(self.store.new_events), self.store.events_mark())
