@@ -204,6 +204,7 @@ def test_a_schema_5_database_gets_its_counts_by_version_and_check_verifies_them(
             revoked = attrs.evolve(store.licenses(LicenseFilter(hwid="a"))[0], status=LicenseStatus.REVOKED)
             store.apply(Decision(Outcome.REVOKED, revoked, changes=(Change(revoked, -1),)))
         assert store.license_counts() == {"temporary:active": 2, "permanent:revoked": 1}
+        assert [lic.hwid for lic in store.revoked_holding(NOW)] == ["a"] and store.revoked_holding(NOW + 86400 * 60) == []
     finally:
         store.close()
     reads = PgReadStore(Connector(pg))

@@ -119,7 +119,7 @@ class Ledger:
     def revoke(self, license_id: int) -> defer.Deferred:
         def job(store, now):
             packs = store.key_packs()
-            revoked = tuple(store.licenses(LicenseFilter(status=LicenseStatus.REVOKED, expires_after=now), limit=10**9))
+            revoked = tuple(store.revoked_holding(now))
             try:
                 decision = licensing.revoke(store.license(license_id), packs, revoked, now)
             except TslsError as e:

@@ -629,6 +629,11 @@ class PgLicenseStore(EngineCommon):
         row = self._x(f"SELECT {_COLUMNS} FROM licenses WHERE id = %s", (license_id,)).fetchone()
         return None if row is None else license_row(row)
 
+    def revoked_holding(self, now: int) -> list[License]:
+        """The revoked licenses that still count against the revocation limit (index licenses_revoked)."""
+        return [license_row(r) for r in self._x(f"SELECT {_COLUMNS} FROM licenses WHERE status = 'revoked' "
+                                                 "AND expires_at > %s", (now,))]
+
     def licenses(self, which: LicenseFilter = LicenseFilter(), limit: int = 1000) -> list[License]:
         where, params = license_conditions(which, "%s", quote=lambda column: f'"{column}"')
         rows = self._x(f"SELECT {_COLUMNS} FROM licenses WHERE {' AND '.join(['true', *where])} ORDER BY id "

@@ -544,6 +544,12 @@ class LicenseStore(EngineCommon):
         row = self.db.execute(f"SELECT {_COLUMNS} FROM licenses WHERE id = ?", (license_id,)).fetchone()
         return None if row is None else license_row(row)
 
+    def revoked_holding(self, now: int) -> list[License]:
+        """The revoked licenses that still count against the revocation limit (until they would have
+        expired), through the index of revoked licenses (migration 9): ``licenses`` with a status
+        filter reads by ID and scanned every license (85-115 ms with a million, inside the batch)."""
+        return [license_row(r) for r in self.db.execute(_REVOKED_HOLDING, (now,))]
+
     def licenses(self, which: LicenseFilter = LicenseFilter(), limit: int = 1000) -> list[License]:
         where, params = license_conditions(which, "?")
         rows = self.db.execute(f"SELECT {_COLUMNS} FROM licenses WHERE {' AND '.join(['1', *where])} ORDER BY id "
@@ -820,6 +826,7 @@ _LICENSES_OF = (f"SELECT {_COLUMNS} FROM licenses WHERE "
                 f"{HWID_CONDITION.format(hwid='hwid', kind='kind', status='status', place='?')} ORDER BY id")
 
 _ADD_ISSUED = "UPDATE key_packs SET issued = issued + ? WHERE id = ?"
+_REVOKED_HOLDING = f"SELECT {_COLUMNS} FROM licenses WHERE status = 'revoked' AND expires_at > ?"
 _ADD_COUNT = ("INSERT INTO license_counts (kind, status, product_version, n) VALUES (?, ?, ?, ?) "
               "ON CONFLICT (kind, status, product_version) DO UPDATE SET n = n + excluded.n")
 _INSERT_EVENT = ("INSERT INTO events (id, at, event_id, name, message, terminal_server, hwid, user, license_id) "
