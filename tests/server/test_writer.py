@@ -116,7 +116,7 @@ def test_events_added_outside_a_batch_are_written_at_once(store):
     assert [(i, e.message) for i, e in store.new_events] == [(1, "now")]
 
 
-# --- license_counts: the licenses a batch inserts are counted by the store when its jobs end (migration 10) ---
+# --- license_counts: what a batch inserts and changes is counted by the store when its jobs end (migrations 10, 11) ---
 
 def test_a_batchs_inserted_licenses_are_counted_exactly_through_updates_refusals_and_rollbacks(store, tmp_path):
     from tsls.core.licensing import Change, Decision, Outcome
@@ -133,11 +133,16 @@ def test_a_batchs_inserted_licenses_are_counted_exactly_through_updates_refusals
             return s.apply(Decision(Outcome.TEMPORARY_ISSUED, lic, changes=(Change(lic),))).license
         return writes_last(job)
 
-    def upgrade_in_same_batch(s, now):          # its count was held, not yet written: the UPDATE's trigger needs it
+    def upgrade_in_same_batch(s, now):          # moved from a count held, not yet written
         [lic] = s.licenses_of("d1")
         gone = lic.with_status(LicenseStatus.UPGRADED)
         s.apply(Decision(Outcome.UPGRADED, gone, changes=(Change(gone, was=lic),)))
         return s.license_counts()
+
+    def expire_without_was(s, now):             # the store reads the license as it was to move its count
+        [lic] = s.licenses_of("d2")
+        gone = lic.with_status(LicenseStatus.EXPIRED)
+        s.apply(Decision(Outcome.EXPIRED, gone, changes=(Change(gone),)))
 
     def refused_after_insert(s, now):           # in a savepoint: its insert and its count undone
         lic = temporary("undone")
@@ -145,11 +150,11 @@ def test_a_batchs_inserted_licenses_are_counted_exactly_through_updates_refusals
         raise TslsError(Code.NOT_IN_GROUP, "no")
 
     results, _ = _run(store, give("d1"), give("d2", ProductVersion.W2008), writes_last(upgrade_in_same_batch),
-                      refused_after_insert, give("d3"))
-    assert [ok for ok, _ in results] == [True, True, True, False, True]
+                      refused_after_insert, give("d3"), writes_last(expire_without_was))
+    assert [ok for ok, _ in results] == [True, True, True, False, True, True]
     assert results[2][1] == {"temporary:upgraded": 1, "temporary:active": 1}      # read inside the batch: exact
     counted = dict(store.db.execute("SELECT kind || ':' || status, count(*) FROM licenses GROUP BY kind, status"))
-    assert store.license_counts() == counted == {"temporary:upgraded": 1, "temporary:active": 2}
+    assert store.license_counts() == counted == {"temporary:upgraded": 1, "temporary:active": 1, "temporary:expired": 1}
 
     def fails_after_writing(s, now):            # no savepoint: the whole batch is rolled back, its counts too
         lic = temporary("d4")

@@ -3,7 +3,7 @@ tests run it after every kill.
 
 - every key pack: 0 <= issued <= total, and issued equals the number of its live permanent CALs;
 - a device holds at most one live CAL per product version, and one temporary license per version, ever;
-- the counts status reads (license_counts, kept by the store and triggers) equal the licenses counted;
+- the counts status reads (license_counts, kept by the store and a trigger) equal the licenses counted;
 - SQLite's own integrity check passes.
 """
 from __future__ import annotations

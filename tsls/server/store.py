@@ -229,6 +229,12 @@ MIGRATIONS = {
     10: """
     DROP TRIGGER license_counts_insert;
     """,
+    # Likewise a license's change of kind, status or version: the store knows the license as it was
+    # (``Change.was``, or read), so it moves the count itself, held for the batch; a trigger took three
+    # statements inside every upgrade's, expiry's and revocation's UPDATE. Deletes keep theirs.
+    11: """
+    DROP TRIGGER license_counts_update;
+    """,
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 
@@ -274,9 +280,10 @@ class LicenseStore(EngineCommon):
         # cached key packs (which every decision reads) are kept in step at once.
         self._issued: dict[int, int] = {}
         self._held = 0                  # how many changes were ever held there (``changes``)
-        # The licenses this connection inserts are counted in license_counts by the store, not by a
-        # trigger (migration 10): while a batch's jobs run, added up here ((kind, status, version) ->
-        # how many) and written with one UPSERT each when its jobs are done; otherwise at once.
+        # The licenses this connection inserts or moves to another kind, status or version are counted
+        # in license_counts by the store, not by triggers (migrations 10 and 11): while a batch's jobs
+        # run, the changes are added up here ((kind, status, version) -> change) and written with one
+        # statement each when its jobs are done; otherwise at once.
         self._counted: dict[tuple[str, str, str], int] = {}
         # Every request reads the key packs, the activation and a few settings; they change rarely,
         # so they are kept here, one entry per table. Temporary triggers (this connection's own, not
@@ -573,17 +580,16 @@ class LicenseStore(EngineCommon):
                   lic.renewals)
         if lic.id == 0:
             cursor = self.db.execute(f"INSERT INTO licenses ({_COLUMNS_NO_ID}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", values)
-            counted = (values[0], values[1], values[6])
-            if self._pending is None:
-                self.db.execute(_ADD_COUNT, (*counted, 1))
-            else:
-                self._counted[counted] = self._counted.get(counted, 0) + 1
+            self._count((values[0], values[1], values[6]), 1)
             lic = license_row((cursor.lastrowid, *values))      # the license as written, with its id
         else:
-            was = change.was
-            if self._counted and (was is None or (was.kind._value_, was.status._value_, was.product_version._value_)
-                                  in self._counted):
-                self._write_counted()   # the UPDATE's trigger takes one from the count it was in: written first
+            was = change.was or self.license(lic.id)       # the license as it is (the core says, mostly)
+            if was is not None:
+                before = (was.kind._value_, was.status._value_, was.product_version._value_)
+                after = (values[0], values[1], values[6])
+                if before != after:
+                    self._count(before, -1)
+                    self._count(after, 1)
             changed = changed_columns(change)
             if changed is None:
                 self.db.execute(f"UPDATE licenses SET ({_COLUMNS_NO_ID}) = (?,?,?,?,?,?,?,?,?,?,?,?) WHERE id = ?",
@@ -620,11 +626,24 @@ class LicenseStore(EngineCommon):
         self._write_issued()
         self.db.execute(_ADD_ISSUED, (delta, pack))
 
+    def _count(self, key: tuple[str, str, str], change: int) -> None:
+        """One license more (or fewer) of this kind, status and version: held in a batch, else written."""
+        if self._pending is None:
+            self._write_counts({key: change})
+        else:
+            self._counted[key] = self._counted.get(key, 0) + change
+
     def _write_counted(self) -> None:
-        """Write the counts of the licenses inserted in the batch: one UPSERT per kind, status and version."""
+        """Write the batch's changes to license_counts held so far."""
         if self._counted:
             held, self._counted = self._counted, {}
-            self.db.executemany(_ADD_COUNT, [(*key, n) for key, n in held.items()])
+            self._write_counts(held)
+
+    def _write_counts(self, changes: dict) -> None:
+        """One statement per kind, status and version: an UPSERT that adds, an UPDATE that takes away (the
+        row is there: what is taken was counted; an UPSERT's row would be refused by n >= 0 first)."""
+        self.db.executemany(_ADD_COUNT, [(*key, n) for key, n in changes.items() if n > 0])
+        self.db.executemany(_TAKE_COUNT, [(n, *key) for key, n in changes.items() if n < 0])
 
     def _write_issued(self) -> None:
         """Write the key packs' Issued changes held for the batch: one UPDATE per key pack."""
@@ -829,6 +848,7 @@ _ADD_ISSUED = "UPDATE key_packs SET issued = issued + ? WHERE id = ?"
 _REVOKED_HOLDING = f"SELECT {_COLUMNS} FROM licenses WHERE status = 'revoked' AND expires_at > ?"
 _ADD_COUNT = ("INSERT INTO license_counts (kind, status, product_version, n) VALUES (?, ?, ?, ?) "
               "ON CONFLICT (kind, status, product_version) DO UPDATE SET n = n + excluded.n")
+_TAKE_COUNT = "UPDATE license_counts SET n = n + ? WHERE kind = ? AND status = ? AND product_version = ?"
 _INSERT_EVENT = ("INSERT INTO events (id, at, event_id, name, message, terminal_server, hwid, user, license_id) "
                  "VALUES (?,?,?,?,?,?,?,?,?)")
 _INSERT_EVENT_NO_ID = ("INSERT INTO events (at, event_id, name, message, terminal_server, hwid, user, license_id) "
