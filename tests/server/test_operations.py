@@ -1,5 +1,6 @@
 """The license server's operations in memory: LicenseServer over a real ledger on SQLite, with a
 writer that runs each batch at once (no reactor) and the Clearinghouse fake."""
+import json
 import sqlite3
 
 import pytest
@@ -98,7 +99,7 @@ async def test_reactivation_takes_the_new_id_and_certificate_the_clearinghouse_g
     assert again["license_server_id"] != first["license_server_id"] and again["license_server_id"].startswith("LS")
     assert server.store.activation().certificate == "D" * 35
     assert ("reactivate", first["license_server_id"], "certificate_corrupt") in server.activation.clearinghouse.calls
-    names = [e["name"] for e in await server.list_events({}, None, 100)]
+    names = [e["name"] for e in json.loads(await server.list_events({}, None, 100))]   # encoded by the database
     assert names == ["ACTIVATED", "REACTIVATED"]
 
 

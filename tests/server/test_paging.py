@@ -14,7 +14,8 @@ from tsls.core.events import Event, EventId
 from tsls.errors import Code, TslsError
 from tsls.server import paging
 from tsls.server.records import event_json
-from tsls.server.storage import EventFilter
+from tsls.jsonshapes import license_json
+from tsls.server.storage import EventFilter, LicenseFilter
 
 DEVICES = 2_500
 PAGE = 1_000
@@ -72,6 +73,7 @@ def test_pages_show_each_license_as_the_whole_list_does(daemon):
     """A page's licenses are encoded by the database (readstore.licenses_json_joined); they must read
     exactly as the list without a cursor shows them: a CAL from a key pack, a revoked one, odd names."""
     ad, ts = yield ledger(daemon, 30)
+    server = daemon.service.server
     for device in ("cal-1", "cal-2"):
         first = yield logon(ts, device)
         yield ts.request("logon", hwid=f"hw-{device}", machine=device, user=f"user-{device}",
@@ -80,6 +82,13 @@ def test_pages_show_each_license_as_the_whole_list_does(daemon):
     cals = yield ad.request("list_licenses", kind="permanent")
     yield ad.request("revoke", license_id=cals[0]["license_id"])
     whole = yield ad.request("list_licenses", limit=100_000)
+
+    def by_row(snap, now):          # what the list answered when it was made in Python, license by license
+        names = {p.id: p.key_pack_id for p in snap.key_packs()}
+        return [license_json(lic, names.get(lic.key_pack), with_wmi=True)
+                for lic in snap.licenses_after(LicenseFilter(), None, 100_000)]
+    assert whole == (yield server.reads.read(by_row))
+    assert (yield ad.request("list_licenses", limit=3)) == whole[:3]
     pages = yield every_page(ad, "list_licenses")
     assert [lic for p in pages for lic in p["items"]] == whole
     assert {lic["status"] for lic in whole if lic["kind"] == "permanent"} == {"active", "revoked"}
@@ -147,6 +156,11 @@ def test_event_pages_are_byte_for_byte_the_row_by_row_encoding(daemon):
             cursor = pages[-1]["next_cursor"]
         if limit < 10 and not filters and since is None:     # every event, several pages (20 logons make 40 and more)
             assert len(pages) > 3 and sum(len(p["items"]) for p in pages) == pages[0]["total"]
+        # without a cursor: the newest ``limit``, oldest first, as json.dumps made the list
+        listed = yield server.records.list_events(filters, since, limit)
+        newest = yield server.reads.read(lambda snap, now: [event_json(row_id, e) for row_id, e in
+                                                            snap.events_after(which, None, limit, True)][::-1])
+        assert bytes(listed) == json.dumps(newest, separators=(",", ":")).encode()
 
 
 @pytest_twisted.inlineCallbacks

@@ -258,14 +258,7 @@ class Snapshot:
         if after is not None:
             where.append("id < ?" if newest_first else "id > ?")
             params.append(after)
-        names = [x for e in EventId for x in (int(e), json.dumps(e.name))]
-        name = "CASE event_id " + " ".join("WHEN ? THEN ?" for _ in EventId) + " ELSE 'null' END"
-        q = self.QUOTED
-        text = (f"""'{{"id":' || id || ',"at":"' || {self.ISO.format('at')} || '","event_id":' || event_id """
-                f"""|| ',"name":' || {name} || ',"message":' || {q.format('message')} """
-                f"""|| ',"terminal_server":' || {q.format('terminal_server')} || ',"hwid":' || {q.format('hwid')} """
-                f"""|| ',"user":' || {q.format('"user"')} """
-                f"""|| ',"license_id":' || coalesce({self.AS_TEXT.format('license_id')}, 'null') || '}}'""")
+        text, names = self._event_json()
         direction = "DESC" if newest_first else "ASC"
         conditions = " AND ".join(["1 = 1", *where])
         joined, last, n = self.run(
@@ -279,6 +272,30 @@ class Snapshot:
             more = self.run(f"SELECT 1 FROM events WHERE {' AND '.join(['1 = 1', *where])} LIMIT 1",
                             (*params, last)).fetchone() is not None
         return joined or "", last, n, more
+
+    def newest_events_json(self, which: EventFilter, limit: int) -> str:
+        """The newest ``limit`` events that match, oldest first (the list without a cursor), as
+        ``events_json_joined`` writes them: their JSON texts joined by commas."""
+        where, params = self._event_where(which)
+        text, names = self._event_json()
+        conditions = " AND ".join(["1 = 1", *where])
+        return self.run(
+            f"SELECT {self.JOINED.format('j', 'ASC')} FROM (SELECT id, j FROM (SELECT id, {text} AS j FROM events "
+            f"WHERE {conditions} ORDER BY id DESC LIMIT ?) newest ORDER BY id) page",
+            (*names, *params, limit)).fetchone()[0] or ""
+
+    def _event_json(self) -> tuple[str, list]:
+        """An event row's JSON (``event_json``'s fields and values, compact) as an SQL expression, and
+        its parameters (each EventId's name)."""
+        names = [x for e in EventId for x in (int(e), json.dumps(e.name))]
+        name = "CASE event_id " + " ".join("WHEN ? THEN ?" for _ in EventId) + " ELSE 'null' END"
+        q = self.QUOTED
+        text = (f"""'{{"id":' || id || ',"at":"' || {self.ISO.format('at')} || '","event_id":' || event_id """
+                f"""|| ',"name":' || {name} || ',"message":' || {q.format('message')} """
+                f"""|| ',"terminal_server":' || {q.format('terminal_server')} || ',"hwid":' || {q.format('hwid')} """
+                f"""|| ',"user":' || {q.format('"user"')} """
+                f"""|| ',"license_id":' || coalesce({self.AS_TEXT.format('license_id')}, 'null') || '}}'""")
+        return text, names
 
     def events_after(self, which: EventFilter, after: int | None, limit: int,
                      newest_first: bool = False) -> list[tuple[int, Event]]:

@@ -96,10 +96,12 @@ class Records:
         return result
 
     def list_events(self, filters: dict, since: int | None, limit: int) -> defer.Deferred:
-        """``filters`` maps EVENT_FILTERS names to exact values."""
+        """The newest ``limit`` events that match, oldest first, read off the writer as a page is;
+        ``filters`` maps EVENT_FILTERS names to exact values."""
         which = EventFilter(event_ids=None if "event_id" not in filters else (filters["event_id"],),
                             since=since, **{k: v for k, v in filters.items() if k != "event_id"})
-        return self.writer.submit(lambda store, now: [event_json(row_id, e) for row_id, e in store.events(which, limit)])
+        return self.reads.read(lambda snap, now: paging.Encoded(
+            ("[" + paging.ascii_json(snap.newest_events_json(which, limit)) + "]").encode()))
 
     def events_page(self, filters: dict, since: int | None, cursor: str, limit: int,
                     newest_first: bool = False) -> defer.Deferred:
