@@ -130,10 +130,11 @@ class Records:
 
     def cal_usage_report(self) -> defer.Deferred:
         """Create Report > CAL Usage (Win32_TSLicenseReport): Per User CALs as a 2008 or later license
-        server tracks them, each user's record expiring 60 days after the last sign-in (docs/peruser.md)."""
-        def job(store, now):
-            report = cal_usage_report(store.per_user_logons(0, now + 1), store.key_packs(), self.identity.version,
-                                      store.server_role(), now)
+        server tracks them, each user's record expiring 60 days after the last sign-in (docs/peruser.md).
+        Read off the writer (tsls.server.reads): it reads every Per User logon."""
+        def view(snap, now):
+            report = cal_usage_report(snap.per_user_logons(0, now + 1), tuple(snap.key_packs()), self.identity.version,
+                                      snap.server_role(), now)
             beyond = {c.user for c in report.beyond_installed}
             return {
                 "generated_at": iso(report.generated_at),
@@ -148,15 +149,17 @@ class Records:
                 "wmi": {"InstalledLicenses": report.installed, "LicenseUsageCount": report.issued,
                         "ScopeType": report.scope.wmi_report_scope_type},
             }
-        return self.writer.submit(job)
+        return self.reads.read(view)
 
     def usage_report(self, start: int | None, end: int | None) -> defer.Deferred:
-        def job(store, now):
+        """The Per User usage report, read off the writer (tsls.server.reads): it reads every Per User
+        logon of its period."""
+        def view(snap, now):
             lo = 0 if start is None else start
             hi = now + 1 if end is None else end
             if hi < lo:
                 raise TslsError(Code.BAD_REQUEST, "the report's end is before its start")
-            report = per_user_usage(store.per_user_logons(lo, hi), store.key_packs(), start, hi)
+            report = per_user_usage(snap.per_user_logons(lo, hi), tuple(snap.key_packs()), start, hi)
             return {
                 "start": iso(report.start), "end": iso(report.end),
                 "per_user_cals_installed": report.installed,
@@ -166,7 +169,7 @@ class Records:
                 "users": [{"user": u, "logons": c, "last_seen": iso(last)} for u, c, last in report.users],
                 "per_day": [{"day": iso(day)[:10], "users": n} for day, n in report.per_day],
             }
-        return self.writer.submit(job)
+        return self.reads.read(view)
 
 
 def _scope(role: object) -> Scope:
