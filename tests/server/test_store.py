@@ -172,6 +172,35 @@ def test_a_schema_8_ledger_gets_its_counts_by_version_and_check_verifies_them(tm
     assert check_ledger(path) == ["license counts: 3 temporary active 2008 kept for status, 1 in the ledger"]
 
 
+def test_the_read_stores_event_counts_follow_new_events_for_each_filter(tmp_path):
+    """An export's pages each say how many events match: SQLite's read store counts the events
+    written since the last count for that filter and adds them (readstore.EventCounts), which must
+    always equal counting them all, whatever is written between two counts."""
+    from tsls.server.readstore import ReadStore
+
+    path = str(tmp_path / "ls.sqlite")
+    store = LicenseStore.open(path)
+    reads = ReadStore(path)
+    filters = [EventFilter(), EventFilter(event_ids=(int(EventId.CAL_ISSUED),)), EventFilter(hwid="h1"),
+               EventFilter(since=5), EventFilter(hwid="h1", event_ids=(int(EventId.CAL_RENEWED),), since=3)]
+    at = 0
+    for round_ in range(6):
+        with store.transaction():
+            store.add_events([Event(at + i, EventId.CAL_ISSUED if (at + i) % 3 else EventId.CAL_RENEWED, "e",
+                                    hwid=f"h{(at + i) % 4}") for i in range(round_ * 3)])
+        at += round_ * 3
+        with reads.snapshot() as snap:
+            for which in filters[: round_ + 1]:         # some filters first counted only later
+                where, params = snap._event_where(which)
+                everything = snap.run(f"SELECT count(*) FROM events WHERE {' AND '.join(['1 = 1', *where])}",
+                                      params).fetchone()[0]
+                assert snap.count_events(which) == everything
+                assert snap.count_events(which) == everything          # counted again in the same snapshot
+    assert everything > 0
+    reads.close()
+    store.close()
+
+
 def test_a_grant_keeps_the_cached_key_packs_in_step_with_the_table(tmp_path):
     store = LicenseStore.open(str(tmp_path / "ls.sqlite"))
     ref = PurchaseRef(Program.RETAIL, retail_code="A" * 25)

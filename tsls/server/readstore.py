@@ -9,6 +9,7 @@ quoted, subqueries named, sums cast), with ``?`` placeholders turned into psycop
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import sqlite3
@@ -53,10 +54,40 @@ class _PerThread:
             db.close()
 
 
+class EventCounts:
+    """How many events match a filter up to a row ID, remembered for the next page of an export, which
+    then counts only the events written since (a page's ``total`` was a count of every event each
+    time: 19 ms a page, a third of an export's CPU, with 1,000,000 events). Right only where a
+    committed event's row ID is never reused and no event is deleted or inserted below one already
+    seen, as on SQLite (one writer gives row IDs in order; events are never deleted): not on
+    PostgreSQL, where several daemons take IDs from one sequence and commit in any order."""
+
+    SIZE = 32           # filters remembered (the least recently used are forgotten)
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._known: collections.OrderedDict = collections.OrderedDict()
+
+    def get(self, which: EventFilter) -> tuple[int, int] | None:
+        with self._lock:
+            known = self._known.get(which)
+            if known is not None:
+                self._known.move_to_end(which)
+            return known
+
+    def put(self, which: EventFilter, upto: int, n: int) -> None:
+        with self._lock:
+            self._known[which] = (upto, n)
+            self._known.move_to_end(which)
+            while len(self._known) > self.SIZE:
+                self._known.popitem(last=False)
+
+
 class ReadStore(_PerThread):
     def __init__(self, path: str) -> None:
         super().__init__()
         self.path = path
+        self.event_counts = EventCounts()
 
     def _db(self) -> sqlite3.Connection:
         db = getattr(self._local, "db", None)
@@ -73,7 +104,7 @@ class ReadStore(_PerThread):
         db = self._db()
         db.execute("BEGIN")
         try:
-            yield Snapshot(db)
+            yield Snapshot(db, self.event_counts)
         finally:
             db.execute("COMMIT")
 
@@ -81,8 +112,9 @@ class ReadStore(_PerThread):
 class Snapshot:
     CODE_OF_MESSAGE = "substr(message, 1, instr(message, ':') - 1)"     # a refusal's message starts "CODE: "
 
-    def __init__(self, db) -> None:
+    def __init__(self, db, event_counts: EventCounts | None = None) -> None:
         self.db = db
+        self.event_counts = event_counts
 
     def run(self, sql: str, params=()):
         return self.db.execute(sql, params)
@@ -244,8 +276,19 @@ class Snapshot:
         return where, params
 
     def count_events(self, which: EventFilter) -> int:
+        """How many events match; with ``event_counts`` (SQLite's read store), the count up to the
+        last row ID it saw for this filter plus those written since."""
         where, params = self._event_where(which)
-        return self.run(f"SELECT count(*) FROM events WHERE {' AND '.join(['1 = 1', *where])}", params).fetchone()[0]
+        if self.event_counts is None:
+            return self.run(f"SELECT count(*) FROM events WHERE {' AND '.join(['1 = 1', *where])}",
+                            params).fetchone()[0]
+        top = self.run("SELECT coalesce(max(id), 0) FROM events").fetchone()[0]
+        known = self.event_counts.get(which)
+        upto, n = known if known is not None and known[0] <= top else (0, 0)
+        n += self.run(f"SELECT count(*) FROM events WHERE {' AND '.join(['id > ? AND id <= ?', *where])}",
+                      (upto, top, *params)).fetchone()[0]
+        self.event_counts.put(which, top, n)
+        return n
 
     def events_json_joined(self, which: EventFilter, after: int | None, limit: int,
                            newest_first: bool = False) -> tuple[str, int | None, int, bool]:
