@@ -423,3 +423,30 @@ def test_a_checkpoint_from_its_own_connection_does_not_make_the_set_of_devices_b
         assert len(store.licenses_of("d1")) == 1
     assert builds == []
     store.close()
+
+
+def test_a_begin_whose_set_of_devices_could_not_be_built_leaves_no_transaction_and_builds_it_next_time(tmp_path,
+                                                                                                       monkeypatch):
+    # Building the set opens a connection of its own (it can fail: no descriptor left with 1,000 terminal
+    # servers connected, say). The BEGIN must not stay open (every later batch would fail), and the set of
+    # before must not be taken as current: a device another connection gave a license would be "none".
+    path = str(tmp_path / "ls.sqlite")
+    store = LicenseStore.open(path)
+    with store.transaction():
+        _give(store, "d1")                  # the set is built, and then kept
+    other = LicenseStore.open(path)
+    with other.transaction():
+        late = _give(other, "late")
+    other.close()
+    real = sqlite3.connect
+
+    def refused(*args, **kwargs):
+        raise sqlite3.OperationalError("unable to open database file")
+    monkeypatch.setattr(store_module.sqlite3, "connect", refused)
+    with pytest.raises(sqlite3.OperationalError):
+        store.begin()
+    assert not store.db.in_transaction
+    monkeypatch.setattr(store_module.sqlite3, "connect", real)
+    with store.transaction():
+        assert store.licenses_of("late") == (late,)
+    store.close()

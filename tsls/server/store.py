@@ -384,11 +384,18 @@ class LicenseStore(EngineCommon):
         self.db.execute("BEGIN IMMEDIATE")
         self.new_events = []
         if self._cached:
-            version = self.db.execute("PRAGMA data_version").fetchone()[0]
-            if version != self._data_version:       # another connection committed since we last looked
-                self._data_version = version
-                self._forget()
-                self._index_devices()
+            try:
+                version = self.db.execute("PRAGMA data_version").fetchone()[0]
+                if version != self._data_version:       # another connection committed since we last looked
+                    self._forget()
+                    # Not current until built: a set that fails to build (its connection refused, say)
+                    # is no set (SQL for every device), and the next BEGIN builds it again.
+                    self._devices = None
+                    self._index_devices()
+                    self._data_version = version
+            except BaseException:
+                self.db.execute("ROLLBACK")     # no BEGIN left open: the next batch's must work
+                raise
 
     def rollback(self) -> None:
         self._forget()
