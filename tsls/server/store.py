@@ -591,18 +591,18 @@ class LicenseStore(EngineCommon):
             lic = license_row((cursor.lastrowid, *values))      # the license as written, with its id
         else:
             was = change.was or self.license(lic.id)       # the license as it is (the core says, mostly)
-            if was is not None:
-                before = (was.kind._value_, was.status._value_, was.product_version._value_)
-                after = (values[0], values[1], values[6])
-                if before != after:
-                    self._count(before, -1)
-                    self._count(after, 1)
             changed = changed_columns(change)
             if changed is None:
                 self.db.execute(f"UPDATE licenses SET ({_COLUMNS_NO_ID}) = (?,?,?,?,?,?,?,?,?,?,?,?) WHERE id = ?",
                                 (*values, lic.id))
             elif changed:
                 self.db.execute(update_sql(changed, "?"), (*[values[i] for i in changed], lic.id))
+            if was is not None:         # counted once the UPDATE is done: one that fails moved nothing
+                before = (was.kind._value_, was.status._value_, was.product_version._value_)
+                after = (values[0], values[1], values[6])
+                if before != after:
+                    self._count(before, -1)
+                    self._count(after, 1)
         delta = change.pack_delta
         if delta:
             packs = self._cache.get("key_packs")
