@@ -3,7 +3,8 @@ holds a batch's changes to them and writes them when its jobs end (SQLite migrat
 mix of logons and reports (no savepoint), revocations, a rebuild, requests refused before or after
 writing (their savepoint undone), one that fails after writing without a savepoint (its batch rolled
 back), and the sweep each batch begins with. After every batch `tsls check`'s invariants hold and the
-ledger's devices are answered as SQL answers them (the store's set of devices, LicenseStore._devices).
+ledger's devices are answered as SQL answers them (the store's set of devices, LicenseStore._devices),
+also when another connection gave a device a license between two batches.
 
 TSLS_BATCH_EXAMPLES runs more examples (default 30)."""
 import os
@@ -84,7 +85,10 @@ jobs = st.one_of(
     st.builds(_install, version, st.integers(1, 3)),
     st.just(_rebuild),
 )
-batch = st.tuples(st.lists(jobs, min_size=1, max_size=8), st.booleans(), st.integers(0, 120))
+# (the batch's jobs, whether it ends with a request that fails after writing without a savepoint, days
+# before it, a device another connection gives a license before it, or None)
+batch = st.tuples(st.lists(jobs, min_size=1, max_size=8), st.booleans(), st.integers(0, 120),
+                  st.one_of(st.none(), st.tuples(device, version)))
 
 
 @settings(max_examples=int(os.environ.get("TSLS_BATCH_EXAMPLES", "30")), deadline=None,
@@ -100,8 +104,17 @@ def test_the_counts_and_the_set_of_devices_stay_exact_through_any_batches(tmp_pa
     writer = BatchWriter(None, _Clock(), store, threaded=False)
     start = NOW
     try:
-        for batch_jobs, partly, days in batches:
+        for batch_jobs, partly, days, elsewhere in batches:
             NOW += days * DAY
+            if elsewhere is not None:      # another daemon on the file (the set of devices is built again)
+                other = LicenseStore.open(path)
+                try:
+                    with other.transaction():
+                        _logon(*elsewhere, report=False)(other, NOW)
+                except TslsError:
+                    pass
+                finally:
+                    other.close()
             if partly:
                 batch_jobs = [*batch_jobs, _partly_written(DEVICES[len(batch_jobs) % len(DEVICES)], VERSIONS[0])]
             try:
