@@ -87,8 +87,10 @@ class Exporter(threading.Thread):
         self.stopped = threading.Event()
         self.proc = None
         self.exports: list[tuple[float, int]] = []     # (seconds, rows) of each export that ended
+        self.began = None
 
     def run(self) -> None:
+        self.began = time.perf_counter()
         while not self.stopped.is_set():
             started = time.perf_counter()
             with open(self.out, "wb") as f:
@@ -104,10 +106,14 @@ class Exporter(threading.Thread):
 
     def stop(self) -> dict:
         self.stopped.set()
+        seconds = time.perf_counter() - self.began
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
         self.join(60)
-        return {"exports_finished": len(self.exports),
+        with open(self.out, "rb") as f:             # the export cut short: the rows it had written
+            partial = max(sum(1 for _ in f) - 1, 0)
+        rows = sum(n for _, n in self.exports) + partial
+        return {"exports_finished": len(self.exports), "rows_exported": rows, "rows_per_s": round(rows / seconds),
                 "seconds": [round(s, 1) for s, _ in self.exports], "rows": [n for _, n in self.exports]}
 
 
@@ -150,7 +156,8 @@ def run(licenses: int, duration: float, repeat: int, connections: int, pipeline:
             extra = ""
             if admin:
                 s, e = result["status"], result["export"]
-                extra = (f" | status x{s['answers']} p50 {s['p50_ms']} ms max {s['max_ms']} ms | exports finished "
+                extra = (f" | status x{s['answers']} p50 {s['p50_ms']} ms max {s['max_ms']} ms | "
+                         f"{e['rows_exported']:,} rows exported ({e['rows_per_s']:,}/s) | exports finished "
                          f"{e['exports_finished']} ({', '.join(f'{r:,} rows in {t} s' for t, r in zip(e['seconds'], e['rows']))})")
             log(f"round {n + 1} {name:<15} {result['throughput']:>7,.0f} grants/s p50 {result['latency_ms']['p50']:7.1f} "
                 f"p99 {result['latency_ms']['p99']:7.1f} ms{extra}")
@@ -192,6 +199,8 @@ def main(argv=None) -> int:
           f"{result['median_round_p99_ratio']:.2f} (median of rounds: "
           f"{', '.join(f'{x:.2f}' for x in result['round_p99_ratios'])}); target <= {TARGET}")
     print(f"grants/s ratio per round: {', '.join(f'{x:.2f}' for x in result['round_throughput_ratios'])}")
+    speeds = ", ".join(f"{a['export']['rows_per_s']:,}" for a in result["admin"])
+    print(f"the export meanwhile: {speeds} rows/s per round")
     print(f"\n{result['licenses']:,} licenses; {result['machine']}; {time.perf_counter() - started:.0f} s")
     return 0
 
