@@ -191,9 +191,46 @@ def _ctrl_c(proc, daemons):
     return proc.returncode, err
 
 
+LONG_LAB = """
+[lab]
+name = "Long"
+start = "2025-01-06"
+seed = 7
+
+[[license_server]]
+name = "LS1"
+
+[[session_host]]
+name = "TS01"
+license_servers = ["LS1"]
+
+[[fleet]]
+name = "desks"
+devices = 3000
+
+[[purchase]]
+name = "cals"
+license_server = "LS1"
+quantity = 10
+
+[[step]]
+at = "0d"
+do = "install"
+purchase = "cals"
+
+[[step]]
+at = "+1h"
+do = "wave"                 # 150,000 logons: tens of seconds, so Ctrl-C comes while the lab runs
+fleet = "desks"
+through = ["TS01"]
+times = 50
+"""
+
+
 def test_ctrl_c_stops_every_daemon_the_lab_started(tmp_path):
     import selectors
-    path = os.path.join(ROOT, "examples", "labs", "cal-expiry.toml")
+    path = tmp_path / "long.toml"
+    path.write_text(LONG_LAB)
     proc = subprocess.Popen([sys.executable, "-m", "tsls.cli", "lab", "run", path, "--work-dir", str(tmp_path / "w"),
                              "--progress"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
