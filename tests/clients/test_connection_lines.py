@@ -88,3 +88,21 @@ def test_csv_rows_have_the_columns_in_order_none_empty_and_missing_keys_empty():
     again = io.StringIO()
     write_csv([{"license_id": 1, "user": "a,b", "key_pack_id": None, "validated": True}], COLUMNS, again)
     assert again.getvalue().splitlines()[1] == '1,"a,b",,True'
+
+
+def test_json_export_is_one_array_of_sorted_objects_across_pages_and_says_empty_when_empty():
+    import json
+    out = io.StringIO()
+    stream = RowStream(COLUMNS, "json", out)
+    pages = [[{"user": "é", "license_id": 1, "wmi": {"b": 1, "a": 2}}], [], [{"license_id": 2}, {"license_id": 3}]]
+    for page in pages:
+        stream.write(page)
+    stream.close()
+    rows = [row for page in pages for row in page]
+    assert out.getvalue() == "[\n" + ",\n".join(json.dumps(r, sort_keys=True) for r in rows) + "\n]\n"
+    assert json.loads(out.getvalue()) == rows
+    empty = io.StringIO()
+    stream = RowStream(COLUMNS, "json", empty)
+    stream.write([])
+    stream.close()
+    assert json.loads(empty.getvalue()) == []
