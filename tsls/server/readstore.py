@@ -256,17 +256,8 @@ class Snapshot:
             "'issued_at', " + self.ISO.format("l.issued_at"), "'expires_at', " + self.ISO.format("l.expires_at"),
             "'renewals', l.renewals"])
         text = self.ALL_BUT_LAST.format(self.AS_TEXT.format(f"{self.JSON_OBJECT}({fields})")) + " || " + ending
-        conditions = " AND ".join(["1 = 1", *where])
-        joined, last, n = self.run(
-            f"SELECT {self.JOINED.format('j', 'ASC')}, max(id), count(*) FROM (SELECT l.id AS id, {text} AS j "
-            f"FROM licenses l LEFT JOIN key_packs k ON k.id = l.key_pack WHERE {conditions} ORDER BY l.id LIMIT ?) page",
-            (*ending_params, *params, limit)).fetchone()
-        more = False
-        if n == limit:
-            where, params = license_conditions(which, "?", quote=lambda c: f'l."{c}"')
-            more = self.run(f"SELECT 1 FROM licenses l WHERE {' AND '.join(['1 = 1', *where, 'l.id > ?'])} LIMIT 1",
-                            (*params, last)).fetchone() is not None
-        return joined or "", last, n, more
+        return self._joined_page("licenses l LEFT JOIN key_packs k ON k.id = l.key_pack", "l.id", text,
+                                 ending_params, where, params, limit)
 
     def _event_where(self, which: EventFilter) -> tuple[list[str], list]:
         where, params = event_conditions(which, "?", quote=_quote)
@@ -302,18 +293,22 @@ class Snapshot:
             where.append("id < ?" if newest_first else "id > ?")
             params.append(after)
         text, names = self._event_json()
-        direction = "DESC" if newest_first else "ASC"
+        return self._joined_page("events", "id", text, names, where, params, limit, newest_first)
+
+    def _joined_page(self, source: str, key: str, text: str, text_params: list, where: list[str], params: list,
+                     limit: int, newest_first: bool = False) -> tuple[str, int | None, int, bool]:
+        """One page of ``source`` (a FROM clause) in one row: the ``text`` of each of its first ``limit``
+        rows that match ``where``, in the order of ``key`` (its row ID), joined by commas; the last
+        one's ``key``; how many; whether more match after it."""
+        direction, last_of, beyond = ("DESC", "min", "<") if newest_first else ("ASC", "max", ">")
         conditions = " AND ".join(["1 = 1", *where])
         joined, last, n = self.run(
-            f"SELECT {self.JOINED.format('j', direction)}, {'min' if newest_first else 'max'}(id), count(*) "
-            f"FROM (SELECT id, {text} AS j FROM events WHERE {conditions} ORDER BY id {direction} LIMIT ?) page",
-            (*names, *params, limit)).fetchone()
-        more = False
-        if n == limit:
-            where, params = self._event_where(which)
-            where.append("id < ?" if newest_first else "id > ?")
-            more = self.run(f"SELECT 1 FROM events WHERE {' AND '.join(['1 = 1', *where])} LIMIT 1",
-                            (*params, last)).fetchone() is not None
+            f"SELECT {self.JOINED.format('j', direction)}, {last_of}(id), count(*) FROM (SELECT {key} AS id, "
+            f"{text} AS j FROM {source} WHERE {conditions} ORDER BY {key} {direction} LIMIT ?) page",
+            (*text_params, *params, limit)).fetchone()
+        more = n == limit and self.run(
+            f"SELECT 1 FROM {source} WHERE {conditions} AND {key} {beyond} ? LIMIT 1",
+            (*params, last)).fetchone() is not None
         return joined or "", last, n, more
 
     def newest_events_json(self, which: EventFilter, limit: int) -> str:
