@@ -139,6 +139,29 @@ def test_everything_survives_a_restart(tmp_path):
 
 
 @pytest_twisted.inlineCallbacks
+def test_a_clean_stop_leaves_the_database_whole_in_its_file_even_after_reads(tmp_path):
+    """SQLite folds the WAL into the file and removes it when the last connection closes, if that one
+    may write: the readers close before the writer, so the file alone holds every license."""
+    import os
+    import sqlite3
+    daemon = Daemon(tmp_path)
+    yield daemon.start()
+    admin = yield daemon.admin()
+    yield activate_and_install(admin)
+    ts = yield daemon.terminal_server()
+    yield logon(ts, "pc1")
+    yield admin.request("status")                   # reads, on the reader threads' own connections
+    yield admin.request("list_licenses", limit=10)
+    yield daemon.stop()
+    assert not os.path.exists(daemon.path + "-wal") and not os.path.exists(daemon.path + "-shm")
+    db = sqlite3.connect(f"file:{daemon.path}?mode=ro&immutable=1", uri=True)     # the file alone
+    try:
+        assert db.execute("SELECT count(*) FROM licenses").fetchone()[0] == 1
+    finally:
+        db.close()
+
+
+@pytest_twisted.inlineCallbacks
 def test_install_without_activation_is_refused_and_nothing_is_asked_of_the_clearinghouse(daemon):
     admin = yield daemon.admin()
     with pytest.raises(TslsError) as e:

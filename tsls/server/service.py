@@ -55,7 +55,7 @@ class _WriterService(Service):
 
     def stopService(self):
         super().stopService()
-        return self.writer.stop().addBoth(lambda result: (self.reads.stop(), result)[1])
+        return self.writer.stop(before_close=self.reads.stop)
 
 
 class _ConsoleService(Service):

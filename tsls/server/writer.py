@@ -403,8 +403,11 @@ class BatchWriter:
             for d in idle:
                 d.callback(None)
 
-    def stop(self) -> defer.Deferred:
-        """Refuse new work, let queued work commit and be synced, then stop the threads and close the store."""
+    def stop(self, before_close: Callable[[], None] | None = None) -> defer.Deferred:
+        """Refuse new work, let queued work commit and be synced, then stop the threads and close the
+        store. ``before_close`` runs just before: the readers close their connections then, so the
+        writer's is the last one closed, and SQLite, which checkpoints and removes the WAL when the
+        last connection to a database closes (a read-only one cannot), leaves the file whole."""
         self._stopped = True
         d = defer.Deferred()
         if self._busy():
@@ -413,6 +416,8 @@ class BatchWriter:
             d.callback(None)
 
         def close(_):
+            if before_close is not None:
+                before_close()
             if self._checkpoints is not None:
                 self._checkpoints.stop()        # idle by now: no checkpoint in flight
             done = threads.deferToThreadPool(self._reactor, self._pool, self._store.close)
