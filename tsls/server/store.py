@@ -884,15 +884,15 @@ class _Savepoint:
         if self.store._pending or self.store._issued or self.store._counted:
             self.store._write_pending()     # earlier requests' events and Issued are not this one's to undo
         self.store.db.execute("SAVEPOINT request")
-        self.mark = (len(self.store.new_events), self.store.events_mark())
+        self.mark = len(self.store.new_events)
 
     def __exit__(self, kind, value, tb) -> bool:
         store = self.store
         if kind is None:
             store.db.execute("RELEASE request")
             return False
-        del store.new_events[self.mark[0]:]
-        store.drop_events(self.mark[1])
+        del store.new_events[self.mark:]
+        store.drop_events(0)            # every event held now is this request's (``__enter__`` wrote the rest)
         store._forget()
         store.db.execute("ROLLBACK TO request")
         store.db.execute("RELEASE request")

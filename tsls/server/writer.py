@@ -40,7 +40,7 @@ makes it durable runs in the writer's thread while the reactor's thread runs the
   without end (it did: 0.9 GB in a minute of bench.scaling). So the long checkpoints run beside the
   batches (up to CHECKPOINT_PASSES, while what is left is large: each has less to copy), then no
   batch starts while a last one copies what is left, SQLite's sync of the database included: a
-  pause, once per CHECKPOINT_PAGES frames, of 25-40 ms with 1,000 licenses and 75-90 ms with
+  pause, once per CHECKPOINT_PAGES frames, of at most 11-14 ms with 1,000 licenses and 35-46 ms with
   1,000,000 in bench.scaling (one checkpoint beside the batches left pauses of up to 200 ms there).
   The WAL thus stays bounded (bench.scaling: 60-110 MB at most) unless a reader holds a snapshot
   for long.
@@ -70,7 +70,6 @@ once in the calling thread inside ``store.transaction()``, which syncs before it
 """
 from __future__ import annotations
 
-import contextlib
 import time
 from collections import deque
 from typing import Callable
@@ -97,11 +96,6 @@ class PartlyWritten(Exception):
     """A job run without a savepoint failed after writing: only rolling back its batch undoes it."""
 
 
-@contextlib.contextmanager
-def _nothing():
-    yield
-
-
 class BatchWriter:
     log = Logger()
 
@@ -119,7 +113,7 @@ class BatchWriter:
         self._stopped = False
         self._threaded = threaded
         # The SQLite pipeline: COMMIT in the reactor's thread, fsync in the writer's (module docstring).
-        self._pipelined = threaded and hasattr(store, "checkpoint_in_background") and not getattr(store, "jobs_in_thread", False)
+        self._pipelined = threaded and not getattr(store, "jobs_in_thread", False)
         self._scheduled = None              # the reactor's call that runs the next batch
         self._unsynced: list = []           # (batch, outcome) committed, waiting for an fsync to start
         self._syncing: list | None = None   # (batch, outcome) the fsync in flight covers
@@ -236,8 +230,7 @@ class BatchWriter:
 
     def _jobs(self, jobs, now) -> list:
         store = self._store
-        held = getattr(store, "held_events", None)
-        with held() if held is not None else _nothing():
+        with store.held_events():
             return self._each(store, jobs, now)
 
     def _each(self, store, jobs, now) -> list:
