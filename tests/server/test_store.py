@@ -11,6 +11,7 @@ from tsls.core.events import Event, EventId
 from tsls.core.licensing import Change, Decision, Outcome
 from tsls.core.model import CalType, License, LicenseKind, LicenseStatus, Program, ProductVersion, PurchaseRef
 from tsls.server.storage import EventFilter, LicenseFilter, Registration
+from tsls.server.ledgerbase import REVOKED_HOLDING_SQL
 from tsls.server import store as store_module
 from tsls.server.store import MIGRATIONS, LicenseStore
 from tsls.sqlite import open_database
@@ -70,7 +71,7 @@ def test_a_license_filter_matches_every_field_given(tmp_path):
     assert [lic.hwid for lic in store.licenses(LicenseFilter())] == ["a", "b", "c"]
     assert [lic.hwid for lic in store.licenses(LicenseFilter(status=LicenseStatus.REVOKED, expires_after=60))] == ["c"]
     assert [lic.hwid for lic in store.revoked_holding(60)] == ["c"]     # the revocation limit's, by its index
-    plan = store.db.execute("EXPLAIN QUERY PLAN " + store_module._REVOKED_HOLDING, (60,)).fetchall()
+    plan = store.db.execute("EXPLAIN QUERY PLAN " + REVOKED_HOLDING_SQL.format(place="?"), (60,)).fetchall()
     assert "licenses_revoked" in str(plan)
     assert [lic.hwid for lic in store.licenses(LicenseFilter(key_pack=pack.id, hwid="a"))] == ["a"]
     assert store.licenses(LicenseFilter(kind=LicenseKind.TEMPORARY)) == []

@@ -108,6 +108,11 @@ class Decision:
     changes: tuple[Change, ...] = ()
     message: str = ""
 
+    def with_license(self, lic: License | None) -> "Decision":
+        """``attrs.evolve(self, license=lic)``, built directly: every grant's decision gets its
+        license's id once the store has written it."""
+        return Decision(self.outcome, lic, self.reason, self.changes, self.message)
+
 
 def cal_lifetime(seed: str, hwid: str, version: ProductVersion, renewals: int) -> int:
     """Seconds a permanent CAL lives: a random 52-89 days, drawn from the lab's seed, so a run
@@ -197,6 +202,8 @@ REFERRED = frozenset({Code.NO_LICENSE_AVAILABLE, Code.MODE_MISMATCH, Code.UPGRAD
 def refer(reason: Code | None, known: tuple[str, ...]) -> tuple[str, ...]:
     """The license servers to refer a request to: those it knows, when it could not give a permanent CAL
     for want of one (not when it is unactivated: another server would not know the device either)."""
+    if not known:       # most license servers know no other (every grant asks: no lookup then)
+        return ()
     return tuple(known) if reason in REFERRED else ()
 
 

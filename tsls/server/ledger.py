@@ -79,10 +79,9 @@ class Ledger:
         reason = decision.reason
         out = {"outcome": decision.outcome._value_, "reason": reason and reason._value_,
                "message": decision.message, "license": None}
-        if self.referrals:
-            referral = licensing.refer(reason, self.referrals)
-            if referral:
-                out["referral"] = list(referral)
+        referral = licensing.refer(reason, self.referrals)
+        if referral:
+            out["referral"] = list(referral)
         if lic is not None:
             pack = None if lic.key_pack is None else next((p.key_pack_id for p in world.packs if p.id == lic.key_pack), None)
             out["license"] = license_json(lic, pack, tokens.sign(self.identity.secret, lic.id, lic.hwid))

@@ -122,7 +122,7 @@ class EngineCommon:
                 result = written
         if result is decision.license:
             return decision
-        return Decision(decision.outcome, result, decision.reason, decision.changes, decision.message)
+        return decision.with_license(result)
 
     def sweep(self, now: int) -> list[Decision]:
         """Expire every license whose time is up, so what any request reads is current."""
@@ -184,8 +184,9 @@ def event_conditions(which: EventFilter, place: str, quote=lambda c: c) -> tuple
     return where, params
 
 
-# How many licenses of each kind and status, keyed "kind:status", from the counts the triggers keep
-# (by kind, status and product version since SQLite's migration 9, PostgreSQL's 6): both engines.
+# How many licenses of each kind and status, keyed "kind:status", from license_counts (by kind, status
+# and product version since SQLite's migration 9, PostgreSQL's 6; kept by the SQLite store as it writes
+# since migrations 10 and 11, by triggers on PostgreSQL): both engines.
 KIND_STATUS_COUNTS_SQL = ("SELECT kind || ':' || status, CAST(sum(n) AS BIGINT) FROM license_counts "
                           "GROUP BY kind, status HAVING sum(n) > 0")
 
@@ -197,6 +198,12 @@ KIND_STATUS_COUNTS_SQL = ("SELECT kind || ':' || status, CAST(sum(n) AS BIGINT) 
 LICENSE_COLUMNS = ("kind", "status", "hwid", "machine", "user", "terminal_server", "product_version", "key_pack",
                    "validated", "issued_at", "expires_at", "renewals")
 LICENSE_COLUMNS_SQL = ", ".join(f'"{c}"' for c in LICENSE_COLUMNS)
+LICENSE_ROW_SQL = "id, " + LICENSE_COLUMNS_SQL      # a whole row, as ``license_row`` reads it
+
+# The revoked licenses that still count against the revocation limit (until they would have expired),
+# through the index of revoked licenses (SQLite's migration 9, PostgreSQL's 6); ``place``: the engine's
+# placeholder.
+REVOKED_HOLDING_SQL = f"SELECT {LICENSE_ROW_SQL} FROM licenses WHERE status = 'revoked' AND expires_at > {{place}}"
 
 
 def changed_columns(change: Change) -> tuple[int, ...] | None:
@@ -214,10 +221,25 @@ _POSITIONS = range(len(LICENSE_COLUMNS))
 
 
 @functools.lru_cache(maxsize=256)
-def update_sql(changed: tuple[int, ...], place: str) -> str:
-    """UPDATE licenses SET each changed column (in ``place``, the engine's placeholder) WHERE id."""
-    sets = ", ".join(f'"{LICENSE_COLUMNS[i]}" = {place}' for i in changed)
+def update_sql(changed: tuple[int, ...] | None, place: str) -> str:
+    """UPDATE licenses SET each changed column (every one when ``changed`` is None; ``place``, the
+    engine's placeholder) WHERE id."""
+    columns = LICENSE_COLUMNS if changed is None else [LICENSE_COLUMNS[i] for i in changed]
+    sets = ", ".join(f'"{c}" = {place}' for c in columns)
     return f"UPDATE licenses SET {sets} WHERE id = {place}"
+
+
+def license_update(change: Change, values: tuple, place: str) -> tuple[str, tuple] | None:
+    """The UPDATE that writes ``change`` (its license's ``values`` in LICENSE_COLUMNS' order) and its
+    parameters: only the columns that differ from ``Change.was`` when the core gave it, every one
+    when not; None when nothing differs."""
+    changed = changed_columns(change)
+    if changed == ():
+        return None
+    lic_id = change.license.id
+    if changed is None:
+        return update_sql(None, place), (*values, lic_id)
+    return update_sql(changed, place), (*[values[i] for i in changed], lic_id)
 
 
 # --- rows to values ---------------------------------------------------------------------------------

@@ -34,8 +34,9 @@ from tsls.core.model import CalType, KeyPack, License, ProductVersion, PurchaseR
 from tsls.core.perseat import LicensedBy, Product
 from tsls.errors import Code, TslsError
 from tsls.server.check import ledger_problems
-from tsls.server.ledgerbase import (KIND_STATUS_COUNTS_SQL, LICENSE_COLUMNS_SQL, EngineCommon, call_row, changed_columns,
-                                    event_conditions, event_row, license_conditions, license_row, product_row, update_sql)
+from tsls.server.ledgerbase import (KIND_STATUS_COUNTS_SQL, LICENSE_COLUMNS_SQL, LICENSE_ROW_SQL, REVOKED_HOLDING_SQL,
+                                    EngineCommon, call_row, event_conditions, event_row, license_conditions,
+                                    license_row, license_update, product_row)
 from tsls.server.storage import ClearinghouseCall, EventFilter, LicenseFilter, Registration, SeatAssignment
 from tsls.sqlite import StoreError
 
@@ -631,8 +632,7 @@ class PgLicenseStore(EngineCommon):
 
     def revoked_holding(self, now: int) -> list[License]:
         """The revoked licenses that still count against the revocation limit (index licenses_revoked)."""
-        return [license_row(r) for r in self._x(f"SELECT {_COLUMNS} FROM licenses WHERE status = 'revoked' "
-                                                 "AND expires_at > %s", (now,))]
+        return [license_row(r) for r in self._x(REVOKED_HOLDING_SQL.format(place="%s"), (now,))]
 
     def licenses(self, which: LicenseFilter = LicenseFilter(), limit: int = 1000) -> list[License]:
         where, params = license_conditions(which, "%s", quote=lambda column: f'"{column}"')
@@ -657,11 +657,9 @@ class PgLicenseStore(EngineCommon):
             row = self._x(f"INSERT INTO licenses ({_COLUMNS_NO_ID}) VALUES ({_PLACES}) RETURNING id", values).fetchone()
             lic = attrs.evolve(lic, id=row[0])
         else:
-            changed = changed_columns(change)
-            if changed is None:
-                self._w(f"UPDATE licenses SET ({_COLUMNS_NO_ID}) = ({_PLACES}) WHERE id = %s", (*values, lic.id))
-            elif changed:
-                self._w(update_sql(changed, "%s"), (*[values[i] for i in changed], lic.id))
+            update = license_update(change, values, "%s")
+            if update is not None:
+                self._w(*update)
         if change.pack_delta and self._packs is not None:
             self._packs = tuple(attrs.evolve(p, issued=p.issued + change.pack_delta) if p.id == lic.key_pack else p
                                 for p in self._packs)
@@ -744,9 +742,9 @@ class PgLicenseStore(EngineCommon):
 
     @contextlib.contextmanager
     def held_events(self):
-        """A batch's jobs (the writer): their events are inserted together once they are done."""
+        """A batch's jobs (the writer): their events are inserted together once they are done, as
+        every transaction's are (``transaction`` writes them before its COMMIT): nothing to add."""
         yield
-        self._flush_events()
 
     def _flush_events(self) -> None:
         pending, self._pending = self._pending, []
@@ -825,7 +823,7 @@ class PgLicenseStore(EngineCommon):
         return self._x("SELECT count(*) FROM product_connections WHERE product = %s", (product,)).fetchone()[0]
 
 _COLUMNS_NO_ID = LICENSE_COLUMNS_SQL
-_COLUMNS = "id, " + _COLUMNS_NO_ID
+_COLUMNS = LICENSE_ROW_SQL
 _PLACES = ",".join(["%s"] * 12)
 
 def _first_line(e: BaseException) -> str:

@@ -548,14 +548,12 @@ class LicenseProtocol(Protocol, TimeoutMixin):
             return self.hello(request)
         if self.role is None:
             raise TslsError(Code.HELLO_REQUIRED, "the first request on a connection must be a hello")
-        handler = _OPS.get((self.role, op))
-        if handler is None:
-            known = sorted(o for role, o in _OPS if role == self.role)
-            if any(o == op for _, o in _OPS):
-                raise TslsError(Code.NOT_PERMITTED, f"{op!r} is not allowed for a {self.role} connection")
-            raise TslsError(Code.UNKNOWN_OPERATION, f"unknown operation {op!r}; this connection may use: "
-                            + ", ".join(["hello", *known]))
-        return handler(self, request)
+        # Every operation this role may use was found above: what is left is refused.
+        if any(o == op for _, o in _OPS):
+            raise TslsError(Code.NOT_PERMITTED, f"{op!r} is not allowed for a {self.role} connection")
+        known = sorted(o for role, o in _OPS if role == self.role)
+        raise TslsError(Code.UNKNOWN_OPERATION, f"unknown operation {op!r}; this connection may use: "
+                        + ", ".join(["hello", *known]))
 
     def hello(self, request: dict):
         if self.role is not None:

@@ -20,8 +20,8 @@ from tsls.core.activation import Activation, ActivationMethod, ActivationStatus,
 from tsls.core.reports import Scope
 from tsls.core.events import Event, EventId
 from tsls.core.model import DAY, CalType, KeyPack, License, LicenseKind, LicenseStatus, ProductVersion, PurchaseRef
-from tsls.server.ledgerbase import (KIND_STATUS_COUNTS_SQL, LICENSE_COLUMNS_SQL, event_conditions, license_conditions,
-                                    problem_of, scope_of)
+from tsls.server.ledgerbase import (KIND_STATUS_COUNTS_SQL, LICENSE_ROW_SQL, REVOKED_HOLDING_SQL, event_conditions,
+                                    license_conditions, problem_of, scope_of)
 from tsls.server.storage import EventFilter, LicenseFilter
 
 # Columns the licenses page may sort and filter by (the keys are what the page sends).
@@ -30,7 +30,7 @@ LICENSE_SORTS = {"license_id": "id", "kind": "kind", "status": "status", "hwid":
                  "issued_at": "issued_at", "expires_at": "expires_at"}
 LICENSE_EXACT = ("kind", "status", "product_version", "terminal_server")
 SEARCHED = ("hwid", "machine", '"user"', "terminal_server")
-_COLUMNS = "id, " + LICENSE_COLUMNS_SQL
+_COLUMNS = LICENSE_ROW_SQL
 
 
 class _PerThread:
@@ -150,11 +150,11 @@ class Snapshot:
 
     def kind_status_counts(self) -> dict[str, int]:
         """How many licenses of each kind and status, keyed "kind:status" (status's figure): read from
-        the counts the triggers keep (SQLite migrations 7 and 9), not by counting every license."""
+        license_counts (SQLite migrations 7 and 9), not by counting every license."""
         return dict(self.run(KIND_STATUS_COUNTS_SQL).fetchall())
 
     def license_counts(self) -> dict[tuple[str, str, str], int]:
-        """(kind, status, product version) -> licenses: the counts the triggers keep (migration 9),
+        """(kind, status, product version) -> licenses: license_counts (migration 9),
         not a grouping of every license (1.3 s with a million)."""
         rows = self.run("SELECT kind, status, product_version, n FROM license_counts WHERE n > 0")
         return {(k, s, v): n for k, s, v, n in rows}
@@ -182,7 +182,7 @@ class Snapshot:
 
     def revoked_holding(self, now: int) -> list[License]:
         """Revoked licenses that still count against the revocation limit (until they would have expired)."""
-        rows = self.run(f"SELECT {_COLUMNS} FROM licenses WHERE status = 'revoked' AND expires_at > ?", (now,))
+        rows = self.run(REVOKED_HOLDING_SQL.format(place="?"), (now,))
         return [_license(r) for r in rows]
 
     def expiring(self, now: int, until: int) -> dict[tuple[str, str], int]:
@@ -201,7 +201,7 @@ class Snapshot:
     # --- the protocol's lists, a page at a time (tsls.server.paging) ----------------------------------
 
     def count_licenses(self, which: LicenseFilter) -> int:
-        """How many match: by kind and status alone, from the counts the triggers keep; else counted."""
+        """How many match: by kind and status alone, from license_counts; else counted."""
         if which == LicenseFilter(kind=which.kind, status=which.status):
             where, params = license_conditions(which, "?")
             return self.run(f"SELECT CAST(coalesce(sum(n), 0) AS BIGINT) FROM license_counts WHERE {' AND '.join(['1 = 1', *where])}",

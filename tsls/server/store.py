@@ -19,9 +19,9 @@ from tsls.core.activation import Activation, ActivationMethod, ActivationStatus
 from tsls.core.licensing import Change
 from tsls.core.model import CalType, KeyPack, License, ProductVersion, PurchaseRef
 from tsls.core.perseat import LicensedBy, Product
-from tsls.server.ledgerbase import (HWID_CONDITION, KIND_STATUS_COUNTS_SQL, LICENSE_COLUMNS_SQL, EngineCommon, call_row,
-                                    changed_columns, event_conditions, event_row, license_conditions, license_row,
-                                    product_row, update_sql)
+from tsls.server.ledgerbase import (HWID_CONDITION, KIND_STATUS_COUNTS_SQL, LICENSE_COLUMNS_SQL, LICENSE_ROW_SQL,
+                                    REVOKED_HOLDING_SQL, EngineCommon, call_row, event_conditions, event_row,
+                                    license_conditions, license_row, license_update, product_row)
 from tsls.server.storage import ClearinghouseCall, EventFilter, LicenseFilter, Registration, SeatAssignment
 from tsls.sqlite import WalFile, open_database
 
@@ -562,7 +562,7 @@ class LicenseStore(EngineCommon):
         """The revoked licenses that still count against the revocation limit (until they would have
         expired), through the index of revoked licenses (migration 9): ``licenses`` with a status
         filter reads by ID and scanned every license (85-115 ms with a million, inside the batch)."""
-        return [license_row(r) for r in self.db.execute(_REVOKED_HOLDING, (now,))]
+        return [license_row(r) for r in self.db.execute(REVOKED_HOLDING_SQL.format(place="?"), (now,))]
 
     def licenses(self, which: LicenseFilter = LicenseFilter(), limit: int = 1000) -> list[License]:
         where, params = license_conditions(which, "?")
@@ -591,12 +591,9 @@ class LicenseStore(EngineCommon):
             lic = license_row((cursor.lastrowid, *values))      # the license as written, with its id
         else:
             was = change.was or self.license(lic.id)       # the license as it is (the core says, mostly)
-            changed = changed_columns(change)
-            if changed is None:
-                self.db.execute(f"UPDATE licenses SET ({_COLUMNS_NO_ID}) = (?,?,?,?,?,?,?,?,?,?,?,?) WHERE id = ?",
-                                (*values, lic.id))
-            elif changed:
-                self.db.execute(update_sql(changed, "?"), (*[values[i] for i in changed], lic.id))
+            update = license_update(change, values, "?")
+            if update is not None:
+                self.db.execute(*update)
             if was is not None:         # counted once the UPDATE is done: one that fails moved nothing
                 before = (was.kind._value_, was.status._value_, was.product_version._value_)
                 after = (values[0], values[1], values[6])
@@ -847,12 +844,11 @@ class LicenseStore(EngineCommon):
                                (product,)).fetchone()[0]
 
 _COLUMNS_NO_ID = LICENSE_COLUMNS_SQL
-_COLUMNS = "id, " + _COLUMNS_NO_ID
+_COLUMNS = LICENSE_ROW_SQL
 _LICENSES_OF = (f"SELECT {_COLUMNS} FROM licenses WHERE "
                 f"{HWID_CONDITION.format(hwid='hwid', kind='kind', status='status', place='?')} ORDER BY id")
 
 _ADD_ISSUED = "UPDATE key_packs SET issued = issued + ? WHERE id = ?"
-_REVOKED_HOLDING = f"SELECT {_COLUMNS} FROM licenses WHERE status = 'revoked' AND expires_at > ?"
 _ADD_COUNT = ("INSERT INTO license_counts (kind, status, product_version, n) VALUES (?, ?, ?, ?) "
               "ON CONFLICT (kind, status, product_version) DO UPDATE SET n = n + excluded.n")
 _TAKE_COUNT = "UPDATE license_counts SET n = n + ? WHERE kind = ? AND status = ? AND product_version = ?"
