@@ -93,6 +93,11 @@ def test_pages_show_each_license_as_the_whole_list_does(daemon):
     assert [lic for p in pages for lic in p["items"]] == whole
     assert {lic["status"] for lic in whole if lic["kind"] == "permanent"} == {"active", "revoked"}
     assert all(lic["key_pack_id"] for lic in whole if lic["kind"] == "permanent")
+    # ASCII, as every answer is: what is not ASCII escaped as json.dumps escapes it
+    listed = bytes((yield server.ledger.licenses({}, 100_000)))
+    page = bytes((yield server.ledger.licenses_page({}, "", 100_000)))
+    odd = json.dumps('PC "Zoë" \\ ⌘').encode()
+    assert listed.isascii() and page.isascii() and odd in listed and odd in page
 
 
 @pytest_twisted.inlineCallbacks

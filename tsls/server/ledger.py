@@ -97,7 +97,7 @@ class Ledger:
             if which is None:
                 return []
             items, _, _, _ = snap.licenses_json_joined(which, None, limit, _WMI)
-            return paging.Encoded(("[" + items + "]").encode())
+            return paging.joined_list(items)
         return self.reads.read(view)
 
     def licenses_page(self, filters: dict, cursor: str, limit: int) -> defer.Deferred:

@@ -68,9 +68,16 @@ def answer(which: str, rows: list, total: int, limit: int, key, newest_first: bo
 
 
 def answer_joined(which: str, items: str, last_key, more: bool, total: int, newest_first: bool = False) -> Encoded:
-    """Like ``answer``, for a page the database encoded and joined (its items' JSON, comma-separated)."""
+    """Like ``answer``, for a page the database encoded and joined (its items' JSON, comma-separated):
+    ASCII, as every answer is (``ascii_json``)."""
     cursor = json.dumps(encode(which, last_key, newest_first) if more else None)
-    return Encoded(('{"items":[' + items + f'],"total":{int(total)},"next_cursor":' + cursor + "}").encode())
+    return Encoded(('{"items":[' + ascii_json(items) + f'],"total":{int(total)},"next_cursor":' + cursor
+                    + "}").encode())
+
+
+def joined_list(items: str) -> Encoded:
+    """A list the database encoded and joined (a list without a cursor), as ``answer_joined`` does a page."""
+    return Encoded(("[" + ascii_json(items) + "]").encode())
 
 
 _NOT_ASCII = re.compile(r"[^ -~]+")

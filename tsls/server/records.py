@@ -61,7 +61,7 @@ class Records:
                           routine={int(e): n for e, n in counts.items()})
 
     def status(self) -> defer.Deferred:
-        """Read off the writer (tsls.server.reads), the counts from the table the triggers keep."""
+        """Read off the writer (tsls.server.reads), the counts from license_counts."""
         def view(snap, now):
             return {
                 "product_id": self.identity.product_id,
@@ -100,8 +100,7 @@ class Records:
         ``filters`` maps EVENT_FILTERS names to exact values."""
         which = EventFilter(event_ids=None if "event_id" not in filters else (filters["event_id"],),
                             since=since, **{k: v for k, v in filters.items() if k != "event_id"})
-        return self.reads.read(lambda snap, now: paging.Encoded(
-            ("[" + paging.ascii_json(snap.newest_events_json(which, limit)) + "]").encode()))
+        return self.reads.read(lambda snap, now: paging.joined_list(snap.newest_events_json(which, limit)))
 
     def events_page(self, filters: dict, since: int | None, cursor: str, limit: int,
                     newest_first: bool = False) -> defer.Deferred:
@@ -113,8 +112,7 @@ class Records:
 
         def view(snap, now):
             items, last, _, more = snap.events_json_joined(which, after, limit, newest_first)
-            return paging.answer_joined("events", paging.ascii_json(items), last, more, snap.count_events(which),
-                                        newest_first)
+            return paging.answer_joined("events", items, last, more, snap.count_events(which), newest_first)
         return self.reads.read(view)
 
     def set_role(self, role: str) -> defer.Deferred:
