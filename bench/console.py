@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import http.cookiejar
 import json
-import os
 import subprocess
 import sys
 import threading
@@ -74,10 +73,9 @@ class Watcher(threading.Thread):
             {"failures": self.failures, "licenses_seen": self.total}
 
 
-def link(endpoint: str, credential: str) -> str:
-    done = subprocess.run([harness.PYTHON, "-m", "clients.admin", "--server", endpoint, "--credential", credential,
-                           "--json", "console", "--viewer"], cwd=harness.ROOT, capture_output=True, text=True,
-                          timeout=30)
+def link(endpoint: str, db: str) -> str:
+    done = subprocess.run(harness.admin_command(endpoint, db, "--json", "console", "--viewer"), cwd=harness.ROOT,
+                          capture_output=True, text=True, timeout=30)
     if done.returncode:
         raise RuntimeError(f"tsls-admin console failed: {done.stderr or done.stdout}")
     return json.loads(done.stdout)["url"]
@@ -88,7 +86,7 @@ def measure(db: str, console: bool, watch: bool, connections: int, pipeline: int
         watcher = None
         if watch:
             base = f"http://127.0.0.1:{server.ports[1]}"
-            watcher = Watcher(base, link(server.endpoint, os.path.join(os.path.dirname(db), "admin.secret")))
+            watcher = Watcher(base, link(server.endpoint, db))
             watcher.start()
         cmd = harness.load_command(server.endpoint, connections, pipeline, duration=duration, mix="first=1")
         cpu = server.cpu_seconds()

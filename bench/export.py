@@ -15,18 +15,15 @@ import os
 import resource
 import subprocess
 import sys
-import tempfile
 import time
 
 from bench import harness
-from bench.scaling import template
+from bench.scaling import CACHE, template
 
 
 def export_once(db: str, what: str, fmt: str, out: str) -> dict:
     with harness.license_server(db) as server:
-        credential = os.path.join(os.path.dirname(db), "admin.secret")
-        cmd = [harness.PYTHON, "-m", "clients.admin", "--server", server.endpoint, "--credential", credential,
-               "--timeout", "600", what, f"--{fmt}"]
+        cmd = harness.admin_command(server.endpoint, db, "--timeout", "600", what, f"--{fmt}")
         daemon = server.cpu_seconds()
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         started = time.perf_counter()
@@ -35,15 +32,14 @@ def export_once(db: str, what: str, fmt: str, out: str) -> dict:
         wall = time.perf_counter() - started
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         daemon = server.cpu_seconds() - daemon
-    with open(out, "rb") as f:
-        rows = sum(1 for _ in f) - (1 if fmt == "csv" else 2)
+    rows = harness.rows_in(out, fmt)
     client = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return {"rows": rows, "seconds": wall, "daemon_cpu_s": daemon, "client_cpu_s": client,
             "rows_per_s": rows / wall, "bytes": os.path.getsize(out)}
 
 
 def run(licenses: int, what: str, fmt: str, repeat: int, work, log=print) -> dict:
-    source = template(os.path.join(tempfile.gettempdir(), "tsls-bench-cache"), licenses, log)
+    source = template(CACHE, licenses, log)
     runs = []
     for n in range(repeat):
         db = harness.private_ledger(source, work.file(f"run{n}"))

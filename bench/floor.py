@@ -124,7 +124,7 @@ def main(argv=None) -> int:
     p.add_argument("--grants", type=int, default=20_000, help="grants per run (default: %(default)s)")
     p.add_argument("--batch", type=int, default=400, help="grants per COMMIT (default: %(default)s)")
     p.add_argument("--repeat", type=int, default=3, help="runs; medians are reported (default: %(default)s)")
-    p.add_argument("--workload", choices=("first", "upgrade"), default="first",
+    p.add_argument("--workload", choices=harness.WORKLOADS, default="first",
                    help="first logons, or upgrades: devices whose reported temporary license is presented and "
                         "upgraded to a permanent CAL (prepared untimed) (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print the figures as JSON")

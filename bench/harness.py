@@ -15,6 +15,8 @@ import sys
 import tempfile
 import time
 
+from clients.load import PREPARED
+
 PYTHON = sys.executable
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -108,6 +110,18 @@ def load_command(endpoint: str, connections: int, pipeline: int, duration: float
     return cmd + list(extra)
 
 
+def admin_command(endpoint: str, db: str, *args: str) -> list[str]:
+    """A ``tsls-admin`` command for the daemon serving ``db`` (a private_ledger: admin.secret beside it)."""
+    return [PYTHON, "-m", "clients.admin", "--server", endpoint, "--credential",
+            os.path.join(os.path.dirname(db), "admin.secret"), *args]
+
+
+def rows_in(path: str, fmt: str = "csv") -> int:
+    """Rows in a list tsls-admin wrote: lines less its CSV header, or its JSON array's brackets."""
+    with open(path, "rb") as f:
+        return max(sum(1 for _ in f) - (1 if fmt == "csv" else 2), 0)
+
+
 def run_load(cmd: list[str], timeout: float = 600, on_start=None) -> dict:
     """Run a load command and return its JSON summary. ``on_start()`` is called when its timed run
     starts: at once, or when a load with ``--prepare`` says its preparation is over."""
@@ -121,7 +135,7 @@ def run_load(cmd: list[str], timeout: float = 600, on_start=None) -> dict:
             said = []
             for line in proc.stderr:        # the load says one line when its preparation is over
                 said.append(line)
-                if line.startswith("tsls-load: prepared"):
+                if line.startswith(PREPARED):
                     on_start()
                     break
             try:

@@ -26,12 +26,11 @@ import os
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 
 from bench import harness
-from bench.scaling import WARM_UP, template
+from bench.scaling import CACHE, WARM_UP, template
 from tsls.public import PROTOCOL_VERSION, proof
 
 TARGET = 1.2
@@ -79,10 +78,9 @@ class StatusPoller(threading.Thread):
 class Exporter(threading.Thread):
     """``tsls-admin licenses --csv`` to a file, again and again until stopped."""
 
-    def __init__(self, endpoint: str, credential: str, out: str) -> None:
+    def __init__(self, endpoint: str, db: str, out: str) -> None:
         super().__init__(daemon=True)
-        self.cmd = [harness.PYTHON, "-m", "clients.admin", "--server", endpoint, "--credential", credential,
-                    "--timeout", "600", "licenses", "--csv"]
+        self.cmd = harness.admin_command(endpoint, db, "--timeout", "600", "licenses", "--csv")
         self.out = out
         self.stopped = threading.Event()
         self.proc = None
@@ -100,9 +98,7 @@ class Exporter(threading.Thread):
                 break
             if self.proc.returncode:
                 raise RuntimeError(f"export failed: {err.decode()}")
-            with open(self.out, "rb") as f:
-                rows = sum(1 for _ in f) - 1
-            self.exports.append((time.perf_counter() - started, rows))
+            self.exports.append((time.perf_counter() - started, harness.rows_in(self.out)))
 
     def stop(self) -> dict:
         self.stopped.set()
@@ -110,9 +106,7 @@ class Exporter(threading.Thread):
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
         self.join(60)
-        with open(self.out, "rb") as f:             # the export cut short: the rows it had written
-            partial = max(sum(1 for _ in f) - 1, 0)
-        rows = sum(n for _, n in self.exports) + partial
+        rows = sum(n for _, n in self.exports) + harness.rows_in(self.out)     # and the export cut short
         return {"exports_finished": len(self.exports), "rows_exported": rows, "rows_per_s": round(rows / seconds),
                 "seconds": [round(s, 1) for s, _ in self.exports], "rows": [n for _, n in self.exports]}
 
@@ -125,7 +119,7 @@ def measure(db: str, admin: bool, duration: float, connections: int, pipeline: i
             credential = os.path.join(os.path.dirname(db), "admin.secret")
             with open(credential) as f:
                 secret = f.read().strip()
-            exporter = Exporter(server.endpoint, credential, work.file("export.csv"))
+            exporter = Exporter(server.endpoint, db, work.file("export.csv"))
             exporter.start()
             poller = StatusPoller(server.port, secret)
             poller.start()
@@ -144,7 +138,7 @@ def measure(db: str, admin: bool, duration: float, connections: int, pipeline: i
 
 
 def run(licenses: int, duration: float, repeat: int, connections: int, pipeline: int, work, log=print) -> dict:
-    cache = os.path.join(tempfile.gettempdir(), "tsls-bench-cache")
+    cache = CACHE
     source = template(cache, licenses, log)
     runs: dict[str, list[dict]] = {"nobody reading": [], "administrator": []}
     for n in range(repeat):

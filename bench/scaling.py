@@ -27,6 +27,7 @@ from bench import dbgen, harness
 from tsls.server.store import SCHEMA_VERSION
 
 SMALL = 1000
+CACHE = os.path.join(tempfile.gettempdir(), "tsls-bench-cache")     # the generated ledgers, kept between runs
 WARM_UP = 3.0
 MEMORY_LOAD = 10.0      # seconds of grants on every connection: the page cache fills as it would
 
@@ -186,7 +187,7 @@ def main(argv=None) -> int:
     p.add_argument("--duration", type=float, default=4.0)
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--connections", type=int, default=1000, help="open connections for the memory figure")
-    p.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "tsls-bench-cache"),
+    p.add_argument("--cache", default=CACHE,
                    help="where the generated databases are kept (default: %(default)s)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)

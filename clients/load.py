@@ -46,6 +46,8 @@ from tsls.errors import Code, TslsError
 from tsls.public import hardware_id
 
 KINDS = ("first", "repeat", "renewal", "upgrade", "per_user")
+DEVICE_KINDS = KINDS[:-1]         # the kinds whose requests name a device
+PREPARED = "tsls-load: prepared"  # the line on stderr that says --prepare is done and the run starts
 REPORT = "report"                 # the logon_succeeded that follows a logon with a temporary license
 DEFAULT_MIX = "first=3,repeat=6,renewal=1"
 DRAIN_TIMEOUT = 60.0              # after the end, how long answers still in flight are waited for
@@ -277,7 +279,7 @@ class Load:
         self._prepare_left = config.prepare
         self._prepared: defer.Deferred | None = None
         w = config.weights()
-        kinds = [k for k in ("first", "repeat", "renewal", "upgrade") if w.get(k, 0) > 0]
+        kinds = [k for k in DEVICE_KINDS if w.get(k, 0) > 0]
         self._device_kinds = kinds or ["first"]
         total = sum(w[k] for k in kinds)
         acc, self._device_cumulative = 0.0, []
@@ -456,7 +458,7 @@ class Load:
         if self.stopping:       # every connection was lost while preparing
             self._finish()
         elif self.notice is not None:
-            self.notice(f"tsls-load: prepared {self.config.prepare:,} devices (logged on and reported) in "
+            self.notice(f"{PREPARED} {self.config.prepare:,} devices (logged on and reported) in "
                         f"{time.perf_counter() - started:.1f} s; the run starts now")
 
     async def run(self, progress=None) -> dict:
@@ -687,7 +689,7 @@ def config_from(args) -> LoadConfig:
     if weights.get("per_user", 0) > 0 and k == 0:
         raise TslsError(Code.BAD_REQUEST, "the mix has per_user logons but no terminal server runs in Per User mode")
     if k < config.terminal_servers and not any(weights.get(kind, 0) > 0
-                                               for kind in ("first", "repeat", "renewal", "upgrade")):
+                                               for kind in DEVICE_KINDS):
         raise TslsError(Code.BAD_REQUEST, "Per Device terminal servers need first, repeat, renewal or upgrade in the mix")
     if not 0 <= config.prepare <= config.devices:
         raise TslsError(Code.BAD_REQUEST, f"--prepare must be from 0 to --devices ({config.devices})")
