@@ -527,7 +527,9 @@ class LicenseStore(EngineCommon):
         devices = self._devices
         if devices is not None and hash(hwid) not in devices and self.db.in_transaction:
             return ()       # no license row has this device (``_devices``: current inside a transaction)
-        return tuple(map(license_row, self.db.execute(_LICENSES_OF, (hwid, hwid, hwid))))
+        # sorted here (by id, a row's first column), not by ORDER BY: SQLite's sort of the three
+        # indexes' rows in a temporary B-tree cost 2 of the 14 us of a returning device's read
+        return tuple(map(license_row, sorted(self.db.execute(_LICENSES_OF, (hwid, hwid, hwid)))))
 
     def _index_devices(self) -> None:
         """Build the set of the devices that have a license row from the table, just after BEGIN
@@ -846,7 +848,7 @@ class LicenseStore(EngineCommon):
 _COLUMNS_NO_ID = LICENSE_COLUMNS_SQL
 _COLUMNS = LICENSE_ROW_SQL
 _LICENSES_OF = (f"SELECT {_COLUMNS} FROM licenses WHERE "
-                f"{HWID_CONDITION.format(hwid='hwid', kind='kind', status='status', place='?')} ORDER BY id")
+                f"{HWID_CONDITION.format(hwid='hwid', kind='kind', status='status', place='?')}")
 
 _ADD_ISSUED = "UPDATE key_packs SET issued = issued + ? WHERE id = ?"
 _ADD_COUNT = ("INSERT INTO license_counts (kind, status, product_version, n) VALUES (?, ?, ?, ?) "
