@@ -95,6 +95,9 @@ def for_decision(decision: Decision, now: int, terminal_server: str | None = Non
         terminal_server, hwid, user, license_id = terminal_server or None, hwid or None, user or None, None
     by_outcome = _BY_OUTCOME_NAME.get(decision.outcome._name_)
     by_reason = None if decision.reason is None else _BY_REASON_NAME.get(decision.reason._name_)
+    if by_reason is None:       # most decisions: one event, or none
+        return () if by_outcome is None else (Event(now, by_outcome, decision.message, terminal_server, hwid, user,
+                                                    license_id),)
     out = []
     if by_outcome is not None:
         out.append(Event(now, by_outcome, decision.message, terminal_server, hwid, user, license_id))

@@ -133,7 +133,7 @@ def device_logon(ts: TerminalServer, logon: Logon, world: World, now: int) -> De
 
 
 def _per_device(ts, logon, world, now, why) -> Decision:
-    held = [lic for lic in world.held if lic.hwid == logon.hwid]
+    held = [lic for lic in world.held if lic.hwid == logon.hwid] if world.held else None
     if held:
         cal = _best_cal(held, ts.version, now)
         if cal is not None:
@@ -150,7 +150,9 @@ def _per_device(ts, logon, world, now, why) -> Decision:
         # First logon: a temporary license, whatever the pool holds [§1, KB287687; cc727934].
         new = License(0, LicenseKind.TEMPORARY, LicenseStatus.ACTIVE, logon.hwid, logon.machine, logon.user, ts.name,
                       ts.version, None, False, now, now + TEMPORARY_DAYS * DAY)     # (positional: every first logon's path)
-        return Decision(Outcome.TEMPORARY_ISSUED, new, _code(why), (Change(new),), _text(why, "temporary license issued"))
+        if why is None:
+            return Decision(Outcome.TEMPORARY_ISSUED, new, None, (Change(new),), "temporary license issued")
+        return Decision(Outcome.TEMPORARY_ISSUED, new, why[0], (Change(new),), _text(why, "temporary license issued"))
 
     # Upgrade once the logon with the temporary license was reported successful, or once it has
     # run out: after that a device gets in only with a permanent CAL [§2, KB813052].

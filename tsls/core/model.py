@@ -409,3 +409,10 @@ class License:
         return License(self.id, self.kind, status, self.hwid, self.machine, self.user, self.terminal_server,
                        self.product_version, self.key_pack, self.validated, self.issued_at, self.expires_at,
                        self.renewals)
+
+    def with_id(self, license_id: int) -> "License":
+        """The license as written, with the id the store gave it: built directly from the values the
+        core decided (every grant's new license gets its id so)."""
+        return License(license_id, self.kind, self.status, self.hwid, self.machine, self.user, self.terminal_server,
+                       self.product_version, self.key_pack, self.validated, self.issued_at, self.expires_at,
+                       self.renewals)

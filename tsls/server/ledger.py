@@ -31,11 +31,11 @@ class Ledger:
         """``waiter``: told the answer instead of a Deferred returned (tsls.server.writer.BatchWriter.submit)."""
         def job(store, now):
             try:
+                in_group_only, activated, prevent_upgrade = store.logon_settings()
                 registered = ts.authenticated and store.registration(ts.name)
-                check_security_group(store.security_group_policy(), ts, bool(registered and registered.in_group))
+                check_security_group(in_group_only, ts, bool(registered and registered.in_group))
                 presented = None if token is None else tokens.verify(self.identity.secret, token, hwid)
-                world = store.world(hwid, store.activation().activated, self.identity.seed,
-                                    store.prevent_upgrade_policy())
+                world = store.world(hwid, activated, self.identity.seed, prevent_upgrade)
                 decision = licensing.device_logon(ts, Logon(hwid, machine, user, presented), world, now)
             except TslsError as e:
                 store.add_events(events.for_refusal(e.code, e.message, now, ts.name, hwid, user))

@@ -110,8 +110,25 @@ class EngineCommon:
             ref = self._purchases[text] = PurchaseRef.from_json(json.loads(text))
         return ref
 
+    def logon_settings(self) -> tuple[bool, bool, bool]:
+        """What every logon reads besides its device: (the security group policy, activated, the Prevent
+        License Upgrade policy)."""
+        return self.security_group_policy(), self.activation().activated, self.prevent_upgrade_policy()
+
+    _empty_world: World | None = None       # the last world of a device that holds nothing
+
     def world(self, hwid: str, activated: bool, seed: str, prevent_upgrade: bool = False) -> World:
-        return World(activated, self.key_packs(), self.licenses_of(hwid), seed, prevent_upgrade)
+        held = self.licenses_of(hwid)
+        packs = self.key_packs()
+        if held:
+            return World(activated, packs, held, seed, prevent_upgrade)
+        # Most logons are a device's first: every device that holds nothing sees the same world (a
+        # frozen value) until the key packs (the cached tuple) or a setting change.
+        world = self._empty_world
+        if (world is None or world.packs is not packs or world.activated != activated or world.seed != seed
+                or world.prevent_upgrade != prevent_upgrade):
+            world = self._empty_world = World(activated, packs, (), seed, prevent_upgrade)
+        return world
 
     def apply(self, decision: Decision) -> Decision:
         """Write the decision's changes; return it with the inserted license's id filled in."""

@@ -10,6 +10,7 @@ server's SQL is here (and the read-only invariant checks in tsls/server/check.py
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import sqlite3
@@ -286,7 +287,8 @@ class LicenseStore(EngineCommon):
         # statement each when its jobs are done; otherwise at once.
         self._counted: dict[tuple[str, str, str], int] = {}
         # Every request reads the key packs, the activation and a few settings; they change rarely,
-        # so they are kept here, one entry per table. Temporary triggers (this connection's own, not
+        # so they are kept here, one entry per table (and "logon", what ``logon_settings`` reads from
+        # meta and activation, dropped with either). Temporary triggers (this connection's own, not
         # in the schema) drop a table's entry whenever any statement on this connection writes it; a
         # rollback drops them all, and so does a commit by another connection (PRAGMA data_version,
         # read at each BEGIN).
@@ -344,6 +346,8 @@ class LicenseStore(EngineCommon):
 
     def _changed(self, table: str) -> None:
         self._cache.pop(table, None)
+        if table in _SETTINGS_TABLES:
+            self._cache.pop("logon", None)
 
     def _forget(self) -> None:
         self._cache.clear()
@@ -464,6 +468,16 @@ class LicenseStore(EngineCommon):
         else:
             self.db.execute("INSERT INTO meta (key, value) VALUES (?, ?) "
                             "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (key, value))
+
+    def logon_settings(self) -> tuple[bool, bool, bool]:
+        """(the security group policy, activated, the Prevent License Upgrade policy), kept as one entry
+        (dropped with meta's or activation's: ``_changed``): every logon reads them with one lookup."""
+        value = self._cache.get("logon")
+        if value is None:
+            value = EngineCommon.logon_settings(self)
+            if self._cached:
+                self._cache["logon"] = value
+        return value
 
     def activation(self) -> Activation:
         value = self._cache.get("activation")
@@ -588,9 +602,9 @@ class LicenseStore(EngineCommon):
                   lic.product_version._value_, lic.key_pack, int(lic.validated), lic.issued_at, lic.expires_at,
                   lic.renewals)
         if lic.id == 0:
-            cursor = self.db.execute(f"INSERT INTO licenses ({_COLUMNS_NO_ID}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", values)
+            cursor = self.db.execute(_INSERT_LICENSE, values)
             self._count((values[0], values[1], values[6]), 1)
-            lic = license_row((cursor.lastrowid, *values))      # the license as written, with its id
+            lic = lic.with_id(cursor.lastrowid)     # the license as written, with its id
         else:
             was = change.was or self.license(lic.id)       # the license as it is (the core says, mostly)
             update = license_update(change, values, "?")
@@ -703,7 +717,8 @@ class LicenseStore(EngineCommon):
             return
         self._pending = []
         first = self.db.execute("SELECT coalesce(max(id), 0) + 1 FROM events").fetchone()[0]
-        rows = [(first + i, *_event_values(e)) for i, e in enumerate(pending)]
+        rows = [(i, e.at, e.event_id._value_, e.event_id._name_, e.message, e.terminal_server, e.hwid, e.user,
+                 e.license_id) for i, e in zip(itertools.count(first), pending)]     # _event_values, with the id
         self.db.executemany(_INSERT_EVENT, rows)
         self.new_events.extend(zip(range(first, first + len(pending)), pending))
 
@@ -847,6 +862,7 @@ class LicenseStore(EngineCommon):
 
 _COLUMNS_NO_ID = LICENSE_COLUMNS_SQL
 _COLUMNS = LICENSE_ROW_SQL
+_INSERT_LICENSE = f"INSERT INTO licenses ({_COLUMNS_NO_ID}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
 _LICENSES_OF = (f"SELECT {_COLUMNS} FROM licenses WHERE "
                 f"{HWID_CONDITION.format(hwid='hwid', kind='kind', status='status', place='?')}")
 
@@ -861,10 +877,12 @@ _INSERT_EVENT_NO_ID = ("INSERT INTO events (at, event_id, name, message, termina
 
 
 def _event_values(e) -> tuple:
-    return (e.at, int(e.event_id), e.event_id.name, e.message, e.terminal_server, e.hwid, e.user, e.license_id)
+    # ``_value_`` and ``_name_``: int(event_id) and its name, without the enum property's Python-level lookup
+    return (e.at, e.event_id._value_, e.event_id._name_, e.message, e.terminal_server, e.hwid, e.user, e.license_id)
 
 
 _CACHED_TABLES = ("key_packs", "meta", "activation", "terminal_servers")
+_SETTINGS_TABLES = frozenset(("meta", "activation"))       # what ``logon_settings`` reads
 
 
 _CALL_COLUMNS = "id, idempotency_key, operation, request, state, created_at, finished_at, result"
