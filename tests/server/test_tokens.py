@@ -21,3 +21,13 @@ def test_a_token_is_the_license_id_and_its_hmac_over_the_id_and_the_device_with_
             assert e.value.code is Code.INVALID_LICENSE
         with pytest.raises(TslsError):
             tokens.verify(secret, f"TSLS1.{n}.{mac}", hwid + "0")
+
+
+def test_the_mac_is_hmac_sha256_for_secrets_of_every_length_and_hwids_that_are_not_ascii():
+    # tokens keys SHA-256 itself (RFC 2104's padded key blocks): a key longer than a block is hashed first
+    for size in (0, 1, 31, 32, 63, 64, 65, 100, 200):
+        secret = bytes((7 * i + size) % 256 for i in range(size))
+        for n, hwid in ((0, "0" * 40), (10 ** 17, "é-ü-€-𝄞"), (17, "x")):
+            mac = hmac.new(secret, f"{n}|{hwid}".encode(), hashlib.sha256).hexdigest()[:32]
+            assert tokens.sign(secret, n, hwid) == f"TSLS1.{n}.{mac}"
+            assert tokens.verify(secret, f"TSLS1.{n}.{mac}", hwid) == n

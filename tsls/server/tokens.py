@@ -20,19 +20,27 @@ def _mac(secret: bytes, license_id: int, hwid: str) -> str:
         if len(_KEYED) >= 16:
             _KEYED.clear()
         keyed = _KEYED[secret] = _keyed(secret)
-    mac = keyed.copy()
-    mac.update(f"{license_id}|{hwid}".encode())
-    return mac.hexdigest()[:32]
+    inner, outer = keyed
+    inner = inner.copy()
+    inner.update(f"{license_id}|{hwid}".encode())
+    outer = outer.copy()
+    outer.update(inner.digest())
+    return outer.hexdigest()[:32]
 
 
-# The HMAC keyed with each secret, copied for each token: the key's two blocks are hashed once, not
-# at every sign and verify (every upgrade does both): 1.1 µs a token against 1.5 µs for hmac.digest,
-# the same digest.
+# HMAC-SHA256 (RFC 2104: SHA256(key ^ opad, SHA256(key ^ ipad, message))) with the hashes of each
+# secret's two padded key blocks taken once, and copied for each token: every grant signs one, every
+# upgrade signs one and verifies one. 0.7 µs a token, against 1.3 µs for a copy of hmac.new's keyed
+# object (OpenSSL's HMAC context is costlier to copy and finish than two SHA-256 ones) and 1.6 µs for
+# hmac.digest; the same digest (tests/server/test_tokens.py checks it against hmac).
 _KEYED: dict = {}
+_BLOCK = 64         # SHA-256's block size
 
 
 def _keyed(secret: bytes):
-    return hmac.new(secret, digestmod=hashlib.sha256)
+    key = hashlib.sha256(secret).digest() if len(secret) > _BLOCK else secret
+    key = key.ljust(_BLOCK, b"\0")
+    return (hashlib.sha256(bytes(b ^ 0x36 for b in key)), hashlib.sha256(bytes(b ^ 0x5C for b in key)))
 
 
 def sign(secret: bytes, license_id: int, hwid: str) -> str:
