@@ -30,7 +30,7 @@ class NoClearinghouse:
 
 class Timings:
     """The writer's figures (bench only; BatchWriter.timings): for each batch its size, how long its
-    jobs and its COMMIT took in the reactor's thread; for each fsync of the WAL (writer's thread)
+    jobs took in the reactor's thread and its COMMIT in the commit thread; for each fsync of the WAL (writer's thread)
     how many batches it made durable and how long it took; for each checkpoint (its own thread) the
     frames in the WAL, the frames it copied and how long it took, the long one beside the batches
     and the short one no batch runs beside (the pause)."""

@@ -270,3 +270,82 @@ def test_a_read_starts_only_once_the_batch_of_its_place_is_durable(ledger_on):
         assert outcome(read) == 1
     finally:
         reads.stop()
+
+
+class HeldCommit:
+    """The writer's connection, whose COMMITs each wait for a permit the test gives (``allow``), or
+    fail while ``failing`` is set, as a full disk makes them."""
+
+    def __init__(self, db) -> None:
+        self._db = db
+        self.permits = threading.Semaphore(0)
+        self.commits = 0
+        self.failing = False
+
+    def execute(self, sql, *args):
+        if sql == "COMMIT":
+            self.commits += 1
+            assert self.permits.acquire(timeout=WAIT), "the test never let the COMMIT go"
+            if self.failing:
+                raise sqlite3.OperationalError("database or disk is full")
+        return self._db.execute(sql, *args)
+
+    def allow(self, n: int = 1) -> None:
+        for _ in range(n):
+            self.permits.release()
+
+    def __getattr__(self, name):
+        return getattr(self._db, name)
+
+
+def drain(reactor) -> None:
+    """Turn the reactor until nothing is left to do at once (the writer's threads may post more later)."""
+    while True:
+        try:
+            call = reactor.calls.get(timeout=0.05)
+        except queue.Empty:
+            return
+        call()
+
+
+@pytest.fixture
+def held_commit(ledger_on):
+    reactor, writer, ledger, path = ledger_on(os.fdatasync)
+    store = writer._store
+    held = store.db = HeldCommit(store.db)
+    yield reactor, writer, ledger, path, held
+    held.allow(100)
+
+
+def test_the_next_batch_begins_only_once_the_commit_in_its_own_thread_returned(held_commit):
+    reactor, writer, ledger, path, held = held_commit
+    first = ledger.logon(TS, "11" * 20, "PC1", "alice", None)
+    reactor.until(lambda: held.commits == 1)        # batch 1's jobs ran; its COMMIT waits in the commit thread
+    ran = []
+    second = writer.submit(lambda store, now: ran.append(store.db.in_transaction) or "done")
+    drain(reactor)                                   # the reactor turns meanwhile...
+    assert ran == [] and outcome(first) is None      # ...but no batch began on the connection in use
+    held.allow(2)
+    reactor.until(lambda: outcome(second) is not None)
+    assert ran == [True] and outcome(second) == "done"
+    assert outcome(first)["outcome"] == "temporary_issued"
+    assert licenses_in(path) == 1
+
+
+def test_a_commit_that_fails_in_its_thread_is_storage_error_and_the_next_batch_works(held_commit):
+    reactor, writer, ledger, path, held = held_commit
+    held.failing = True
+    lost = ledger.logon(TS, "11" * 20, "PC1", "alice", None)
+    held.allow(1)
+    reactor.until(lambda: outcome(lost) is not None)
+    error = outcome(lost).value
+    assert isinstance(error, TslsError) and error.code is Code.STORAGE_ERROR
+    assert "nothing was changed" in error.message
+    assert licenses_in(path) == 0
+
+    held.failing = False
+    granted = ledger.logon(TS, "11" * 20, "PC1", "alice", None)
+    held.allow(1)
+    reactor.until(lambda: outcome(granted) is not None)
+    assert outcome(granted)["outcome"] == "temporary_issued"
+    assert licenses_in(path) == 1

@@ -6,10 +6,13 @@ only its own writes, except a request that decides before it writes (``writes_la
 which needs none. The events a batch adds are written together once its jobs are done. No answer
 leaves before the transaction that holds its writes is durable.
 
-SQLite (the pipeline). A batch's jobs and its COMMIT run in the reactor's thread; the fsync that
-makes it durable runs in the writer's thread while the reactor's thread runs the next batch:
+SQLite (the pipeline). A batch's jobs run in the reactor's thread; its COMMIT runs in the commit
+thread, while the reactor's thread reads and parses the next requests and writes answers (the
+next batch's jobs wait for it: they use the same connection); the fsync that makes it durable
+runs in the writer's thread while the reactor's thread runs the next batch:
 
-    reactor:  [jobs 1][COMMIT 1][jobs 2][COMMIT 2][jobs 3][COMMIT 3] ...
+    reactor:  [jobs 1]          [jobs 2]          [jobs 3]          ...
+    commit:           [COMMIT 1]        [COMMIT 2]        [COMMIT 3]
     writer:                     [fsync  (1)     ][fsync (2, 3)     ] ...
     answers:                                    ^ batch 1          ^ batches 2 and 3
 
@@ -59,9 +62,12 @@ makes it durable runs in the writer's thread while the reactor's thread runs the
 
 Jobs are Python, which holds the GIL in either thread: running them in the writer's thread, as tsls
 first did, made every SQLite statement hand the GIL back and forth between the two threads, and
-cost about a sixth of the throughput (docs/performance.md). The fsync and the checkpoint release the
-GIL for their whole duration. One thread uses the writer's connection at a time (the reactor's;
-``close`` at stop).
+cost about a sixth of the throughput (docs/performance.md). A COMMIT is one statement that holds
+the GIL only to start and to return: SQLite writes the batch's pages to the WAL, page by page,
+with the GIL released (about a tenth of the reactor's time when the COMMIT ran there). The fsync and the
+checkpoint release the GIL for their whole duration. One thread uses the writer's connection at a
+time: the reactor's for BEGIN and the jobs, then the commit thread's for the COMMIT, and no batch
+begins until that COMMIT has returned (``_committing``); the writer's at ``close``.
 
 PostgreSQL (``store.jobs_in_thread``): every statement is a network round trip, so a whole batch,
 COMMIT included (synchronous_commit), runs in the writer's thread, and the next batch starts when it
@@ -120,6 +126,9 @@ class BatchWriter:
         self._checkpointing: defer.Deferred | None = None
         self._quiet = False                 # no batch starts: a checkpoint copies the WAL's last frames
         self._checkpoints = ThreadPool(1, 1, name="tsls-checkpoint") if self._pipelined else None
+        self._commits = ThreadPool(1, 1, name="tsls-commit") if self._pipelined else None
+        self._committing = False            # a batch's COMMIT is in the commit thread: no batch may begin
+        self._last_pass = None              # the checkpoint's last pass, waiting for that COMMIT to return
         self._broken: TslsError | None = None     # once storage failed: every later request refused
         # Bench only (bench/daemon.py --timings): called with (size, jobs s, COMMIT s) after each
         # batch's COMMIT, (batches, fsync s) after each fsync, (frames, copied, s, paused) after each checkpoint (paused: the short one no batch runs beside).
@@ -130,6 +139,7 @@ class BatchWriter:
         if self._pipelined:
             self._store.checkpoint_in_background()
             self._checkpoints.start()
+            self._commits.start()
 
     def submit(self, job: Callable, waiter=None) -> defer.Deferred | None:
         """Run ``job(store, now)`` in the next batch; fire with its result once durably committed.
@@ -184,28 +194,27 @@ class BatchWriter:
         return store.new_events, results
 
     def _next_pipelined(self) -> None:
-        """One batch: its jobs and COMMIT here, in the reactor's thread; its answers wait for the fsync."""
+        """One batch: its jobs here, in the reactor's thread, then its COMMIT in the commit thread;
+        its answers wait for the fsync after that COMMIT."""
         self._scheduled = None
-        if not self._queue or self._broken is not None or self._quiet:
+        if not self._queue or self._broken is not None or self._quiet or self._committing:
             self._check_idle()
             return
         batch, jobs, now = self._take()
-        outcome = self._run_then_commit(jobs, now)
+        started = time.perf_counter()
+        outcome = self._run_jobs(jobs, now)
         if isinstance(outcome, Failure):
             self._deliver(outcome, batch)       # nothing of it was committed: nothing to wait for
-        else:
-            self._unsynced.append((batch, outcome))
-            self._sync()
-        if self._queue and self._scheduled is None and self._broken is None:
-            self._scheduled = self._reactor.callLater(0, self._next_batch)
-        self._check_idle()
+            self._next_soon()
+            return
+        self._committing = True
+        ran = time.perf_counter()
+        done = threads.deferToThreadPool(self._reactor, self._commits, self._commit)
+        done.addBoth(self._committed, batch, outcome, ran - started)
 
-    def _run_then_commit(self, jobs, now):
-        """The batch's jobs and its COMMIT (not yet durable): (new events, results), or a Failure
-        when nothing was committed."""
+    def _run_jobs(self, jobs, now):
+        """BEGIN and the batch's jobs: (new events, results), or a Failure (rolled back: nothing was written)."""
         store = self._store
-        timings = self.timings
-        started = time.perf_counter() if timings is not None else 0.0
         try:
             store.begin()
         except Exception:
@@ -219,14 +228,37 @@ class BatchWriter:
             except BaseException:
                 failure = Failure()         # the rollback failed too: that is what is reported
             return failure
-        ran = time.perf_counter() if timings is not None else 0.0
-        try:
-            store.commit()
-        except Exception:
-            return Failure()
-        if timings is not None:
-            timings.batch(len(jobs), ran - started, time.perf_counter() - ran)
         return store.new_events, results
+
+    def _commit(self) -> float:
+        """In the commit thread: the batch's COMMIT (not yet durable); how long it took."""
+        started = time.perf_counter()
+        self._store.commit()
+        return time.perf_counter() - started
+
+    def _committed(self, result, batch, outcome, jobs_took: float) -> None:
+        """Back in the reactor's thread once the COMMIT returned (or failed: then nothing of the batch
+        was committed, and the next batch may begin, as after a refusal)."""
+        self._committing = False
+        if isinstance(result, Failure):
+            self._deliver(result, batch)
+        elif self._broken is not None:      # storage failed meanwhile: this commit cannot be trusted either
+            self._fail_unsynced([(batch, outcome)])
+        else:
+            if self.timings is not None:
+                self.timings.batch(len(batch), jobs_took, result)
+            self._unsynced.append((batch, outcome))
+            self._sync()
+        if self._last_pass is not None:     # the checkpoint's last pass waited for this COMMIT
+            start, self._last_pass = self._last_pass, None
+            start()
+        self._next_soon()
+
+    def _next_soon(self) -> None:
+        """The next batch at the reactor's next turn, if requests wait (those read meanwhile join it)."""
+        if self._queue and self._scheduled is None and self._broken is None:
+            self._scheduled = self._reactor.callLater(0, self._next_batch)
+        self._check_idle()
 
     def _jobs(self, jobs, now) -> list:
         store = self._store
@@ -342,7 +374,13 @@ class BatchWriter:
                 threads.deferToThreadPool(self._reactor, self._checkpoints, run).addBoth(beside)
                 return
             self._quiet = True
-            threads.deferToThreadPool(self._reactor, self._checkpoints, run).addBoth(last)
+
+            def start_last():
+                threads.deferToThreadPool(self._reactor, self._checkpoints, run).addBoth(last)
+            if self._committing:            # a COMMIT in flight would add frames the last pass must copy
+                self._last_pass = start_last
+            else:
+                start_last()
 
         def last(result):
             self._checkpointing = None
@@ -352,9 +390,7 @@ class BatchWriter:
                 return
             if self.timings is not None:
                 self.timings.checkpoint(*result, paused=True)
-            if self._queue and self._scheduled is None and self._broken is None:
-                self._scheduled = self._reactor.callLater(0, self._next_batch)
-            self._check_idle()
+            self._next_soon()
         self._checkpointing = threads.deferToThreadPool(self._reactor, self._checkpoints, run)
         self._checkpointing.addBoth(beside)
 
@@ -388,7 +424,7 @@ class BatchWriter:
 
     def _busy(self) -> bool:
         return bool(self._queue or self._running or self._scheduled is not None or self._syncing is not None
-                    or self._unsynced or self._checkpointing is not None)
+                    or self._unsynced or self._checkpointing is not None or self._committing)
 
     def _check_idle(self) -> None:
         if self._idle and not self._busy():
@@ -412,7 +448,8 @@ class BatchWriter:
             if before_close is not None:
                 before_close()
             if self._checkpoints is not None:
-                self._checkpoints.stop()        # idle by now: no checkpoint in flight
+                self._checkpoints.stop()        # idle by now: no checkpoint or COMMIT in flight
+                self._commits.stop()
             done = threads.deferToThreadPool(self._reactor, self._pool, self._store.close)
             done.addBoth(lambda r: (self._pool.stop(), r)[1])
             return done
