@@ -1,6 +1,7 @@
 """The counts status reads (license_counts) stay exact through the writer's batches, where the store
 holds a batch's changes to them and writes them when its jobs end (SQLite migrations 10 and 11): any
-mix of logons and reports (no savepoint), revocations, a rebuild, requests refused before or after
+mix of logons (their new licenses built with the id the store says, the one SQLite gives, or id 0) and
+reports (no savepoint), revocations, a rebuild, requests refused before or after
 writing (their savepoint undone), one that fails after writing without a savepoint (its batch rolled
 back), and the sweep each batch begins with. After every batch `tsls check`'s invariants hold and the
 ledger's devices are answered as SQL answers them (the store's set of devices, LicenseStore._devices),
@@ -31,10 +32,16 @@ class _Clock:
         return NOW
 
 
-def _logon(hwid, version, report):
+def _logon(hwid, version, report, reserve=True):
+    """``reserve``: the new license is built with the id the store says it gets (as the ledger's logons are),
+    which must be the one SQLite gives (max(id) + 1), whatever came before; else with id 0."""
     def job(store, now):
         ts = TerminalServer(f"TS{version.value}", version, CalType.PER_DEVICE)
-        decision = store.apply(device_logon(ts, Logon(hwid, hwid, hwid), store.world(hwid, True, "7"), now))
+        new_id = store.next_license_id() if reserve else 0
+        if reserve:
+            assert new_id == store.db.execute("SELECT coalesce(max(id), 0) + 1 FROM licenses").fetchone()[0]
+        logon = Logon(hwid, hwid, hwid, None, new_id)
+        decision = store.apply(device_logon(ts, logon, store.world(hwid, True, "7"), now))
         if report and decision.license is not None:
             store.apply(report_logon(decision.license.id, hwid, store.world(hwid, True, "7"), now))
         return decision.outcome
@@ -79,7 +86,7 @@ def _install(version, total):
 device = st.sampled_from(DEVICES)
 version = st.sampled_from(VERSIONS)
 jobs = st.one_of(
-    st.builds(_logon, device, version, st.booleans()),
+    st.builds(_logon, device, version, st.booleans(), st.booleans()),
     st.builds(_revoke, st.integers(0, 40)),
     st.builds(_refused_after_writing, device, version),
     st.builds(_install, version, st.integers(1, 3)),
@@ -110,6 +117,7 @@ def test_the_counts_and_the_set_of_devices_stay_exact_through_any_batches(tmp_pa
                 other = LicenseStore.open(path)
                 try:
                     with other.transaction():
+                        other.sweep(NOW)        # as a daemon's writer begins each batch (a CAL that ran out)
                         _logon(*elsewhere, report=False)(other, NOW)
                 except TslsError:
                     pass

@@ -66,6 +66,7 @@ class Logon:
     machine: str
     user: str
     presented: int | None = None     # the id of the license the device presents, if any
+    new_id: int = 0                  # the id a license issued at this logon gets, when the shell knows it (0: not)
 
 
 @attrs.frozen
@@ -93,7 +94,8 @@ class Outcome(enum.Enum):
 
 @attrs.frozen
 class Change:
-    """One license row to write (id 0 means insert) and what it does to its key pack's Issued."""
+    """One license row to write and what it does to its key pack's Issued. A new license (a row to
+    insert) has id 0, or the id the shell said the next license gets (``Logon.new_id``)."""
 
     license: License
     pack_delta: int = 0
@@ -148,7 +150,7 @@ def _per_device(ts, logon, world, now, why) -> Decision:
         temporary = None        # the device holds nothing: no CAL to keep, renew or reclaim
     if temporary is None:
         # First logon: a temporary license, whatever the pool holds [§1, KB287687; cc727934].
-        new = License(0, LicenseKind.TEMPORARY, LicenseStatus.ACTIVE, logon.hwid, logon.machine, logon.user, ts.name,
+        new = License(logon.new_id, LicenseKind.TEMPORARY, LicenseStatus.ACTIVE, logon.hwid, logon.machine, logon.user, ts.name,
                       ts.version, None, False, now, now + TEMPORARY_DAYS * DAY)     # (positional: every first logon's path)
         if why is None:
             return Decision(Outcome.TEMPORARY_ISSUED, new, None, (Change(new),), "temporary license issued")
@@ -159,7 +161,7 @@ def _per_device(ts, logon, world, now, why) -> Decision:
     if why is None and (temporary.validated or not temporary.live(now)):
         pack = _choose_pack(world.packs, ts.version, world.prevent_upgrade)
         lifetime = cal_lifetime(world.seed, logon.hwid, pack.product_version, 0)
-        cal = License(0, LicenseKind.PERMANENT, LicenseStatus.ACTIVE, logon.hwid, logon.machine, logon.user, ts.name,
+        cal = License(logon.new_id, LicenseKind.PERMANENT, LicenseStatus.ACTIVE, logon.hwid, logon.machine, logon.user, ts.name,
                       pack.product_version, pack.id, True, now, now + lifetime)  # (positional: on every upgrade's path)
         changes = [Change(cal, pack_delta=+1)]
         if temporary.status is LicenseStatus.ACTIVE:

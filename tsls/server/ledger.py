@@ -36,7 +36,8 @@ class Ledger:
                 check_security_group(in_group_only, ts, bool(registered and registered.in_group))
                 presented = None if token is None else tokens.verify(self.identity.secret, token, hwid)
                 world = store.world(hwid, activated, self.identity.seed, prevent_upgrade)
-                decision = licensing.device_logon(ts, Logon(hwid, machine, user, presented), world, now)
+                decision = licensing.device_logon(ts, Logon(hwid, machine, user, presented, store.next_license_id()),
+                                                  world, now)
             except TslsError as e:
                 store.add_events(events.for_refusal(e.code, e.message, now, ts.name, hwid, user))
                 referral = licensing.refer(e.code, self.referrals)

@@ -130,8 +130,14 @@ class EngineCommon:
             world = self._empty_world = World(activated, packs, (), seed, prevent_upgrade)
         return world
 
+    def next_license_id(self) -> int:
+        """The id the next license inserted gets, when the engine knows it before it writes (a new
+        license the core builds with it is written as it is); 0: it gives the id as it writes."""
+        return 0
+
     def apply(self, decision: Decision) -> Decision:
-        """Write the decision's changes; return it with the inserted license's id filled in."""
+        """Write the decision's changes; return it with the inserted license's id filled in (as it is
+        when the core built the license with ``next_license_id``)."""
         result = decision.license
         for change in decision.changes:
             written = self._write(change)

@@ -20,7 +20,7 @@ from tsls.core.activation import Activation, ActivationMethod, ActivationStatus
 from tsls.core.licensing import Change
 from tsls.core.model import CalType, KeyPack, License, ProductVersion, PurchaseRef
 from tsls.core.perseat import LicensedBy, Product
-from tsls.server.ledgerbase import (HWID_CONDITION, KIND_STATUS_COUNTS_SQL, LICENSE_COLUMNS_SQL, LICENSE_ROW_SQL,
+from tsls.server.ledgerbase import (HWID_CONDITION, KIND_STATUS_COUNTS_SQL, LICENSE_ROW_SQL,
                                     REVOKED_HOLDING_SQL, EngineCommon, call_row, event_conditions, event_row,
                                     license_conditions, license_row, license_update, product_row)
 from tsls.server.storage import ClearinghouseCall, EventFilter, LicenseFilter, Registration, SeatAssignment
@@ -297,6 +297,7 @@ class LicenseStore(EngineCommon):
         self._cached = False            # caches are used only once the triggers are in place
         self._data_version = None
         self._devices: set[int] | None = None      # hashes of the devices with a license row, once built
+        self._next_id: int | None = None            # ``next_license_id``, once read in the open transaction
 
     @classmethod
     def open(cls, path: str, initialise: bool = False, sync=os.fdatasync) -> "LicenseStore":
@@ -350,6 +351,7 @@ class LicenseStore(EngineCommon):
             self._cache.pop("logon", None)
 
     def _forget(self) -> None:
+        self._next_id = None        # what was inserted may be undone
         self._cache.clear()
         self._issued.clear()        # undone with what was written: its key packs are read again
         self._counted.clear()
@@ -387,6 +389,7 @@ class LicenseStore(EngineCommon):
         """BEGIN IMMEDIATE; then ``commit`` (not yet durable: ``sync``) or ``rollback``."""
         self.db.execute("BEGIN IMMEDIATE")
         self.new_events = []
+        self._next_id = None
         if self._cached:
             try:
                 version = self.db.execute("PRAGMA data_version").fetchone()[0]
@@ -403,12 +406,14 @@ class LicenseStore(EngineCommon):
 
     def rollback(self) -> None:
         self._forget()
+        self._next_id = None
         self.db.execute("ROLLBACK")
         self.new_events = []
 
     def commit(self) -> None:
         """COMMIT: the transaction's frames, its commit frame last, are written to the WAL (no fsync)
         when this returns. A failed COMMIT is rolled back here, so the next BEGIN works."""
+        self._next_id = None
         try:
             self.db.execute("COMMIT")
         except BaseException:
@@ -570,6 +575,18 @@ class LicenseStore(EngineCommon):
                 db.close()
         self._devices = devices
 
+    def next_license_id(self) -> int:
+        """The id SQLite gives the next license inserted: max(id) + 1, as licenses has no AUTOINCREMENT.
+        Read once in a transaction (another connection may insert between two) and counted on as this
+        connection inserts, so a logon's new license is built by the core with its id, once; ``_write``
+        inserts it with that id, the one SQLite would have chosen."""
+        next_id = self._next_id
+        if next_id is None:
+            next_id = self.db.execute("SELECT coalesce(max(id), 0) + 1 FROM licenses").fetchone()[0]
+            if self.db.in_transaction:
+                self._next_id = next_id
+        return next_id
+
     def license(self, license_id: int) -> License | None:
         row = self.db.execute(f"SELECT {_COLUMNS} FROM licenses WHERE id = ?", (license_id,)).fetchone()
         return None if row is None else license_row(row)
@@ -597,15 +614,23 @@ class LicenseStore(EngineCommon):
         lic = change.license
         if self._devices is not None:   # the device has a license row from now on (``_devices``)
             self._devices.add(hash(lic.hwid))
-        # ``_value_``, not ``.value``: the same text, without the enum property's Python-level lookup
-        values = (lic.kind._value_, lic.status._value_, lic.hwid, lic.machine, lic.user, lic.terminal_server,
-                  lic.product_version._value_, lic.key_pack, int(lic.validated), lic.issued_at, lic.expires_at,
-                  lic.renewals)
-        if lic.id == 0:
-            cursor = self.db.execute(_INSERT_LICENSE, values)
-            self._count((values[0], values[1], values[6]), 1)
-            lic = lic.with_id(cursor.lastrowid)     # the license as written, with its id
+        new_id = self.next_license_id()
+        if lic.id == 0 or lic.id >= new_id:        # a new license (no row has an id that high)
+            if lic.id == 0:
+                lic = lic.with_id(new_id)           # the license as written, with its id
+            elif lic.id != new_id:
+                raise ValueError(f"license {lic.id} was built with an id that is no longer the next ({new_id})")
+            # ``_value_``, not ``.value``: the same text, without the enum property's Python-level lookup
+            counted = (lic.kind._value_, lic.status._value_, lic.product_version._value_)
+            self.db.execute(_INSERT_LICENSE, (new_id, counted[0], counted[1], lic.hwid, lic.machine, lic.user,
+                                              lic.terminal_server, counted[2], lic.key_pack, int(lic.validated),
+                                              lic.issued_at, lic.expires_at, lic.renewals))
+            self._next_id = new_id + 1 if self.db.in_transaction else None
+            self._count(counted, 1)
         else:
+            values = (lic.kind._value_, lic.status._value_, lic.hwid, lic.machine, lic.user, lic.terminal_server,
+                      lic.product_version._value_, lic.key_pack, int(lic.validated), lic.issued_at, lic.expires_at,
+                      lic.renewals)
             was = change.was or self.license(lic.id)       # the license as it is (the core says, mostly)
             update = license_update(change, values, "?")
             if update is not None:
@@ -780,6 +805,7 @@ class LicenseStore(EngineCommon):
     def delete_all_cals(self) -> tuple[int, int]:
         """Rebuild the database: every key pack, issued license and Per User CAL record deleted."""
         self._write_counted()       # the DELETE's trigger takes each from its count
+        self._next_id = None        # SQLite's next id is max(id) + 1: 1 again
         licenses = self.db.execute("DELETE FROM licenses").rowcount
         self.db.execute("DELETE FROM per_user_logons")
         packs = self.db.execute("DELETE FROM key_packs").rowcount
@@ -860,9 +886,8 @@ class LicenseStore(EngineCommon):
         return self.db.execute("SELECT count(*) FROM temp.product_connections WHERE product = ?",
                                (product,)).fetchone()[0]
 
-_COLUMNS_NO_ID = LICENSE_COLUMNS_SQL
 _COLUMNS = LICENSE_ROW_SQL
-_INSERT_LICENSE = f"INSERT INTO licenses ({_COLUMNS_NO_ID}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
+_INSERT_LICENSE = f"INSERT INTO licenses ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
 _LICENSES_OF = (f"SELECT {_COLUMNS} FROM licenses WHERE "
                 f"{HWID_CONDITION.format(hwid='hwid', kind='kind', status='status', place='?')}")
 
@@ -906,6 +931,8 @@ class _Savepoint:
         store = self.store
         if kind is None:
             store.db.execute("RELEASE request")
+            if not store.db.in_transaction:     # it was the transaction (no BEGIN): it is committed
+                store._next_id = None
             return False
         del store.new_events[self.mark:]
         store.drop_events(0)            # every event held now is this request's (``__enter__`` wrote the rest)
