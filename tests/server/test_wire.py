@@ -392,3 +392,39 @@ def test_tune_gc_freezes_what_start_up_built_and_collects_the_young_less_often()
               "tune_gc()\nprint(before, gc.get_freeze_count() > 10_000, gc.get_threshold() == GC_THRESHOLD)")
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.split() == ["0", "True", "True"]
+
+
+def test_a_grant_told_by_the_writer_is_the_bytes_json_dumps_writes_with_or_without_metrics(tmp_path):
+    # Without metrics, a logon's answer goes into its slot by _Logon.callback's own path, not _answered/_fill
+    from tsls.clearinghouse.testing import FakeClearinghouse
+    from tsls.server.app import LicenseServer, load_identity
+    from tsls.server.store import LicenseStore
+    from tsls.server.writer import BatchWriter
+    from tests.server.test_limits import turns
+
+    store = LicenseStore.open(str(tmp_path / "ls.sqlite"))
+    clock = Clock()
+    clock.advance(1_800_000_000)
+    server = LicenseServer(BatchWriter(None, clock, store, threaded=False), FakeClearinghouse(), load_identity(store, "1"))
+    names = ["PC-1", "Jürgen's PC", "del\x7f", "\U0001f600", 'quote"back\\slash']
+    for observe in (None, []):
+        factory = LicenseFactory(server, clock=clock)
+        if observe is not None:
+            factory.observe = lambda op, result, started: observe.append((op, result["outcome"]))
+        protocol, transport = connect(factory)
+        sent = [(n if n % 2 else f"r{n}", name) for n, name in enumerate(names)]
+        protocol.dataReceived(HELLO + b"".join(json.dumps({"id": rid, "op": "logon", "hwid": f"{observe is None}{n}",
+                                                           "machine": name, "user": name}).encode() + b"\n"
+                                               for n, (rid, name) in enumerate(sent)))
+        turns(clock)
+        lines = transport.value().splitlines(keepends=True)[1:]
+        assert len(lines) == len(names)
+        for line, (rid, name) in zip(lines, sent):
+            answer = json.loads(line)
+            assert line == json.dumps(answer, separators=(",", ":")).encode() + b"\n"
+            assert answer["id"] == rid and answer["result"]["license"]["machine"] == name
+            assert answer["result"]["outcome"] == "temporary_issued"
+        if observe is not None:
+            assert observe == [("logon", "temporary_issued")] * len(names)
+        protocol.connectionLost(None)
+    store.close()

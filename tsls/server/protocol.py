@@ -224,10 +224,22 @@ class _Logon(_Slot):
         self.protocol, self.rid, self.started, self.observe = protocol, rid, started, observe
 
     def callback(self, result) -> None:
+        protocol = self.protocol
         try:
-            self.protocol._answered(result, self, self.rid, "logon", self.started, self.observe)
+            if self.observe is not None or type(result) is not dict:
+                protocol._answered(result, self, self.rid, "logon", self.started, self.observe)
+                return
+            # Every grant's answer (no metrics to tell): into its slot here, as _fill would put it
+            try:
+                self.data = _line_of({"id": self.rid, "ok": True, "result": result})
+            except Exception:
+                protocol._fill(self, self.rid, result=result)      # says why, and answers INTERNAL_ERROR
+                return
+            answers = protocol._answers
+            if answers and answers[0] is self:
+                protocol._flush()
         except BaseException:       # the writer tells a whole batch: nothing here may stop it
-            self.protocol.log.failure("answer to {rid!r} could not be given", rid=self.rid)
+            protocol.log.failure("answer to {rid!r} could not be given", rid=self.rid)
 
     def errback(self, error) -> None:
         try:
