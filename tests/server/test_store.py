@@ -90,6 +90,24 @@ def test_an_event_filter_keeps_the_newest_that_match_oldest_first(tmp_path):
     store.close()
 
 
+def test_a_batchs_events_are_written_as_they_were_added_however_many(tmp_path):
+    """A batch's held events go in statements of many rows and the rest one by one: every one, in order,
+    with consecutive ids, the same as the committed (id, event) pairs the log and followers are given."""
+    store = LicenseStore.open(str(tmp_path / "ls.sqlite"))
+    with store.transaction():
+        store.add_events([Event(1, EventId.ACTIVATED, "before")])
+    added = [Event(at, EventId.TEMPORARY_ISSUED if at % 3 else EventId.LOGON_REFUSED, f"e{at}", f"TS{at % 2}",
+                   f"h{at}", None if at % 5 == 0 else f"u{at}", at if at % 2 else None)
+             for at in range(2, 2 + 2 * store_module._EVENTS_AT_ONCE + 7)]
+    with store.transaction(), store.held_events():
+        store.add_events(added[:3])
+        store.add_events(added[3:])
+    assert store.new_events == list(zip(range(2, 2 + len(added)), added))
+    assert store.events(limit=10**6) == [(1, Event(1, EventId.ACTIVATED, "before")), *store.new_events]
+    assert store.db.execute("SELECT DISTINCT name FROM events WHERE event_id = 1101").fetchall() == [("TEMPORARY_ISSUED",)]
+    store.close()
+
+
 def test_the_license_counts_status_reads_follow_every_write_and_a_migrated_ledger(tmp_path):
     """status reads license_counts (kept by the store and triggers) instead of counting every license; the counts
     equal the ledger's through inserts, changes of status and the migration of an older ledger."""

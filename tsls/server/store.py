@@ -744,7 +744,13 @@ class LicenseStore(EngineCommon):
         first = self.db.execute("SELECT coalesce(max(id), 0) + 1 FROM events").fetchone()[0]
         rows = [(i, e.at, e.event_id._value_, e.event_id._name_, e.message, e.terminal_server, e.hwid, e.user,
                  e.license_id) for i, e in zip(itertools.count(first), pending)]     # _event_values, with the id
-        self.db.executemany(_INSERT_EVENT, rows)
+        # _EVENTS_AT_ONCE rows a statement (one INSERT of many rows costs less a row than executemany's,
+        # 1.6 us against 2.2), the rest with executemany: the same rows in the same order.
+        whole = len(rows) - len(rows) % _EVENTS_AT_ONCE
+        for start in range(0, whole, _EVENTS_AT_ONCE):
+            self.db.execute(_INSERT_EVENTS, list(itertools.chain.from_iterable(rows[start:start + _EVENTS_AT_ONCE])))
+        if whole < len(rows):
+            self.db.executemany(_INSERT_EVENT, rows[whole:])
         self.new_events.extend(zip(range(first, first + len(pending)), pending))
 
     def changes(self) -> int:
@@ -897,6 +903,8 @@ _ADD_COUNT = ("INSERT INTO license_counts (kind, status, product_version, n) VAL
 _TAKE_COUNT = "UPDATE license_counts SET n = n + ? WHERE kind = ? AND status = ? AND product_version = ?"
 _INSERT_EVENT = ("INSERT INTO events (id, at, event_id, name, message, terminal_server, hwid, user, license_id) "
                  "VALUES (?,?,?,?,?,?,?,?,?)")
+_EVENTS_AT_ONCE = 50
+_INSERT_EVENTS = _INSERT_EVENT.replace("(?,?,?,?,?,?,?,?,?)", ",".join(["(?,?,?,?,?,?,?,?,?)"] * _EVENTS_AT_ONCE))
 _INSERT_EVENT_NO_ID = ("INSERT INTO events (at, event_id, name, message, terminal_server, hwid, user, license_id) "
                        "VALUES (?,?,?,?,?,?,?,?)")
 
