@@ -127,11 +127,17 @@ def device_logon(ts: TerminalServer, logon: Logon, world: World, now: int) -> De
     """A logon through a terminal server. Per Device mode, or Per User mode whose CALs are not
     installed, ends up in the temporary/permanent Per Device flow [§1, §2]."""
     _check_presented(logon, world.held)
-    if ts.mode is CalType.PER_USER:
+    if ts.mode is _PER_USER:
         if _mode_mismatch(CalType.PER_USER, world.packs):
             return _per_device(ts, logon, world, now, why=(Code.MODE_MISMATCH, _mismatch_message(ts.mode)))
         return Decision(Outcome.PER_USER, None, message=f"Per User logon of {logon.user!r} recorded")
     return _per_device(ts, logon, world, now, why=_why_no_permanent(ts, world))
+
+
+# The members every first logon names, read once: in Python 3.11 a member read from its Enum class is a
+# Python-level lookup (60 ns), a module's global is a dict's.
+_PER_USER, _TEMPORARY, _ACTIVE = CalType.PER_USER, LicenseKind.TEMPORARY, LicenseStatus.ACTIVE
+_TEMPORARY_ISSUED = Outcome.TEMPORARY_ISSUED
 
 
 def _per_device(ts, logon, world, now, why) -> Decision:
@@ -150,10 +156,10 @@ def _per_device(ts, logon, world, now, why) -> Decision:
         temporary = None        # the device holds nothing: no CAL to keep, renew or reclaim
     if temporary is None:
         # First logon: a temporary license, whatever the pool holds [§1, KB287687; cc727934].
-        new = License(logon.new_id, LicenseKind.TEMPORARY, LicenseStatus.ACTIVE, logon.hwid, logon.machine, logon.user, ts.name,
+        new = License(logon.new_id, _TEMPORARY, _ACTIVE, logon.hwid, logon.machine, logon.user, ts.name,
                       ts.version, None, False, now, now + TEMPORARY_DAYS * DAY)     # (positional: every first logon's path)
         if why is None:
-            return Decision(Outcome.TEMPORARY_ISSUED, new, None, (Change(new),), "temporary license issued")
+            return Decision(_TEMPORARY_ISSUED, new, None, (Change(new),), "temporary license issued")
         return Decision(Outcome.TEMPORARY_ISSUED, new, why[0], (Change(new),), _text(why, "temporary license issued"))
 
     # Upgrade once the logon with the temporary license was reported successful, or once it has

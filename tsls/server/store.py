@@ -614,7 +614,9 @@ class LicenseStore(EngineCommon):
         lic = change.license
         if self._devices is not None:   # the device has a license row from now on (``_devices``)
             self._devices.add(hash(lic.hwid))
-        new_id = self.next_license_id()
+        new_id = self._next_id
+        if new_id is None:
+            new_id = self.next_license_id()
         if lic.id == 0 or lic.id >= new_id:        # a new license (no row has an id that high)
             if lic.id == 0:
                 lic = lic.with_id(new_id)           # the license as written, with its id
@@ -626,7 +628,10 @@ class LicenseStore(EngineCommon):
                                               lic.terminal_server, counted[2], lic.key_pack, int(lic.validated),
                                               lic.issued_at, lic.expires_at, lic.renewals))
             self._next_id = new_id + 1 if self.db.in_transaction else None
-            self._count(counted, 1)
+            if self._pending is None:           # ``_count``, spelled out for every grant
+                self._write_counts({counted: 1})
+            else:
+                self._counted[counted] = self._counted.get(counted, 0) + 1
         else:
             values = (lic.kind._value_, lic.status._value_, lic.hwid, lic.machine, lic.user, lic.terminal_server,
                       lic.product_version._value_, lic.key_pack, int(lic.validated), lic.issued_at, lic.expires_at,
