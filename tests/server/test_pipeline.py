@@ -3,6 +3,7 @@ for an fsync of the WAL that started after its COMMIT, the next batch runs meanw
 fsync stops every later change. The fsync is the store's ``sync`` seam, held or failed by the test;
 the reactor is a queue the test turns by hand (the writer's threads post to it), so nothing sleeps."""
 import errno
+import json
 import os
 import queue
 import sqlite3
@@ -11,12 +12,14 @@ import time
 
 import pytest
 from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 
 from tsls.core.licensing import TerminalServer
 from tsls.core.model import CalType, ProductVersion
 from tsls.errors import Code, TslsError
 from tsls.server.app import load_identity
 from tsls.server.ledger import Ledger
+from tsls.server.protocol import LicenseFactory
 from tsls.server.store import LicenseStore
 from tsls.server.writer import BatchWriter
 
@@ -349,3 +352,52 @@ def test_a_commit_that_fails_in_its_thread_is_storage_error_and_the_next_batch_w
     reactor.until(lambda: outcome(granted) is not None)
     assert outcome(granted)["outcome"] == "temporary_issued"
     assert licenses_in(path) == 1
+
+
+class Recorded(StringTransport):
+    """A transport that keeps each write call as it came (write, or writeSequence)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = []
+
+    def write(self, data) -> None:
+        self.calls.append([data])
+        super().write(data)
+
+    def writeSequence(self, seq) -> None:
+        self.calls.append(list(seq))
+        super().writeSequence(seq)
+
+
+def test_a_connections_answers_of_one_batch_leave_in_one_write_in_order_once_durable(ledger_on):
+    # tsls.server.protocol.LicenseFactory is the writer's around_answers: held while the batch is told
+    held = HeldSync()
+    reactor, writer, ledger, path = ledger_on(held)
+    server = type("Server", (), {"logon": staticmethod(ledger.logon), "writer": writer})()
+    factory = LicenseFactory(server, clock=Clock())
+    assert writer.around_answers is factory
+    connections = []
+    for n in range(2):
+        protocol, transport = factory.buildProtocol(None), Recorded()
+        protocol.makeConnection(transport)
+        protocol.role, protocol.terminal_server = "terminal_server", TS
+        connections.append((protocol, transport))
+    first, second = connections
+    first[0].dataReceived(b'{"id":1,"op":"logon","hwid":"' + b"a1" * 20 + b'","machine":"M1","user":"u"}\n'
+                          b'{"id":"two","op":"logon","hwid":"' + b"a2" * 20 + b'","machine":"M2","user":"u",'
+                          b'"license":"TSLS1.1.' + b"0" * 32 + b'"}\n'
+                          b'{"id":3,"op":"logon","hwid":"' + b"a3" * 20 + b'","machine":"M\\u00e9","user":"u"}\n')
+    second[0].dataReceived(b'{"id":4,"op":"logon","hwid":"' + b"b4" * 20 + b'","machine":"M4","user":"u"}\n')
+    reactor.until(lambda: held.calls == 1)
+    assert licenses_in(path) == 3 and first[1].calls == second[1].calls == []     # committed, not yet durable
+    held.allow(1)
+    reactor.until(lambda: second[1].calls)
+    [answers] = first[1].calls                  # one call, three answers, in request order
+    assert [json.loads(a)["id"] for a in answers] == [1, "two", 3]
+    assert [json.loads(a)["ok"] for a in answers] == [True, False, True]
+    assert json.loads(answers[1])["error"]["code"] == "INVALID_LICENSE"
+    assert json.loads(answers[2])["result"]["license"]["machine"] == "Mé"
+    assert all(a == json.dumps(json.loads(a), separators=(",", ":")).encode() + b"\n" for a in answers)
+    assert second[1].calls == [[second[1].value()]] and json.loads(second[1].value())["id"] == 4
+    assert not first[0]._answers and not second[0]._answers and factory._held_connections == []

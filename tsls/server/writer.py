@@ -78,6 +78,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from contextlib import nullcontext
 from typing import Callable
 
 from twisted.internet import defer, threads
@@ -88,6 +89,7 @@ from twisted.python.threadpool import ThreadPool
 from tsls.errors import Code, TslsError
 
 MAX_BATCH = 512
+_NOTHING = nullcontext()
 CHECKPOINT_PASSES = 4       # checkpoints beside the batches, at most, before the short one they wait for
 
 
@@ -133,6 +135,10 @@ class BatchWriter:
         # Bench only (bench/daemon.py --timings): called with (size, jobs s, COMMIT s) after each
         # batch's COMMIT, (batches, fsync s) after each fsync, (frames, copied, s, paused) after each checkpoint (paused: the short one no batch runs beside).
         self.timings = None
+        # A context entered while a batch's answers are told, or None: the protocol's factory
+        # (tsls.server.protocol.LicenseFactory) writes each connection's answers of the batch together
+        # once they are all told.
+        self.around_answers = None
 
     def start(self) -> None:
         self._pool.start()
@@ -309,14 +315,15 @@ class BatchWriter:
             new_events, results = outcome
             if self.on_events is not None and new_events:
                 self.on_events(new_events)
-        for (job, d), (ok, value) in zip(batch, results):
-            if isinstance(value, Failure):
-                self.log.failure("request failed inside the ledger", value)
-                value = TslsError(Code.INTERNAL_ERROR, "the license server failed on this request; nothing was changed")
-            if ok:
-                d.callback(value)
-            else:
-                d.errback(value)
+        with self.around_answers or _NOTHING:
+            for (job, d), (ok, value) in zip(batch, results):
+                if isinstance(value, Failure):
+                    self.log.failure("request failed inside the ledger", value)
+                    value = TslsError(Code.INTERNAL_ERROR, "the license server failed on this request; nothing was changed")
+                if ok:
+                    d.callback(value)
+                else:
+                    d.errback(value)
 
     def _sync(self) -> None:
         """Start an fsync for every batch committed so far, unless one is in flight (then they share
