@@ -63,8 +63,8 @@ def run_once(grants: int, batch: int, work: harness.Workdir, n: int, workload: s
             with store.transaction(), store.held_events():
                 for i in range(first, min(first + batch, grants)):
                     world = store.world(hwids[i], True, identity.seed)
-                    decision = store.apply(licensing.device_logon(ts, Logon(hwids[i], f"PC{i}", f"user{i}"), world,
-                                                                  now))
+                    decision = store.apply(licensing.device_logon(
+                        ts, Logon(hwids[i], f"PC{i}", f"user{i}", None, store.next_license_id()), world, now))
                     store.apply(licensing.report_logon(decision.license.id, hwids[i],
                                                        store.world(hwids[i], True, identity.seed), now))
                     presented[i] = tokens.sign(identity.secret, decision.license.id, hwids[i])
@@ -85,15 +85,15 @@ def run_once(grants: int, batch: int, work: harness.Workdir, n: int, workload: s
             t0 = clock()
             request = orjson.loads(line)
             t1 = clock()
+            in_group_only, activated, prevent_upgrade = store.logon_settings()
             store.registration(ts.name)
-            store.security_group_policy()
             token = request["license"]
             license_id = None if token is None else tokens.verify(identity.secret, token, request["hwid"])
-            world = store.world(request["hwid"], store.activation().activated, identity.seed,
-                                store.prevent_upgrade_policy())
+            world = store.world(request["hwid"], activated, identity.seed, prevent_upgrade)
+            new_id = store.next_license_id()
             t2 = clock()
             decision = licensing.device_logon(ts, Logon(request["hwid"], request["machine"], request["user"],
-                                                        license_id), world, now)
+                                                        license_id, new_id), world, now)
             t3 = clock()
             decision = store.apply(decision)
             store.add_events(events.for_decision(decision, now, ts.name, request["hwid"], request["user"]))
