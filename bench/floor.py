@@ -14,7 +14,7 @@ licenses), and timed per grant:
 - decide: ``licensing.device_logon`` (the pure core);
 - write: the license row (``store.apply``) and its event (``store.add_events``, held for the batch); a
   logon decides before it writes, so it runs without a savepoint (tsls.server.writer.writes_last);
-- events: the batch's events written together (one executemany), divided by the grants it holds;
+- events: the batch's events written together (INSERTs of 50 rows each, as the store writes them), divided by the grants it holds;
 - answer: the answer's license (``license_json`` with its HMAC token) and the reply's line (``orjson.dumps``,
   as the protocol writes an answer);
 - commit: the batch's COMMIT (its fsync), divided by the grants it holds.
