@@ -1,9 +1,10 @@
 """SQLite storage for the license server: ``LicenseStore`` implements the storage seam
 (``tsls.server.storage.LedgerStore``) on one SQLite file.
 
-Plain synchronous code, used by one thread at a time (the writer runs each batch's requests and its
-COMMIT in the reactor's thread; only ``sync`` and the checkpoints run in threads of their own, on
-descriptors and a connection of their own). It reads the world the core needs, and writes
+Plain synchronous code, used by one thread at a time (the writer runs each batch's requests in the
+reactor's thread and its COMMIT in a commit thread, and begins no batch until that COMMIT has
+returned; ``sync`` and the checkpoints run in threads of their own, on descriptors and a connection of
+their own). It reads the world the core needs, and writes
 back the changes a core ``Decision`` lists; it decides nothing itself. All of the license
 server's SQL is here (and the read-only invariant checks in tsls/server/check.py).
 """

@@ -120,7 +120,8 @@ class BatchWriter:
         self._pool = ThreadPool(1, 1, name="tsls-writer")
         self._stopped = False
         self._threaded = threaded
-        # The SQLite pipeline: COMMIT in the reactor's thread, fsync in the writer's (module docstring).
+        # The SQLite pipeline: jobs in the reactor's thread, COMMIT in the commit thread, fsync in the
+        # writer's (module docstring).
         self._pipelined = threaded and not getattr(store, "jobs_in_thread", False)
         self._scheduled = None              # the reactor's call that runs the next batch
         self._unsynced: list = []           # (batch, outcome) committed, waiting for an fsync to start
