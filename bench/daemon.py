@@ -66,7 +66,8 @@ class Timings:
                 "batches_per_fsync": sum(s[0] for s in syncs) / max(len(syncs), 1),
                 "fsync_ms_p50": ms(fsyncs, 0.5), "fsync_ms_p90": ms(fsyncs, 0.9), "fsync_ms_max": ms(fsyncs, 1.0),
                 "checkpoints": len(took), "checkpoint_ms_p50": ms(took, 0.5), "checkpoint_ms_max": ms(took, 1.0),
-                "pause_ms_p50": ms(paused, 0.5), "pause_ms_max": ms(paused, 1.0),
+                "pauses": len(paused), "pause_ms_p50": ms(paused, 0.5), "pause_ms_max": ms(paused, 1.0),
+                "pause_ms_total": round(sum(paused) * 1000, 1),
                 "checkpoint_frames_max": max((c[0] for c in checkpoints), default=0),
                 "wal_mb": round(self.wal_bytes / 2**20, 1)}
 
