@@ -401,3 +401,34 @@ def test_a_connections_answers_of_one_batch_leave_in_one_write_in_order_once_dur
     assert all(a == json.dumps(json.loads(a), separators=(",", ":")).encode() + b"\n" for a in answers)
     assert second[1].calls == [[second[1].value()]] and json.loads(second[1].value())["id"] == 4
     assert not first[0]._answers and not second[0]._answers and factory._held_connections == []
+
+
+def test_answers_left_for_later_are_shaped_while_the_commit_runs_and_told_once_durable(held_commit):
+    from tsls.server.writer import Later
+
+    reactor, writer, ledger, path, held = held_commit
+    shaped = []
+
+    def shape(n):
+        shaped.append((n, writer._committing))       # its batch's COMMIT was handed over and has not returned
+        return {"n": n}
+
+    def job(store, now):
+        return Later(shape, 7)
+
+    def broken(store, now):
+        return Later(lambda: 1 / 0)
+
+    told = writer.submit(job)
+    failed = writer.submit(broken)
+    granted = ledger.logon(TS, "11" * 20, "PC1", "alice", None)
+    reactor.until(lambda: held.commits == 1)
+    drain(reactor)
+    assert shaped == [(7, True)]                     # shaped by the reactor while the COMMIT waits
+    assert outcome(told) is None and outcome(granted) is None
+    held.allow(1)
+    reactor.until(lambda: outcome(granted) is not None)
+    assert outcome(told) == {"n": 7}
+    assert outcome(granted)["outcome"] == "temporary_issued" and outcome(granted)["license"]["token"].startswith("TSLS1.")
+    error = outcome(failed).value                    # its change (none here) was made: the answer says so
+    assert error.code is Code.INTERNAL_ERROR and "after making its change" in error.message

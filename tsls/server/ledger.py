@@ -12,7 +12,7 @@ from tsls.core.model import License, LicenseKind, LicenseStatus, ProductVersion
 from tsls.errors import Code, TslsError
 from tsls.jsonshapes import license_json
 from tsls.server import paging, tokens
-from tsls.server.writer import writes_last
+from tsls.server.writer import Later, writes_last
 from tsls.server.storage import Identity, LicenseFilter
 
 
@@ -48,7 +48,7 @@ class Ledger:
             store.add_events(events.for_decision(decision, now, ts.name, hwid, user))
             if decision.outcome is _PER_USER:
                 store.record_per_user(now, user, hwid, machine, ts.name)
-            return self._answer(decision, world)
+            return Later(self._answer, decision, world)     # shaped while the batch's COMMIT runs
 
         return self.writer.submit(writes_last(job), waiter)
 

@@ -8,8 +8,9 @@ leaves before the transaction that holds its writes is durable.
 
 SQLite (the pipeline). A batch's jobs run in the reactor's thread; its COMMIT runs in the commit
 thread, while the reactor's thread reads and parses the next requests and writes answers (the
-next batch's jobs wait for it: they use the same connection); the fsync that makes it durable
-runs in the writer's thread while the reactor's thread runs the next batch:
+next batch's jobs wait for it: they use the same connection) and shapes the answers the jobs left
+for then (``Later``); the fsync that makes it durable runs in the writer's thread while the
+reactor's thread runs the next batch:
 
     reactor:  [jobs 1]          [jobs 2]          [jobs 3]          ...
     commit:           [COMMIT 1]        [COMMIT 2]        [COMMIT 3]
@@ -98,6 +99,17 @@ def writes_last(job: Callable) -> Callable:
     which the store holds until the batch's jobs are done): it runs without a savepoint."""
     job.writes_last = True
     return job
+
+
+class Later:
+    """A job's answer to shape once its batch's COMMIT is under way: ``fn(*args)``, which must touch no
+    store (a grant's license JSON and token, from its decision). On SQLite the reactor's thread shapes
+    the batch's answers while the commit thread runs its COMMIT (it would wait for it otherwise), not
+    inside the batch's jobs, which no other batch may run beside; elsewhere, just before delivering."""
+    __slots__ = ("fn", "args")
+
+    def __init__(self, fn: Callable, *args) -> None:
+        self.fn, self.args = fn, args
 
 
 class PartlyWritten(Exception):
@@ -218,6 +230,7 @@ class BatchWriter:
         ran = time.perf_counter()
         done = threads.deferToThreadPool(self._reactor, self._commits, self._commit)
         done.addBoth(self._committed, batch, outcome, ran - started)
+        self._shape(outcome[1])             # while the COMMIT runs (its outcome is told later, by the reactor)
 
     def _run_jobs(self, jobs, now):
         """BEGIN and the batch's jobs: (new events, results), or a Failure (rolled back: nothing was written)."""
@@ -302,6 +315,17 @@ class BatchWriter:
                 results.append((False, Failure()))
         return results
 
+    def _shape(self, results: list) -> None:
+        """Shape the answers the jobs left for later (``Later``), in place."""
+        for i, (ok, value) in enumerate(results):
+            if type(value) is Later:
+                try:
+                    results[i] = (True, value.fn(*value.args))
+                except Exception:
+                    self.log.failure("an answer could not be shaped")
+                    results[i] = (False, TslsError(Code.INTERNAL_ERROR, "the license server failed on this request "
+                                                   "after making its change"))
+
     def _deliver(self, outcome, batch) -> None:
         if isinstance(outcome, Failure):
             if outcome.check(TslsError) and outcome.value.code is Code.STORAGE_UNAVAILABLE:
@@ -314,6 +338,7 @@ class BatchWriter:
             results = [(False, error)] * len(batch)
         else:
             new_events, results = outcome
+            self._shape(results)            # (already done on SQLite, while the COMMIT ran)
             if self.on_events is not None and new_events:
                 self.on_events(new_events)
         with self.around_answers or _NOTHING:
