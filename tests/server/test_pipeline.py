@@ -432,3 +432,69 @@ def test_answers_left_for_later_are_shaped_while_the_commit_runs_and_told_once_d
     assert outcome(granted)["outcome"] == "temporary_issued" and outcome(granted)["license"]["token"].startswith("TSLS1.")
     error = outcome(failed).value                    # its change (none here) was made: the answer says so
     assert error.code is Code.INTERNAL_ERROR and "after making its change" in error.message
+
+
+class CommitThreads:
+    """The writer's connection, noting which thread ran each COMMIT."""
+
+    def __init__(self, db) -> None:
+        self._db = db
+        self.threads: list[str] = []
+
+    def execute(self, sql, *args):
+        if sql == "COMMIT":
+            self.threads.append(threading.current_thread().name)
+        return self._db.execute(sql, *args)
+
+    def __getattr__(self, name):
+        return getattr(self._db, name)
+
+
+def test_while_commit_here_says_so_the_commit_runs_in_the_reactors_thread_and_answers_still_wait(ledger_on):
+    held = HeldSync()
+    reactor, writer, ledger, path = ledger_on(held)
+    noted = writer._store.db = CommitThreads(writer._store.db)
+    writer.commit_here = lambda: True                # readers at work (tsls.server.reads.Reads.lately)
+    first = ledger.logon(TS, "11" * 20, "PC1", "alice", None)
+    reactor.until(lambda: held.calls == 1)
+    assert noted.threads == [threading.current_thread().name]     # the test's thread turns the reactor
+    assert outcome(first) is None                    # committed, not yet durable
+    held.allow(1)
+    reactor.until(lambda: outcome(first) is not None)
+    assert outcome(first)["outcome"] == "temporary_issued"
+
+    writer.commit_here = lambda: False               # nobody reading: the commit thread
+    second = ledger.logon(TS, "22" * 20, "PC2", "bob", None)
+    reactor.until(lambda: held.calls == 2)
+    assert "tsls-commit" in noted.threads[1]           # the commit thread (PoolThread-tsls-commit-0)
+    held.allow(1)
+    reactor.until(lambda: outcome(second) is not None)
+    assert outcome(second)["outcome"] == "temporary_issued"
+
+
+def test_reads_say_they_were_at_work_while_one_runs_and_for_a_while_after(ledger_on, monkeypatch):
+    from tsls.server import reads as reads_module
+    from tsls.server.readstore import ReadStore
+    from tsls.server.reads import Reads
+
+    reactor, writer, ledger, path = ledger_on(os.fdatasync)
+    reads = Reads(reactor, writer, ReadStore(path))
+    reads.start()
+    try:
+        assert not reads.lately()
+        go = threading.Event()
+
+        def view(snapshot, now):
+            assert go.wait(WAIT)
+            return "read"
+
+        read = reads.read(view)
+        reactor.until(lambda: reads._running == 1)
+        assert reads.lately()                         # at work now
+        go.set()
+        reactor.until(lambda: outcome(read) is not None)
+        assert outcome(read) == "read" and reads.lately()     # and for LATELY seconds after
+        monkeypatch.setattr(reads_module, "LATELY", 0.0)
+        assert not reads.lately()
+    finally:
+        reads.stop()

@@ -26,12 +26,14 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 
 from twisted.internet import defer, threads
 from twisted.python.threadpool import ThreadPool
 
 READERS = 2
 READER_NICENESS = 10        # how much lower than the daemon's the reader threads' CPU priority is
+LATELY = 1.0                # seconds after a read during which the writer commits in the reactor's thread
 
 
 class Reads:
@@ -41,6 +43,8 @@ class Reads:
         self.writer = writer
         self.store = store
         self._pool = None if store is None else ThreadPool(1, readers, name="tsls-reader")
+        self._running = 0               # reads in the reader threads now
+        self._ended = float("-inf")     # when the last one ended (time.monotonic)
 
     def start(self) -> None:
         if self._pool is not None:
@@ -58,8 +62,21 @@ class Reads:
             _lower_priority()
             with self.store.snapshot() as snap:
                 return view(snap, now, *args)
-        return self.writer.submit(_batch_time).addCallback(
-            lambda now: threads.deferToThreadPool(self.reactor, self._pool, run, now))
+
+        def start(now):
+            self._running += 1
+            return threads.deferToThreadPool(self.reactor, self._pool, run, now).addBoth(ended)
+
+        def ended(result):
+            self._running -= 1
+            self._ended = time.monotonic()
+            return result
+        return self.writer.submit(_batch_time).addCallback(start)
+
+    def lately(self) -> bool:
+        """Readers at work now or in the last LATELY seconds (an export asks page after page, and
+        its client works between them): the writer then commits in the reactor's thread."""
+        return self._running > 0 or time.monotonic() - self._ended < LATELY
 
 
 def _batch_time(store, now: int) -> int:

@@ -113,6 +113,7 @@ class LicenseServerService(MultiService):
             read_store = ReadStore(db_path)
         # Lists and status on read-only connections in reader threads, never in a write batch.
         self.reads = Reads(reactor, self.writer, read_store)
+        self.writer.commit_here = self.reads.lately
         self.server = LicenseServer(self.writer, clearinghouse, identity, lab_clock, self.reads)
         self.server.ledger.referrals = tuple(referrals)     # where it refers requests it has no CAL for
         _WriterService(self.writer, self.reads).setServiceParent(self)
