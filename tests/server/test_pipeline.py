@@ -85,6 +85,19 @@ class HeldSync:
             self.permits.release()
 
 
+class FailingSync:
+    """The store's fsync: real, or an I/O error while ``set`` (as a failing disk gives), ``clear`` again."""
+
+    def __init__(self) -> None:
+        self._failing = threading.Event()
+        self.set, self.clear = self._failing.set, self._failing.clear
+
+    def __call__(self, fd) -> None:
+        if self._failing.is_set():
+            raise OSError(errno.EIO, "Input/output error")
+        os.fdatasync(fd)
+
+
 def outcome(d):
     """The Deferred's result now (None while it has none)."""
     box = []
@@ -169,14 +182,8 @@ def test_a_batch_committed_while_an_fsync_runs_is_not_answered_by_that_fsync(led
 
 
 def test_a_failed_fsync_answers_storage_error_then_every_change_is_refused_as_unavailable(ledger_on):
-    fails = threading.Event()
-
-    def sync(fd):
-        if fails.is_set():
-            raise OSError(errno.EIO, "Input/output error")
-        os.fdatasync(fd)
-
-    reactor, writer, ledger, path = ledger_on(sync)
+    fails = FailingSync()
+    reactor, writer, ledger, path = ledger_on(fails)
     granted = ledger.logon(TS, "11" * 20, "PC1", "alice", None)
     reactor.until(lambda: outcome(granted) is not None)
     assert outcome(granted)["outcome"] == "temporary_issued"
@@ -228,14 +235,8 @@ def test_a_waiter_is_told_as_a_deferred_would_be_once_the_fsync_after_its_commit
 
 
 def test_a_waiter_is_told_storage_error_after_a_failed_fsync_and_unavailable_at_once_after(ledger_on):
-    fails = threading.Event()
-
-    def sync(fd):
-        if fails.is_set():
-            raise OSError(errno.EIO, "Input/output error")
-        os.fdatasync(fd)
-
-    reactor, writer, ledger, path = ledger_on(sync)
+    fails = FailingSync()
+    reactor, writer, ledger, path = ledger_on(fails)
     fails.set()
     lost, later = Waiter(), Waiter()
     ledger.logon(TS, "22" * 20, "PC2", "bob", None, lost)
