@@ -158,9 +158,7 @@ def _per_device(ts, logon, world, now, why) -> Decision:
         # First logon: a temporary license, whatever the pool holds [§1, KB287687; cc727934].
         new = License(logon.new_id, _TEMPORARY, _ACTIVE, logon.hwid, logon.machine, logon.user, ts.name,
                       ts.version, None, False, now, now + TEMPORARY_DAYS * DAY)     # (positional: every first logon's path)
-        if why is None:
-            return Decision(_TEMPORARY_ISSUED, new, None, (Change(new),), "temporary license issued")
-        return Decision(Outcome.TEMPORARY_ISSUED, new, why[0], (Change(new),), _text(why, "temporary license issued"))
+        return Decision(_TEMPORARY_ISSUED, new, _code(why), (Change(new),), _text(why, "temporary license issued"))
 
     # Upgrade once the logon with the temporary license was reported successful, or once it has
     # run out: after that a device gets in only with a permanent CAL [§2, KB813052].

@@ -46,7 +46,7 @@ class Ledger:
                 return e        # refused, and the refusal is on record
             decision = store.apply(decision)
             store.add_events(events.for_decision(decision, now, ts.name, hwid, user))
-            if decision.outcome is _PER_USER:
+            if decision.outcome is Outcome.PER_USER:
                 store.record_per_user(now, user, hwid, machine, ts.name)
             return Later(self._answer, decision, world)     # shaped while the batch's COMMIT runs
 
@@ -135,8 +135,6 @@ class Ledger:
     def revoke_user(self, user: str) -> defer.Deferred:
         return defer.maybeDeferred(licensing.revoke_user, user)
 
-
-_PER_USER = Outcome.PER_USER      # (in Python 3.11 a member read from its Enum class is a Python-level lookup)
 
 # The end of a listed license's JSON: its WMI numbers (tsls.core.wmi, which depend on kind and status only).
 _WMI = {(k.value, s.value): ',"wmi":' + json.dumps(wmi.issued_license(
