@@ -237,15 +237,11 @@ class BatchWriter:
             # Readers at work (an export, say) share the second core with the commit thread, which would
             # then wait for a CPU while the reactor waits for it: with 1,000,000 licenses grants' p99
             # beside an export rose 1.29x, against 1.08x with the COMMIT here (docs/performance.md).
-            try:
-                took = self._commit()
-            except Exception:
-                took = Failure()
-            self._committed(took, batch, outcome, ran - started)
-            return
-        done = threads.deferToThreadPool(self._reactor, self._commits, self._commit)
+            done = defer.maybeDeferred(self._commit)
+        else:
+            done = threads.deferToThreadPool(self._reactor, self._commits, self._commit)
         done.addBoth(self._committed, batch, outcome, ran - started)
-        self._shape(outcome[1])             # while the COMMIT runs (its outcome is told later, by the reactor)
+        self._shape(outcome[1])             # while the COMMIT runs in its thread (or, here, once it has)
 
     def _run_jobs(self, jobs, now):
         """BEGIN and the batch's jobs: (new events, results), or a Failure (rolled back: nothing was written)."""
