@@ -327,14 +327,14 @@ def test_what_an_update_changes_is_every_column_that_differs_from_the_license_as
     assert changed_columns(Change(other, was=was)) == tuple(range(len(LICENSE_COLUMNS)))
 
 
-def test_a_devices_licenses_are_read_through_the_partial_indexes_of_each_kind_on_a_migrated_ledger(tmp_path):
+def test_a_devices_licenses_are_read_by_id_and_through_the_partial_indexes_of_cals_on_a_migrated_ledger(tmp_path):
     path = str(tmp_path / "ls.sqlite")
     db = open_database(path, {n: MIGRATIONS[n] for n in range(1, 8)}, "license server")
     assert {"licenses_hwid"} <= {n for (n,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
     db.close()
     store = LicenseStore.open(path)
     indexes = {n for (n,) in store.db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
-    assert "licenses_hwid" not in indexes and "licenses_hwid_rest" in indexes
+    assert "licenses_hwid" not in indexes and "one_temporary" not in indexes and "licenses_hwid_rest" in indexes
     with store.transaction():
         pack = store.add_key_pack("K1".ljust(35, "0"), PurchaseRef(Program.RETAIL, retail_code="A" * 25),
                                   ProductVersion.W2003, CalType.PER_DEVICE, 9, 0)
@@ -344,15 +344,16 @@ def test_a_devices_licenses_are_read_through_the_partial_indexes_of_each_kind_on
             _cal("h1", pack.id, LicenseStatus.EXPIRED), _cal("h2", pack.id), temporary,
             _cal("h1", pack.id, LicenseStatus.REVOKED), _cal("h1", pack.id))]
     mine = [lic for lic in written if lic.hwid == "h1"]
-    assert store.licenses_of("h1") == tuple(mine)                      # every kind and status, by id
+    assert store.licenses_of("h1") == tuple(mine)                      # outside a transaction: by hardware ID
     assert store.licenses(LicenseFilter(hwid="h1")) == mine
     assert store.licenses(LicenseFilter(hwid="h1", status=LicenseStatus.REVOKED)) == [mine[2]]
-    from tsls.server.ledgerbase import license_conditions
-    from tsls.server.store import _LICENSES_OF
-    by_device = " AND ".join(license_conditions(LicenseFilter(hwid="h1"), "?")[0])
-    for sql, params in ((_LICENSES_OF, ("h1",) * 3), ("SELECT count(*) FROM licenses WHERE " + by_device, ("h1",) * 3)):
-        plan = " ".join(row[-1] for row in store.db.execute("EXPLAIN QUERY PLAN " + sql, params))
-        assert "SCAN" not in plan and "one_temporary" in plan and "one_live_cal" in plan and "licenses_hwid_rest" in plan
+    with store.transaction():
+        # inside one: the temporary license by its id (kept in _devices), the CALs through their indexes
+        assert store.licenses_of("h1") == tuple(mine) and store.licenses_of("h3") == ()
+        assert store._devices[hash("h1")] == mine[1].id and store._devices[hash("h2")] == 0
+        from tsls.server.store import _by_id
+        plan = " ".join(row[-1] for row in store.db.execute("EXPLAIN QUERY PLAN " + _by_id(1), (3, "h1", "h1", "h1")))
+        assert "SCAN" not in plan and "PRIMARY KEY" in plan and "one_live_cal" in plan and "licenses_hwid_rest" in plan
     store.close()
 
 

@@ -19,7 +19,7 @@ import urllib.parse
 
 from tsls.core.activation import Activation, ActivationMethod, ActivationStatus
 from tsls.core.licensing import Change
-from tsls.core.model import CalType, KeyPack, License, ProductVersion, PurchaseRef
+from tsls.core.model import CalType, KeyPack, License, LicenseKind, ProductVersion, PurchaseRef
 from tsls.core.perseat import LicensedBy, Product
 from tsls.server.ledgerbase import (HWID_CONDITION, KIND_STATUS_COUNTS_SQL, LICENSE_ROW_SQL,
                                     REVOKED_HOLDING_SQL, EngineCommon, call_row, event_conditions, event_row,
@@ -237,6 +237,14 @@ MIGRATIONS = {
     11: """
     DROP TRIGGER license_counts_update;
     """,
+    # A first logon inserted into one_temporary, keyed by the random hardware ID: one page of it
+    # anywhere in the index, written to the WAL at COMMIT and copied again by the checkpoint, about
+    # 1.2 of the 1.3 WAL frames a first logon costs (docs/performance.md). The writer finds a device's
+    # temporary licenses through the ids it keeps in memory (``LicenseStore._devices``) and the core
+    # keeps the rule (one temporary license per device and version, ever); ``tsls check`` verifies it.
+    12: """
+    DROP INDEX one_temporary;
+    """,
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 
@@ -252,15 +260,19 @@ CACHE_KIB = 128 * 1024
 CHECKPOINT_PAGES = 10_000
 
 # Most logons are a device's first: it holds no license, and looking for its licenses was one SELECT,
-# about a tenth of a grant's CPU (docs/performance.md). So the store keeps the set of the hashes of
-# the hardware IDs that have a license row (``_devices``): a device whose hash is not in it certainly
-# has none, and ``licenses_of`` answers () without SQL; one whose hash is in it (its own, or in a
-# rare case another's with the same 64-bit hash) reads SQL as before. The set is built from the
-# licenses table at the first BEGIN, and again whenever another connection has committed (PRAGMA
-# data_version); every license this connection writes adds its device before the row is written. A
-# write undone, or a license deleted, leaves its device in the set: it then reads SQL for nothing,
-# never the other way round. About 64 bytes a device (32 MB with bench.scaling's 500,000).
-_DEVICES_STEP = 1 << 16             # licenses by id range while the set is built (each range: one string)
+# about a tenth of a grant's CPU (docs/performance.md). So the store keeps, for every hash of a hardware
+# ID that has a license row (``_devices``), the ids of that device's temporary licenses: 0 for none, an
+# id for one, a tuple for several (one per product version). A device whose hash is not there certainly
+# has no license, and ``licenses_of`` answers () without SQL; one whose hash is there reads its
+# temporary licenses by id and its CALs through the two partial indexes of permanent licenses (SQLite
+# indexes no temporary license by device since migration 12: a first logon then writes no page keyed by
+# its random hardware ID). Every license this connection writes is entered before its row is written,
+# so the entries hold at least every temporary license of the device (and another's with the same
+# 64-bit hash, or one undone or deleted: SQL filters them by hardware ID), never fewer. They are built
+# from the licenses table at the first BEGIN, and again whenever another connection has committed
+# (PRAGMA data_version). About 100 bytes a device (50 MB with bench.scaling's 500,000).
+_TEMPORARY = LicenseKind.TEMPORARY
+_DEVICES_STEP = 1 << 16             # licenses by id range while ``_devices`` is built (each range: one string)
 
 
 class LicenseStore(EngineCommon):
@@ -297,7 +309,7 @@ class LicenseStore(EngineCommon):
         self._purchases: dict[str, PurchaseRef] = {}
         self._cached = False            # caches are used only once the triggers are in place
         self._data_version = None
-        self._devices: set[int] | None = None      # hashes of the devices with a license row, once built
+        self._devices: dict[int, int | tuple] | None = None     # a device's temporary licenses' ids, once built
         self._next_id: int | None = None            # ``next_license_id``, once read in the open transaction
 
     @classmethod
@@ -544,32 +556,46 @@ class LicenseStore(EngineCommon):
 
     def licenses_of(self, hwid: str) -> tuple[License, ...]:
         devices = self._devices
-        if devices is not None and hash(hwid) not in devices and self.db.in_transaction:
-            return ()       # no license row has this device (``_devices``: current inside a transaction)
-        # sorted here (by id, a row's first column), not by ORDER BY: SQLite's sort of the three
-        # indexes' rows in a temporary B-tree cost 2 of the 14 us of a returning device's read
-        return tuple(map(license_row, sorted(self.db.execute(_LICENSES_OF, (hwid, hwid, hwid)))))
+        if devices is None or not self.db.in_transaction:
+            rows = self.db.execute(_LICENSES_OF, (hwid, hwid, hwid))
+        else:
+            temporary = devices.get(hash(hwid))     # current inside a transaction (``_devices``)
+            if temporary is None:
+                return ()       # no license row has this device
+            if type(temporary) is int:
+                rows = self.db.execute(_LICENSES_BY_ID[1], (temporary, hwid, hwid, hwid))
+            else:
+                rows = self.db.execute(_by_id(len(temporary)), (*temporary, hwid, hwid, hwid))
+        # sorted here (by id, a row's first column), not by ORDER BY: SQLite's sort of the indexes'
+        # rows in a temporary B-tree cost 2 of the 14 us of a returning device's read
+        return tuple(map(license_row, sorted(rows)))
 
     def _index_devices(self) -> None:
-        """Build the set of the devices that have a license row from the table, just after BEGIN
-        IMMEDIATE: on a read-only connection of its own (so the table's pages do not fill this one's
-        page cache), which sees what this one sees, as no one else may commit meanwhile and this one
-        has written nothing yet. The hardware IDs come a range of ids at a time, joined into one
-        string by SQLite (a row each costs twice as much): about 0.5 s with 1,000,000 licenses."""
-        devices = set()
+        """Build ``_devices`` from the table, just after BEGIN IMMEDIATE: on a read-only connection of
+        its own (so the table's pages do not fill this one's page cache), which sees what this one
+        sees, as no one else may commit meanwhile and this one has written nothing yet. The hardware
+        IDs and the temporary licenses' ids come a range of ids at a time, each joined into one string
+        by SQLite (a row each costs twice as much): about 0.7 s with 1,000,000 licenses."""
+        devices: dict[int, int | tuple] = {}
         db = self.db if self.path is None else sqlite3.connect(f"file:{urllib.parse.quote(self.path)}?mode=ro", uri=True)
         try:
             top = db.execute("SELECT coalesce(max(id), 0) FROM licenses").fetchone()[0]
             for low in range(0, top, _DEVICES_STEP):
                 bounds = (low, low + _DEVICES_STEP)
-                n, joined = db.execute("SELECT count(*), group_concat(hwid, char(10)) FROM licenses "
-                                       "WHERE id > ? AND id <= ?", bounds).fetchone()
+                # one pass over the range's rows feeds both aggregates, in the same order
+                n, joined, ids = db.execute(
+                    "SELECT count(*), group_concat(hwid, char(10)), group_concat(CASE kind WHEN 'temporary' "
+                    "THEN id ELSE 0 END) FROM licenses WHERE id > ? AND id <= ?", bounds).fetchone()
                 if not n:
                     continue
                 hwids = joined.split("\n")
-                if len(hwids) != n:         # a hardware ID with a newline in it: these one by one
-                    hwids = [h for (h,) in db.execute("SELECT hwid FROM licenses WHERE id > ? AND id <= ?", bounds)]
-                devices.update(map(hash, hwids))
+                if len(hwids) == n:
+                    rows = zip(hwids, map(int, ids.split(",")))
+                else:         # a hardware ID with a newline in it: these one by one
+                    rows = db.execute("SELECT hwid, CASE kind WHEN 'temporary' THEN id ELSE 0 END FROM licenses "
+                                      "WHERE id > ? AND id <= ?", bounds)
+                for hwid, license_id in rows:
+                    _enter(devices, hash(hwid), license_id)
         finally:
             if db is not self.db:
                 db.close()
@@ -612,11 +638,11 @@ class LicenseStore(EngineCommon):
 
     def _write(self, change: Change) -> License:
         lic = change.license
-        if self._devices is not None:   # the device has a license row from now on (``_devices``)
-            self._devices.add(hash(lic.hwid))
         new_id = self._next_id
         if new_id is None:
             new_id = self.next_license_id()
+        if self._devices is not None:   # the device has a license row from now on (``_devices``)
+            _enter(self._devices, hash(lic.hwid), (lic.id or new_id) if lic.kind is _TEMPORARY else 0)
         if lic.id == 0 or lic.id >= new_id:        # a new license (no row has an id that high)
             if lic.id == 0:
                 lic = lic.with_id(new_id)           # the license as written, with its id
@@ -897,6 +923,36 @@ _COLUMNS = LICENSE_ROW_SQL
 _INSERT_LICENSE = f"INSERT INTO licenses ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
 _LICENSES_OF = (f"SELECT {_COLUMNS} FROM licenses WHERE "
                 f"{HWID_CONDITION.format(hwid='hwid', kind='kind', status='status', place='?')}")
+
+# A device's licenses inside a transaction: its temporary ones by id (``_devices``), its CALs through the
+# partial indexes of permanent licenses; SQLite's OR reads each row once.
+_PERMANENT_OF = "hwid = ? AND kind = 'permanent' AND status = 'active' OR hwid = ? AND kind = 'permanent' AND status != 'active'"
+_LICENSES_BY_ID: dict[int, str] = {}       # by how many ids (a device with none: one, 0, which no row has)
+
+
+def _by_id(n: int) -> str:
+    sql = _LICENSES_BY_ID.get(n)
+    if sql is None:
+        sql = _LICENSES_BY_ID[n] = (f"SELECT {_COLUMNS} FROM licenses WHERE id IN ({','.join('?' * n)}) AND hwid = ? "
+                                    f"OR {_PERMANENT_OF}")
+    return sql
+
+
+_by_id(1)
+
+
+def _enter(devices: dict, device: int, temporary: int) -> None:
+    """Enter a license of the device (by its hardware ID's hash) in ``_devices``: ``temporary``, its id
+    if it is a temporary license, else 0."""
+    held = devices.get(device)
+    if held is None or held == 0:
+        devices[device] = temporary
+    elif temporary and temporary != held:
+        if type(held) is int:
+            devices[device] = (held, temporary)
+        elif temporary not in held:
+            devices[device] = (*held, temporary)
+
 
 _ADD_ISSUED = "UPDATE key_packs SET issued = issued + ? WHERE id = ?"
 _ADD_COUNT = ("INSERT INTO license_counts (kind, status, product_version, n) VALUES (?, ?, ?, ?) "
