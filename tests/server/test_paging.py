@@ -232,7 +232,8 @@ def test_a_cursor_not_given_for_that_list_is_refused(daemon):
 
 
 @pytest_twisted.inlineCallbacks
-def test_tsls_admin_exports_every_row_and_a_table_says_how_many_it_shows(daemon, capsys, monkeypatch):
+def test_tsls_admin_exports_every_row_and_a_table_says_how_many_it_shows(daemon, capsys, monkeypatch,
+                                                                       exports_backgrounded):
     yield ledger(daemon)
     monkeypatch.setattr(connection, "PAGE_SIZE", PAGE)      # so the export takes several pages
 
@@ -247,10 +248,12 @@ def test_tsls_admin_exports_every_row_and_a_table_says_how_many_it_shows(daemon,
     out = yield run("licenses", "--csv")
     rows = list(csv.DictReader(io.StringIO(out.out)))
     assert len(rows) == DEVICES and len({r["license_id"] for r in rows}) == DEVICES
+    assert len(exports_backgrounded) == 1           # an export yields the CPU (clients.admin.background)
     out = yield run("licenses", "--json")
     assert len(json.loads(out.out)) == DEVICES
     out = yield run("licenses")
     assert len(out.out.splitlines()) == 1 + 1000
+    assert len(exports_backgrounded) == 2           # a table of the first 1,000 does not
     assert "showing the 1,000 of 2,500" in out.err and "--all" in out.err
     out = yield run("licenses", "--all")
     assert len(out.out.splitlines()) == 1 + DEVICES and out.err == ""
@@ -262,3 +265,12 @@ def test_tsls_admin_exports_every_row_and_a_table_says_how_many_it_shows(daemon,
     out = yield run("events", "--json")
     events = json.loads(out.out)
     assert ids == [e["id"] for e in events][-1500:]
+
+
+def test_an_export_runs_at_the_lowest_cpu_priority():
+    """clients.admin.background, in a process of its own (the tests' own calls are counted instead)."""
+    import subprocess
+    import sys
+    code = "import os, clients.admin as a; a.background(); print(os.getpriority(os.PRIO_PROCESS, 0))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "19"
