@@ -470,3 +470,89 @@ def test_a_begin_whose_set_of_devices_could_not_be_built_leaves_no_transaction_a
     with store.transaction():
         assert store.licenses_of("late") == (late,)
     store.close()
+
+
+def _by_sql(store, hwid):
+    """A device's licenses as SQL alone says them ("hwid = ?"), for ``licenses_of`` to be held to."""
+    rows = store.db.execute(f"SELECT {store_module._COLUMNS} FROM licenses WHERE hwid = ? ORDER BY id", (hwid,))
+    return tuple(store_module.license_row(r) for r in rows)
+
+
+def test_the_entries_built_from_a_ledger_hold_every_temporary_license_of_each_device(tmp_path, monkeypatch):
+    # Built a few ids at a time, so that a range holds a hardware ID with a newline (read one by one) and
+    # the next does not (read joined); devices with temporary licenses of two versions, a comma in one.
+    monkeypatch.setattr(store_module, "_DEVICES_STEP", 2)
+    path = str(tmp_path / "ls.sqlite")
+    store = LicenseStore.open(path)
+    devices = ("plain", "a,b", "two\nlines", "cal only", "x\x00y")
+    with store.transaction():
+        pack = store.add_key_pack("K1".ljust(35, "0"), PurchaseRef(Program.RETAIL, retail_code="A" * 25),
+                                  ProductVersion.W2003, CalType.PER_DEVICE, 9, 0)
+        for hwid in devices[:3] + devices[4:]:
+            _give(store, hwid)
+        for hwid in devices[1:4]:
+            cal = _cal(hwid, pack.id)
+            store.apply(Decision(Outcome.UPGRADED, cal, changes=(Change(cal, pack_delta=+1),)))
+        for hwid in ("a,b", "two\nlines"):
+            _give(store, hwid, ProductVersion.W2008)
+    store.close()
+
+    store = LicenseStore.open(path)         # built at its first BEGIN, from the table alone
+    with store.transaction():
+        for hwid in devices:
+            temporary = {i for (i,) in store.db.execute(
+                "SELECT id FROM licenses WHERE hwid = ? AND kind = 'temporary'", (hwid,))}
+            held = store._devices[hash(hwid)]
+            assert temporary <= ({held} if type(held) is int else set(held)), hwid
+            assert store.licenses_of(hwid) == _by_sql(store, hwid) != (), hwid
+        assert len(store.licenses_of("a,b")) == len(store.licenses_of("two\nlines")) == 3
+        assert store.licenses_of("a") == store.licenses_of("two") == store.licenses_of("x") == ()
+    store.close()
+
+
+def test_a_device_another_connection_gave_a_second_temporary_license_is_not_given_a_third(tmp_path):
+    # The device is known here (its entry holds its first temporary license's id): only the entries built
+    # again at BEGIN hold the second, and without it the core would issue one more for that version.
+    from tsls.core.licensing import Logon, TerminalServer, device_logon
+    path = str(tmp_path / "ls.sqlite")
+    store = LicenseStore.open(path)
+    with store.transaction():
+        first = _give(store, "d1")
+    other = LicenseStore.open(path)
+    with other.transaction():
+        second = _give(other, "d1", ProductVersion.W2008)
+    other.close()
+    with store.transaction():
+        assert store.licenses_of("d1") == (first, second)
+        ts = TerminalServer("TS08", ProductVersion.W2008, CalType.PER_DEVICE)
+        decision = device_logon(ts, Logon("d1", "m", "u", None, store.next_license_id()),
+                                store.world("d1", True, "7"), 50)
+        assert decision.outcome is Outcome.TEMPORARY and decision.license == second and decision.changes == ()
+    store.close()
+
+
+def test_devices_whose_hashes_are_the_same_or_whose_ids_were_reused_are_each_answered_their_own(tmp_path,
+                                                                                                  monkeypatch):
+    # Entries are by the hash of a hardware ID, and a rebuild of the ledger (every license deleted) gives
+    # the ids again: an entry may name another device's license, or one of its own of another kind;
+    # SQL keeps each device's own, each once.
+    monkeypatch.setattr(store_module, "hash", lambda hwid: 7, raising=False)      # every device collides
+    store = LicenseStore.open(str(tmp_path / "ls.sqlite"))
+    with store.transaction():
+        _give(store, "d1")
+        _give(store, "d2")
+        _give(store, "d2", ProductVersion.W2008)
+        assert store._devices == {7: (1, 2, 3)}
+        assert [len(store.licenses_of(h)) for h in ("d1", "d2", "d3")] == [1, 2, 0]
+    with store.transaction():
+        store.delete_all_cals()
+        pack = store.add_key_pack("K1".ljust(35, "0"), PurchaseRef(Program.RETAIL, retail_code="A" * 25),
+                                  ProductVersion.W2003, CalType.PER_DEVICE, 9, 0)
+        cal = _cal("d1", pack.id)
+        cal = store.apply(Decision(Outcome.UPGRADED, cal, changes=(Change(cal, pack_delta=+1),))).license
+        again = _give(store, "d3")
+        assert (cal.id, again.id) == (1, 2)          # ids 1 and 2, which the entry names still
+        for hwid in ("d1", "d2", "d3"):
+            assert store.licenses_of(hwid) == _by_sql(store, hwid)
+        assert store.licenses_of("d1") == (cal,) and store.licenses_of("d3") == (again,)
+    store.close()

@@ -171,8 +171,9 @@ def scope_of(value: str | None) -> Scope:
 # --- the filters: (conditions, parameters) in the engine's placeholder, columns quoted as it needs ---
 
 # A device's licenses, said as three kinds (a temporary license, a live CAL, a CAL that expired or was
-# revoked): the same rows as "hwid = ?". SQLite indexes the last two by hardware ID (store.py's
-# migrations 8 and 12), so there a filter by device reads every license; its writer finds a device's
+# revoked): the same rows as "hwid = ?". SQLite indexes the last two by hardware ID (one_live_cal, and
+# licenses_hwid_rest since store.py's migration 8) but no longer the first (migration 12 dropped
+# one_temporary), so there a filter by device reads every license; its writer finds a device's
 # temporary licenses by id (store.LicenseStore._devices). PostgreSQL indexes hwid. Three placeholders,
 # each the hardware ID.
 HWID_CONDITION = ("({hwid} = {place} AND {kind} = 'temporary' OR {hwid} = {place} AND {kind} = 'permanent' AND "
