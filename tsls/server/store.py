@@ -562,10 +562,8 @@ class LicenseStore(EngineCommon):
             temporary = devices.get(hash(hwid))     # current inside a transaction (``_devices``)
             if temporary is None:
                 return ()       # no license row has this device
-            if type(temporary) is int:
-                rows = self.db.execute(_LICENSES_BY_ID[1], (temporary, hwid, hwid, hwid))
-            else:
-                rows = self.db.execute(_by_id(len(temporary)), (*temporary, hwid, hwid, hwid))
+            ids = (temporary,) if type(temporary) is int else temporary     # 0: none, which no row has as id
+            rows = self.db.execute(_by_id(len(ids)), (*ids, hwid, hwid, hwid))
         # sorted here (by id, a row's first column), not by ORDER BY: SQLite's sort of the indexes'
         # rows in a temporary B-tree cost 2 of the 14 us of a returning device's read
         return tuple(map(license_row, sorted(rows)))
@@ -927,7 +925,7 @@ _LICENSES_OF = (f"SELECT {_COLUMNS} FROM licenses WHERE "
 # A device's licenses inside a transaction: its temporary ones by id (``_devices``), its CALs through the
 # partial indexes of permanent licenses; SQLite's OR reads each row once.
 _PERMANENT_OF = "hwid = ? AND kind = 'permanent' AND status = 'active' OR hwid = ? AND kind = 'permanent' AND status != 'active'"
-_LICENSES_BY_ID: dict[int, str] = {}       # by how many ids (a device with none: one, 0, which no row has)
+_LICENSES_BY_ID: dict[int, str] = {}       # the statement, by how many ids it names
 
 
 def _by_id(n: int) -> str:
@@ -936,9 +934,6 @@ def _by_id(n: int) -> str:
         sql = _LICENSES_BY_ID[n] = (f"SELECT {_COLUMNS} FROM licenses WHERE id IN ({','.join('?' * n)}) AND hwid = ? "
                                     f"OR {_PERMANENT_OF}")
     return sql
-
-
-_by_id(1)
 
 
 def _enter(devices: dict, device: int, temporary: int) -> None:
